@@ -1,0 +1,1 @@
+"""Canary kernels: each Triton kernel sits beside a torch reference of the same signature."""

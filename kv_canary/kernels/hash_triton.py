@@ -1,0 +1,54 @@
+"""The canary's 64-bit hashes as Triton device functions, bit-equal to ``hash_reference``."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kv_canary.kernels.hash_reference import CHAIN_ANCHOR, GOLDEN, MIX1, MIX2, TOKEN_SALT
+
+CHAIN_ANCHOR_U64: tl.constexpr = tl.constexpr(CHAIN_ANCHOR)
+GOLDEN_U64: tl.constexpr = tl.constexpr(GOLDEN)
+MIX1_U64: tl.constexpr = tl.constexpr(MIX1)
+MIX2_U64: tl.constexpr = tl.constexpr(MIX2)
+TOKEN_SALT_U64: tl.constexpr = tl.constexpr(TOKEN_SALT)
+
+
+@triton.jit
+def as_u64(x):
+    return x.to(tl.int64).to(tl.uint64, bitcast=True)
+
+
+@triton.jit
+def as_i64(x):
+    return x.to(tl.int64, bitcast=True)
+
+
+@triton.jit
+def splitmix64(x):
+    z = x + GOLDEN_U64
+    z = (z ^ (z >> 30)) * MIX1_U64
+    z = (z ^ (z >> 27)) * MIX2_U64
+    return z ^ (z >> 31)
+
+
+@triton.jit
+def link_hash(token, position):
+    return splitmix64(splitmix64(as_u64(token) ^ TOKEN_SALT_U64) ^ as_u64(position))
+
+
+@triton.jit
+def rotate_left(x, bits):
+    bits = (bits % 64).to(tl.uint64)
+    safe_right = tl.where(bits == 0, 0, 64 - bits).to(tl.uint64)
+    return tl.where(bits == 0, x, (x << bits) | (x >> safe_right))
+
+
+@triton.jit
+def record_hash(token, position, prev_hash):
+    return link_hash(token, position) ^ rotate_left(prev_hash, 1)
+
+
+@triton.jit
+def word_salt(layer, word):
+    return (as_u64(word) + (as_u64(layer) << 20)) * MIX2_U64
