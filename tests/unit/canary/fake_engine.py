@@ -15,10 +15,10 @@ from kv_canary import CanaryConfig, CanaryManager, install_canary
 
 
 class MHATokenToKVPool:  # named like SGLang's pool: the canary picks its adapter by class name
-    def __init__(self, *, num_slots: int, num_layers: int = 2, heads: int = 2, head_dim: int = 4) -> None:
+    def __init__(self, *, num_slots: int, device: str, num_layers: int = 2, heads: int = 2, head_dim: int = 4) -> None:
         self.page_size = 1
-        self.k_buffer = [torch.zeros(num_slots, heads, head_dim) for _ in range(num_layers)]
-        self.v_buffer = [torch.zeros(num_slots, heads, head_dim) for _ in range(num_layers)]
+        self.k_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
+        self.v_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
 
     def get_contiguous_buf_infos(self):
         buffers = self.k_buffer + self.v_buffer
@@ -27,9 +27,9 @@ class MHATokenToKVPool:  # named like SGLang's pool: the canary picks its adapte
 
 
 class ReqToTokenPool:
-    def __init__(self, *, rows: int, max_context: int) -> None:
-        self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32)
-        self.req_token_ids = torch.full((rows, max_context), -1, dtype=torch.int64)
+    def __init__(self, *, rows: int, max_context: int, device: str) -> None:
+        self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=device)
+        self.req_token_ids = torch.full((rows, max_context), -1, dtype=torch.int64, device=device)
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ class TinyModel(torch.nn.Module):
         self.calls += 1
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
         for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer)):
-            k[forward_batch.out_cache_loc] = base + layer + torch.arange(k[0].numel()).view(k[0].shape)
+            k[forward_batch.out_cache_loc] = base + layer + torch.arange(k[0].numel(), device=k.device).view(k[0].shape)
             v[forward_batch.out_cache_loc] = -base - layer
 
 
@@ -68,10 +68,11 @@ class Request:
 
 
 class FakeEngine:
-    def __init__(self, config: CanaryConfig, *, num_slots: int = 256, rows: int = 16, max_context: int = 128,
-                 model_class: type[TinyModel] = TinyModel) -> None:
-        self.pool = MHATokenToKVPool(num_slots=num_slots)
-        self.req_pool = ReqToTokenPool(rows=rows, max_context=max_context)
+    def __init__(self, config: CanaryConfig, *, device: str = "cpu", num_slots: int = 256, rows: int = 16,
+                 max_context: int = 128, model_class: type[TinyModel] = TinyModel) -> None:
+        self.device = device
+        self.pool = MHATokenToKVPool(num_slots=num_slots, device=device)
+        self.req_pool = ReqToTokenPool(rows=rows, max_context=max_context, device=device)
         self.model = model_class(self.pool)
         self.free_slots = list(range(1, num_slots))
         self.free_rows = list(range(1, rows))
@@ -85,7 +86,7 @@ class FakeEngine:
             shared = self.req_pool.req_to_token[share_prefix_with.row, :shared_len]
             self.req_pool.req_to_token[request.row, :shared_len] = shared
             request.cached = shared_len
-        self.req_pool.req_token_ids[request.row, :len(tokens)] = torch.tensor(tokens)
+        self.req_pool.req_token_ids[request.row, :len(tokens)] = torch.tensor(tokens, device=self.device)
         return request
 
     def forward(self, requests: list[Request], new_tokens: list[list[int]] | None = None) -> None:
@@ -99,17 +100,20 @@ class FakeEngine:
         slots, input_ids, positions = [], [], []
         for request, start, count in zip(requests, prefix, extend):
             new = [self.free_slots.pop(0) for _ in range(count)]
-            self.req_pool.req_to_token[request.row, start:start + count] = torch.tensor(new, dtype=torch.int32)
+            self.req_pool.req_to_token[request.row, start:start + count] = torch.tensor(new, dtype=torch.int32,
+                                                                                        device=self.device)
             slots += new
             input_ids += request.tokens[start:start + count]
             positions += range(start, start + count)
+        def on_device(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=self.device)
+
         batch = ForwardBatch(
-            req_pool_indices=torch.tensor([r.row for r in requests]),
-            seq_lens=torch.tensor([len(r.tokens) for r in requests]),
-            extend_prefix_lens=torch.tensor(prefix), extend_seq_lens=torch.tensor(extend),
-            extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=extend,
-            out_cache_loc=torch.tensor(slots, dtype=torch.int64), req_to_token_pool=self.req_pool)
-        self.model(torch.tensor(input_ids), torch.tensor(positions), batch)
+            req_pool_indices=on_device([r.row for r in requests]), seq_lens=on_device([len(r.tokens) for r in requests]),
+            extend_prefix_lens=on_device(prefix), extend_seq_lens=on_device(extend),
+            extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=extend, out_cache_loc=on_device(slots),
+            req_to_token_pool=self.req_pool)
+        self.model(on_device(input_ids), on_device(positions), batch)
         for request in requests:
             request.cached = len(request.tokens)
 

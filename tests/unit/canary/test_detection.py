@@ -8,15 +8,16 @@ import torch
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryViolationError, RealKvHashMode
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
 from kv_canary.records import RecordWord
+from tests.unit.canary.devices import DEVICES
 from tests.unit.canary.fake_engine import FakeEngine, TinyModel
 
 BACKENDS = [KernelBackend.TORCH, KernelBackend.TRITON]
 
 
-def make_engine(backend: KernelBackend, **overrides) -> FakeEngine:
+def make_engine(backend: KernelBackend, device: str = "cpu", **overrides) -> FakeEngine:
     config = CanaryConfig(backend=backend, stats_interval=0, health_check_interval=0, verify_capacity=512,
                           write_capacity=256, max_requests_per_forward=8, **overrides)
-    return FakeEngine(config)
+    return FakeEngine(config, device=device)
 
 
 def serve_shared_prefix_traffic(engine: FakeEngine, decode_steps: int = 4):
@@ -35,9 +36,10 @@ def reported(engine: FakeEngine):
     return engine.canary.violations
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_clean_traffic_with_prefix_sharing_has_no_violations(backend):
-    engine = make_engine(backend)
+def test_clean_traffic_with_prefix_sharing_has_no_violations(backend, device):
+    engine = make_engine(backend, device)
     serve_shared_prefix_traffic(engine, decode_steps=6)
     assert reported(engine) == []
     stats = engine.canary.stats_snapshot()
@@ -46,9 +48,10 @@ def test_clean_traffic_with_prefix_sharing_has_no_violations(backend):
     assert stats["slots_verified"]["HEAD_K_FULL"] > 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_overwritten_head_record_is_caught_before_the_forward(backend):
-    engine = make_engine(backend)
+def test_overwritten_head_record_is_caught_before_the_forward(backend, device):
+    engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
     slot = engine.slot_of(second, 7)
     engine.canary.group(PoolGroupKind.FULL).records(Phase.HEAD, KvHalf.K)[slot, RecordWord.POSITION] += 3
@@ -59,9 +62,10 @@ def test_overwritten_head_record_is_caught_before_the_forward(backend):
     assert [v.slot_idx for v in reported(engine) if v.position == 7] == [slot]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_remapped_req_to_token_entry_breaks_the_chain(backend):
-    engine = make_engine(backend)
+def test_remapped_req_to_token_entry_breaks_the_chain(backend, device):
+    engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
     engine.req_pool.req_to_token[second.row, 7] = engine.slot_of(first, 7)
     engine.forward([second], new_tokens=[[3]])
@@ -71,9 +75,10 @@ def test_remapped_req_to_token_entry_breaks_the_chain(backend):
     assert {"HEAD_K_FULL", "HEAD_V_FULL", "TAIL_K_FULL", "TAIL_V_FULL"} <= tags
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_live_slot_reused_by_another_request_is_caught(backend):
-    engine = make_engine(backend)
+def test_live_slot_reused_by_another_request_is_caught(backend, device):
+    engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
     victim = engine.slot_of(first, 8)  # first's own (unshared) slot
     engine.free_slots.insert(0, victim)  # a double free: the allocator hands it out again
@@ -85,9 +90,10 @@ def test_live_slot_reused_by_another_request_is_caught(backend):
     assert {"position", "chain_hash"} & {r for v in hits for r in v.fail_reasons}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_changed_real_kv_byte_is_caught_by_the_tail_hash(backend):
-    engine = make_engine(backend, real_kv_hash=RealKvHashMode.PARTIAL)
+def test_changed_real_kv_byte_is_caught_by_the_tail_hash(backend, device):
+    engine = make_engine(backend, device, real_kv_hash=RealKvHashMode.PARTIAL)
     first, second = serve_shared_prefix_traffic(engine)
     slot = engine.slot_of(first, 2)  # shared prefix slot
     engine.pool.v_buffer[1][slot].view(-1)[1] += 0.5  # inside the first 16 bytes of the row
