@@ -54,8 +54,9 @@ def test_captured_decode_replays_clean_and_catches_a_corrupted_record():
     torch.cuda.current_stream().wait_stream(side)
     prepare_decode([501, 601])
     with torch.cuda.graph(graph):
-        engine.model(input_ids, positions, batch)
-    engine.canary.after_forward_on_host()  # the captured forward ran nothing on the host
+        engine.model(input_ids, positions, batch)  # recorded, not run: the step is run by the first replay
+    graph.replay()
+    engine.canary.after_forward_on_host()  # replays run no host code; the engine calls this after each
 
     for step in range(4):
         prepare_decode([510 + step, 610 + step])
