@@ -19,6 +19,17 @@ _WORD_CHUNK = 8
 
 
 @triton.jit
+def _record_words(records_ptr, slot, mask):
+    """Load whole 32-byte records as one [BLOCK, 4] tile and split it into its four words."""
+    words = tl.load(records_ptr + slot.to(tl.int64)[:, None] * 4 + tl.arange(0, 4)[None, :], mask=mask[:, None],
+                    other=0)
+    even, odd = tl.split(tl.reshape(words, (words.shape[0], 2, 2)))
+    token, prev_hash = tl.split(even)
+    position, real_kv = tl.split(odd)
+    return token, position, as_u64(prev_hash), as_u64(real_kv)
+
+
+@triton.jit
 def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, expected_token_ptr, num_valid_ptr,
                    ring_rows_ptr, ring_index_ptr, ring_capacity, kernel_runs_ptr, slot_runs_ptr, step_ptr,
                    layer_pointers_ptr, num_layers, row_words, hashed_words, launch_tag, num_entries,
@@ -27,29 +38,34 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
     pid = tl.program_id(0)
     if pid == 0:
         tl.atomic_add(kernel_runs_ptr + launch_tag, 1)
-    entry = pid * BLOCK + tl.arange(0, BLOCK)
-    in_plan = (entry < num_entries) & (entry < tl.load(num_valid_ptr))
-    slot = tl.load(slot_ptr + entry, mask=in_plan, other=0)
-    active = in_plan & (slot != 0)
+    lane = tl.arange(0, BLOCK)
+    entry = pid * BLOCK + lane
+    in_launch = entry < num_entries
+    # The plan loads do not wait for num_valid: one round trip to memory less on small launches.
+    num_valid = tl.load(num_valid_ptr)
+    slot = tl.load(slot_ptr + entry, mask=in_launch, other=0)
+    prev_slot = tl.load(prev_slot_ptr + entry, mask=in_launch, other=-1)
+    expected_position = tl.load(expected_position_ptr + entry, mask=in_launch, other=0)
+    active = in_launch & (entry < num_valid) & (slot != 0)
 
-    record = records_ptr + slot.to(tl.int64) * 4
-    token = tl.load(record + 0, mask=active, other=0)
-    position = tl.load(record + 1, mask=active, other=0)
-    prev_hash = as_u64(tl.load(record + 2, mask=active, other=0))
-    stored_real_kv = as_u64(tl.load(record + 3, mask=active, other=0))
-
-    prev_slot = tl.load(prev_slot_ptr + entry, mask=active, other=-1)
-    has_pred = active & (prev_slot > 0)
-    pred = records_ptr + tl.maximum(prev_slot, 0).to(tl.int64) * 4
-    pred_hash = record_hash(tl.load(pred + 0, mask=has_pred, other=0), tl.load(pred + 1, mask=has_pred, other=0),
-                            as_u64(tl.load(pred + 2, mask=has_pred, other=0)))
+    token, position, prev_hash, stored_real_kv = _record_words(records_ptr, slot, active)
+    own_hash = record_hash(token, position, prev_hash)
+    # A slot's predecessor is usually the previous entry's own slot: take its hash from that lane
+    # and read the predecessor's record from memory only when it lives elsewhere.
+    left = tl.maximum(lane - 1, 0)
+    from_left = ((lane > 0) & (prev_slot > 0) & (tl.gather(slot, left, 0) == prev_slot)
+                 & (tl.gather(active.to(tl.int32), left, 0) != 0))
+    load_pred = active & (prev_slot > 0) & ~from_left
+    pred_token, pred_position, pred_prev_hash, _ = _record_words(records_ptr, tl.maximum(prev_slot, 0), load_pred)
+    pred_hash = tl.where(from_left, tl.gather(own_hash, left, 0),
+                         record_hash(pred_token, pred_position, pred_prev_hash))
     expected_prev_hash = tl.where(prev_slot == 0, tl.zeros_like(pred_hash) + CHAIN_ANCHOR_U64, pred_hash)
 
-    expected_position = tl.load(expected_position_ptr + entry, mask=active, other=0)
-    expected_token = tl.load(expected_token_ptr + entry, mask=active, other=-1)
     bits = tl.where(position != expected_position, 2, 0)
     bits |= tl.where((prev_slot >= 0) & (prev_hash != expected_prev_hash), 1, 0)
+    expected_token = tl.full([BLOCK], -1, tl.int32)
     if CHECK_TOKENS:
+        expected_token = tl.load(expected_token_ptr + entry, mask=active, other=-1)
         bits |= tl.where((expected_token >= 0) & (token != expected_token), 4, 0)
     expected_real_kv = tl.zeros_like(stored_real_kv)
     if CHECK_REAL_KV:
