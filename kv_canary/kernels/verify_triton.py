@@ -8,12 +8,13 @@ import triton.language as tl
 
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, as_u64, real_kv_hash, record_hash
+from kv_canary.kernels.launch_cache import CompiledLaunchCache
 from kv_canary.kernels.ring_triton import append_violations
 from kv_canary.launch_tags import LaunchTag
 from kv_canary.plans import VerifyPlan
 from kv_canary.real_kv import RealKvSource
 
-_BLOCK = 512
+_BLOCK = 256
 _BLOCK_WITH_REAL_KV = 128
 _WORD_CHUNK = 8
 
@@ -29,7 +30,8 @@ def _record_words(records_ptr, slot, mask):
     return token, position, as_u64(prev_hash), as_u64(real_kv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ring_capacity", "num_layers", "row_words", "hashed_words", "launch_tag",
+                              "num_entries"])
 def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, expected_token_ptr, num_valid_ptr,
                    ring_rows_ptr, ring_index_ptr, ring_capacity, kernel_runs_ptr, slot_runs_ptr, step_ptr,
                    layer_pointers_ptr, num_layers, row_words, hashed_words, launch_tag, num_entries,
@@ -44,6 +46,7 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
     # The plan loads do not wait for num_valid: one round trip to memory less on small launches.
     num_valid = tl.load(num_valid_ptr)
     slot = tl.load(slot_ptr + entry, mask=in_launch, other=0)
+    left_slot = tl.load(slot_ptr + entry - 1, mask=in_launch & (lane > 0), other=0)
     prev_slot = tl.load(prev_slot_ptr + entry, mask=in_launch, other=-1)
     expected_position = tl.load(expected_position_ptr + entry, mask=in_launch, other=0)
     active = in_launch & (entry < num_valid) & (slot != 0)
@@ -53,8 +56,7 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
     # A slot's predecessor is usually the previous entry's own slot: take its hash from that lane
     # and read the predecessor's record from memory only when it lives elsewhere.
     left = tl.maximum(lane - 1, 0)
-    from_left = ((lane > 0) & (prev_slot > 0) & (tl.gather(slot, left, 0) == prev_slot)
-                 & (tl.gather(active.to(tl.int32), left, 0) != 0))
+    from_left = (lane > 0) & (prev_slot > 0) & (left_slot == prev_slot) & (entry - 1 < num_valid)
     load_pred = active & (prev_slot > 0) & ~from_left
     pred_token, pred_position, pred_prev_hash, _ = _record_words(records_ptr, tl.maximum(prev_slot, 0), load_pred)
     pred_hash = tl.where(from_left, tl.gather(own_hash, left, 0),
@@ -81,14 +83,17 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
                           expected_prev_hash, stored_real_kv, expected_real_kv)
 
 
+_LAUNCHES = CompiledLaunchCache(_verify_kernel)
+
+
 def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: LaunchTag, state: CanaryDeviceState,
                     real_kv: RealKvSource | None, check_tokens: bool, record_violations: bool = True,
                     num_entries: int | None = None) -> None:
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     block = _BLOCK if real_kv is None else _BLOCK_WITH_REAL_KV
     layer_pointers = state.step if real_kv is None else real_kv.layer_pointers
-    _verify_kernel[(max(1, triton.cdiv(n, block)),)](
-        records, plan.slot_indices, plan.prev_slot_indices, plan.expected_positions, plan.expected_tokens,
+    _LAUNCHES.launch(
+        (max(1, triton.cdiv(n, block)),), records, plan.slot_indices, plan.prev_slot_indices, plan.expected_positions, plan.expected_tokens,
         plan.num_valid, state.ring.rows, state.ring.write_index, state.ring.capacity, state.kernel_run_counters,
         state.slot_run_counters, state.step, layer_pointers,
         0 if real_kv is None else len(real_kv.layer_words), 0 if real_kv is None else real_kv.row_words,
