@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from kv_canary.real_kv import RealKvSource
+
 
 class CompiledLaunchCache:
     def __init__(self, kernel: object) -> None:
@@ -33,3 +35,10 @@ class CompiledLaunchCache:
             self._compiled[key] = compiled.result() if hasattr(compiled, "result") else compiled
             return
         compiled[grid](*args, *constexprs.values())
+
+
+def real_kv_arguments(real_kv: RealKvSource | None, placeholder: torch.Tensor) -> tuple[object, int, int, int]:
+    """(layer pointer table, layers, row words, hashed words); a placeholder pointer when hashing is off."""
+    if real_kv is None:
+        return placeholder, 0, 0, 0
+    return real_kv.layer_pointers, len(real_kv.layer_words), real_kv.row_words, real_kv.hashed_words

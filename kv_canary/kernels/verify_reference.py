@@ -18,7 +18,8 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
                     num_entries: int | None = None) -> None:
     """Check each planned slot's record against its expected position, chain hash, token and real K/V.
 
-    ``num_entries`` is a host-side upper bound on the plan's valid entries (None: its capacity).
+    ``num_entries`` is the plan's valid entry count when the host knows it; None launches over the
+    whole plan and lets ``plan.num_valid`` decide on device (as under CUDA-graph capture).
     """
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     slots = plan.slot_indices[:n].to(torch.int64)
