@@ -11,7 +11,7 @@ import pytest
 from harness.scenario import ScenarioValidationError, load_scenario_file, load_scenarios
 from harness.scenario.loader import MAX_SCENARIO_BYTES
 
-from tests.unit.harness.conftest import BASELINE_MHA, DESIGN_EXAMPLE, DETECT_EVICTION
+from tests.unit.harness.samples import BASELINE_MHA, DESIGN_EXAMPLE, DETECT_EVICTION
 
 
 def _design_md() -> Path | None:
