@@ -37,3 +37,12 @@ expect:
   violations:
     - {launch_tag: "HEAD_*", fail_reason: "chain_hash"}
 """
+
+
+def process_is_gone(pid: int) -> bool:
+    """Gone or a zombie (an orphan reaped late by a container's init is as dead as it gets)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
