@@ -36,7 +36,7 @@ class RunResult:
             return ""
         lines = [f"{self.pair_id} ({self.scenario_path}) failed; server log: {self.log_path}"]
         if self.error is not None:
-            lines.append(f"  no verdict: {self.error}")
+            lines.append("  no verdict: " + self.error.replace("\n", "\n    "))
         for outcome in self.check.unmet() if self.check is not None else []:
             lines.append(f"  expected {outcome.expectation}: {outcome.reason}")
             lines.extend(f"    | {line}" for line in outcome.log_lines)
