@@ -9,8 +9,10 @@ covered in the child itself, by ``PR_SET_PDEATHSIG`` (see ``server_process.py``)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -44,16 +46,23 @@ def stop_all() -> None:
         server.stop()
 
 
-def exit_on_termination_signals() -> None:
+@contextlib.contextmanager
+def termination_signals_exit() -> Iterator[None]:
     """For applications that own the process (the CLI): SIGTERM/SIGHUP exit through ``finally`` blocks.
 
-    Only replaces default handlers, so a host application's own handlers are left alone.
+    Only default handlers are replaced, and they are restored on the way out, so a host
+    application's own handlers are left alone.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, _raise_system_exit)
+    replaced = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                replaced[signum] = signal.signal(signum, _raise_system_exit)
+    try:
+        yield
+    finally:
+        for signum, previous in replaced.items():
+            signal.signal(signum, previous)
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
