@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from harness.report import RunDirectory, RunDirectoryError, render_report, terminal_table
+from harness.run_result import RunResult
 from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
 from harness.runner.safety_net import termination_signals_exit
 from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenarios
@@ -92,14 +93,13 @@ def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: P
     run_dir = RunDirectory(report_dir or Path("runs") / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
     options = RunOptions(log_dir=run_dir.logs_dir, device=device, server_command=tuple(shlex.split(server_command)),
                          run_timeout_s=run_timeout_s)
-    results = []
+    results: list[RunResult] = []
     interrupted = False
     with termination_signals_exit():
         try:
-            results = _run_pairs(pairs, options, run_dir)
+            _run_pairs(pairs, options, run_dir, results)
         except KeyboardInterrupt:
-            interrupted = True
-            results = run_dir.read_results() if run_dir.results_dir.is_dir() else []
+            interrupted = True  # the interrupted pair's server is already stopped; report what finished
     if results:
         click.echo(terminal_table(results))
         rendered = render_report(run_dir.root)
@@ -110,10 +110,11 @@ def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: P
     sys.exit(EXIT_HELD if all(result.passed for result in results) else EXIT_FAILED)
 
 
-def _run_pairs(pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory) -> list:
+def _run_pairs(pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory,
+               results: list[RunResult]) -> None:
+    """Appends to ``results`` as it goes, so that an interrupted run still reports the finished pairs."""
     from tqdm import tqdm  # only `run` draws a progress bar
 
-    results = []
     with tqdm(pairs, unit="pair", file=sys.stderr, dynamic_ncols=True) as progress:
         for item, mode in progress:
             progress.set_description(f"{item.scenario.name}[{mode}]")
@@ -122,7 +123,6 @@ def _run_pairs(pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run
             results.append(result)
             if not result.passed:
                 progress.write(result.failure_message(), file=sys.stderr)
-    return results
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+import harness.cli
 from harness.cli import cli
 from harness.scenario.json_schema import render_json_schema
 
@@ -122,3 +123,20 @@ def test_serve_runs_the_mock_servers_command(invoke, monkeypatch):
     module.serve_command = serve_command
     monkeypatch.setitem(sys.modules, "mock_models.server.main", module)
     assert invoke("serve", "--model-mode", "swa").output == "serving swa\n"
+
+
+def test_ctrl_c_reports_the_finished_pairs_and_exits_130(invoke, library, tmp_path, monkeypatch):
+    real_run = harness.cli.run_scenario
+    calls = []
+
+    def interrupt_the_second_pair(*args: object):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(*args)
+
+    monkeypatch.setattr(harness.cli, "run_scenario", interrupt_the_second_pair)
+    result = invoke(*run_args(library, report=tmp_path / "run"))
+    assert result.exit_code == 130
+    assert "1 passed, 0 failed" in result.output
+    assert "interrupted after 1 of 3 pair(s); every server was stopped." in result.output
