@@ -19,6 +19,7 @@ from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
 from harness.runner.safety_net import termination_signals_exit
 from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenarios
 from harness.scenario.json_schema import SCHEMA_FILE, render_json_schema
+from harness.text_table import aligned_columns
 
 EXIT_HELD, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_SCENARIO_DIR = Path("scenarios")
@@ -144,9 +145,7 @@ def list_scenarios(scenario_dir: Path) -> None:
         (item.scenario.name, ",".join(item.scenario.model_modes),
          item.scenario.fault.kind if item.scenario.injects_fault else "none",
          "detected" if item.scenario.expects_detection else "clean") for item in loaded)]
-    widths = [max(len(row[index]) for row in rows) for index in range(4)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    click.echo(aligned_columns(rows))
 
 
 @cli.command()

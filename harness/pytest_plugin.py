@@ -23,9 +23,8 @@ import pytest
 
 from harness.report import RunDirectory
 from harness.run_result import RunResult
-from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, ServerProcess, run_scenario
+from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, ServerProcess, engine_server, run_scenario
 from harness.runner.engine_client import EngineClient
-from harness.runner.server_command import server_argv
 from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenario_file
 from harness.scenario.loader import SCENARIO_SUFFIXES
 from harness.scenario.model import EngineSettings
@@ -172,12 +171,9 @@ def _start_server(config: pytest.Config, run_dir: Path, mode: str,
     settings = engine if isinstance(engine, EngineSettings) else EngineSettings.model_validate(dict(engine or {}))
     options = _run_options(config, run_dir / "logs")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    process = ServerProcess(
-        argv_for_port=lambda port: server_argv(server_command=options.server_command, engine=settings, mode=mode,
-                                               port=port, device=options.device,
-                                               swa_divergence_interval=settings.swa_divergence_interval),
-        log_path=options.log_dir / worker / (re.sub(r"[^\w.-]+", "_", log_name) + ".log"),
-        startup_timeout_s=options.startup_timeout_s, stop_timeout_s=options.stop_timeout_s)
+    process = engine_server(settings, mode, options,
+                            log_path=options.log_dir / worker / (re.sub(r"[^\w.-]+", "_", log_name) + ".log"),
+                            swa_divergence_interval=settings.swa_divergence_interval)
     process.start()
     return KvCanaryServer(process=process, client=EngineClient(process.base_url, timeout_s=options.request_timeout_s),
                           mode=mode)

@@ -8,6 +8,11 @@ from harness.expectations import ExpectationResult
 from harness.injections import Injection
 
 
+def pair_file_stem(scenario: str, mode: str) -> str:
+    """File name stem of a (scenario, mode) pair's result and log: '<scenario>--<mode>'."""
+    return f"{scenario}--{mode}"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunResult:
     scenario: str

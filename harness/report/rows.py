@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness.run_result import RunResult
+from harness.text_table import aligned_columns
 
 COLUMNS = ("scenario", "mode", "result", "detected", "latency", "violations", "reasons", "wall s")
 
@@ -41,6 +42,4 @@ def markdown_table(results: Sequence[RunResult]) -> str:
 
 
 def terminal_table(results: Sequence[RunResult]) -> str:
-    rows = [COLUMNS, *(_cells(result) for result in results)]
-    widths = [max(len(row[index]) for row in rows) for index in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return aligned_columns([COLUMNS, *(_cells(result) for result in results)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.run_result import RunResult
+from harness.run_result import RunResult, pair_file_stem
 
 
 class RunDirectoryError(ValueError):
@@ -20,7 +20,7 @@ class RunDirectory:
 
     def write_result(self, result: RunResult) -> Path:
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.results_dir / f"{result.scenario}--{result.mode}.json"
+        path = self.results_dir / f"{pair_file_stem(result.scenario, result.mode)}.json"
         path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         return path
 

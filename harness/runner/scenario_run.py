@@ -12,7 +12,7 @@ from kv_canary.log_lines import ViolationRecord
 
 from harness.expectations import check_expectations
 from harness.injections import Injection
-from harness.run_result import RunResult
+from harness.run_result import RunResult, pair_file_stem
 from harness.runner.deadline import Deadline
 from harness.runner.engine_client import EngineClient
 from harness.runner.errors import EngineHttpError, RunnerError, ServerCrashed
@@ -20,7 +20,7 @@ from harness.runner.server_command import DEFAULT_SERVER_COMMAND, effective_swa_
 from harness.runner.server_process import ServerProcess
 from harness.runner.workload import drive_workload, filler_request, plan_requests
 from harness.scenario.loader import LoadedScenario
-from harness.scenario.model import Scenario
+from harness.scenario.model import EngineSettings, Scenario
 
 DEFAULT_VOCAB_SIZE = 256  # used when GET /get_server_info names no vocab_size
 # A fault expected to stay silent has no latency bound; this many forwards after it is how long
@@ -29,6 +29,7 @@ SILENT_FAULT_OBSERVATION_FORWARDS = 16
 # How many forwards past its trigger a still-scheduled fault is given before the run gives up on it.
 TRIGGER_WAIT_FORWARDS = 256
 _STALLED_FILLERS = 3
+_CRASH_GRACE_S = 2.0  # how long a server that dropped a connection gets to show it has exited
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,10 +51,6 @@ class _Collected:
     failed_requests: int
 
 
-def log_file_name(scenario_name: str, mode: str) -> str:
-    return f"{scenario_name}--{mode}.log"
-
-
 def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunResult:
     """Run one pair; runner failures become a failed result, anything else propagates after cleanup."""
     scenario = loaded.scenario
@@ -61,13 +58,9 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
     deadline = Deadline(options.run_timeout_s)
     swa_divergence_interval = effective_swa_divergence_interval(
         scenario.engine, expects_swa_divergence=scenario.expect.swa_divergence is not None)
-    server = ServerProcess(
-        argv_for_port=lambda port: server_argv(server_command=options.server_command, engine=scenario.engine,
-                                               mode=mode, port=port, device=options.device,
-                                               swa_divergence_interval=swa_divergence_interval),
-        log_path=options.log_dir / log_file_name(scenario.name, mode),
-        startup_timeout_s=min(options.startup_timeout_s, options.run_timeout_s),
-        stop_timeout_s=options.stop_timeout_s)
+    server = engine_server(scenario.engine, mode, options,
+                           log_path=options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log",
+                           swa_divergence_interval=swa_divergence_interval)
     collected: _Collected | None = None
     error: str | None = None
     try:
@@ -88,6 +81,17 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
         injections=collected.injections if collected else ())
 
 
+def engine_server(engine: EngineSettings, mode: str, options: RunOptions, *, log_path: Path,
+                  swa_divergence_interval: int | None) -> ServerProcess:
+    """The (not yet started) server for these engine settings and mode."""
+    return ServerProcess(
+        argv_for_port=lambda port: server_argv(server_command=options.server_command, engine=engine, mode=mode,
+                                               port=port, device=options.device,
+                                               swa_divergence_interval=swa_divergence_interval),
+        log_path=log_path, startup_timeout_s=min(options.startup_timeout_s, options.run_timeout_s),
+        stop_timeout_s=options.stop_timeout_s)
+
+
 def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, deadline: Deadline) -> _Collected:
     client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
     try:
@@ -103,7 +107,7 @@ def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, dea
         return _Collected(injections=injections, forward_count=client.forward_count(),
                           engine_violation_count=snapshot.count, failed_requests=workload.failed + failed_fillers)
     except requests.RequestException as failure:
-        if server.has_exited():
+        if server.wait_for_exit(_CRASH_GRACE_S):
             raise ServerCrashed(f"the server exited during the run\n{server.log_tail()}") from None
         raise EngineHttpError(f"the server at {server.base_url} did not answer: {failure}") from None
 

@@ -113,6 +113,15 @@ class ServerProcess:
             return True
         return state is not None
 
+    def wait_for_exit(self, timeout_s: float) -> bool:
+        """Whether the server exits within ``timeout_s`` (a dropped connection can beat the exit by a moment)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.has_exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def stop(self) -> None:
         """Idempotent: SIGTERM to the group, SIGKILL after the grace period (and to any straggler), reap."""
         popen = self._popen
@@ -121,9 +130,7 @@ class ServerProcess:
         try:
             if not self.has_exited():
                 _signal_group(popen.pid, signal.SIGTERM)
-                deadline = time.monotonic() + self._stop_timeout_s
-                while not self.has_exited() and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                self.wait_for_exit(self._stop_timeout_s)
             # The leader is not reaped yet, so its group id cannot have been reused: safe to kill stragglers.
             _signal_group(popen.pid, signal.SIGKILL)
             self.exit_code = popen.wait()

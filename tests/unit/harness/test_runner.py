@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from harness.runner import RunOptions, ServerProcess, run_scenario, safety_net
-from harness.runner import scenario_run
 from harness.runner.engine_client import EngineClient
 
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION, FAKE_SERVER_COMMAND, process_is_gone
@@ -167,7 +166,3 @@ def _fake_flags(port: int) -> list[str]:
 
 def _fields(options: RunOptions) -> dict:
     return {name: getattr(options, name) for name in RunOptions.__dataclass_fields__}
-
-
-def test_scenario_run_names_logs_per_pair():
-    assert scenario_run.log_file_name("evict-node", "swa") == "evict-node--swa.log"
