@@ -75,7 +75,8 @@ def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
               help="Run only this mode; a scenario that does not list it is skipped.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for results, server logs and the report [default: runs/<UTC time>].")
+              help="Run directory for results, server logs and the report [default: runs/<UTC time>]; results "
+                   "of earlier runs into the same directory stay in its report, re-run pairs are replaced.")
 @click.option("--server-command", default=shlex.join(DEFAULT_SERVER_COMMAND), show_default=True,
               help="Command that starts the server; the engine flags are appended.")
 @click.option("--timeout", "run_timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
@@ -104,7 +105,8 @@ def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: P
     if results:
         click.echo(terminal_table(results))
         rendered = render_report(run_dir.root)
-        click.echo(f"{rendered.passed} passed, {rendered.failed} failed; report: {rendered.markdown}")
+        passed = sum(result.passed for result in results)
+        click.echo(f"{passed} passed, {len(results) - passed} failed; report: {rendered.markdown}")
     if interrupted:
         click.echo(f"interrupted after {len(results)} of {len(pairs)} pair(s); every server was stopped.", err=True)
         sys.exit(EXIT_INTERRUPTED)
