@@ -14,8 +14,8 @@ from kv_canary.launch_tags import FailReason, LaunchTag
 from harness.scenario.model import Scenario
 from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups, mode_has_swa_group
 from harness.scenario.patterns import alternatives, matches_any
+from harness.scenario.problems import Location
 
-Location = tuple[str | int, ...]
 KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
 KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
 _TRIGGERS = ("at_step", "after_warmup_steps", "probability")

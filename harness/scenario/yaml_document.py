@@ -10,7 +10,8 @@ import dataclasses
 
 import yaml
 
-Location = tuple[str | int, ...]
+from harness.scenario.problems import Location
+
 # Aliases can expand a small file into an exponential tree; a scenario is a few hundred keys.
 MAX_NODES = 20_000
 
