@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -12,24 +11,6 @@ from harness.scenario import ScenarioValidationError, load_scenario_file, load_s
 from harness.scenario.loader import MAX_SCENARIO_BYTES
 
 from tests.unit.harness.samples import BASELINE_MHA, DESIGN_EXAMPLE, DETECT_EVICTION
-
-
-def _design_md() -> Path | None:
-    """DESIGN.md lives in shared/ beside the checkout (or beside one of its parents)."""
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "DESIGN.md"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def test_the_design_example_copy_is_verbatim():
-    design = _design_md()
-    if design is None:
-        pytest.skip("shared/DESIGN.md is not beside this checkout")
-    block = re.search(r"## Scenario YAML.*?```yaml\n(.*?)```", design.read_text(), re.S)
-    assert block is not None, "DESIGN.md has no scenario YAML block"
-    assert DESIGN_EXAMPLE.read_text() == block.group(1)
 
 
 def test_the_design_example_is_accepted():
