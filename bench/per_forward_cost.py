@@ -119,6 +119,24 @@ def build(case: Case, mode: str, real_kv: RealKvHashMode, device: str):
     return manager, rows(case.prefix, case.new_tokens, hints=True), rows(case.prefix, case.new_tokens, hints=False)
 
 
+def measure(case: Case, mode: str, real_kv: RealKvHashMode, device: str) -> dict[str, object]:
+    manager, eager_rows, graph_rows = build(case, mode, real_kv, device)
+
+    def eager() -> None:
+        manager.before_forward(eager_rows)
+        manager.after_forward()
+
+    def captured() -> None:
+        manager.before_forward(graph_rows)
+        manager.after_forward()
+
+    # The same step is repeated: its writes rewrite identical records, so it stays clean.
+    eager_us = time_eager_us(eager, iterations=20)
+    graph_us = time_graph_us(captured, launches_per_graph=1, replays=20)
+    return {"case": case.label, "mode": mode, "real_kv": real_kv.value, "eager_us": eager_us, "graph_us": graph_us,
+            "violations": int(manager.state.ring.write_index)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path)
@@ -135,25 +153,10 @@ def main() -> None:
             for real_kv in RealKvHashMode:
                 if real_kv is not RealKvHashMode.NONE and case.slots > MAX_SLOTS_WITH_REAL_KV:
                     continue
-                manager, eager_rows, graph_rows = build(case, mode, real_kv, device)
-
-                def eager() -> None:
-                    manager.before_forward(eager_rows)
-                    manager.after_forward()
-
-                def captured() -> None:
-                    manager.before_forward(graph_rows)
-                    manager.after_forward()
-
-                # The same step is replayed: its writes rewrite identical records, so it stays clean.
-                eager_us = time_eager_us(eager, iterations=20)
-                graph_us = time_graph_us(captured, launches_per_graph=1, replays=20)
-                violations = int(manager.state.ring.write_index)
-                results.append({"case": case.label, "mode": mode, "real_kv": real_kv.value, "eager_us": eager_us,
-                                "graph_us": graph_us, "violations": violations})
-                print(f"| {case.label} | {mode} | {real_kv.value} | {eager_us:.1f} | {graph_us:.1f} | {violations} |",
-                      flush=True)
-                del manager
+                row = measure(case, mode, real_kv, device)
+                results.append(row)
+                print(f"| {case.label} | {mode} | {real_kv.value} | {row['eager_us']:.1f} | {row['graph_us']:.1f} | "
+                      f"{row['violations']} |", flush=True)
                 torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": results}, indent=2))
