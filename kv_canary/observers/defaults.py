@@ -4,9 +4,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kv_canary.observers.health_checker import HealthChecker
+from kv_canary.observers.stats_logger import StatsLogger
+from kv_canary.sweep.sweep_orchestrator import SweepOrchestrator
+
 if TYPE_CHECKING:
     from kv_canary.manager import CanaryManager, HostObserver
 
 
 def build_default_observers(manager: CanaryManager) -> list[HostObserver]:
-    return []
+    """Build the observers the config turns on, in the order they must run.
+
+    The sweep comes first, so that the health checker's and the stats logger's snapshots at a
+    forward include the sweep pass of that forward.
+    """
+    config = manager.config
+    observers: list[HostObserver] = []
+    sweep = SweepOrchestrator(manager=manager) if config.sweep_interval else None
+    if sweep is not None:
+        observers.append(sweep)
+    if config.health_check_interval:
+        observers.append(HealthChecker(manager=manager))
+    if config.stats_interval:
+        observers.append(StatsLogger(manager=manager, sweep_passes=lambda: sweep.passes if sweep else 0))
+    return observers
