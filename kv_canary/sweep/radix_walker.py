@@ -95,18 +95,22 @@ def _keeps(node: object, *, unlocked_only: bool, swa_resident_only: bool) -> boo
 def _gather(values: list[torch.Tensor], kept: list[_NodeSpan], keys: list[list[int]],
             device: torch.device) -> RadixWalk:
     """Per-token indices are built on the host from per-node spans, then gathered on ``device``."""
-    lengths = torch.tensor([span.length for span in kept], dtype=torch.int64)
+    # Explicitly on the CPU: engines may set a CUDA default device.
+    def host(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device="cpu")
+
+    lengths = host([span.length for span in kept])
     total = int(lengths.sum())
-    node_of = torch.repeat_interleave(torch.arange(len(kept)), lengths, output_size=total)
-    offset_in_node = torch.arange(total) - (torch.cumsum(lengths, 0) - lengths)[node_of]
+    node_of = torch.repeat_interleave(torch.arange(len(kept), device="cpu"), lengths, output_size=total)
+    offset_in_node = torch.arange(total, device="cpu") - (torch.cumsum(lengths, 0) - lengths)[node_of]
 
     def per_token(field: str) -> torch.Tensor:
-        return torch.tensor([getattr(span, field) for span in kept], dtype=torch.int64)[node_of]
+        return host([getattr(span, field) for span in kept])[node_of]
 
     value_index = per_token("start") + offset_in_node
     prev_index = torch.where(offset_in_node == 0, per_token("prev_index"), value_index - 1)
     positions = per_token("depth") + offset_in_node
-    tokens = torch.tensor(list(itertools.chain.from_iterable(keys)), dtype=torch.int64)
+    tokens = host(list(itertools.chain.from_iterable(keys)))
 
     all_slots = (torch.cat([value.to(device=device, dtype=torch.int64) for value in values]) if values
                  else torch.zeros(0, dtype=torch.int64, device=device))

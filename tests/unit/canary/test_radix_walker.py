@@ -118,5 +118,6 @@ def test_swa_sweep_plan_translates_and_pads_what_is_not_resident():
 
 
 def test_an_empty_walk_still_gives_a_launchable_plan():
-    plan = build_sweep_plan(walk_radix_cache(FakeRadixCache(), device="cpu"), swa_group(torch.zeros(4, dtype=torch.int64)))
+    walk = walk_radix_cache(FakeRadixCache(), device="cpu")
+    plan = build_sweep_plan(walk, swa_group(torch.zeros(4, dtype=torch.int64)))
     assert int(plan.num_valid) == 0 and plan.capacity == 1 and plan.expected_tokens.tolist() == [TOKEN_UNKNOWN]
