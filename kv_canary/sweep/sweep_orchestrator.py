@@ -13,6 +13,7 @@ The kernels are launched even when the cache is empty, so the health checker see
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from kv_canary.launch_tags import Phase, PoolGroupKind
@@ -58,5 +59,6 @@ class SweepOrchestrator:
                                            num_entries=walk.num_tokens)
         self.passes += 1
         # DEBUG only: a pass runs every few forwards, far too often for INFO.
-        manager.logger.debug("kv_canary sweep pass=%d cached_tokens=%s", self.passes,
-                             {("swa" if swa else "full"): walk.num_tokens for swa, walk in walks.items()})
+        if manager.logger.isEnabledFor(logging.DEBUG):
+            manager.logger.debug("kv_canary sweep pass=%d cached_tokens=%s", self.passes,
+                                 {("swa" if swa else "full"): walk.num_tokens for swa, walk in walks.items()})
