@@ -4,6 +4,7 @@ from kv_canary.config import CanaryConfig, CanaryMode, KernelBackend, RealKvHash
 from kv_canary.install import install_canary
 from kv_canary.log_lines import CanaryStatsLog, SwaDivergenceLog, ViolationRecord
 from kv_canary.manager import CanaryManager
+from kv_canary.observers.health_checker import KvCanaryHealthError
 from kv_canary.observers.violation_reporter import KvCanaryViolationError
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "CanaryMode",
     "CanaryStatsLog",
     "KernelBackend",
+    "KvCanaryHealthError",
     "KvCanaryViolationError",
     "RealKvHashMode",
     "SwaDivergenceLog",

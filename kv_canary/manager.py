@@ -27,6 +27,12 @@ class HostObserver(Protocol):
     def flush(self) -> None: ...
 
 
+class VerifyPlanHook(Protocol):
+    """Called inside the pre-ops, possibly while a CUDA graph is captured: device ops only."""
+
+    def on_verify_plan_built(self, group: CanaryBufferGroup, plan: VerifyPlan, rows: ForwardRows) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class GroupPlans:
     verify: VerifyPlan
@@ -62,6 +68,7 @@ class CanaryManager:
         self.reporter = ViolationReporter(state=self.state, mode=config.mode, logger=logger,
                                           handler=self.new_delayed_handler())
         self.observers: list[HostObserver] = []
+        self._verify_plan_hooks: list[VerifyPlanHook] = []
         self.prefix_cache: object | None = None
         self.forward_count = 0
 
@@ -69,6 +76,10 @@ class CanaryManager:
 
     def new_delayed_handler(self) -> DelayedDeviceHostHandler:
         return DelayedDeviceHostHandler(self.device, self.side_stream)
+
+    def add_verify_plan_hook(self, hook: VerifyPlanHook) -> None:
+        """Call ``hook.on_verify_plan_built`` in every forward's pre-ops, after each group's verify plan."""
+        self._verify_plan_hooks.append(hook)
 
     def attach_prefix_cache(self, prefix_cache: object) -> None:
         """The radix cache the periodic sweep walks; engines call this once it exists."""
@@ -94,6 +105,8 @@ class CanaryManager:
             window = group.window if group.kind is PoolGroupKind.SWA else None
             verify_entries = build_verify_plan(plans.verify, rows, plan_overflow=self.state.plan_overflow,
                                                window=window, full_to_swa=mapping)
+            for hook in self._verify_plan_hooks:
+                hook.on_verify_plan_built(group, plans.verify, rows)
             write_entries, longest_run = build_write_plan(plans.write, rows, plan_overflow=self.state.plan_overflow,
                                                           full_to_swa=mapping)
             hints.append(LaunchHints(verify_entries=verify_entries, write_entries=write_entries,
@@ -108,7 +121,6 @@ class CanaryManager:
     def after_forward_on_host(self) -> None:
         """Host-side observers; never inside a captured graph."""
         self.forward_count += 1
-        self.reporter.step()
         for observer in self.observers:
             observer.step(self.forward_count)
 
@@ -132,7 +144,6 @@ class CanaryManager:
 
     def flush(self) -> None:
         """Deliver everything staged on the device now (blocking); call between forwards only."""
-        self.reporter.flush()
         for observer in self.observers:
             observer.flush()
 

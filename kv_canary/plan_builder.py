@@ -24,7 +24,9 @@ def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: tor
     total = ends[-1:] if rows.batch_size else torch.zeros(1, dtype=torch.int64, device=device)
     plan.num_valid.copy_(total.clamp(max=plan.capacity))
     plan_overflow.add_((total - plan.capacity).clamp(min=0))
-    exact = None if rows.prefix_lens_host is None else min(plan.capacity, _host_total(rows.prefix_lens_host, window))
+    exact = None
+    if rows.prefix_lens_host is not None:
+        exact = min(plan.capacity, _host_total(rows.prefix_lens_host, window))
     n = plan.capacity if exact is None else exact
     if n == 0 or rows.batch_size == 0:
         return exact

@@ -64,7 +64,9 @@ class DelayedDeviceHostHandler:
                            ready=None)
         compute_stream = torch.cuda.current_stream(self._device)
         frozen = {name: value.detach().clone() for name, value in snapshot.items()}
-        host = {name: torch.empty(value.shape, dtype=value.dtype, pin_memory=True) for name, value in frozen.items()}
+        # Explicitly on the CPU: engines may set a CUDA default device, and only CPU memory pins.
+        host = {name: torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
+                for name, value in frozen.items()}
         self._side_stream.wait_stream(compute_stream)
         with torch.cuda.stream(self._side_stream):
             for name, value in frozen.items():

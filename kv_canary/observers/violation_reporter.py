@@ -32,7 +32,8 @@ class ViolationReporter:
         self.records: list[ViolationRecord] = []
         self.dropped_rows = 0
 
-    def step(self) -> None:
+    def step(self, forward_count: int) -> None:
+        del forward_count  # every forward's ring is staged
         self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
 
     def flush(self) -> None:

@@ -68,16 +68,20 @@ class Request:
 
 
 class FakeEngine:
+    """Subclasses with another pool override ``_allocate_slots`` and ``_after_forward``."""
+
     def __init__(self, config: CanaryConfig, *, device: str = "cpu", num_slots: int = 256, rows: int = 16,
-                 max_context: int = 128, model_class: type[TinyModel] = TinyModel) -> None:
+                 max_context: int = 128, model_class: type[TinyModel] = TinyModel, pool: object | None = None,
+                 swa_window: int | None = None) -> None:
         self.device = device
-        self.pool = MHATokenToKVPool(num_slots=num_slots, device=device)
+        self.pool = MHATokenToKVPool(num_slots=num_slots, device=device) if pool is None else pool
         self.req_pool = ReqToTokenPool(rows=rows, max_context=max_context, device=device)
         self.model = model_class(self.pool)
         self.free_slots = list(range(1, num_slots))
         self.free_rows = list(range(1, rows))
         self.canary: CanaryManager | None = install_canary(model=self.model, kv_pool=self.pool,
-                                                            req_to_token_pool=self.req_pool, config=config)
+                                                            req_to_token_pool=self.req_pool, config=config,
+                                                            swa_window=swa_window)
 
     def add_request(self, tokens: list[int], *, share_prefix_with: Request | None = None,
                     shared_len: int = 0) -> Request:
@@ -99,12 +103,13 @@ class FakeEngine:
         extend = [len(r.tokens) - r.cached for r in requests]
         slots, input_ids, positions = [], [], []
         for request, start, count in zip(requests, prefix, extend):
-            new = [self.free_slots.pop(0) for _ in range(count)]
+            new = self._allocate_slots(count)
             self.req_pool.req_to_token[request.row, start:start + count] = torch.tensor(new, dtype=torch.int32,
                                                                                         device=self.device)
             slots += new
             input_ids += request.tokens[start:start + count]
             positions += range(start, start + count)
+
         def on_device(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=self.device)
 
@@ -116,6 +121,13 @@ class FakeEngine:
         self.model(on_device(input_ids), on_device(positions), batch)
         for request in requests:
             request.cached = len(request.tokens)
+        self._after_forward(requests)
+
+    def _allocate_slots(self, count: int) -> list[int]:
+        return [self.free_slots.pop(0) for _ in range(count)]
+
+    def _after_forward(self, requests: list[Request]) -> None:
+        """Nothing to release in a full-attention pool."""
 
     def slot_of(self, request: Request, position: int) -> int:
         return int(self.req_pool.req_to_token[request.row, position])
