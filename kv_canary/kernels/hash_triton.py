@@ -46,9 +46,26 @@ def rotate_left(x, bits):
 
 @triton.jit
 def record_hash(token, position, prev_hash):
-    return link_hash(token, position) ^ rotate_left(prev_hash, 1)
+    return link_hash(token, position) ^ ((prev_hash << 1) | (prev_hash >> 63))
 
 
 @triton.jit
 def word_salt(layer, word):
-    return (as_u64(word) + (as_u64(layer) << 20)) * MIX2_U64
+    return as_u64(word.to(tl.int64) + layer * (1 << 20)) * MIX2_U64
+
+
+@triton.jit
+def real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slots, mask, WORD_CHUNK: tl.constexpr):
+    """Hash of each lane's slot row, bit-equal to ``hash_reference.real_kv_row_hash``."""
+    total = tl.zeros_like(slots).to(tl.uint64)
+    word = tl.arange(0, WORD_CHUNK)
+    rows = slots.to(tl.int64)[:, None] * row_words
+    for layer in range(num_layers):
+        layer_words = tl.load(layer_pointers_ptr + layer).to(tl.pointer_type(tl.int64))
+        for first_word in range(0, hashed_words, WORD_CHUNK):
+            words = first_word + word
+            loads = mask[:, None] & (words < hashed_words)[None, :]
+            values = tl.load(layer_words + rows + words[None, :], mask=loads, other=0)
+            terms = splitmix64(as_u64(values) + word_salt(layer, words)[None, :])
+            total += tl.sum(tl.where(loads, terms, 0), axis=1)
+    return splitmix64(total)

@@ -1,0 +1,67 @@
+"""What the canary needs to know about one forward, read from the engine's forward batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ForwardRows:
+    req_pool_indices: torch.Tensor  # int [B]: each request's row in req_to_token
+    prefix_lens: torch.Tensor  # int [B]: tokens already cached before this forward
+    extend_lens: torch.Tensor  # int [B]: tokens this forward writes
+    out_cache_loc: torch.Tensor  # int [N]: full-pool slots written, request after request
+    input_ids: torch.Tensor  # int [N]
+    positions: torch.Tensor  # int [N]
+    req_to_token: torch.Tensor  # int [rows, max_context]
+    req_token_ids: torch.Tensor | None  # int [rows, max_context]: recorded tokens, -1 where none
+    # Host copies the engine already has: they size the plans exactly. None while a graph is
+    # captured (then the plans' fixed capacities are used).
+    prefix_lens_host: tuple[int, ...] | None = None
+    extend_lens_host: tuple[int, ...] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.req_pool_indices.shape[0]
+
+    @property
+    def num_new_tokens(self) -> int:
+        return self.out_cache_loc.shape[0]
+
+
+class ForwardRowsExtractor(Protocol):
+    def __call__(self, args: tuple, kwargs: dict, *, capturing: bool) -> ForwardRows: ...
+
+
+def extract_sglang_forward_rows(args: tuple, kwargs: dict, *, capturing: bool = False) -> ForwardRows:
+    """Read ``model.forward(input_ids, positions, forward_batch)`` with SGLang's attribute names."""
+    batch = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
+    if batch is None:
+        raise TypeError("kv_canary: the wrapped forward was called without a forward_batch argument; "
+                        "pass a forward_rows extractor to install_canary for this engine")
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+    pool = batch.req_to_token_pool
+    decode = getattr(batch, "extend_prefix_lens", None) is None
+    prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
+    extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
+    prefix_host = extend_host = None
+    if not capturing:
+        prefix_host = _host_list(batch, "extend_prefix_lens_cpu")
+        extend_host = _host_list(batch, "extend_seq_lens_cpu")
+        if decode and getattr(batch, "seq_lens_cpu", None) is not None:
+            seq_lens = [int(n) for n in batch.seq_lens_cpu]
+            prefix_host, extend_host = tuple(n - 1 for n in seq_lens), tuple(1 for _ in seq_lens)
+    return ForwardRows(req_pool_indices=batch.req_pool_indices, prefix_lens=prefix_lens, extend_lens=extend_lens,
+                       out_cache_loc=batch.out_cache_loc, input_ids=input_ids, positions=positions,
+                       req_to_token=pool.req_to_token, req_token_ids=getattr(pool, "req_token_ids", None),
+                       prefix_lens_host=prefix_host, extend_lens_host=extend_host)
+
+
+def _host_list(batch: object, name: str) -> tuple[int, ...] | None:
+    values = getattr(batch, name, None)
+    return None if values is None else tuple(int(n) for n in values)
+

@@ -1,0 +1,62 @@
+"""``install_canary``: attach canary buffers to an engine's KV pool and wrap its model's forward."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+import torch
+
+from kv_canary.adapters import attach_canary_buffers
+from kv_canary.config import CanaryConfig
+from kv_canary.forward_rows import ForwardRowsExtractor, extract_sglang_forward_rows
+from kv_canary.manager import CanaryManager
+from kv_canary.observers.defaults import build_default_observers
+
+LOGGER_NAME = "kv_canary"
+
+
+def install_canary(*, model: torch.nn.Module, kv_pool: object, req_to_token_pool: object, config: CanaryConfig,
+                   swa_window: int | None = None,
+                   forward_rows: ForwardRowsExtractor = extract_sglang_forward_rows,
+                   logger: logging.Logger | None = None) -> CanaryManager | None:
+    """Guard ``kv_pool``: every outermost ``model.forward`` call runs the canary around it.
+
+    Returns None when ``config.mode`` is ``none``. ``swa_window`` is required for pools with a
+    sliding-window sub-pool. Call ``manager.attach_prefix_cache(radix_cache)`` to enable the sweep.
+    """
+    if not config.enabled:
+        return None
+    groups = attach_canary_buffers(kv_pool, config=config, swa_window=swa_window)
+    device = next(iter(groups[0].halves.values())).head.device
+    manager = CanaryManager(config=config, groups=groups, device=device,
+                            logger=logger or logging.getLogger(LOGGER_NAME), req_to_token_pool=req_to_token_pool)
+    manager.observers.extend(build_default_observers(manager))
+    _wrap_forward(model, manager, forward_rows)
+    return manager
+
+
+def _wrap_forward(model: torch.nn.Module, manager: CanaryManager, forward_rows: ForwardRowsExtractor) -> None:
+    original = model.forward
+    nesting = threading.local()
+
+    @functools.wraps(original)
+    def forward_with_canary(*args, **kwargs):
+        # Models may call their own forward (draft heads, sub-modules sharing the method): only
+        # the outermost call is a forward of the engine, so only it is bracketed.
+        if getattr(nesting, "depth", 0):
+            return original(*args, **kwargs)
+        nesting.depth = 1
+        try:
+            capturing = manager.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            manager.before_forward(forward_rows(args, kwargs, capturing=capturing))
+            output = original(*args, **kwargs)
+            manager.after_forward()
+            if not capturing:
+                manager.after_forward_on_host()
+            return output
+        finally:
+            nesting.depth = 0
+
+    model.forward = forward_with_canary

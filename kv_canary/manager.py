@@ -1,0 +1,156 @@
+"""Per-forward orchestration: plans, HEAD/TAIL verify and write, then the host-side observers."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Protocol
+
+import torch
+
+from kv_canary.buffer_group import CanaryBufferGroup
+from kv_canary.config import CanaryConfig
+from kv_canary.device_state import CanaryDeviceState
+from kv_canary.forward_rows import ForwardRows
+from kv_canary.kernels.select import select_kernels
+from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
+from kv_canary.log_lines import ViolationRecord
+from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
+from kv_canary.observers.violation_reporter import ViolationReporter
+from kv_canary.plan_builder import build_verify_plan, build_write_plan
+from kv_canary.plans import VerifyPlan, WritePlan
+
+
+class HostObserver(Protocol):
+    def step(self, forward_count: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class GroupPlans:
+    verify: VerifyPlan
+    write: WritePlan
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchHints:
+    """Host-side sizes of this forward's plans, computed in the pre-ops and reused by the post-ops."""
+
+    verify_entries: int
+    write_entries: int
+    longest_run: int | None
+
+
+class CanaryManager:
+    def __init__(self, *, config: CanaryConfig, groups: tuple[CanaryBufferGroup, ...], device: torch.device,
+                 logger: logging.Logger, req_to_token_pool: object | None = None) -> None:
+        self.config = config
+        self.groups = groups
+        self.req_to_token_pool = req_to_token_pool
+        self.device = device
+        self.logger = logger
+        self.state = CanaryDeviceState.allocate(ring_capacity=config.ring_capacity, device=device)
+        self.kernels = select_kernels(config.backend, device)
+        self._plans = tuple(
+            GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
+                       write=WritePlan.allocate(capacity=config.write_capacity,
+                                                request_capacity=config.max_requests_per_forward, device=device))
+            for _ in groups)
+        self._hints: tuple[LaunchHints, ...] = ()
+        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.reporter = ViolationReporter(state=self.state, mode=config.mode, logger=logger,
+                                          handler=self.new_delayed_handler())
+        self.observers: list[HostObserver] = []
+        self.prefix_cache: object | None = None
+        self.forward_count = 0
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def new_delayed_handler(self) -> DelayedDeviceHostHandler:
+        return DelayedDeviceHostHandler(self.device, self.side_stream)
+
+    def attach_prefix_cache(self, prefix_cache: object) -> None:
+        """The radix cache the periodic sweep walks; engines call this once it exists."""
+        self.prefix_cache = prefix_cache
+
+    @property
+    def active_launch_tags(self) -> tuple[LaunchTag, ...]:
+        """Tags whose verify kernels this install launches (sweep tags only with the sweep on)."""
+        phases = (Phase.HEAD, Phase.TAIL) + ((Phase.SWEEP,) if self.config.sweep_interval else ())
+        return tuple(tag for group in self.groups for tag in group.launch_tags(phases))
+
+    def group(self, kind: PoolGroupKind) -> CanaryBufferGroup | None:
+        return next((group for group in self.groups if group.kind is kind), None)
+
+    # --- per forward --------------------------------------------------------------------------
+
+    def before_forward(self, rows: ForwardRows) -> None:
+        """Pre-ops, capturable: plan, then verify and write the HEAD records."""
+        self.state.step.add_(1)
+        hints = []
+        for group, plans in zip(self.groups, self._plans):
+            mapping = group.full_to_swa_index_mapping
+            window = group.window if group.kind is PoolGroupKind.SWA else None
+            verify_entries = build_verify_plan(plans.verify, rows, plan_overflow=self.state.plan_overflow,
+                                               window=window, full_to_swa=mapping)
+            write_entries, longest_run = build_write_plan(plans.write, rows, plan_overflow=self.state.plan_overflow,
+                                                          full_to_swa=mapping)
+            hints.append(LaunchHints(verify_entries=verify_entries, write_entries=write_entries,
+                                     longest_run=longest_run))
+        self._hints = tuple(hints)
+        self._run_phase(Phase.HEAD)
+
+    def after_forward(self) -> None:
+        """Post-ops, capturable: verify and write the TAIL records, hashing the real K/V just written."""
+        self._run_phase(Phase.TAIL)
+
+    def after_forward_on_host(self) -> None:
+        """Host-side observers; never inside a captured graph."""
+        self.forward_count += 1
+        self.reporter.step()
+        for observer in self.observers:
+            observer.step(self.forward_count)
+
+    def _run_phase(self, phase: Phase) -> None:
+        for group, plans, hints in zip(self.groups, self._plans, self._hints):
+            for half, buffers in group.halves.items():
+                self.kernels.verify(records=group.records(phase, half), plan=plans.verify,
+                                    launch_tag=group.launch_tag(phase, half), state=self.state,
+                                    real_kv=buffers.real_kv if phase is Phase.TAIL else None,
+                                    check_tokens=self.config.verify_tokens,
+                                    record_violations=not self.config.self_test_disable_verify,
+                                    num_entries=hints.verify_entries)
+            for half, buffers in group.halves.items():
+                self.kernels.write(records=group.records(phase, half), plan=plans.write,
+                                   launch_tag=group.launch_tag(phase, half), state=self.state,
+                                   real_kv=buffers.real_kv if phase is Phase.TAIL else None,
+                                   assert_inputs=self.config.assert_write_inputs, num_entries=hints.write_entries,
+                                   max_entries_per_request=hints.longest_run)
+
+    # --- between forwards ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Deliver everything staged on the device now (blocking); call between forwards only."""
+        self.reporter.flush()
+        for observer in self.observers:
+            observer.flush()
+
+    @property
+    def violations(self) -> list[ViolationRecord]:
+        return list(self.reporter.records)
+
+    def stats_snapshot(self) -> dict[str, object]:
+        """A blocking read of the counters, for HTTP endpoints and tests; not for the forward path."""
+        kernel_runs = self.state.kernel_run_counters.tolist()
+        slot_runs = self.state.slot_run_counters.tolist()
+        return {
+            "forward_count": self.forward_count,
+            "violations_reported": len(self.reporter.records),
+            "violations_total": int(self.state.ring.write_index.item()),
+            "ring_rows_dropped": self.reporter.dropped_rows,
+            "plan_overflow_entries": int(self.state.plan_overflow.item()),
+            "kernel_runs": {tag.name: kernel_runs[tag] for tag in self.active_launch_tags},
+            "slots_verified": {tag.name: slot_runs[tag] for tag in self.active_launch_tags},
+            "kernel_backend": self.kernels.name,
+        }

@@ -1,0 +1,75 @@
+"""Drain the violation ring one step late and turn its rows into log lines (or an error)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kv_canary.config import CanaryMode
+from kv_canary.device_state import CanaryDeviceState, RingField
+from kv_canary.launch_tags import FailReason, LaunchTag
+from kv_canary.log_lines import ViolationRecord
+from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler, DeviceSnapshot
+
+
+class KvCanaryViolationError(RuntimeError):
+    """Raised in mode ``raise``; ``lines`` holds the violation lines that triggered it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(f"kv_canary detected {len(lines)} KV-cache violation(s):\n" + "\n".join(lines))
+        self.lines = lines
+
+
+class ViolationReporter:
+    def __init__(self, *, state: CanaryDeviceState, mode: CanaryMode, logger: logging.Logger,
+                 handler: DelayedDeviceHostHandler) -> None:
+        self._state = state
+        self._mode = mode
+        self._logger = logger
+        self._handler = handler
+        self._reported_upto = 0  # write index up to which rows have been read
+        self.records: list[ViolationRecord] = []
+        self.dropped_rows = 0
+
+    def step(self) -> None:
+        self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
+
+    def flush(self) -> None:
+        self._handler.flush(self._postprocess_on_host)
+        self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
+        self._handler.flush(self._postprocess_on_host)
+
+    def _compute_on_device(self) -> tuple[DeviceSnapshot, None]:
+        return {"rows": self._state.ring.rows, "write_index": self._state.ring.write_index}, None
+
+    def _postprocess_on_host(self, snapshot: DeviceSnapshot, _context: None) -> None:
+        write_index = int(snapshot["write_index"][0])
+        if write_index <= self._reported_upto:
+            return
+        capacity = self._state.ring.capacity
+        first = max(self._reported_upto, write_index - capacity)
+        if first > self._reported_upto:
+            dropped = first - self._reported_upto
+            self.dropped_rows += dropped
+            self._logger.error("kv_canary ring_overflow: dropped_rows=%d ring_capacity=%d total_violations=%d "
+                               "(raise KV_CANARY_RING_CAPACITY to keep every row)", dropped, capacity, write_index)
+        rows = snapshot["rows"]
+        lines = []
+        for index in range(first, write_index):
+            record = _to_record(rows[index % capacity])
+            self.records.append(record)
+            lines.append(record.format())
+            self._logger.error("%s", lines[-1])
+        self._reported_upto = write_index
+        if self._mode is CanaryMode.RAISE:
+            raise KvCanaryViolationError(lines)
+
+
+def _to_record(row: torch.Tensor) -> ViolationRecord:
+    values = row.tolist()
+    return ViolationRecord(launch_tag=LaunchTag(values[RingField.LAUNCH_TAG]).name,
+                           fail_reasons=tuple(FailReason(values[RingField.FAIL_BITS]).log_names()),
+                           slot_idx=values[RingField.SLOT], position=values[RingField.POSITION],
+                           stored_token=values[RingField.STORED_TOKEN],
+                           expected_token=values[RingField.EXPECTED_TOKEN], step=values[RingField.STEP])
