@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from kv_canary.config import CanaryConfig, CanaryMode
+from kv_canary import CanaryConfig, CanaryMode
 from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager

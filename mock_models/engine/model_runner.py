@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from kv_canary.config import CanaryConfig
+from kv_canary import CanaryConfig, CanaryManager, install_canary
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
 from mock_models.engine.forward_batch import ForwardBatch
@@ -64,16 +64,10 @@ class ModelRunner:
         # Sum of digests of each request row's sampled hidden states; reset when a row is reused.
         self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64,
                                                device=self.device)
-        self.canary = None
+        self.canary: CanaryManager | None = None
 
-    def install_canary(self, canary_config: CanaryConfig, radix_cache: RadixCache) -> object | None:
-        """Install the KV canary; returns its manager, or None when the canary is off."""
-        if not canary_config.enabled:
-            # install_canary returns None for mode none as well; not importing it keeps the
-            # engine free of the canary's start-up work when it is off.
-            return None
-        from kv_canary import install_canary
-
+    def install_canary(self, canary_config: CanaryConfig, radix_cache: RadixCache) -> CanaryManager | None:
+        """Install the KV canary after the pools exist; returns its manager, or None when it is off."""
         swa_window = self.config.swa_window if self.config.has_swa_pool else None
         self.canary = install_canary(model=self.model, kv_pool=self.token_to_kv_pool,
                                      req_to_token_pool=self.req_to_token_pool, config=canary_config,

@@ -19,7 +19,7 @@ import click
 import torch
 import uvicorn
 
-from kv_canary.config import CanaryConfig, CanaryMode, RealKvHashMode
+from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.server.app import create_app
