@@ -23,6 +23,7 @@ class AttentionContext:
     queries: QueryLayout
     whole_sequence: KeySpan | None = None
     window: KeySpan | None = None
+    compressed: KeySpan | None = None  # dsv4: the end position of every complete group
 
 
 class FullAttention(nn.Module):
@@ -94,7 +95,9 @@ class CompressedWindowAttention(nn.Module):
             context.window = KeySpan.window(batch, self.window)
         window = context.window
         window_keys = pool.get_key_buffer(self.layer_id)[pool.translate_loc_from_full_to_swa(window.full_slots)]
-        compressed = self._compressed_span(batch)
+        if context.compressed is None:
+            context.compressed = self._compressed_span(batch)
+        compressed = context.compressed
         compressed_keys = pool.get_compressed_buffer(self.layer_id)[compressed.full_slots]
         query_positions = context.queries.positions
         # A group is read compressed once all of it has left the query's window.
