@@ -43,9 +43,6 @@ class FreeList:
     def __len__(self) -> int:
         return self._num_free
 
-    def is_free(self, index: int) -> bool:
-        return self._is_free[index]
-
     def pop(self, n: int) -> list[int]:
         if n > self._num_free:
             raise OutOfSlotsError(f"asked for {n} {self.what}s, {self._num_free} free of {self.count}")
@@ -102,9 +99,6 @@ class PagedTokenAllocator:
 
     def available_size(self) -> int:
         return len(self._pages) * self.page_size
-
-    def is_page_free(self, page: int) -> bool:
-        return self._pages.is_free(page)
 
     def alloc_pages(self, num_pages: int) -> list[int]:
         return self._pages.pop(num_pages)

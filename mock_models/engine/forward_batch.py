@@ -75,7 +75,3 @@ class ForwardBatch:
                    extend_prefix_lens_cpu=prefix_lens, extend_seq_lens_cpu=extend_lens,
                    extend_start_loc_cpu=starts, out_cache_loc=on_device(out_cache_loc),
                    req_to_token_pool=req_to_token_pool, token_to_kv_pool=token_to_kv_pool)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.extend_seq_lens_cpu)

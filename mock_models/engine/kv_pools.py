@@ -85,9 +85,6 @@ class SWAKVPool(_SwaIndexMapped):
         self.layers_mapping = {layer: (index, False) for index, layer in enumerate(full_attention_layer_ids)}
         self.layers_mapping |= {layer: (index, True) for index, layer in enumerate(swa_attention_layer_ids)}
 
-    def is_swa_layer(self, layer_id: int) -> bool:
-        return self.layers_mapping[layer_id][1]
-
     def _sub_pool(self, layer_id: int) -> tuple[MHATokenToKVPool, int, bool]:
         index, is_swa = self.layers_mapping[layer_id]
         return (self.swa_kv_pool if is_swa else self.full_kv_pool), index, is_swa

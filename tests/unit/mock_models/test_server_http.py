@@ -33,7 +33,8 @@ def make_client(canary_mode: CanaryMode = CanaryMode.NONE, **extra) -> TestClien
 
 
 def generate(client, input_ids, max_new_tokens=4):
-    return client.post("/generate", json={"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}})
+    return client.post("/generate",
+                       json={"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}})
 
 
 def test_generate_returns_the_oracles_tokens_and_sglang_meta_info():
