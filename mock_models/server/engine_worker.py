@@ -2,8 +2,8 @@
 
 Everything that touches the engine runs on this one thread: generation, ``call(fn)`` jobs
 (flush the cache, drain the canary) between forwards, and shutdown. Callers get a
-``concurrent.futures.Future``; a future its caller gave up on (a client that disconnected) is
-simply not answered, and the engine carries on.
+``concurrent.futures.Future``. A request whose caller gave up (a client that disconnected) runs
+to its end and its answer is dropped: the engine never waits on a caller.
 """
 
 from __future__ import annotations
@@ -117,9 +117,8 @@ class EngineWorker:
 
     def _deliver(self, results: list[GenerationResult]) -> None:
         for result in results:
-            future = self._pending.pop(result.rid)
-            if not future.done():  # done = cancelled: the client went away
-                future.set_result(result)
+            # Its caller may have gone away (a client that disconnected): nobody reads it then.
+            self._pending.pop(result.rid).set_result(result)
 
     def _shut_down(self) -> None:
         with self._lock:
@@ -133,8 +132,7 @@ class EngineWorker:
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
         for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
+            future.set_exception(error)
         self._pending.clear()
         try:
             self.engine.close()
