@@ -22,6 +22,14 @@ class ForwardRows:
     # captured (then the plans' fixed capacities are used).
     prefix_lens_host: tuple[int, ...] | None = None
     extend_lens_host: tuple[int, ...] | None = None
+    # Longest run of new tokens of one request, when known even without the host lists (decode: 1).
+    max_extend_len: int | None = None
+
+    @property
+    def longest_run(self) -> int | None:
+        if self.extend_lens_host is not None:
+            return max(self.extend_lens_host, default=0)
+        return self.max_extend_len
 
     @property
     def batch_size(self) -> int:
@@ -58,7 +66,8 @@ def extract_sglang_forward_rows(args: tuple, kwargs: dict, *, capturing: bool = 
     return ForwardRows(req_pool_indices=batch.req_pool_indices, prefix_lens=prefix_lens, extend_lens=extend_lens,
                        out_cache_loc=batch.out_cache_loc, input_ids=input_ids, positions=positions,
                        req_to_token=pool.req_to_token, req_token_ids=getattr(pool, "req_token_ids", None),
-                       prefix_lens_host=prefix_host, extend_lens_host=extend_host)
+                       prefix_lens_host=prefix_host, extend_lens_host=extend_host,
+                       max_extend_len=1 if decode else None)
 
 
 def _host_list(batch: object, name: str) -> tuple[int, ...] | None:

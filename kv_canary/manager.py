@@ -37,7 +37,7 @@ class GroupPlans:
 class LaunchHints:
     """Host-side sizes of this forward's plans, computed in the pre-ops and reused by the post-ops."""
 
-    verify_entries: int
+    verify_entries: int | None  # None: only the device knows, launch over the whole plan
     write_entries: int
     longest_run: int | None
 

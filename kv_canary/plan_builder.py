@@ -9,8 +9,9 @@ from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, Ve
 
 
 def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
-                      window: int | None = None, full_to_swa: torch.Tensor | None = None) -> int:
-    """Plan every slot the forward's attention reads; returns how many entries to launch over.
+                      window: int | None = None, full_to_swa: torch.Tensor | None = None) -> int | None:
+    """Plan every slot the forward's attention reads; returns the exact entry count when the host
+    knows it, None when only the device does (graph capture: launch over the whole plan).
 
     FULL groups read each request's whole prefix ``[0, prefix_len)``; SWA groups (``window``
     and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool.
@@ -23,9 +24,10 @@ def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: tor
     total = ends[-1:] if rows.batch_size else torch.zeros(1, dtype=torch.int64, device=device)
     plan.num_valid.copy_(total.clamp(max=plan.capacity))
     plan_overflow.add_((total - plan.capacity).clamp(min=0))
-    n = plan.capacity if rows.prefix_lens_host is None else min(plan.capacity, _host_total(rows.prefix_lens_host, window))
+    exact = None if rows.prefix_lens_host is None else min(plan.capacity, _host_total(rows.prefix_lens_host, window))
+    n = plan.capacity if exact is None else exact
     if n == 0 or rows.batch_size == 0:
-        return 0
+        return exact
 
     entry = torch.arange(n, device=device)
     request = torch.searchsorted(ends, entry, right=True).clamp(max=rows.batch_size - 1)
@@ -43,7 +45,7 @@ def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: tor
     plan.prev_slot_indices[:n].copy_(prev)
     plan.expected_positions[:n].copy_(position)
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row, position))
-    return n
+    return exact
 
 
 def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
@@ -86,8 +88,7 @@ def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch
     plan.positions[:n].copy_(rows.positions[:n])
     plan.expected_positions[:n].copy_(position)
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row[request], position))
-    longest = None if rows.extend_lens_host is None else max(rows.extend_lens_host, default=0)
-    return n, longest
+    return n, rows.longest_run
 
 
 def _recorded_tokens(rows: ForwardRows, row: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

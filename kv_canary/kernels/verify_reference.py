@@ -8,7 +8,7 @@ from kv_canary.device_state import CanaryDeviceState, RingField
 from kv_canary.kernels.hash_reference import CHAIN_ANCHOR, real_kv_row_hash, record_hash
 from kv_canary.kernels.ring_reference import append_violations
 from kv_canary.launch_tags import FailReason, LaunchTag
-from kv_canary.plans import VerifyPlan
+from kv_canary.plans import TOKEN_UNKNOWN, VerifyPlan
 from kv_canary.real_kv import RealKvSource
 from kv_canary.records import RecordWord
 
@@ -18,7 +18,8 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
                     num_entries: int | None = None) -> None:
     """Check each planned slot's record against its expected position, chain hash, token and real K/V.
 
-    ``num_entries`` is a host-side upper bound on the plan's valid entries (None: its capacity).
+    ``num_entries`` is the plan's valid entry count when the host knows it; None launches over the
+    whole plan and lets ``plan.num_valid`` decide on device (as under CUDA-graph capture).
     """
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     slots = plan.slot_indices[:n].to(torch.int64)
@@ -40,6 +41,8 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
     if check_tokens:
         bits |= torch.where((expected_tokens >= 0) & (stored[:, RecordWord.TOKEN] != expected_tokens),
                             int(FailReason.TOKEN), 0)
+    else:
+        expected_tokens = torch.full_like(expected_tokens, TOKEN_UNKNOWN)  # not read, so not reported
     expected_real_kv = torch.zeros_like(slots)
     if real_kv is not None:
         expected_real_kv = real_kv_row_hash([words[slots, :real_kv.hashed_words] for words in real_kv.layer_words])

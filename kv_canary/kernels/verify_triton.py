@@ -8,61 +8,86 @@ import triton.language as tl
 
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, as_u64, real_kv_hash, record_hash
+from kv_canary.kernels.launch_cache import CompiledLaunchCache, real_kv_arguments
 from kv_canary.kernels.ring_triton import append_violations
 from kv_canary.launch_tags import LaunchTag
 from kv_canary.plans import VerifyPlan
 from kv_canary.real_kv import RealKvSource
 
-_BLOCK = 512
+_BLOCK = 256
 _BLOCK_WITH_REAL_KV = 128
 _WORD_CHUNK = 8
 
 
 @triton.jit
+def _record_words(records_ptr, slot, mask):
+    """Load whole 32-byte records as one [BLOCK, 4] tile and split it into its four words."""
+    words = tl.load(records_ptr + slot.to(tl.int64)[:, None] * 4 + tl.arange(0, 4)[None, :], mask=mask[:, None],
+                    other=0)
+    even, odd = tl.split(tl.reshape(words, (words.shape[0], 2, 2)))
+    token, prev_hash = tl.split(even)
+    position, real_kv = tl.split(odd)
+    return token, position, as_u64(prev_hash), as_u64(real_kv)
+
+
+@triton.jit(do_not_specialize=["ring_capacity", "num_layers", "row_words", "hashed_words", "launch_tag",
+                              "num_entries"])
 def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, expected_token_ptr, num_valid_ptr,
                    ring_rows_ptr, ring_index_ptr, ring_capacity, kernel_runs_ptr, slot_runs_ptr, step_ptr,
                    layer_pointers_ptr, num_layers, row_words, hashed_words, launch_tag, num_entries,
                    CHECK_TOKENS: tl.constexpr, CHECK_REAL_KV: tl.constexpr, RECORD_VIOLATIONS: tl.constexpr,
-                   WORD_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                   HOST_COUNTED: tl.constexpr, WORD_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     if pid == 0:
         tl.atomic_add(kernel_runs_ptr + launch_tag, 1)
-    entry = pid * BLOCK + tl.arange(0, BLOCK)
-    in_plan = (entry < num_entries) & (entry < tl.load(num_valid_ptr))
-    slot = tl.load(slot_ptr + entry, mask=in_plan, other=0)
-    active = in_plan & (slot != 0)
+    # Launched over a whole plan (graph replays), blocks past num_valid leave before reading it;
+    # launched over a host-known count, no block waits for num_valid before its plan loads.
+    if HOST_COUNTED or pid * BLOCK < tl.load(num_valid_ptr):
+        lane = tl.arange(0, BLOCK)
+        entry = pid * BLOCK + lane
+        in_launch = entry < num_entries
+        # The plan loads do not wait for num_valid: one round trip to memory less on small launches.
+        num_valid = tl.load(num_valid_ptr)
+        slot = tl.load(slot_ptr + entry, mask=in_launch, other=0)
+        left_slot = tl.load(slot_ptr + entry - 1, mask=in_launch & (lane > 0), other=0)
+        prev_slot = tl.load(prev_slot_ptr + entry, mask=in_launch, other=-1)
+        expected_position = tl.load(expected_position_ptr + entry, mask=in_launch, other=0)
+        active = in_launch & (entry < num_valid) & (slot != 0)
 
-    record = records_ptr + slot.to(tl.int64) * 4
-    token = tl.load(record + 0, mask=active, other=0)
-    position = tl.load(record + 1, mask=active, other=0)
-    prev_hash = as_u64(tl.load(record + 2, mask=active, other=0))
-    stored_real_kv = as_u64(tl.load(record + 3, mask=active, other=0))
+        token, position, prev_hash, stored_real_kv = _record_words(records_ptr, slot, active)
+        own_hash = record_hash(token, position, prev_hash)
+        # A slot's predecessor is usually the previous entry's own slot: take its hash from that lane
+        # and read the predecessor's record from memory only when it lives elsewhere.
+        left = tl.maximum(lane - 1, 0)
+        from_left = (lane > 0) & (prev_slot > 0) & (left_slot == prev_slot) & (entry - 1 < num_valid)
+        load_pred = active & (prev_slot > 0) & ~from_left
+        pred_token, pred_position, pred_prev_hash, _ = _record_words(records_ptr, tl.maximum(prev_slot, 0),
+                                                                     load_pred)
+        pred_hash = tl.where(from_left, tl.gather(own_hash, left, 0),
+                             record_hash(pred_token, pred_position, pred_prev_hash))
+        expected_prev_hash = tl.where(prev_slot == 0, tl.zeros_like(pred_hash) + CHAIN_ANCHOR_U64, pred_hash)
 
-    prev_slot = tl.load(prev_slot_ptr + entry, mask=active, other=-1)
-    has_pred = active & (prev_slot > 0)
-    pred = records_ptr + tl.maximum(prev_slot, 0).to(tl.int64) * 4
-    pred_hash = record_hash(tl.load(pred + 0, mask=has_pred, other=0), tl.load(pred + 1, mask=has_pred, other=0),
-                            as_u64(tl.load(pred + 2, mask=has_pred, other=0)))
-    expected_prev_hash = tl.where(prev_slot == 0, tl.zeros_like(pred_hash) + CHAIN_ANCHOR_U64, pred_hash)
+        bits = tl.where(position != expected_position, 2, 0)
+        bits |= tl.where((prev_slot >= 0) & (prev_hash != expected_prev_hash), 1, 0)
+        expected_token = tl.full([BLOCK], -1, tl.int32)
+        if CHECK_TOKENS:
+            expected_token = tl.load(expected_token_ptr + entry, mask=active, other=-1)
+            bits |= tl.where((expected_token >= 0) & (token != expected_token), 4, 0)
+        expected_real_kv = tl.zeros_like(stored_real_kv)
+        if CHECK_REAL_KV:
+            expected_real_kv = real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slot, active,
+                                            WORD_CHUNK)
+            bits |= tl.where(stored_real_kv != expected_real_kv, 8, 0)
+        bits = tl.where(active, bits, 0)
 
-    expected_position = tl.load(expected_position_ptr + entry, mask=active, other=0)
-    expected_token = tl.load(expected_token_ptr + entry, mask=active, other=-1)
-    bits = tl.where(position != expected_position, 2, 0)
-    bits |= tl.where((prev_slot >= 0) & (prev_hash != expected_prev_hash), 1, 0)
-    if CHECK_TOKENS:
-        bits |= tl.where((expected_token >= 0) & (token != expected_token), 4, 0)
-    expected_real_kv = tl.zeros_like(stored_real_kv)
-    if CHECK_REAL_KV:
-        expected_real_kv = real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slot, active,
-                                        WORD_CHUNK)
-        bits |= tl.where(stored_real_kv != expected_real_kv, 8, 0)
-    bits = tl.where(active, bits, 0)
+        tl.atomic_add(slot_runs_ptr + launch_tag, tl.sum(active.to(tl.int64), axis=0))
+        if RECORD_VIOLATIONS:
+            append_violations(ring_rows_ptr, ring_index_ptr, ring_capacity, bits != 0, launch_tag, bits, slot,
+                              expected_position, token, expected_token, tl.load(step_ptr), position, prev_hash,
+                              expected_prev_hash, stored_real_kv, expected_real_kv)
 
-    tl.atomic_add(slot_runs_ptr + launch_tag, tl.sum(active.to(tl.int64), axis=0))
-    if RECORD_VIOLATIONS:
-        append_violations(ring_rows_ptr, ring_index_ptr, ring_capacity, bits != 0, launch_tag, bits, slot,
-                          expected_position, token, expected_token, tl.load(step_ptr), position, prev_hash,
-                          expected_prev_hash, stored_real_kv, expected_real_kv)
+
+_LAUNCHES = CompiledLaunchCache(_verify_kernel)
 
 
 def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: LaunchTag, state: CanaryDeviceState,
@@ -70,12 +95,10 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
                     num_entries: int | None = None) -> None:
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     block = _BLOCK if real_kv is None else _BLOCK_WITH_REAL_KV
-    layer_pointers = state.step if real_kv is None else real_kv.layer_pointers
-    _verify_kernel[(max(1, triton.cdiv(n, block)),)](
-        records, plan.slot_indices, plan.prev_slot_indices, plan.expected_positions, plan.expected_tokens,
-        plan.num_valid, state.ring.rows, state.ring.write_index, state.ring.capacity, state.kernel_run_counters,
-        state.slot_run_counters, state.step, layer_pointers,
-        0 if real_kv is None else len(real_kv.layer_words), 0 if real_kv is None else real_kv.row_words,
-        0 if real_kv is None else real_kv.hashed_words, int(launch_tag), n,
+    _LAUNCHES.launch(
+        (max(1, triton.cdiv(n, block)),), records, plan.slot_indices, plan.prev_slot_indices,
+        plan.expected_positions, plan.expected_tokens, plan.num_valid, state.ring.rows, state.ring.write_index,
+        state.ring.capacity, state.kernel_run_counters, state.slot_run_counters, state.step,
+        *real_kv_arguments(real_kv, state.step), int(launch_tag), n,
         CHECK_TOKENS=check_tokens, CHECK_REAL_KV=real_kv is not None, RECORD_VIOLATIONS=record_violations,
-        WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
+        HOST_COUNTED=num_entries is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)

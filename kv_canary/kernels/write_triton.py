@@ -12,6 +12,7 @@ import triton.language as tl
 
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, as_u64, link_hash, real_kv_hash, record_hash, rotate_left
+from kv_canary.kernels.launch_cache import CompiledLaunchCache, real_kv_arguments
 from kv_canary.kernels.ring_triton import append_violations
 from kv_canary.launch_tags import LaunchTag
 from kv_canary.plans import WritePlan
@@ -27,7 +28,7 @@ def _compose(constant_a, rotation_a, constant_b, rotation_b):
     return rotate_left(constant_a, rotation_b) ^ constant_b, rotation_a + rotation_b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ring_capacity", "num_layers", "row_words", "hashed_words", "launch_tag"])
 def _write_kernel(records_ptr, entry_start_ptr, entry_count_ptr, pred_slot_ptr, num_requests_ptr, slot_ptr,
                   token_ptr, position_ptr, expected_token_ptr, expected_position_ptr, ring_rows_ptr, ring_index_ptr,
                   ring_capacity, step_ptr, layer_pointers_ptr, num_layers, row_words, hashed_words, launch_tag,
@@ -86,17 +87,18 @@ def _write_kernel(records_ptr, entry_start_ptr, entry_count_ptr, pred_slot_ptr, 
                               tl.zeros_like(prev_hash), stored_real_kv, tl.zeros_like(prev_hash))
 
 
+_LAUNCHES = CompiledLaunchCache(_write_kernel)
+
+
 def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: LaunchTag, state: CanaryDeviceState,
                    real_kv: RealKvSource | None, assert_inputs: bool, num_entries: int | None = None,
                    max_entries_per_request: int | None = None) -> None:
     del num_entries  # each program reads its own run's bounds from the plan
     longest = plan.capacity if max_entries_per_request is None else max_entries_per_request
     block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(max(longest, 1))))
-    layer_pointers = state.step if real_kv is None else real_kv.layer_pointers
-    _write_kernel[(plan.request_capacity,)](
-        records, plan.entry_starts, plan.entry_counts, plan.pred_slots, plan.num_requests, plan.slot_indices,
-        plan.tokens, plan.positions, plan.expected_tokens, plan.expected_positions, state.ring.rows,
-        state.ring.write_index, state.ring.capacity, state.step, layer_pointers,
-        0 if real_kv is None else len(real_kv.layer_words), 0 if real_kv is None else real_kv.row_words,
-        0 if real_kv is None else real_kv.hashed_words, int(launch_tag),
+    _LAUNCHES.launch(
+        (plan.request_capacity,), records, plan.entry_starts, plan.entry_counts, plan.pred_slots, plan.num_requests,
+        plan.slot_indices, plan.tokens, plan.positions, plan.expected_tokens, plan.expected_positions,
+        state.ring.rows, state.ring.write_index, state.ring.capacity, state.step,
+        *real_kv_arguments(real_kv, state.step), int(launch_tag),
         ASSERT_INPUTS=assert_inputs, HASH_REAL_KV=real_kv is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryViolationError, RealKvHashMode
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind

@@ -73,6 +73,7 @@ def make_real_kv(mode: RealKvHashMode, rng: random.Random, device: str) -> tuple
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("mode", [RealKvHashMode.NONE, RealKvHashMode.PARTIAL, RealKvHashMode.ALL])
 def test_write_then_verify_match_byte_for_byte(seed, mode, device):
+    """Even seeds verify in sequence order (predecessors in the neighbouring lane), odd ones shuffled."""
     rng = random.Random(seed * 31 + len(mode.value))
     layers, real_kv = make_real_kv(mode, rng, device)
     free = list(range(1, NUM_SLOTS))
@@ -103,7 +104,8 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
         for offset, slot in enumerate(run["slots"]):
             chain[slot] = run["pred"] if offset == 0 else run["slots"][offset - 1]
     written = [slot for slot in chain]
-    rng.shuffle(written)
+    if seed % 2:
+        rng.shuffle(written)
     plan = VerifyPlan.allocate(256, "cpu")
     host_records = records["torch"].cpu()
     for entry, slot in enumerate(written):

@@ -35,7 +35,7 @@ def test_full_verify_plan_covers_every_prefix_slot_with_its_predecessor():
 
 def test_without_host_hints_the_plan_spans_its_capacity_but_only_valid_entries_count():
     plan, overflow = VerifyPlan.allocate(16, "cpu"), torch.zeros(1, dtype=torch.int64)
-    assert build_verify_plan(plan, two_request_rows(host_hints=False), plan_overflow=overflow) == 16
+    assert build_verify_plan(plan, two_request_rows(host_hints=False), plan_overflow=overflow) is None
     assert int(plan.num_valid) == 8 and plan.slot_indices[8:].eq(0).all()
 
 

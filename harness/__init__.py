@@ -1,0 +1,1 @@
+"""The end-to-end driver: scenarios, runner, expectation checker, report, CLI and pytest plugin."""

@@ -1,0 +1,66 @@
+"""The outcome of one (scenario, mode) run: what the report and the pytest plugin consume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.expectations import ExpectationResult
+from harness.injections import Injection
+
+
+def pair_file_stem(scenario: str, mode: str) -> str:
+    """File name stem of a (scenario, mode) pair's result and log: '<scenario>--<mode>'."""
+    return f"{scenario}--{mode}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RunResult:
+    scenario: str
+    mode: str
+    scenario_path: str
+    check: ExpectationResult | None  # None when the run ended without a verdict (see ``error``)
+    error: str | None  # why there is no verdict: the server crashed, never became ready, timed out, ...
+    wall_time_s: float
+    log_path: str
+    forward_count: int | None = None
+    engine_violation_count: int | None = None  # the engine's own count, overflowed ring rows included
+    failed_requests: int = 0
+    injections: tuple[Injection, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.check is not None and self.check.passed
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.scenario}[{self.mode}]"
+
+    def failure_message(self) -> str:
+        """What did not hold and the log lines behind it; empty when the run passed."""
+        if self.passed:
+            return ""
+        lines = [f"{self.pair_id} ({self.scenario_path}) failed; server log: {self.log_path}"]
+        if self.error is not None:
+            lines.append("  no verdict: " + self.error.replace("\n", "\n    "))
+        for outcome in self.check.unmet() if self.check is not None else []:
+            lines.append(f"  expected {outcome.expectation}: {outcome.reason}")
+            lines.extend(f"    | {line}" for line in outcome.log_lines)
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        return {"scenario": self.scenario, "mode": self.mode, "scenario_path": self.scenario_path,
+                "passed": self.passed, "error": self.error, "wall_time_s": round(self.wall_time_s, 3),
+                "log_path": self.log_path, "forward_count": self.forward_count,
+                "engine_violation_count": self.engine_violation_count, "failed_requests": self.failed_requests,
+                "injections": [injection.to_json() for injection in self.injections],
+                "check": self.check.to_json() if self.check is not None else None}
+
+    @classmethod
+    def from_json(cls, payload: dict) -> RunResult:
+        check = payload["check"]
+        return cls(scenario=payload["scenario"], mode=payload["mode"], scenario_path=payload["scenario_path"],
+                   check=ExpectationResult.from_json(check) if check is not None else None,
+                   error=payload["error"], wall_time_s=payload["wall_time_s"], log_path=payload["log_path"],
+                   forward_count=payload["forward_count"], engine_violation_count=payload["engine_violation_count"],
+                   failed_requests=payload["failed_requests"],
+                   injections=tuple(Injection.from_json(item) for item in payload["injections"]))

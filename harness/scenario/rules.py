@@ -1,0 +1,159 @@
+"""Rules a well-shaped scenario must also meet for its expectations to be checkable.
+
+Each rule yields problems located at the exact key (a pydantic-style location tuple), so that
+the loader can point at the file line; all rules run, so an author sees every problem at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+from kv_canary.launch_tags import FailReason, LaunchTag
+
+from harness.scenario.model import Scenario
+from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups, mode_has_swa_group
+from harness.scenario.patterns import alternatives, matches_any
+from harness.scenario.problems import Location
+
+KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
+KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
+_TRIGGERS = ("at_step", "after_warmup_steps", "probability")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RuleProblem:
+    loc: Location
+    message: str
+
+
+Rule = Callable[[Scenario], Iterator[RuleProblem]]
+
+
+def _unique_modes(scenario: Scenario) -> Iterator[RuleProblem]:
+    for index, mode in enumerate(scenario.model_modes):
+        if mode in scenario.model_modes[:index]:
+            yield RuleProblem(loc=("model_modes", index), message=f"mode '{mode}' is listed twice")
+
+
+def _fault_trigger(scenario: Scenario) -> Iterator[RuleProblem]:
+    fault = scenario.fault
+    if fault is None:
+        return
+    if not fault.injects:
+        for key in sorted(fault.model_fields_set - {"kind"}):
+            yield RuleProblem(loc=("fault", key), message="kind 'none' injects nothing; remove this key")
+        return
+    given = [key for key in _TRIGGERS if getattr(fault, key) is not None]
+    if not given:
+        yield RuleProblem(loc=("fault",), message="say when to inject: at_step, after_warmup_steps, "
+                                                  "or probability with seed")
+    for key in given[1:]:
+        yield RuleProblem(loc=("fault", key), message=f"{given[0]} is already set; keep one of {', '.join(given)}")
+    if fault.probability is not None and fault.seed is None:
+        yield RuleProblem(loc=("fault", "probability"), message="needs fault.seed, so that a run can be repeated")
+    if fault.seed is not None and fault.probability is None:
+        yield RuleProblem(loc=("fault", "seed"), message="only probability draws use a seed; remove it")
+
+
+def _fault_fits_modes(scenario: Scenario) -> Iterator[RuleProblem]:
+    fault = scenario.fault
+    if fault is None or not fault.injects:
+        return
+    without_swa = [mode for mode in scenario.model_modes if not mode_has_swa_group(mode)]
+    if not without_swa:
+        return
+    listed = ", ".join(without_swa)
+    if fault.kind == "remap_swa_slot":
+        yield RuleProblem(loc=("fault", "kind"), message=f"remap_swa_slot needs an SWA pool, which mode {listed} "
+                                                         "does not have; drop that mode from model_modes")
+    if fault.target.group == "swa":
+        yield RuleProblem(loc=("fault", "target", "group"), message=f"mode {listed} has no SWA group; target "
+                                                                    "group full or drop that mode from model_modes")
+
+
+def _detection_is_decidable(scenario: Scenario) -> Iterator[RuleProblem]:
+    expect = scenario.expect
+    if scenario.injects_fault and expect.detected is None:
+        yield RuleProblem(loc=("expect", "detected"), message="required when a fault is injected: true if the "
+                                                              "canary must catch it, false if it must stay silent")
+    if not scenario.injects_fault and expect.detected:
+        yield RuleProblem(loc=("expect", "detected"), message="nothing is injected, so nothing can be detected; "
+                                                              "add a fault or set detected: false")
+    if expect.detected:
+        if expect.within_steps is None:
+            yield RuleProblem(loc=("expect", "within_steps"), message="required with detected: true; it bounds "
+                                                                      "the detection latency and how long to step")
+        return
+    if expect.within_steps is not None:
+        yield RuleProblem(loc=("expect", "within_steps"), message="a latency bound needs detected: true")
+    if expect.violations:
+        yield RuleProblem(loc=("expect", "violations"), message="violation patterns need detected: true; "
+                                                                "detected: false allows zero violations")
+
+
+def _violation_patterns_can_match(scenario: Scenario) -> Iterator[RuleProblem]:
+    sweep_on = scenario.engine.sweep_interval > 0
+    for index, pattern in enumerate(scenario.expect.violations):
+        tag_loc = ("expect", "violations", index, "launch_tag")
+        for alternative in alternatives(pattern.launch_tag):
+            if not matches_any(alternative, KNOWN_LAUNCH_TAGS):
+                yield RuleProblem(loc=tag_loc, message=f"'{alternative}' matches no launch tag; known tags: "
+                                                       f"{', '.join(KNOWN_LAUNCH_TAGS)}")
+        for alternative in alternatives(pattern.fail_reason):
+            if not matches_any(alternative, KNOWN_FAIL_REASONS):
+                yield RuleProblem(loc=("expect", "violations", index, "fail_reason"),
+                                  message=f"'{alternative}' matches no fail reason; known reasons: "
+                                          f"{', '.join(KNOWN_FAIL_REASONS)}")
+        for mode in dict.fromkeys(scenario.model_modes):
+            if matches_any(pattern.launch_tag, launch_tags_of_mode(mode, sweep=sweep_on)):
+                continue
+            if not sweep_on and matches_any(pattern.launch_tag, launch_tags_of_mode(mode, sweep=True)):
+                yield RuleProblem(loc=tag_loc, message="matches only SWEEP tags, but engine.sweep_interval is 0 "
+                                                       "(no sweep); turn the sweep on or widen the pattern")
+            elif matches_any(pattern.launch_tag, KNOWN_LAUNCH_TAGS):
+                yield RuleProblem(loc=tag_loc, message=f"matches no tag that mode {mode} logs "
+                                                       f"({', '.join(launch_tags_of_mode(mode, sweep=True))}); "
+                                                       "widen the pattern or split the scenario per mode")
+
+
+def _swa_divergence_is_observable(scenario: Scenario) -> Iterator[RuleProblem]:
+    swa_divergence = scenario.expect.swa_divergence
+    if swa_divergence is None:
+        return
+    if not any(mode_has_full_and_swa_groups(mode) for mode in scenario.model_modes):
+        yield RuleProblem(loc=("expect", "swa_divergence"), message="checked only in modes with FULL and SWA "
+                                                                    "groups (swa), and model_modes has none")
+    if scenario.engine.swa_divergence_interval == 0:
+        yield RuleProblem(loc=("engine", "swa_divergence_interval"), message="0 turns off the divergence lines that "
+                                                                            "expect.swa_divergence is checked on")
+    if not swa_divergence.model_fields_set:
+        yield RuleProblem(loc=("expect", "swa_divergence"), message="lists nothing to check; give a comparison "
+                                                                    "such as swa_out_of_window_tokens: '>=1'")
+
+
+def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
+    prefixes = scenario.workload.shared_prefixes
+    for index, request in enumerate(scenario.workload.requests):
+        loc = ("workload", "requests", index)
+        if request.shared_prefix is not None:
+            if request.shared_prefix not in prefixes:
+                known = ", ".join(prefixes) or "none defined"
+                yield RuleProblem(loc=(*loc, "shared_prefix"), message=f"'{request.shared_prefix}' is not in "
+                                                                       f"workload.shared_prefixes ({known})")
+            elif request.prompt_len < prefixes[request.shared_prefix]:
+                yield RuleProblem(loc=(*loc, "prompt_len"), message=f"{request.prompt_len} is shorter than its "
+                                  f"shared prefix '{request.shared_prefix}' ({prefixes[request.shared_prefix]} tokens)")
+        needed = request.prompt_len + request.max_new_tokens
+        if needed > scenario.engine.max_total_tokens:
+            yield RuleProblem(loc=loc, message=f"needs {needed} KV slots, more than engine.max_total_tokens "
+                                               f"({scenario.engine.max_total_tokens}); it could never run")
+
+
+RULES: tuple[Rule, ...] = (_unique_modes, _fault_trigger, _fault_fits_modes, _detection_is_decidable,
+                           _violation_patterns_can_match, _swa_divergence_is_observable, _requests_fit)
+
+
+def check_rules(scenario: Scenario) -> list[RuleProblem]:
+    # dict.fromkeys: a rule checked per mode may find the same problem twice
+    return list(dict.fromkeys(problem for rule in RULES for problem in rule(scenario)))

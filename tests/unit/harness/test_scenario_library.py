@@ -1,0 +1,30 @@
+"""The scenario library in scenarios/: it validates, and it covers every fault kind in every mode it applies to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.scenario import FAULT_KINDS, MODEL_MODES, load_scenarios
+
+LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
+# DESIGN.md's fault table: remap_swa_slot needs an SWA pool; every other kind applies to every mode.
+MODES_OF_KIND = {kind: {"swa", "dsv4"} if kind == "remap_swa_slot" else set(MODEL_MODES)
+                 for kind in FAULT_KINDS if kind != "none"}
+
+
+def test_the_whole_library_validates():
+    assert len(load_scenarios([LIBRARY])) >= len(MODES_OF_KIND) + len(MODEL_MODES)
+
+
+def test_every_fault_kind_has_a_scenario_in_each_of_its_modes():
+    covered: dict[str, set[str]] = {kind: set() for kind in MODES_OF_KIND}
+    for item in load_scenarios([LIBRARY]):
+        if item.scenario.injects_fault:
+            covered[item.scenario.fault.kind].update(item.scenario.model_modes)
+    assert covered == MODES_OF_KIND
+
+
+def test_every_mode_has_a_clean_baseline():
+    baselines = [item.scenario for item in load_scenarios([LIBRARY]) if not item.scenario.injects_fault]
+    assert {mode for scenario in baselines for mode in scenario.model_modes} == set(MODEL_MODES)
+    assert all(scenario.expect.detected is False for scenario in baselines)
