@@ -9,12 +9,13 @@ inside a step hook, ``forward_count`` forwards have run and the coming one is nu
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from kv_canary import CanaryConfig, CanaryMode
+from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
 from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager
@@ -27,10 +28,27 @@ from mock_models.models.token_oracle import TokenOracle
 logger = logging.getLogger(__name__)
 
 StepHook = Callable[["Engine"], None]
+_RECENT_FORWARDS_KEPT = 16  # the canary reports a violation within a few forwards of recording it
 
 
 class InvalidRequestError(ValueError):
     """A request the engine can never serve; the message says which limit it breaks."""
+
+
+class CanaryRaisedError(RuntimeError):
+    """Canary mode ``raise`` reported violations at the end of a forward.
+
+    The step still completed, so the engine stays consistent and serves on. The canary reports a
+    violation a step or so after the forward that recorded it, so ``rids`` are the requests of the
+    forwards the violations name (by step), not of the forward that surfaced them; a request that
+    finished meanwhile was answered already. ``results`` is what the surfacing step finished.
+    """
+
+    def __init__(self, violation: KvCanaryViolationError, *, rids: list[str], results: list[GenerationResult]) -> None:
+        super().__init__(str(violation))
+        self.lines = violation.lines
+        self.rids = rids
+        self.results = results
 
 
 class Engine:
@@ -55,6 +73,8 @@ class Engine:
         self.forward_count = 0
         self.last_forward_batch: ForwardBatch | None = None
         self._step_hooks: list[StepHook] = []
+        # rids of the last forwards, by forward number: a violation names the step that recorded it.
+        self._recent_forwards: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -105,7 +125,10 @@ class Engine:
         return lambda: self._step_hooks.remove(hook)
 
     def step(self) -> list[GenerationResult]:
-        """Run one forward if there is work; returns the requests it finished."""
+        """Run one forward if there is work; returns the requests it finished.
+
+        Raises CanaryRaisedError (canary mode ``raise``) after a complete step that surfaced violations.
+        """
         if not self.scheduler.has_work():
             return []
         for hook in list(self._step_hooks):
@@ -121,18 +144,37 @@ class Engine:
                                            token_to_kv_pool=self.token_to_kv_pool,
                                            device=self.model_runner.device)
         sampling = batch.sampling_items()
-        self.model_runner.forward(forward_batch, [index for index, _ in sampling],
-                                  [req.req_pool_idx for _, req in sampling])
+        violation = None
+        try:
+            self.model_runner.forward(forward_batch, [index for index, _ in sampling],
+                                      [req.req_pool_idx for _, req in sampling])
+        except KvCanaryViolationError as error:
+            # Raised by the canary's host-side reporter after the model's forward and the TAIL
+            # records: the forward is whole, only this step's checksum digests are lost.
+            violation = error
         self.forward_count += 1
         self.last_forward_batch = forward_batch
+        self._remember_forward([req.rid for req, _ in batch.items])
         finished = self.scheduler.process_forward(batch)
         checksums = self.model_runner.read_checksums([req.req_pool_idx for req in finished])
         now = time.perf_counter()
-        return [GenerationResult(rid=req.rid, output_ids=tuple(req.output_ids), prompt_tokens=req.prompt_len,
-                                 completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens,
-                                 finish_reason=req.finish_reason, attention_checksum=checksum,
-                                 e2e_latency=now - req.submit_time)
-                for req, checksum in zip(finished, checksums)]
+        results = [GenerationResult(rid=req.rid, output_ids=tuple(req.output_ids), prompt_tokens=req.prompt_len,
+                                    completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens,
+                                    finish_reason=req.finish_reason, attention_checksum=checksum,
+                                    e2e_latency=now - req.submit_time)
+                   for req, checksum in zip(finished, checksums)]
+        if violation is not None:
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.lines), results=results)
+        return results
+
+    def _remember_forward(self, rids: list[str]) -> None:
+        self._recent_forwards[self.forward_count] = rids
+        while len(self._recent_forwards) > _RECENT_FORWARDS_KEPT:
+            self._recent_forwards.popitem(last=False)
+
+    def _rids_of_steps(self, lines: list[str]) -> list[str]:
+        steps = {record.step for record in map(ViolationRecord.parse, lines) if record is not None}
+        return list(dict.fromkeys(rid for step in sorted(steps) for rid in self._recent_forwards.get(step, ())))
 
     def run_until_idle(self, *, max_steps: int | None = None) -> dict[str, GenerationResult]:
         results: dict[str, GenerationResult] = {}
@@ -162,8 +204,10 @@ class Engine:
         return True
 
     def close(self) -> None:
-        """Drain and close the canary. Call between forwards, from the thread that steps."""
+        """Drain the canary's last reports. Call between forwards, from the thread that steps."""
         if self.canary is not None:
-            self.canary.flush()
-            self.canary.close()
+            try:
+                self.canary.flush()
+            except KvCanaryViolationError:
+                pass  # mode raise: the lines are logged already, and there is no one left to tell
             self.canary = None

@@ -17,7 +17,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from mock_models.engine.engine import Engine, InvalidRequestError
+from mock_models.engine.engine import CanaryRaisedError, Engine, InvalidRequestError
 from mock_models.server.canary_routes import canary_router
 from mock_models.server.engine_worker import EngineStoppedError, EngineWorker
 from mock_models.server.handoff import run_on_engine, worker_of
@@ -48,6 +48,8 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
         raise HTTPException(status_code=400, detail=str(error)) from None
     except EngineStoppedError as error:
         raise HTTPException(status_code=503, detail=str(error)) from None
+    except CanaryRaisedError as error:  # canary mode raise
+        raise HTTPException(status_code=500, detail={"error": "kv_canary violation", "lines": error.lines}) from None
     checksum = result.attention_checksum
     return {"output_ids": list(result.output_ids),
             "meta_info": {"id": result.rid, "prompt_tokens": result.prompt_tokens,

@@ -16,8 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mock_models.engine.engine import Engine
-from mock_models.engine.request import GenerationResult
+from mock_models.engine.engine import CanaryRaisedError, Engine
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class EngineWorker:
             while not self._stop.is_set():
                 self._run_jobs(wait=not self.engine.has_work())
                 if self.engine.has_work() and not self._stop.is_set():
-                    self._deliver(self.engine.step())
+                    self._step()
         except BaseException as error:  # the engine's state is unknown now: stop serving
             self.failure = error
             logger.exception("engine loop failed; failing every pending request")
@@ -115,10 +114,22 @@ class EngineWorker:
             except queue.Empty:
                 return
 
-    def _deliver(self, results: list[GenerationResult]) -> None:
+    def _step(self) -> None:
+        try:
+            results = self.engine.step()
+        except CanaryRaisedError as raised:
+            # The requests of that forward get the error; they run on in the engine, unanswered.
+            for rid in raised.rids:
+                future = self._pending.pop(rid, None)
+                if future is not None:
+                    future.set_exception(raised)
+            results = raised.results
         for result in results:
-            # Its caller may have gone away (a client that disconnected): nobody reads it then.
-            self._pending.pop(result.rid).set_result(result)
+            # None: answered already (with a canary error). A caller that went away (a client
+            # that disconnected) still has its future here, and nobody reads it.
+            future = self._pending.pop(result.rid, None)
+            if future is not None:
+                future.set_result(result)
 
     def _shut_down(self) -> None:
         with self._lock:

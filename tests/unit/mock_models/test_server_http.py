@@ -104,6 +104,33 @@ def test_canary_endpoints_report_violations_as_log_lines():
     assert stats["canary_enabled"] is True and stats["forward_count"] == engine.forward_count
 
 
+def test_in_raise_mode_a_violation_answers_500_with_its_lines_and_the_server_keeps_serving():
+    with make_client(CanaryMode.RAISE) as client:
+        engine = client.app.state.worker.engine
+
+        def corrupt_running_request(engine):
+            if not engine.scheduler.running:
+                return
+            for req in engine.scheduler.running:
+                slot = engine.req_to_token_pool.req_to_token[req.req_pool_idx, 0].long()
+                engine.token_to_kv_pool.full_kv_pool.v_buffer[0][slot] += 1.0
+            remove()
+
+        generate(client, [3, 1, 4, 1, 5], 1)
+        remove = engine.add_step_hook(corrupt_running_request)
+        failed = generate(client, [9, 2, 6, 5, 3], 8)
+        worker = client.app.state.worker
+        while worker.call(lambda engine: engine.has_work()).result(timeout=60):
+            time.sleep(0.01)  # the failed request runs on; batched with it, another would fail too
+        served = generate(client, [2, 7, 1, 8], 3)
+        violations = client.get("/kv_canary/violations").json()
+    assert failed.status_code == 500
+    assert failed.json()["detail"]["error"] == "kv_canary violation"
+    assert all(ViolationRecord.parse(line) for line in failed.json()["detail"]["lines"])
+    assert served.status_code == 200 and served.json()["output_ids"] == ORACLE.continuation([2, 7, 1, 8], 3)
+    assert violations["count"] >= 1 and violations["lines"]
+
+
 def test_canary_endpoints_without_the_canary():
     with make_client() as client:
         assert client.get("/kv_canary/violations").json()["count"] == 0
