@@ -1,0 +1,1 @@
+"""Tiny deterministic models (mha, swa, dsv4) and a small SGLang-shaped serving engine around them."""

@@ -1,0 +1,111 @@
+"""The engine's configuration: one frozen value, validated once, passed down to every part."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import torch
+
+
+class ModelMode(enum.Enum):
+    MHA = "mha"  # every layer full attention over one K/V pool
+    SWA = "swa"  # full and sliding-window layers; the window layers live in an SWA sub-pool
+    DSV4 = "dsv4"  # DeepSeek-V4-style: a K-only (latent) SWA sub-pool plus a compressed pool
+
+
+_KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class EngineConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and what to do."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class EngineConfig:
+    model_mode: ModelMode = ModelMode.MHA
+    device: str = "cpu"
+    page_size: int = 1
+    max_total_tokens: int = 4096  # full-pool slots, not counting the padding page
+    swa_window: int = 64  # tokens of history a window layer reads (besides the token itself)
+    swa_max_total_tokens: int | None = None  # SWA sub-pool slots; None = derived, see swa_pool_size
+    max_running_requests: int = 32
+    chunked_prefill_size: int = 512  # prompt tokens one EXTEND forward may compute, over all requests
+    max_context_len: int = 4096  # prompt + generated tokens of one request
+    seed: int = 0  # seeds the model weights and the token oracle
+    vocab_size: int = 1024
+    kv_dtype: str = "float32"
+    compress_ratio: int = 4  # dsv4: tokens pooled into one compressed entry
+    # True: a double free raises DoubleFreeError. False: it is logged at ERROR and ignored, so a
+    # server under fault injection keeps serving while the canary reports what went wrong.
+    strict_allocator: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_mode, ModelMode):
+            object.__setattr__(self, "model_mode", _enum_value(ModelMode, self.model_mode, "model_mode"))
+        _require(self.device == "cpu" or self.device.startswith("cuda"), "device",
+                 f"{self.device!r}: use 'cpu' or 'cuda[:N]'")
+        for name in ("page_size", "max_total_tokens", "swa_window", "max_running_requests",
+                     "chunked_prefill_size", "max_context_len", "vocab_size", "compress_ratio"):
+            _require(getattr(self, name) >= 1, name, f"= {getattr(self, name)}: must be >= 1")
+        _require(self.max_total_tokens % self.page_size == 0, "max_total_tokens",
+                 f"= {self.max_total_tokens}: must be a multiple of page_size ({self.page_size})")
+        _require(self.kv_dtype in _KV_DTYPES, "kv_dtype",
+                 f"{self.kv_dtype!r}: use one of {', '.join(_KV_DTYPES)}")
+        _require(self.vocab_size < 2**31, "vocab_size", "must fit in int32 (records store tokens as int32)")
+        if self.model_mode is ModelMode.DSV4:
+            _require(self.swa_window >= self.compress_ratio, "swa_window",
+                     f"= {self.swa_window}: dsv4 pools a group of compress_ratio ({self.compress_ratio}) "
+                     "tokens from the window, so the window must hold at least that many")
+        if self.swa_max_total_tokens is not None:
+            _require(self.has_swa_pool, "swa_max_total_tokens", "is only meaningful in swa and dsv4 modes")
+            least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
+            _require(self.swa_max_total_tokens >= least, "swa_max_total_tokens",
+                     f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
+                     "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those")
+
+    @property
+    def has_swa_pool(self) -> bool:
+        return self.model_mode is not ModelMode.MHA
+
+    @property
+    def torch_kv_dtype(self) -> torch.dtype:
+        return _KV_DTYPES[self.kv_dtype]
+
+    @property
+    def num_pages(self) -> int:
+        return self.max_total_tokens // self.page_size
+
+    @property
+    def swa_pool_size(self) -> int:
+        """SWA sub-pool slots: the configured size, else half the full pool but never too small."""
+        if self.swa_max_total_tokens is not None:
+            return self.swa_max_total_tokens
+        least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
+        return max(self.max_total_tokens // 2, least)
+
+    def swa_request_budget(self, *, uncached_tokens: int, max_new_tokens: int) -> int:
+        """SWA slots a request can hold at once, as its own (see mock_models/README.md, SWA budget).
+
+        Out-of-window slots are released after every forward, so at most the window plus a page
+        plus one chunk are private; the prompt's tail that ``cache_unfinished_req`` hands to the
+        radix tree (at most a window plus a page) stays resident while the request locks it.
+        """
+        bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
+        return min(uncached_tokens + max_new_tokens, bound)
+
+    def replace(self, **changes: object) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _enum_value(enum_type: type[enum.Enum], value: object, name: str) -> enum.Enum:
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_type)
+        raise EngineConfigError(f"EngineConfig.{name} = {value!r}: use one of {allowed}") from None
+
+
+def _require(condition: bool, name: str, what: str) -> None:
+    if not condition:
+        raise EngineConfigError(f"EngineConfig.{name} {what}")

@@ -1,0 +1,213 @@
+"""The engine's public face: submit requests, step forwards, hook between forwards.
+
+One ``step`` is one model forward. ``forward_count`` counts them from 1, as the canary does:
+inside a step hook, ``forward_count`` forwards have run and the coming one is number
+``forward_count + 1``. Internals stay reachable as plain attributes for fault injection:
+``token_to_kv_pool``, ``req_to_token_pool``, ``full_allocator``, ``swa_allocator``,
+``radix_cache``, ``scheduler`` (``waiting``, ``running``), ``last_forward_batch``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
+from mock_models.config import EngineConfig
+from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.engine.kv_cache_manager import KVCacheManager
+from mock_models.engine.model_runner import ModelRunner
+from mock_models.engine.radix_cache import RadixCache
+from mock_models.engine.request import GenerationResult, Request
+from mock_models.engine.scheduler import Scheduler
+from mock_models.models.token_oracle import TokenOracle
+
+logger = logging.getLogger(__name__)
+
+StepHook = Callable[["Engine"], None]
+_RECENT_FORWARDS_KEPT = 16  # the canary reports a violation within a few forwards of recording it
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine can never serve; the message says which limit it breaks."""
+
+
+class CanaryRaisedError(RuntimeError):
+    """Canary mode ``raise`` reported violations at the end of a forward.
+
+    The step still completed, so the engine stays consistent and serves on. The canary reports a
+    violation a step or so after the forward that recorded it, so ``rids`` are the requests of the
+    forwards the violations name (by step), not of the forward that surfaced them; a request that
+    finished meanwhile was answered already. ``results`` is what the surfacing step finished.
+    """
+
+    def __init__(self, violation: KvCanaryViolationError, *, rids: list[str], results: list[GenerationResult]) -> None:
+        super().__init__(str(violation))
+        self.lines = violation.lines
+        self.rids = rids
+        self.results = results
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, *, canary_config: CanaryConfig | None = None) -> None:
+        self.config = config
+        self.model_runner = ModelRunner(config)
+        self.model = self.model_runner.model
+        self.token_to_kv_pool = self.model_runner.token_to_kv_pool
+        self.req_to_token_pool = self.model_runner.req_to_token_pool
+        self.full_allocator = self.model_runner.full_allocator
+        self.swa_allocator = self.model_runner.swa_allocator
+        self.radix_cache = RadixCache(page_size=config.page_size, device=config.device,
+                                      full_allocator=self.full_allocator, swa_allocator=self.swa_allocator,
+                                      swa_window=config.swa_window if config.has_swa_pool else None)
+        self.kv_cache = KVCacheManager(config=config, req_to_token_pool=self.req_to_token_pool,
+                                       full_allocator=self.full_allocator, swa_allocator=self.swa_allocator,
+                                       radix_cache=self.radix_cache)
+        self.oracle = TokenOracle(seed=config.seed, vocab_size=config.vocab_size)
+        self.scheduler = Scheduler(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
+        self.canary_config = canary_config or CanaryConfig(mode=CanaryMode.NONE)
+        self.canary = self.model_runner.install_canary(self.canary_config, self.radix_cache)
+        self.forward_count = 0
+        self.last_forward_batch: ForwardBatch | None = None
+        self._step_hooks: list[StepHook] = []
+        # rids of the last forwards, by forward number: a violation names the step that recorded it.
+        self._recent_forwards: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def validate(self, input_ids: Sequence[int], max_new_tokens: int) -> None:
+        """Raise InvalidRequestError unless the request can be served. Reads only the config."""
+        config = self.config
+        if not input_ids:
+            raise InvalidRequestError("input_ids is empty: a prompt needs at least one token")
+        bad = next((t for t in input_ids if not 0 <= t < config.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"input_ids holds token {bad}, outside the vocabulary [0, {config.vocab_size})")
+        if max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens = {max_new_tokens}: must be >= 1")
+        total = len(input_ids) + max_new_tokens
+        if total > config.max_context_len:
+            raise InvalidRequestError(f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
+                                      f"{total} exceeds max_context_len {config.max_context_len}")
+        pages = self.kv_cache.pages_needed(kv_positions=total - 1, prefix_len=0)
+        if pages > config.num_pages:
+            raise InvalidRequestError(f"prompt + max_new_tokens needs {pages} pages of {config.page_size} "
+                                      f"tokens; the pool has {config.num_pages} (max_total_tokens "
+                                      f"{config.max_total_tokens})")
+
+    def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None) -> str:
+        self.validate(input_ids, max_new_tokens)
+        prompt = [int(token) for token in input_ids]
+        req = Request(rid=rid or uuid.uuid4().hex, origin_input_ids=prompt, max_new_tokens=max_new_tokens,
+                      oracle_state=self.oracle.state_after(prompt))
+        self.scheduler.add_request(req)
+        return req.rid
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def add_step_hook(self, hook: StepHook) -> Callable[[], None]:
+        """Call ``hook(engine)`` before every forward (before it is scheduled); returns a remover."""
+        self._step_hooks.append(hook)
+        return lambda: self._step_hooks.remove(hook)
+
+    def step(self) -> list[GenerationResult]:
+        """Run one forward if there is work; returns the requests it finished.
+
+        Raises CanaryRaisedError (canary mode ``raise``) after a complete step that surfaced violations.
+        """
+        if not self.scheduler.has_work():
+            return []
+        for hook in list(self._step_hooks):
+            hook(self)
+        batch = self.scheduler.schedule()
+        if batch is None:
+            raise RuntimeError(f"{self.num_waiting} requests wait but none can be admitted with nothing "
+                               "running; the pools are smaller than a request validate() accepted")
+        self.model_runner.reset_checksums([req.req_pool_idx for req in batch.admitted])
+        out_cache_loc = self.kv_cache.allocate(batch.items)
+        forward_batch = ForwardBatch.build(forward_mode=batch.forward_mode, items=batch.items,
+                                           out_cache_loc=out_cache_loc, req_to_token_pool=self.req_to_token_pool,
+                                           token_to_kv_pool=self.token_to_kv_pool,
+                                           device=self.model_runner.device)
+        sampling = batch.sampling_items()
+        violation = None
+        try:
+            self.model_runner.forward(forward_batch, [index for index, _ in sampling],
+                                      [req.req_pool_idx for _, req in sampling])
+        except KvCanaryViolationError as error:
+            # Raised by the canary's host-side reporter after the model's forward and the TAIL
+            # records: the forward is whole, only this step's checksum digests are lost.
+            violation = error
+        self.forward_count += 1
+        self.last_forward_batch = forward_batch
+        self._remember_forward([req.rid for req, _ in batch.items])
+        finished = self.scheduler.process_forward(batch)
+        checksums = self.model_runner.read_checksums([req.req_pool_idx for req in finished])
+        now = time.perf_counter()
+        results = [GenerationResult(rid=req.rid, output_ids=tuple(req.output_ids), prompt_tokens=req.prompt_len,
+                                    completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens,
+                                    finish_reason=req.finish_reason, attention_checksum=checksum,
+                                    e2e_latency=now - req.submit_time)
+                   for req, checksum in zip(finished, checksums)]
+        if violation is not None:
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.lines), results=results)
+        return results
+
+    def _remember_forward(self, rids: list[str]) -> None:
+        self._recent_forwards[self.forward_count] = rids
+        while len(self._recent_forwards) > _RECENT_FORWARDS_KEPT:
+            self._recent_forwards.popitem(last=False)
+
+    def _rids_of_steps(self, lines: list[str]) -> list[str]:
+        steps = {record.step for record in map(ViolationRecord.parse, lines) if record is not None}
+        return list(dict.fromkeys(rid for step in sorted(steps) for rid in self._recent_forwards.get(step, ())))
+
+    def run_until_idle(self, *, max_steps: int | None = None) -> dict[str, GenerationResult]:
+        results: dict[str, GenerationResult] = {}
+        steps = 0
+        while self.has_work():
+            if max_steps is not None and steps >= max_steps:
+                raise RuntimeError(f"still busy after {max_steps} forwards")
+            results.update((result.rid, result) for result in self.step())
+            steps += 1
+        return results
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[GenerationResult]:
+        """Submit every prompt, run until idle, and return the results in prompt order."""
+        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        rids = [self.submit(prompt, limit) for prompt, limit in zip(prompts, limits)]
+        results = self.run_until_idle()
+        return [results[rid] for rid in rids]
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def flush_cache(self) -> bool:
+        """Empty the radix cache; only when idle (returns False, changing nothing, otherwise)."""
+        if self.has_work():
+            return False
+        self.radix_cache.reset()
+        logger.info("radix cache flushed")
+        return True
+
+    def close(self) -> None:
+        """Drain the canary's last reports. Call between forwards, from the thread that steps."""
+        if self.canary is not None:
+            try:
+                self.canary.flush()
+            except KvCanaryViolationError:
+                pass  # mode raise: the lines are logged already, and there is no one left to tell
+            self.canary = None

@@ -1,0 +1,94 @@
+"""Builds the model and its memory (request rows, KV pools, slot allocators), installs the
+canary, and runs one forward.
+
+This is the one place that talks to ``kv_canary``: the canary is installed through its public
+API after the pools exist, exactly as a real engine would do it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kv_canary import CanaryConfig, CanaryManager, install_canary
+from mock_models.config import EngineConfig, ModelMode
+from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
+from mock_models.engine.radix_cache import RadixCache
+from mock_models.engine.req_to_token_pool import ReqToTokenPool
+from mock_models.engine.swa_allocator import SWATokenAllocator
+from mock_models.models.dsv4 import dsv4_spec
+from mock_models.models.mha import mha_spec
+from mock_models.models.spec import LayerKind, ModelSpec
+from mock_models.models.swa import swa_spec
+from mock_models.models.tiny_decoder import TinyDecoderModel
+
+logger = logging.getLogger(__name__)
+
+_SPECS = {ModelMode.MHA: mha_spec, ModelMode.SWA: swa_spec, ModelMode.DSV4: dsv4_spec}
+
+
+def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:
+    common = dict(size=config.max_total_tokens, page_size=config.page_size, dtype=config.torch_kv_dtype,
+                  device=config.device)
+    if config.model_mode is ModelMode.MHA:
+        return MHATokenToKVPool(head_num=spec.num_heads, head_dim=spec.head_dim, layer_num=spec.num_layers,
+                                **common)
+    if config.model_mode is ModelMode.SWA:
+        return SWAKVPool(size_swa=config.swa_pool_size, head_num=spec.num_heads, head_dim=spec.head_dim,
+                         full_attention_layer_ids=spec.layer_ids(LayerKind.FULL),
+                         swa_attention_layer_ids=spec.layer_ids(LayerKind.WINDOW), **common)
+    return DeepSeekV4TokenToKVPool(size_swa=config.swa_pool_size, latent_dim=spec.latent_dim,
+                                   layer_num=spec.num_layers, compress_ratio=spec.compress_ratio, **common)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.spec = _SPECS[config.model_mode](config)
+        self.model = TinyDecoderModel(self.spec, self.device)
+        self.req_to_token_pool = ReqToTokenPool(size=config.max_running_requests,
+                                                max_context_len=config.max_context_len, device=self.device)
+        self.token_to_kv_pool = build_kv_pool(config, self.spec)
+        self.full_allocator = PagedTokenAllocator(num_pages=config.num_pages, page_size=config.page_size,
+                                                  strict=config.strict_allocator)
+        self.swa_allocator: SWATokenAllocator | None = None
+        if config.has_swa_pool:
+            self.swa_allocator = SWATokenAllocator(size=config.swa_pool_size, page_size=config.page_size,
+                                                   full_pool_rows=config.max_total_tokens + config.page_size,
+                                                   device=self.device, strict=config.strict_allocator)
+            self.token_to_kv_pool.register_mapping(self.swa_allocator.full_to_swa_index_mapping)
+        # Sum of digests of each request row's sampled hidden states; reset when a row is reused.
+        self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64,
+                                               device=self.device)
+        self.canary: CanaryManager | None = None
+
+    def install_canary(self, canary_config: CanaryConfig, radix_cache: RadixCache) -> CanaryManager | None:
+        """Install the KV canary after the pools exist; returns its manager, or None when it is off."""
+        swa_window = self.config.swa_window if self.config.has_swa_pool else None
+        self.canary = install_canary(model=self.model, kv_pool=self.token_to_kv_pool,
+                                     req_to_token_pool=self.req_to_token_pool, config=canary_config,
+                                     swa_window=swa_window)
+        if self.canary is not None:
+            self.canary.attach_prefix_cache(radix_cache)
+            logger.info("kv canary installed: mode=%s", canary_config.mode.value)
+        return self.canary
+
+    def reset_checksums(self, rows: list[int]) -> None:
+        if rows:
+            self.attention_checksums[torch.tensor(rows, device=self.device)] = 0.0
+
+    def forward(self, batch: ForwardBatch, sampled_token_indices: list[int], sampled_rows: list[int]) -> None:
+        # Through the attribute, so a wrapper installed on model.forward (the canary) runs.
+        hidden = self.model.forward(batch.input_ids, batch.positions, batch)
+        if sampled_token_indices:
+            indices = torch.tensor(sampled_token_indices, dtype=torch.int64).to(self.device)
+            rows = torch.tensor(sampled_rows, dtype=torch.int64).to(self.device)
+            self.attention_checksums.index_add_(0, rows, self.model.digest(hidden[indices]))
+
+    def read_checksums(self, rows: list[int]) -> list[float]:
+        # One device read per step with finished requests: their results go back to the host anyway.
+        return self.attention_checksums[torch.tensor(rows, device=self.device)].tolist() if rows else []

@@ -1,0 +1,1 @@
+"""Tiny transformer-shaped models whose weights come from a seed, and the token oracle."""

@@ -1,0 +1,117 @@
+"""``serve_command``: the click command that launches the mock server.
+
+Mounted by the harness as ``kv-canary serve``; also ``python -m mock_models.server``. Canary
+settings not given as flags come from ``CanaryConfig.from_env()`` (``KV_CANARY_*``), read once
+here; flags win. Prints ``kv_canary_server listening on http://HOST:PORT`` to stderr once the
+socket accepts connections (with ``--port 0`` the port is picked here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import click
+import torch
+import uvicorn
+
+from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from mock_models.config import EngineConfig, ModelMode
+from mock_models.engine.engine import Engine
+from mock_models.server.app import create_app
+from mock_models.server.engine_worker import EngineWorker
+
+logger = logging.getLogger("mock_models.server")
+
+READY_LINE = "kv_canary_server listening on http://{host}:{port}"
+_DEFAULTS = EngineConfig()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: the ready line, and a signal that first stops the engine (pending requests
+    get 503 at once) and ends in a clean exit instead of uvicorn's re-raised signal."""
+
+    def __init__(self, config: uvicorn.Config, *, worker: EngineWorker, host: str, port: int) -> None:
+        super().__init__(config)
+        self._worker, self._host, self._port = worker, host, port
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(READY_LINE.format(host=self._host, port=self._port), file=sys.stderr, flush=True)
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        logger.info("signal %s: stopping the engine, then the server", signal.Signals(sig).name)
+        self._worker.request_stop()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+@click.command("serve")
+@click.option("--model-mode", type=click.Choice([mode.value for mode in ModelMode]), default="mha", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=30000, show_default=True, help="0 = pick a free port")
+@click.option("--page-size", type=int, default=_DEFAULTS.page_size, show_default=True)
+@click.option("--max-total-tokens", type=int, default=_DEFAULTS.max_total_tokens, show_default=True)
+@click.option("--swa-window", type=int, default=_DEFAULTS.swa_window, show_default=True)
+@click.option("--max-running-requests", type=int, default=_DEFAULTS.max_running_requests, show_default=True)
+@click.option("--chunked-prefill-size", type=int, default=_DEFAULTS.chunked_prefill_size, show_default=True)
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
+@click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
+@click.option("--canary-mode", type=click.Choice([mode.value for mode in CanaryMode]), default=None)
+@click.option("--stats-interval", type=int, default=None)
+@click.option("--swa-divergence-interval", type=int, default=None)
+def serve_command(model_mode: str, device: str, host: str, port: int, page_size: int, max_total_tokens: int,
+                  swa_window: int, max_running_requests: int, chunked_prefill_size: int, seed: int,
+                  sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
+                  stats_interval: int | None, swa_divergence_interval: int | None) -> None:
+    """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if device == "cpu":
+        torch.set_num_threads(1)  # the model's ops are tiny: extra threads only add hand-off cost
+    overrides = {name: value for name, value in (
+        ("sweep_interval", sweep_interval), ("stats_interval", stats_interval),
+        ("swa_divergence_interval", swa_divergence_interval),
+        ("real_kv_hash", real_kv and RealKvHashMode(real_kv)), ("mode", canary_mode and CanaryMode(canary_mode)),
+    ) if value is not None}
+    try:
+        canary_config = CanaryConfig.from_env(**overrides)
+        config = EngineConfig(model_mode=ModelMode(model_mode), device=device, page_size=page_size,
+                              max_total_tokens=max_total_tokens, swa_window=swa_window,
+                              max_running_requests=max_running_requests,
+                              chunked_prefill_size=chunked_prefill_size, seed=seed)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    engine = Engine(config, canary_config=canary_config)
+    worker = EngineWorker(engine)
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    logger.info("engine ready: %s, canary mode %s", config, canary_config.mode.value)
+    uvicorn_config = uvicorn.Config(create_app(worker), log_config=None, access_log=False,
+                                    timeout_graceful_shutdown=10)
+    _Server(uvicorn_config, worker=worker, host=host, port=bound_port).run(sockets=[sock])
