@@ -106,6 +106,17 @@ class Engine:
         self.scheduler.add_request(req)
         return req.rid
 
+    def abort(self, rid: str) -> bool:
+        """Drop a waiting or running request between forwards; False when no such request is pending.
+
+        A running request's own slots go back to the allocator (not into the radix cache), its
+        cached prefix is unlocked and its reservations returned; it never produces a result.
+        """
+        aborted = self.scheduler.abort(rid)
+        if aborted:
+            logger.info("request %s aborted", rid)
+        return aborted
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 

@@ -186,6 +186,17 @@ class KVCacheManager:
         duplicates_end = max(result.prefix_len, req.tree_owned_len)
         self._free_own(req, req.tree_owned_len, duplicates_end)
         self._free_own(req, end, req.kv_len)  # the partial last page
+        self._retire(req)
+
+    def abort(self, req: Request) -> None:
+        """Free an admitted request's own slots without caching them, unlock its prefix, unreserve.
+
+        Only between forwards: every position below ``kv_len`` has K/V, nothing is in flight.
+        """
+        self._free_own(req, req.tree_owned_len, req.kv_len)
+        self._retire(req)
+
+    def _retire(self, req: Request) -> None:
         self.radix_cache.dec_lock_ref(req.last_node)
         self.reserved_pages -= req.full_pages_reserved
         self.reserved_swa_slots -= req.swa_slots_reserved

@@ -52,6 +52,19 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def abort(self, rid: str) -> bool:
+        """Drop a request between forwards: from the queue, or from the batch with its slots freed."""
+        for req in self.waiting:
+            if req.rid == rid:
+                self.waiting.remove(req)
+                return True
+        for index, req in enumerate(self.running):
+            if req.rid == rid:
+                del self.running[index]
+                self.kv_cache.abort(req)
+                return True
+        return False
+
     def schedule(self) -> ScheduledBatch | None:
         admitted = self._admit()
         prefilling = [req for req in self.running if req.needs_prefill]
