@@ -52,11 +52,17 @@ class KVCacheManager:
     def pages_needed(self, *, kv_positions: int, prefix_len: int) -> int:
         return _ceil_div(kv_positions, self.page_size) - prefix_len // self.page_size
 
-    def try_admit(self, req: Request) -> bool:
-        """Reuse the cached prefix and reserve the rest, or change nothing and return False."""
+    def try_admit(self, req: Request, *, reuse_prefix: bool = True) -> bool:
+        """Reuse the cached prefix and reserve the rest, or change nothing and return False.
+
+        ``reuse_prefix=False`` computes the whole prompt: the matched prefix is not locked, so its
+        SWA-resident rows stay evictable. With nothing running that always fits a request
+        ``Engine.validate`` accepted, while its locked prefix's rows plus its own SWA budget may not.
+        """
         if self.req_to_token_pool.available_size() == 0:
             return False
-        match = self.radix_cache.match_prefix(req.origin_input_ids[:-1])  # the last token is always computed
+        # The last token is always computed; an empty key matches nothing (the root).
+        match = self.radix_cache.match_prefix(req.origin_input_ids[:-1] if reuse_prefix else [])
         self.radix_cache.inc_lock_ref(match.last_node)
         prefix_len = match.prefix_len
         kv_positions = req.prompt_len + req.max_new_tokens - 1  # the last sampled token is never fed

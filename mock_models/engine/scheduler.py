@@ -87,7 +87,10 @@ class Scheduler:
     def _admit(self) -> list[Request]:
         admitted = []
         while self.waiting and len(self.running) < self.config.max_running_requests:
-            if not self.kv_cache.try_admit(self.waiting[0]):
+            # With nothing running nothing will free memory, so a request that fits only without
+            # its cached prefix (whose SWA rows locking would pin) computes it instead of waiting forever.
+            if not (self.kv_cache.try_admit(self.waiting[0])
+                    or (not self.running and self.kv_cache.try_admit(self.waiting[0], reuse_prefix=False))):
                 break
             req = self.waiting.popleft()
             self.running.append(req)
