@@ -34,7 +34,7 @@ class CompiledLaunchCache:
             compiled = self._kernel[grid](*args, **constexprs)
             self._compiled[key] = compiled.result() if hasattr(compiled, "result") else compiled
             return
-        compiled[grid](*args, *constexprs.values())
+        compiled[(*grid, 1, 1)[:3]](*args, *constexprs.values())  # the compiled launcher takes x, y and z
 
 
 def real_kv_arguments(real_kv: RealKvSource | None, placeholder: torch.Tensor) -> tuple[object, int, int, int]:
