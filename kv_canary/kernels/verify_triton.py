@@ -33,8 +33,8 @@ def _record_words(records_ptr, slot, mask):
 @triton.jit(do_not_specialize=["ring_capacity", "num_layers", "row_words", "hashed_words", "launch_tag",
                               "num_entries"])
 def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, expected_token_ptr, num_valid_ptr,
-                   ring_rows_ptr, ring_index_ptr, ring_capacity, kernel_runs_ptr, slot_runs_ptr, step_ptr,
-                   layer_pointers_ptr, num_layers, row_words, hashed_words, launch_tag, num_entries,
+                   ring_rows_ptr, ring_index_ptr, kernel_runs_ptr, slot_runs_ptr, step_ptr, layer_pointers_ptr,
+                   ring_capacity, num_layers, row_words, hashed_words, launch_tag, num_entries,
                    CHECK_TOKENS: tl.constexpr, CHECK_REAL_KV: tl.constexpr, RECORD_VIOLATIONS: tl.constexpr,
                    HOST_COUNTED: tl.constexpr, WORD_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -95,10 +95,12 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
                     num_entries: int | None = None) -> None:
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     block = _BLOCK if real_kv is None else _BLOCK_WITH_REAL_KV
+    layer_pointers, real_kv_shape = real_kv_arguments(real_kv, state.step)
     _LAUNCHES.launch(
-        (max(1, triton.cdiv(n, block)),), records, plan.slot_indices, plan.prev_slot_indices,
-        plan.expected_positions, plan.expected_tokens, plan.num_valid, state.ring.rows, state.ring.write_index,
-        state.ring.capacity, state.kernel_run_counters, state.slot_run_counters, state.step,
-        *real_kv_arguments(real_kv, state.step), int(launch_tag), n,
+        (max(1, triton.cdiv(n, block)),),
+        (records, plan.slot_indices, plan.prev_slot_indices, plan.expected_positions, plan.expected_tokens,
+         plan.num_valid, state.ring.rows, state.ring.write_index, state.kernel_run_counters, state.slot_run_counters,
+         state.step, layer_pointers),
+        (state.ring.capacity, *real_kv_shape, int(launch_tag), n),
         CHECK_TOKENS=check_tokens, CHECK_REAL_KV=real_kv is not None, RECORD_VIOLATIONS=record_violations,
         HOST_COUNTED=num_entries is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
