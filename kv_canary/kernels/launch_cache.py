@@ -31,16 +31,16 @@ class CompiledLaunchCache:
         # id()s of a set of buffers -> (the buffers, kept alive so their ids stay theirs; their addresses)
         self._addresses: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], tuple[int, ...]]] = {}
 
-    def launch(self, grid: tuple[int, ...], buffers: tuple[torch.Tensor, ...], scalars: tuple[int, ...],
-               **constexprs: object) -> None:
+    def launch(self, grid: tuple[int, ...], buffers: tuple[torch.Tensor, ...], scalars: tuple[int, ...], *,
+               num_warps: int, **constexprs: object) -> None:
         """``buffers`` are the kernel's leading pointer parameters, ``scalars`` its integer ones."""
         if not self._compiles:
-            self._kernel[grid](*buffers, *scalars, **constexprs)
+            self._kernel[grid](*buffers, *scalars, num_warps=num_warps, **constexprs)
             return
-        key = (torch.cuda.current_device(), *constexprs.values())
+        key = (torch.cuda.current_device(), num_warps, *constexprs.values())
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._kernel[grid](*buffers, *scalars, **constexprs)
+            compiled = self._kernel[grid](*buffers, *scalars, num_warps=num_warps, **constexprs)
             self._compiled[key] = compiled.result() if hasattr(compiled, "result") else compiled
             return
         compiled[(*grid, 1, 1)[:3]](*self._addresses_of(buffers), *scalars, *constexprs.values())

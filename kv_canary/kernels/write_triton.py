@@ -103,4 +103,5 @@ def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: Launch
          plan.tokens, plan.positions, plan.expected_tokens, plan.expected_positions, state.ring.rows,
          state.ring.write_index, state.step, layer_pointers),
         (state.ring.capacity, *real_kv_shape, int(launch_tag)),
-        ASSERT_INPUTS=assert_inputs, HASH_REAL_KV=real_kv is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
+        num_warps=max(1, min(4, block // 32)), ASSERT_INPUTS=assert_inputs, HASH_REAL_KV=real_kv is not None,
+        WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
