@@ -47,7 +47,9 @@ def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode) -
         times.append((time.perf_counter() - started) * 1000)
     if engine.canary is not None:
         engine.canary.flush()
-        assert not engine.canary.violations, "a clean decode must not report violations"
+        lines = [record.format() for record in engine.canary.violations]
+        if lines:
+            raise AssertionError(f"a clean decode reported {len(lines)} violations:\n" + "\n".join(lines[:8]))
     return statistics.median(times[5:])
 
 

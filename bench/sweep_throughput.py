@@ -2,12 +2,15 @@
 
 A synthetic radix cache (chains of 64-token nodes under 1024 branches) is filled with valid
 canary records; a sweep pass then verifies, for each K/V half, the HEAD records and the TAIL
-records with the real-KV hash (`partial`: the first 16 bytes of the slot's row in each of 4 layers). The
-device part (the verify kernels) is timed with CUDA events; the host part (walking the tree and
-building the plan) with a wall clock. Peak bandwidth is a device-to-device copy in the same run
-(bytes read + written).
+records, the TAIL ones either alone (`real_kv=none`) or with the real-KV hash (`partial`: the
+first 16 bytes of the slot's row in each of 4 layers). The device part (the verify kernels) is
+timed with CUDA events; the host part (walking the tree and building the plan) with a wall
+clock. Peak bandwidth is a device-to-device copy in the same run (bytes read + written).
 
-Bytes counted per slot and K/V half: HEAD 16 (plan) + 32 (record); TAIL 16 + 32 + 4 x 16 (real K/V).
+Bytes counted are the bytes a pass must read, per slot and K/V half: HEAD 16 (plan: slot,
+predecessor, position, token) + 32 (record); TAIL the same, plus 4 x 16 of real K/V with
+`partial`. Those 16-byte pieces are gathered from rows far apart, so each costs a whole 32-byte
+DRAM sector: the `partial` rows move about 1.5x the bytes they count.
 
     python bench/sweep_throughput.py [--json out.json]
 """
@@ -94,23 +97,27 @@ def measure(slots: int, device: str) -> dict[str, float]:
     host_seconds = time.perf_counter() - started
     _make_records_valid(manager, group, walk)
 
-    def sweep_device_part() -> None:
+    def sweep_device_part(hash_real_kv: bool) -> None:
         for half, buffers in group.halves.items():
-            for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv)):
+            for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv if hash_real_kv else None)):
                 manager.kernels.verify(records=group.records(phase, half), plan=plan,
                                        launch_tag=group.launch_tag(Phase.SWEEP, half), state=manager.state,
                                        real_kv=real_kv, check_tokens=True, num_entries=walk.num_tokens)
 
-    device_us = time_eager_us(sweep_device_part, iterations=10, warmup=2)
-    per_slot_bytes = 2 * ((16 + 32) + (16 + 32 + LAYERS * PARTIAL_BYTES))
+    results = {"slots": slots, "host_walk_s": host_seconds}
+    for real_kv_mode in ("none", "partial"):
+        device_us = time_eager_us(lambda: sweep_device_part(hash_real_kv=real_kv_mode == "partial"),
+                                  iterations=10, warmup=2)
+        per_slot_bytes = 2 * (2 * (16 + 32) + (LAYERS * PARTIAL_BYTES if real_kv_mode == "partial" else 0))
+        results[real_kv_mode] = {"device_us": device_us, "slots_per_s": slots / device_us * 1e6,
+                                 "gbps": slots * per_slot_bytes / device_us / 1e3}
     orchestrator = SweepOrchestrator(manager=manager)
     started = time.perf_counter()
     orchestrator.run_pass()
     torch.cuda.synchronize()
     full_pass_seconds = time.perf_counter() - started
-    return {"slots": slots, "device_us": device_us, "slots_per_s": slots / device_us * 1e6,
-            "gbps": slots * per_slot_bytes / device_us / 1e3, "host_walk_s": host_seconds,
-            "full_pass_s": full_pass_seconds, "violations": int(manager.state.ring.write_index)}
+    results.update(full_pass_s=full_pass_seconds, violations=int(manager.state.ring.write_index))
+    return results
 
 
 def _make_records_valid(manager: CanaryManager, group, walk) -> None:
@@ -144,17 +151,19 @@ def main() -> None:
     device = "cuda"
     peak = copy_bandwidth_gbps(device)
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {peak:.0f} GB/s (read + write)")
-    print("| cached slots | device us / pass | slots/s | GB/s | % of copy bandwidth | host walk + plan s "
+    print("| cached slots | real KV | device us / pass | slots/s | GB/s | % of copy bandwidth | host walk + plan s "
           "| whole pass s | violations |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for slots in (1 << 20, 8 << 20):
         row = measure(slots, device)
-        row["fraction_of_peak"] = row["gbps"] / peak
         rows.append(row)
-        print(f"| {slots} | {row['device_us']:.0f} | {row['slots_per_s'] / 1e9:.2f} G | {row['gbps']:.0f} | "
-              f"{100 * row['fraction_of_peak']:.0f}% | {row['host_walk_s']:.2f} | {row['full_pass_s']:.2f} | "
-              f"{row['violations']} |", flush=True)
+        for mode in ("none", "partial"):
+            part = row[mode]
+            part["fraction_of_peak"] = part["gbps"] / peak
+            print(f"| {slots} | {mode} | {part['device_us']:.0f} | {part['slots_per_s'] / 1e9:.2f} G | "
+                  f"{part['gbps']:.0f} | {100 * part['fraction_of_peak']:.0f}% | {row['host_walk_s']:.2f} | "
+                  f"{row['full_pass_s']:.2f} | {row['violations']} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy_gbps": peak, "rows": rows},
                                         indent=2))
