@@ -1,4 +1,4 @@
-"""What the plans hold for a small hand-made forward."""
+"""What the plans hold for a small hand-made forward, for the torch reference and the Triton builder."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from kv_canary.forward_rows import ForwardRows
-from kv_canary.kernels import plan_reference
+from kv_canary.kernels import plan_reference, plan_triton
 from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 from tests.unit.canary.devices import DEVICES
 
-BUILDERS = [pytest.param(plan_reference.build_group_plans, id="torch")]
+BUILDERS = [pytest.param(plan_reference.build_group_plans, id="torch"),
+            pytest.param(plan_triton.build_group_plans, id="triton")]
 
 
 @pytest.fixture(params=BUILDERS)
