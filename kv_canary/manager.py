@@ -17,7 +17,7 @@ from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
 from kv_canary.log_lines import ViolationRecord
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
 from kv_canary.observers.violation_reporter import ViolationReporter
-from kv_canary.plan_builder import build_verify_plan, build_write_plan
+from kv_canary.kernels.plan_reference import verify_entries_needed
 from kv_canary.plans import VerifyPlan, WritePlan
 
 
@@ -58,11 +58,9 @@ class CanaryManager:
         self.logger = logger
         self.state = CanaryDeviceState.allocate(ring_capacity=config.ring_capacity, device=device)
         self.kernels = select_kernels(config.backend, device)
-        self._plans = tuple(
-            GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
-                       write=WritePlan.allocate(capacity=config.write_capacity,
-                                                request_capacity=config.max_requests_per_forward, device=device))
-            for _ in groups)
+        self._plans = tuple(GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
+                                       write=self._write_plan(config.write_capacity, config.max_requests_per_forward))
+                            for _ in groups)
         self._hints: tuple[LaunchHints, ...] = ()
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.reporter = ViolationReporter(state=self.state, mode=config.mode, logger=logger,
@@ -98,17 +96,17 @@ class CanaryManager:
 
     def before_forward(self, rows: ForwardRows) -> None:
         """Pre-ops, capturable: plan, then verify and write the HEAD records."""
+        self._fit_plans(rows)
         self.state.step.add_(1)
         hints = []
         for group, plans in zip(self.groups, self._plans):
             mapping = group.full_to_swa_index_mapping
             window = group.window if group.kind is PoolGroupKind.SWA else None
-            verify_entries = build_verify_plan(plans.verify, rows, plan_overflow=self.state.plan_overflow,
-                                               window=window, full_to_swa=mapping)
+            verify_entries, write_entries, longest_run = self.kernels.build_plans(
+                verify_plan=plans.verify, write_plan=plans.write, rows=rows, plan_overflow=self.state.plan_overflow,
+                window=window, full_to_swa=mapping)
             for hook in self._verify_plan_hooks:
                 hook.on_verify_plan_built(group, plans.verify, rows)
-            write_entries, longest_run = build_write_plan(plans.write, rows, plan_overflow=self.state.plan_overflow,
-                                                          full_to_swa=mapping)
             hints.append(LaunchHints(verify_entries=verify_entries, write_entries=write_entries,
                                      longest_run=longest_run))
         self._hints = tuple(hints)
@@ -123,6 +121,37 @@ class CanaryManager:
         self.forward_count += 1
         for observer in self.observers:
             observer.step(self.forward_count)
+
+    def _fit_plans(self, rows: ForwardRows) -> None:
+        """Grow, before planning, the plans a forward of host-known size would overflow.
+
+        An entry dropped from a write plan leaves its slot's records unwritten, and every later
+        verify would report that slot as corrupted: eager forwards therefore never overflow.
+        Under graph capture the sizes are the config's (the host does not know the batch's);
+        overflow is then counted on device and reported by the violation reporter.
+        """
+        if rows.prefix_lens_host is None:
+            return
+        fitted = []
+        for group, plans in zip(self.groups, self._plans):
+            window = group.window if group.kind is PoolGroupKind.SWA else None
+            verify, write = plans.verify, plans.write
+            needed = verify_entries_needed(rows.prefix_lens_host, window)
+            if needed > verify.capacity:
+                verify = VerifyPlan.allocate(_grown(verify.capacity, needed), self.device)
+            if rows.num_new_tokens > write.capacity or rows.batch_size > write.request_capacity:
+                write = self._write_plan(_grown(write.capacity, rows.num_new_tokens),
+                                         _grown(write.request_capacity, rows.batch_size))
+            if verify is not plans.verify or write is not plans.write:
+                self.logger.info("kv_canary: %s plans grown to %d verify entries, %d write entries, %d requests "
+                                 "(set KV_CANARY_VERIFY_CAPACITY / _WRITE_CAPACITY / _MAX_REQUESTS_PER_FORWARD "
+                                 "to size them up front, as CUDA-graph capture needs)", group.kind.value,
+                                 verify.capacity, write.capacity, write.request_capacity)
+            fitted.append(GroupPlans(verify=verify, write=write))
+        self._plans = tuple(fitted)
+
+    def _write_plan(self, capacity: int, request_capacity: int) -> WritePlan:
+        return WritePlan.allocate(capacity=capacity, request_capacity=request_capacity, device=self.device)
 
     def _run_phase(self, phase: Phase) -> None:
         for group, plans, hints in zip(self.groups, self._plans, self._hints):
@@ -165,3 +194,8 @@ class CanaryManager:
             "slots_verified": {tag.name: slot_runs[tag] for tag in self.active_launch_tags},
             "kernel_backend": self.kernels.name,
         }
+
+
+def _grown(capacity: int, needed: int) -> int:
+    """At least ``needed``, at least twice the old capacity: a few growths, not one per forward."""
+    return max(needed, 2 * capacity) if needed > capacity else capacity

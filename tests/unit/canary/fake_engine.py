@@ -15,7 +15,7 @@ from kv_canary import CanaryConfig, CanaryManager, install_canary
 
 
 class MHATokenToKVPool:  # named like SGLang's pool: the canary picks its adapter by class name
-    def __init__(self, *, num_slots: int, device: str, num_layers: int = 2, heads: int = 2, head_dim: int = 4) -> None:
+    def __init__(self, *, num_slots: int, device: str | None, num_layers: int = 2, heads: int = 2, head_dim: int = 4) -> None:
         self.page_size = 1
         self.k_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
         self.v_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
@@ -27,7 +27,7 @@ class MHATokenToKVPool:  # named like SGLang's pool: the canary picks its adapte
 
 
 class ReqToTokenPool:
-    def __init__(self, *, rows: int, max_context: int, device: str) -> None:
+    def __init__(self, *, rows: int, max_context: int, device: str | None) -> None:
         self.req_to_token = torch.zeros(rows, max_context, dtype=torch.int32, device=device)
         self.req_token_ids = torch.full((rows, max_context), -1, dtype=torch.int64, device=device)
 
@@ -70,10 +70,10 @@ class Request:
 class FakeEngine:
     """Subclasses with another pool override ``_allocate_slots`` and ``_after_forward``."""
 
-    def __init__(self, config: CanaryConfig, *, device: str = "cpu", num_slots: int = 256, rows: int = 16,
+    def __init__(self, config: CanaryConfig, *, device: str | None = None, num_slots: int = 256, rows: int = 16,
                  max_context: int = 128, model_class: type[TinyModel] = TinyModel, pool: object | None = None,
                  swa_window: int | None = None) -> None:
-        self.device = device
+        self.device = device  # None: torch's default device, which the GPU tests set to CUDA
         self.pool = MHATokenToKVPool(num_slots=num_slots, device=device) if pool is None else pool
         self.req_pool = ReqToTokenPool(rows=rows, max_context=max_context, device=device)
         self.model = model_class(self.pool)
