@@ -15,6 +15,10 @@ import torch
 PREV_SEQUENCE_START = 0  # the slot holds position 0: its prev_hash must be CHAIN_ANCHOR
 PREV_UNKNOWN = -1  # predecessor not resident (slid out of the SWA window): skip the chain check
 TOKEN_UNKNOWN = -1
+# A verify entry expecting this position is padding and skipped. Every other valid entry is verified,
+# slot 0 included: that is the engine's padding slot, never written, so an entry that reads it (an
+# SWA window position mapped to 0, a req_to_token entry never set) always fails.
+PADDING_POSITION = -1
 
 
 def _int32(n: int, device: torch.device | str, fill: int = 0) -> torch.Tensor:
@@ -23,11 +27,11 @@ def _int32(n: int, device: torch.device | str, fill: int = 0) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class VerifyPlan:
-    """One entry per slot to verify; slot 0 (padding) entries are skipped."""
+    """One entry per slot to verify; entries expecting ``PADDING_POSITION`` are skipped."""
 
     slot_indices: torch.Tensor  # int32 [capacity]
     prev_slot_indices: torch.Tensor  # int32 [capacity]: a slot, PREV_SEQUENCE_START or PREV_UNKNOWN
-    expected_positions: torch.Tensor  # int32 [capacity]
+    expected_positions: torch.Tensor  # int32 [capacity]: PADDING_POSITION = skip
     expected_tokens: torch.Tensor  # int32 [capacity]: TOKEN_UNKNOWN where not known
     num_valid: torch.Tensor  # int32 [1]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kv_canary.forward_rows import ForwardRows
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 
 
 def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
@@ -19,8 +19,9 @@ def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: F
     """Plan every slot the forward's attention reads and every slot it writes.
 
     FULL groups read each request's whole prefix ``[0, prefix_len)``; SWA groups (``window``
-    and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool.
-    The new slots are planned in per-request runs, each chained from the slot of the request's
+    and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool; a
+    window position mapped to 0 (not resident) is planned at slot 0 and so fails its verify.
+    Entries of requests on the padding row are planned as padding (skipped). The new slots are planned in per-request runs, each chained from the slot of the request's
     last cached position. Entries past a plan's capacity, and the runs of requests past the
     write plan's request capacity, are dropped and added to ``plan_overflow``.
 
@@ -46,6 +47,9 @@ def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardR
         return verify_entries, 0, None
     write_entries = min(rows.num_new_tokens, write_plan.capacity)
     return verify_entries, write_entries, rows.longest_run if write_entries else 0
+
+
+PADDING_ROW = 0  # row 0 of req_to_token: what padded batch entries point at
 
 
 def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor, window: int | None,
@@ -78,7 +82,8 @@ def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: to
 
     plan.slot_indices[:n].copy_(torch.where(valid, slot, 0))
     plan.prev_slot_indices[:n].copy_(prev)
-    plan.expected_positions[:n].copy_(position)
+    # Batch entries padded onto the padding row (CUDA-graph batches) read nothing real: skip them.
+    plan.expected_positions[:n].copy_(torch.where(row == PADDING_ROW, PADDING_POSITION, position))
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row, position))
 
 

@@ -17,12 +17,14 @@ import triton.language as tl
 
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.forward_launch import ForwardLaunchCache
-from kv_canary.kernels.plan_reference import host_hints
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.kernels.plan_reference import PADDING_ROW, host_hints
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 
 PREV_SEQUENCE_START_C: tl.constexpr = tl.constexpr(PREV_SEQUENCE_START)
 PREV_UNKNOWN_C: tl.constexpr = tl.constexpr(PREV_UNKNOWN)
 TOKEN_UNKNOWN_C: tl.constexpr = tl.constexpr(TOKEN_UNKNOWN)
+PADDING_POSITION_C: tl.constexpr = tl.constexpr(PADDING_POSITION)
+PADDING_ROW_C: tl.constexpr = tl.constexpr(PADDING_ROW)
 
 _BLOCK = 128  # entries per program per step: one per thread of four warps
 _NUM_WARPS = 4
@@ -123,7 +125,8 @@ def _plan_kernel(req_pool_index_ptr, prefix_len_ptr, extend_len_ptr, out_cache_l
                      mask=mask)
             prev_slot = _predecessor(_translate(prev_slot, full_to_swa_ptr, mask, TRANSLATE), position, TRANSLATE)
             tl.store(verify_prev_slot_ptr + entry, prev_slot.to(tl.int32), mask=mask)
-            tl.store(verify_position_ptr + entry, position.to(tl.int32), mask=mask)
+            expected_position = tl.where(row == PADDING_ROW_C, PADDING_POSITION_C, position)  # padded entries
+            tl.store(verify_position_ptr + entry, expected_position.to(tl.int32), mask=mask)
             tl.store(verify_token_ptr + entry,
                      _recorded_tokens(row_token_ids, token_ids_width, position, mask, HAS_TOKEN_IDS), mask=mask)
 

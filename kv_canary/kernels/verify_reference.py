@@ -8,7 +8,7 @@ from kv_canary.device_state import CanaryDeviceState, RingField
 from kv_canary.kernels.hash_reference import CHAIN_ANCHOR, real_kv_row_hash, record_hash
 from kv_canary.kernels.ring_reference import append_violations
 from kv_canary.launch_tags import FailReason, LaunchTag
-from kv_canary.plans import TOKEN_UNKNOWN, VerifyPlan
+from kv_canary.plans import PADDING_POSITION, TOKEN_UNKNOWN, VerifyPlan
 from kv_canary.real_kv import RealKvSource
 from kv_canary.records import RecordWord
 
@@ -26,7 +26,7 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
     prev_slots = plan.prev_slot_indices[:n].to(torch.int64)
     expected_positions = plan.expected_positions[:n].to(torch.int64)
     expected_tokens = plan.expected_tokens[:n].to(torch.int64)
-    active = (torch.arange(n, device=slots.device) < plan.num_valid) & (slots != 0)
+    active = (torch.arange(n, device=slots.device) < plan.num_valid) & (expected_positions != PADDING_POSITION)
 
     stored = records[slots]
     predecessor = records[prev_slots.clamp(min=0)]

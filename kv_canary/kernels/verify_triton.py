@@ -11,7 +11,9 @@ from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, as_u64, real_kv_hash
 from kv_canary.kernels.launch_cache import CompiledLaunchCache, real_kv_arguments
 from kv_canary.kernels.ring_triton import append_violations
 from kv_canary.launch_tags import LaunchTag
-from kv_canary.plans import VerifyPlan
+from kv_canary.plans import PADDING_POSITION, VerifyPlan
+
+PADDING_POSITION_C: tl.constexpr = tl.constexpr(PADDING_POSITION)
 from kv_canary.real_kv import RealKvSource
 
 # (entries up to, block, warps): one-warp blocks for small launches, whose reductions then need
@@ -54,14 +56,15 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
         left_slot = tl.load(slot_ptr + entry - 1, mask=in_launch & (lane > 0), other=0)
         prev_slot = tl.load(prev_slot_ptr + entry, mask=in_launch, other=-1)
         expected_position = tl.load(expected_position_ptr + entry, mask=in_launch, other=0)
-        active = in_launch & (entry < num_valid) & (slot != 0)
+        active = in_launch & (entry < num_valid) & (expected_position != PADDING_POSITION_C)
 
         token, position, prev_hash, stored_real_kv = _record_words(records_ptr, slot, active)
         own_hash = record_hash(token, position, prev_hash)
         # A slot's predecessor is usually the previous entry's own slot: take its hash from that lane
         # and read the predecessor's record from memory only when it lives elsewhere.
         left = tl.maximum(lane - 1, 0)
-        from_left = (lane > 0) & (prev_slot > 0) & (left_slot == prev_slot) & (entry - 1 < num_valid)
+        left_active = tl.gather(active.to(tl.int32), left, 0) != 0  # a padding lane loaded no record
+        from_left = (lane > 0) & (prev_slot > 0) & (left_slot == prev_slot) & left_active
         load_pred = active & (prev_slot > 0) & ~from_left
         pred_token, pred_position, pred_prev_hash, _ = _record_words(records_ptr, tl.maximum(prev_slot, 0),
                                                                      load_pred)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, VerifyPlan
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, VerifyPlan
 from kv_canary.sweep.radix_walker import RadixWalk
 
 
@@ -13,17 +13,19 @@ def build_sweep_plan(walk: RadixWalk, group: CanaryBufferGroup) -> VerifyPlan:
     """One entry per walked token, expecting the radix key's token at the node's depth.
 
     FULL groups verify the walked full-pool slots as they are. SWA groups translate slot and
-    predecessor through ``full_to_swa_index_mapping``: a slot mapping to 0 (not resident)
-    becomes padding, which the verify kernel skips; a predecessor mapping to 0 becomes
-    ``PREV_UNKNOWN``, so only that entry's chain check is skipped.
+    predecessor through ``full_to_swa_index_mapping``: a slot mapping to 0 (not resident: it
+    slid out of a window before the node was cached) becomes padding, which the verify kernel
+    skips; a predecessor mapping to 0 becomes ``PREV_UNKNOWN``, so only that entry's chain check
+    is skipped.
 
     The plan is sized to the walk: the sweep runs between forwards, never inside a captured
     graph, so it may allocate.
     """
-    slots, prev_slots = walk.slots, walk.prev_slots
+    slots, prev_slots, positions = walk.slots, walk.prev_slots, walk.positions
     mapping = group.full_to_swa_index_mapping
     if mapping is not None:
         slots = mapping[slots]
+        positions = torch.where(slots == 0, PADDING_POSITION, positions)
         prev_resident = mapping[prev_slots.clamp(min=0)]
         prev_slots = torch.where(prev_slots == PREV_SEQUENCE_START, PREV_SEQUENCE_START,
                                  torch.where(prev_resident == 0, PREV_UNKNOWN, prev_resident))
@@ -32,7 +34,7 @@ def build_sweep_plan(walk: RadixWalk, group: CanaryBufferGroup) -> VerifyPlan:
     plan = VerifyPlan.allocate(max(n, 1), slots.device)
     plan.slot_indices[:n].copy_(slots)
     plan.prev_slot_indices[:n].copy_(prev_slots)
-    plan.expected_positions[:n].copy_(walk.positions)
+    plan.expected_positions[:n].copy_(positions)
     plan.expected_tokens[:n].copy_(walk.tokens)
     plan.num_valid.fill_(n)
     return plan

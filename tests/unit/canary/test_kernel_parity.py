@@ -15,7 +15,7 @@ from kv_canary.config import RealKvHashMode
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.kernels import verify_reference, verify_triton, write_reference, write_triton
 from kv_canary.launch_tags import LaunchTag
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 from kv_canary.real_kv import RealKvSource
 from tests.unit.canary.devices import DEVICES
 
@@ -115,7 +115,9 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
         if rng.random() < 0.1:
             plan.prev_slot_indices[entry] = PREV_UNKNOWN
         if rng.random() < 0.05:
-            plan.slot_indices[entry] = 0
+            plan.slot_indices[entry] = 0  # reads the never-written padding slot: verified, and fails
+        if rng.random() < 0.05:
+            plan.expected_positions[entry] = PADDING_POSITION  # padding: skipped
     plan.num_valid[0] = len(written) - rng.randint(0, 3)
     plan = on_device(plan, device)
     corrupted = host_records.clone()
@@ -135,7 +137,7 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
     assert torch.equal(reference.kernel_run_counters, triton_state.kernel_run_counters)
     assert torch.equal(reference.slot_run_counters, triton_state.slot_run_counters)
     assert int(reference.slot_run_counters[LaunchTag.SWEEP_K_FULL]) == int(
-        (plan.slot_indices[:int(plan.num_valid)] != 0).sum())
+        (plan.expected_positions[:int(plan.num_valid)] != PADDING_POSITION).sum())
 
 
 def on_device(plan, device: str):

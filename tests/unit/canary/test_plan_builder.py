@@ -7,7 +7,7 @@ import torch
 
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels import plan_reference, plan_triton
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 from tests.unit.canary.devices import DEVICES
 
 BUILDERS = [pytest.param(plan_reference.build_group_plans, id="torch"),
@@ -74,6 +74,24 @@ def test_swa_verify_plan_reads_only_the_window_through_the_mapping(build, device
     assert n == 4
     assert plan.slot_indices[:4].tolist() == [4, 5, 6, 7]  # positions 3,4 of row 1; 1,2 of row 2
     assert plan.prev_slot_indices[:4].tolist() == [3, 4, PREV_UNKNOWN, 6]
+
+
+def test_a_window_position_without_an_swa_slot_is_planned_at_the_padding_slot_and_so_verified(build, device):
+    # Found by the stateful reliability machine: a force-evicted radix node leaves its readers'
+    # window positions mapped to 0; attention then reads the SWA pool's padding row.
+    mapping = torch.zeros(32, dtype=torch.int64)
+    mapping[[13, 11, 20]] = torch.tensor([4, 6, 7])  # position 4 of row 1 (slot 14) lost its SWA slot
+    _, plan, _, _ = plan_both(build, two_request_rows(device), device, window=2, full_to_swa=mapping.to(device))
+    assert plan.slot_indices[:4].tolist() == [4, 0, 6, 7]
+    assert plan.expected_positions[:4].tolist() == [3, 4, 1, 2]  # not padding: the verify reads slot 0
+
+
+def test_entries_of_requests_on_the_padding_row_are_padding(build, device):
+    rows = two_request_rows(device)
+    rows = ForwardRows(**{**{f: getattr(rows, f) for f in rows.__slots__},
+                          "req_pool_indices": torch.tensor([1, 0], device=device)})  # a padded batch entry
+    _, plan, _, _ = plan_both(build, rows, device)
+    assert plan.expected_positions[:8].tolist() == [0, 1, 2, 3, 4] + [PADDING_POSITION] * 3
 
 
 def test_verify_plan_overflow_is_counted_not_silent(build, device):

@@ -9,7 +9,7 @@ import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.launch_tags import PoolGroupKind
-from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN
 from kv_canary.sweep.radix_walker import RadixWalk, walk_radix_cache
 from kv_canary.sweep.sweep_plan import build_sweep_plan
 from tests.unit.canary.fake_radix import FakeRadixCache
@@ -113,7 +113,8 @@ def test_swa_sweep_plan_translates_and_pads_what_is_not_resident():
     mapping = torch.zeros(16, dtype=torch.int64)
     mapping[[12, 13]] = torch.tensor([5, 2])  # positions 0 and 1 slid out of the window
     plan = build_sweep_plan(walk_radix_cache(cache, device="cpu"), swa_group(mapping))
-    assert plan.slot_indices.tolist() == [0, 0, 5, 2]  # padding is skipped by the verify kernel
+    assert plan.slot_indices.tolist() == [0, 0, 5, 2]
+    assert plan.expected_positions.tolist() == [PADDING_POSITION, PADDING_POSITION, 2, 3]  # skipped
     assert plan.prev_slot_indices.tolist() == [PREV_SEQUENCE_START, PREV_UNKNOWN, PREV_UNKNOWN, 5]
 
 

@@ -99,3 +99,25 @@ def test_the_engine_runs_without_the_canary_when_its_mode_is_none():
     engine = Engine(EngineConfig(), canary_config=CanaryConfig(mode=CanaryMode.NONE))
     assert engine.canary is None
     assert len(engine.generate([[1, 2, 3]], 2)[0].output_ids) == 2
+
+
+@pytest.mark.parametrize("mode", ["swa", "dsv4"])
+def test_a_window_position_left_without_an_swa_slot_is_reported(mode):
+    # Found by the stateful reliability machine: force-evicting a locked radix node frees its SWA
+    # rows (map entries 0) while a request's window still reads them; with page_size 4 the next
+    # decodes allocate nothing, so the freed slots are not reused and only the SWA view is wrong.
+    # The window layers read the SWA pool's padding row, and the verify used to skip slot 0.
+    engine = canary_engine(mode, page_size=4, max_total_tokens=256)
+    prompt = list(range(100, 140))
+    engine.generate([prompt], 1)
+    engine.submit(prompt + [5], 4)
+    engine.step()
+    (req,) = engine.scheduler.running
+    engine.radix_cache.evict_node(req.last_node, force=True)
+    engine.run_until_idle()
+    engine.canary.flush()
+    first = min(record.step for record in engine.canary.violations)
+    assert first == 3  # the first decode after the eviction
+    padding_reads = [record for record in engine.canary.violations if record.step == first]
+    assert padding_reads and all(record.slot_idx == 0 and record.launch_tag.endswith("_SWA")
+                                 for record in padding_reads)
