@@ -1,0 +1,261 @@
+"""Hypothesis state machines: random traffic through the mock engine with the canary on.
+
+``CleanEngineMachine`` interleaves arrivals (on shared prefixes, cut anywhere, so radix nodes
+split), forwards, aborts, cache flushes and, through small pools, eviction and SWA tombstoning;
+decodes run past the window. After every rule: no violation, no misread (``KvShadow``), every
+finished request equals the token oracle, and the engine's bookkeeping adds up.
+
+``FaultEngineMachine`` does the same and injects one fault of a random DESIGN.md kind before a
+random forward. The canary must stay silent before it and, if the corruption is ever read (or
+swept), report a violation no later than the first forward that reads (or sweeps) it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from mock_models.config import EngineConfig
+from mock_models.engine.engine import Engine
+from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
+from tests.reliability.kv_shadow import KvShadow
+from tests.reliability.local_faults import FAULT_KINDS_BY_MODE, KV_BYTE_SLOTS, PendingFault, apply_fault
+from tests.reliability.soak_stats import record_case
+
+PREFIXES = 3
+MAX_PROMPT_SUFFIX = 16
+MAX_NEW_TOKENS = 24
+MAX_CONTEXT = 128
+DRAIN_LIMIT = 2000  # forwards; a case that needs more is stuck
+FILLER_TOKENS = (1001, 1002, 1003, 1004, 1005, 1006)  # outside the prefixes' and suffixes' token ranges
+
+
+def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[EngineConfig, CanaryConfig]:
+    page_size = draw(st.sampled_from([1, 2, 4]))
+    window = draw(st.sampled_from([4, 6, 8, 16]))
+    chunk = draw(st.sampled_from([8, 16, 64]))
+    # 96..224 tokens: two to four requests of up to 80 tokens fill it, so the radix cache evicts.
+    pages = draw(st.integers(96 // page_size, 224 // page_size))
+    swa = {}
+    if mode != "mha" and draw(st.booleans()):
+        swa["swa_max_total_tokens"] = 2 * (window + page_size) + chunk  # the least allowed: SWA pressure
+    engine = EngineConfig(model_mode=mode, page_size=page_size, max_total_tokens=pages * page_size,
+                          swa_window=window, chunked_prefill_size=chunk,
+                          max_running_requests=draw(st.integers(1, 4)), max_context_len=MAX_CONTEXT,
+                          strict_allocator=not faults, **swa)
+    real_kv = draw(st.sampled_from([RealKvHashMode.PARTIAL, RealKvHashMode.ALL]
+                                   + ([] if faults else [RealKvHashMode.NONE])))
+    canary = CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=real_kv, sweep_interval=draw(st.sampled_from([1, 2, 3, 5])),
+                          verify_capacity=2048, write_capacity=256, max_requests_per_forward=8, stats_interval=5,
+                          health_check_interval=4, health_check_warmup=4,
+                          swa_divergence_interval=3 if mode == "swa" else 0)
+    return engine, canary
+
+
+class CleanEngineMachine(RuleBasedStateMachine):
+    mode = "mha"
+    machine = "clean"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine: Engine | None = None
+        self.started = time.perf_counter()
+        self.live: dict[str, tuple[list[int], int]] = {}
+        self.counts = {"submitted": 0, "finished": 0, "aborted": 0, "flushed": 0}
+
+    # -- set-up -------------------------------------------------------------------------------------
+
+    @initialize(data=st.data(), prefix_seed=st.integers(0, 2**16))
+    def build(self, data: st.DataObject, prefix_seed: int) -> None:
+        engine_config, canary_config = data.draw(st.composite(
+            lambda draw: engine_settings(draw, self.mode, faults=self.machine == "fault"))(), label="settings")
+        self.engine = Engine(engine_config, canary_config=canary_config)
+        self.shadow = KvShadow(self.engine)
+        rng = random.Random(prefix_seed)
+        # Prefix tokens from a small range and suffix tokens from a tiny one: requests often share
+        # more than the prefix they were built on, which splits radix nodes at odd places.
+        self.prefixes = [[rng.randrange(1, 40) for _ in range(rng.randrange(4, 41))] for _ in range(PREFIXES)]
+        self.evictions = 0
+        evict = self.engine.radix_cache.evict
+
+        def counting_evict(num_tokens: int) -> int:
+            self.evictions += 1
+            return evict(num_tokens)
+
+        self.engine.radix_cache.evict = counting_evict
+
+    # -- rules --------------------------------------------------------------------------------------
+
+    @rule(prefix=st.integers(-1, PREFIXES - 1), cut=st.integers(0, 40),
+          suffix=st.lists(st.integers(1, 6), max_size=MAX_PROMPT_SUFFIX),
+          max_new_tokens=st.integers(1, MAX_NEW_TOKENS))
+    def submit(self, prefix: int, cut: int, suffix: list[int], max_new_tokens: int) -> None:
+        prompt = (self.prefixes[prefix][:cut] if prefix >= 0 else []) + suffix
+        self.send(prompt or [7], max_new_tokens)
+
+    def send(self, prompt: list[int], max_new_tokens: int) -> None:
+        rid = self.engine.submit(prompt, max_new_tokens)
+        self.live[rid] = (prompt, max_new_tokens)
+        self.counts["submitted"] += 1
+
+    @rule(forwards=st.integers(1, 4))
+    def step(self, forwards: int) -> None:
+        for _ in range(forwards):
+            if not self.engine.has_work():
+                return
+            self.forward()
+
+    @precondition(lambda self: self.engine is not None and self.live)
+    @rule(data=st.data())
+    def abort(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.live)), label="rid")
+        assert self.engine.abort(rid)
+        del self.live[rid]
+        self.counts["aborted"] += 1
+
+    @rule()
+    def flush_cache(self) -> None:
+        idle = not self.engine.has_work()
+        assert self.engine.flush_cache() is idle
+        if idle:
+            assert self.engine.radix_cache.total_size() == 0
+            self.counts["flushed"] += 1
+
+    # -- checks -------------------------------------------------------------------------------------
+
+    @invariant()
+    def nothing_is_corrupt(self) -> None:
+        if self.engine is None or not self.judging_as_clean():
+            return
+        assert self.shadow.events == [], f"the engine misread its KV cache: {self.shadow.events[:5]}"
+        stats = self.engine.canary.stats_snapshot()
+        assert stats["violations_total"] == 0, [record.format() for record in self.engine.canary.violations]
+        assert stats["plan_overflow_entries"] == 0
+        check_engine_invariants(self.engine)
+
+    def judging_as_clean(self) -> bool:
+        return True
+
+    def forward(self) -> None:
+        for result in self.engine.step():
+            prompt, max_new_tokens = self.live.pop(result.rid)
+            assert list(result.output_ids) == self.engine.oracle.continuation(prompt, max_new_tokens), result.rid
+            self.counts["finished"] += 1
+
+    def drain(self) -> None:
+        for _ in range(DRAIN_LIMIT):
+            if not self.engine.has_work():
+                return
+            self.forward()
+        raise AssertionError(f"still busy after {DRAIN_LIMIT} forwards: {self.engine.num_running} running, "
+                             f"{self.engine.num_waiting} waiting")
+
+    def teardown(self) -> None:
+        if self.engine is None:
+            return
+        self.drain()
+        check_engine_idle(self.engine)
+        self.engine.canary.flush()
+        self.nothing_is_corrupt()
+        assert not self.live
+        record_case(self.case_figures(violations=len(self.engine.canary.violations)))
+
+    def case_figures(self, **extra: object) -> dict[str, object]:
+        config = self.engine.config
+        return {"machine": self.machine, "mode": self.mode, "page_size": config.page_size,
+                "forwards": self.engine.forward_count, "misreads": self.shadow.num_events,
+                "reads_checked": self.shadow.reads_checked, "evictions": self.evictions,
+                "seconds": round(time.perf_counter() - self.started, 3), **self.counts, **extra}
+
+
+class FaultEngineMachine(CleanEngineMachine):
+    machine = "fault"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind, self.target, self.at_step, self.fault = None, None, 0, None
+
+    @initialize(data=st.data())
+    def choose_fault(self, data: st.DataObject) -> None:
+        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        self.target = (data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target")
+                       if self.kind == "corrupt_kv_bytes" else None)
+        self.at_step = data.draw(st.integers(1, 40), label="at_step")
+        self.fault_rng = random.Random(data.draw(st.integers(0, 2**16), label="fault_seed"))
+        self.fault: PendingFault | None = None
+
+    @property
+    def fault_step(self) -> int | None:
+        """The forward the fault was applied before; None until it is."""
+        return None if self.fault is None else self.fault.step
+
+    def judging_as_clean(self) -> bool:
+        return self.fault is None
+
+    def forward(self) -> None:
+        if self.fault is None and self.engine.forward_count >= self.at_step:
+            self.fault = apply_fault(self.engine, self.kind, self.fault_rng, target=self.target)
+        if self.fault is not None:
+            # Outputs are still the oracle's (sampling ignores the KV cache), but a fault may leave
+            # the bookkeeping inconsistent: only the canary is judged from here on.
+            results = self.engine.step()
+            for result in results:
+                self.live.pop(result.rid, None)
+            return
+        super().forward()
+
+    def teardown(self) -> None:
+        if self.engine is None or self.kind is None:
+            return
+        self.let_the_fault_apply()
+        if self.fault_step is not None:
+            self.let_its_readers_read()
+        engine = self.engine
+        engine.canary.flush()
+        violations = engine.canary.violations
+        stats = engine.canary.stats_snapshot()
+        assert stats["violations_total"] == len(violations) + engine.canary.reporter.dropped_rows
+        figures = {"kind": self.kind, "target": self.fault.target if self.fault else self.target,
+                   "fault_step": self.fault_step, "violations": len(violations)}
+        if self.fault_step is None:
+            assert not violations and not self.shadow.events, "violations or misreads without a fault"
+            record_case(self.case_figures(**figures))
+            return
+        early = [record.format() for record in violations if record.step < self.fault_step]
+        assert not early, f"violations before the fault, applied before forward {self.fault_step}: {early[:3]}"
+        before = [event for event in self.shadow.events if event.forward < self.fault_step]
+        assert not before, f"misreads before the fault: {before[:3]}"
+        first_misread = self.shadow.first_event
+        first_violation = min((record.step for record in violations), default=None)
+        figures.update(first_misread=first_misread.forward if first_misread else None,
+                       first_violation=first_violation, detail=self.fault.detail)
+        in_bound = first_misread is None or (first_violation is not None
+                                             and first_violation <= first_misread.forward)
+        if first_misread is not None:
+            figures.update(detected_in_bound=in_bound,
+                           latency=first_violation - self.fault_step if in_bound else None)
+        record_case(self.case_figures(**figures))
+        assert in_bound, (f"{self.kind} ({self.fault.detail}) applied before forward {self.fault_step}: first misread "
+                          f"{first_misread}, but the first violation is at forward {first_violation}")
+
+    def let_the_fault_apply(self) -> None:
+        """Run traffic until the fault applies: some kinds need running requests or a prefix match."""
+        filler = 0
+        while self.fault_step is None and self.engine.forward_count < self.at_step + 200:
+            if not self.engine.has_work():
+                base = self.prefixes[filler % PREFIXES]
+                self.send(base[:len(base) // 2 + filler % 3] + list(FILLER_TOKENS[:1 + filler % 5]), 6)
+                filler += 1
+            self.forward()
+
+    def let_its_readers_read(self) -> None:
+        """Every request the fault may touch reads again, and a sweep pass runs over the cache."""
+        self.drain()
+        sweep = self.engine.canary.config.sweep_interval
+        while self.engine.forward_count < self.fault_step + sweep:
+            self.send(list(FILLER_TOKENS), 2)
+            self.drain()
