@@ -39,8 +39,9 @@ def expand_scenario_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Scena
         elif path.is_file():
             files.append(path)
         else:
-            problems.append(ScenarioProblem(path=path, line=None, key="(file)",
-                                            message="no such file or directory"))
+            # Never opened: reading a FIFO or a device could block or never end.
+            message = "is not a regular file or a directory" if path.exists() else "no such file or directory"
+            problems.append(ScenarioProblem(path=path, line=None, key="(file)", message=message))
     return list(dict.fromkeys(files)), problems
 
 
@@ -60,14 +61,16 @@ def load_scenarios(paths: Iterable[Path]) -> list[LoadedScenario]:
 
 
 def load_scenario_file(path: Path) -> LoadedScenario:
-    size = path.stat().st_size
-    if size > MAX_SCENARIO_BYTES:
-        raise _single(path, None, "(file)", f"is {size} bytes; scenario files are capped at {MAX_SCENARIO_BYTES} "
-                                            "bytes (is this the right file?)")
     try:
+        size = path.stat().st_size
+        if size > MAX_SCENARIO_BYTES:
+            raise _single(path, None, "(file)", f"is {size} bytes; scenario files are capped at "
+                                                f"{MAX_SCENARIO_BYTES} bytes (is this the right file?)")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise _single(path, None, "(file)", f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise _single(path, None, "(file)", f"cannot be read: {error.strerror or error}") from None
     return load_scenario_text(text, path)
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Upper bounds: far above what a scenario for the mock engine needs, low enough that a typo (a
+# digit or three too many) is reported by `kv-canary validate`, not by a server that cannot
+# allocate its pools or a run that plans a billion requests.
+MAX_TOKENS = 1 << 20  # pool slots, windows, chunks, prompt and prefix lengths
+MAX_PAGE_SIZE = 1024
+MAX_FORWARDS = 10_000_000  # forward counts: intervals, trigger steps, latency bounds
+MAX_REQUESTS = 100_000  # requests of a workload (counts summed), running or in flight at once
+SEED_RANGE = dict(ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as torch seeds take
 
 ModelMode = Literal["mha", "swa", "dsv4"]
 MODEL_MODES: tuple[str, ...] = typing.get_args(ModelMode)
@@ -45,38 +54,40 @@ class _ScenarioPart(BaseModel):
 class EngineSettings(_ScenarioPart):
     """Server flags; a ``None`` optional flag is not passed, so the server's own default applies."""
 
-    page_size: PositiveInt = Field(1, description="Tokens per KV page.")
-    max_total_tokens: PositiveInt = Field(4096, description="KV slots in the full pool.")
-    swa_window: PositiveInt = Field(64, description="Sliding-window size of SWA layers (modes swa, dsv4).")
-    sweep_interval: NonNegativeInt = Field(0, description="Forwards between radix sweeps; 0 = no sweep.")
+    page_size: int = Field(1, ge=1, le=MAX_PAGE_SIZE, description="Tokens per KV page.")
+    max_total_tokens: int = Field(4096, ge=1, le=MAX_TOKENS, description="KV slots in the full pool.")
+    swa_window: int = Field(64, ge=1, le=MAX_TOKENS, description="Sliding-window size of SWA layers (modes swa, dsv4).")
+    sweep_interval: int = Field(0, ge=0, le=MAX_FORWARDS, description="Forwards between radix sweeps; 0 = no sweep.")
     real_kv: Literal["none", "partial", "all"] = Field(
         "partial", description="How much of each slot's real K/V bytes the TAIL record hashes.")
     canary_mode: Literal["log", "raise"] = Field("log", description="log: report violations; raise: also error.")
-    max_running_requests: PositiveInt | None = Field(None, description="Batch size cap; default: the server's.")
-    chunked_prefill_size: PositiveInt | None = Field(
-        None, description="Prefill chunk in tokens; default: the server's.")
-    seed: int | None = Field(None, description="Engine sampling seed; default: the server's.")
-    stats_interval: NonNegativeInt | None = Field(
-        None, description="Forwards between kv_canary_stats lines; default: the server's.")
-    swa_divergence_interval: NonNegativeInt | None = Field(
-        None, description="Forwards between kv_canary_swa_divergence lines; default: 1 when "
+    max_running_requests: int | None = Field(None, ge=1, le=MAX_REQUESTS,
+                                             description="Batch size cap; default: the server's.")
+    chunked_prefill_size: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens; default: the server's.")
+    seed: int | None = Field(None, **SEED_RANGE, description="Engine sampling seed; default: the server's.")
+    stats_interval: int | None = Field(
+        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; default: the server's.")
+    swa_divergence_interval: int | None = Field(
+        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_swa_divergence lines; default: 1 when "
                           "expect.swa_divergence is set, else the server's.")
 
 
 class RequestSpec(_ScenarioPart):
     shared_prefix: PrefixName | None = Field(
         None, description="Name from workload.shared_prefixes the prompt starts with.")
-    prompt_len: PositiveInt = Field(description="Prompt length in tokens, the shared prefix included.")
-    max_new_tokens: PositiveInt
-    count: PositiveInt = Field(1, description="How many such requests (each with its own random suffix).")
+    prompt_len: int = Field(ge=1, le=MAX_TOKENS, description="Prompt length in tokens, the shared prefix included.")
+    max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    count: int = Field(1, ge=1, le=MAX_REQUESTS,
+                       description="How many such requests (each with its own random suffix).")
 
 
 class Workload(_ScenarioPart):
-    seed: int = Field(0, description="Seeds every prompt token, shared prefixes included.")
-    shared_prefixes: dict[PrefixName, PositiveInt] = Field(
+    seed: int = Field(0, **SEED_RANGE, description="Seeds every prompt token, shared prefixes included.")
+    shared_prefixes: dict[PrefixName, Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
         default_factory=dict, description="Prefix name -> length in tokens.")
     requests: list[RequestSpec] = Field(min_length=1)
-    concurrency: PositiveInt = Field(1, description="Requests in flight at once.")
+    concurrency: int = Field(1, ge=1, le=MAX_REQUESTS, description="Requests in flight at once.")
 
 
 class FaultTarget(_ScenarioPart):
@@ -93,13 +104,13 @@ class Fault(_ScenarioPart):
     """When and where to corrupt; sent as-is (``None`` keys dropped) to ``POST /kv_canary/inject``."""
 
     kind: FaultKind
-    at_step: NonNegativeInt | None = Field(None, description="Engine forward at which to inject.")
-    after_warmup_steps: NonNegativeInt | None = Field(
-        None, description="Forwards after the engine's warm-up at which to inject.")
+    at_step: int | None = Field(None, ge=0, le=MAX_FORWARDS, description="Engine forward at which to inject.")
+    after_warmup_steps: int | None = Field(
+        None, ge=0, le=MAX_FORWARDS, description="Forwards after the engine's warm-up at which to inject.")
     probability: float | None = Field(
         None, gt=0, le=1, description="Chance per forward to inject (needs seed).")
-    seed: int | None = Field(None, description="Seed of the probability draw.")
-    count: PositiveInt = Field(1, description="How many injections.")
+    seed: int | None = Field(None, **SEED_RANGE, description="Seed of the probability draw.")
+    count: int = Field(1, ge=1, le=MAX_REQUESTS, description="How many injections.")
     target: FaultTarget = Field(default_factory=FaultTarget)
 
     @property
@@ -136,8 +147,8 @@ class SwaDivergenceExpectation(_ScenarioPart):
 class Expectations(_ScenarioPart):
     detected: bool | None = Field(
         None, description="Required with a fault; false (zero violations) for baselines.")
-    within_steps: NonNegativeInt | None = Field(
-        None, description="Forwards after the injection by which a violation must be logged.")
+    within_steps: int | None = Field(
+        None, ge=0, le=MAX_FORWARDS, description="Forwards after the injection by which a violation must be logged.")
     violations: list[ViolationPattern] = Field(default_factory=list)
     swa_divergence: SwaDivergenceExpectation | None = None
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from kv_canary.launch_tags import FailReason, LaunchTag
 
-from harness.scenario.model import Scenario
+from harness.scenario.model import MAX_REQUESTS, Scenario
 from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups, mode_has_swa_group
 from harness.scenario.patterns import alternatives, matches_any
 from harness.scenario.problems import Location
@@ -148,6 +148,10 @@ def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
         if needed > scenario.engine.max_total_tokens:
             yield RuleProblem(loc=loc, message=f"needs {needed} KV slots, more than engine.max_total_tokens "
                                                f"({scenario.engine.max_total_tokens}); it could never run")
+    total = sum(request.count for request in scenario.workload.requests)
+    if total > MAX_REQUESTS:
+        yield RuleProblem(loc=("workload", "requests"), message=f"{total} requests in all (counts summed); a "
+                                                               f"workload is capped at {MAX_REQUESTS}")
 
 
 RULES: tuple[Rule, ...] = (_unique_modes, _fault_trigger, _fault_fits_modes, _detection_is_decidable,

@@ -32,6 +32,8 @@ class YamlDocument:
         """The line of ``loc``, or of its nearest enclosing key when ``loc`` itself is absent (a missing key)."""
         for end in range(len(loc), 0, -1):
             line = self.lines.get(tuple(_as_key(part) for part in loc[:end]))
+            if line is None and isinstance(loc[end - 1], int):  # a mapping key YAML read as an int
+                line = self.lines.get((*(_as_key(part) for part in loc[:end - 1]), str(loc[end - 1])))
             if line is not None:
                 return line
         return 1
@@ -42,18 +44,27 @@ def _as_key(part: str | int) -> str | int:
 
 
 def read_yaml_document(text: str) -> YamlDocument:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         raise YamlDocumentError(f"malformed YAML: {error.problem or error.context}",
                                 mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as error:
+        character = f"U+{error.character:04X}" if isinstance(error.character, int) else repr(error.character)
+        raise YamlDocumentError(f"malformed YAML: character {character} at offset {error.position} is not "
+                                f"allowed in YAML ({error.reason})", _line_at(text, error.position)) from None
     except yaml.YAMLError as error:
         raise YamlDocumentError(f"malformed YAML: {error}", None) from None
+    except RecursionError:
+        # PyYAML composes and constructs recursively; a scenario nests a handful of levels.
+        raise YamlDocumentError("YAML nested too deeply; a scenario nests a few levels", None) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[Location, int] = {}
     duplicates: list[tuple[Location, int]] = []
     if node is not None:
@@ -62,6 +73,10 @@ def read_yaml_document(text: str) -> YamlDocument:
         except RecursionError:
             raise YamlDocumentError("YAML nested too deeply (a recursive alias?)", node.start_mark.line + 1) from None
     return YamlDocument(data=data, lines=lines, duplicate_keys=tuple(duplicates))
+
+
+def _line_at(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
 
 
 def _index(node: yaml.Node, loc: Location, lines: dict[Location, int], duplicates: list[tuple[Location, int]],

@@ -23,5 +23,8 @@ torch.set_num_threads(1)
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("default", max_examples=6, stateful_step_count=20, derandomize=True, **_COMMON)
 settings.register_profile("ci", max_examples=25, stateful_step_count=30, print_blob=True, database=None, **_COMMON)
-settings.register_profile("soak", max_examples=100_000, stateful_step_count=50, print_blob=True, **_COMMON)
+settings.register_profile("soak", max_examples=2_000, stateful_step_count=50, print_blob=True, **_COMMON)
 settings.load_profile(settings.get_current_profile_name())
+
+# Fuzz targets take milliseconds a case: they run this many times the profile's max_examples.
+FUZZ_SCALE = 50
