@@ -98,7 +98,8 @@ class CleanEngineMachine(RuleBasedStateMachine):
         self.send(prompt or [7], max_new_tokens)
 
     def send(self, prompt: list[int], max_new_tokens: int) -> None:
-        rid = self.engine.submit(prompt, max_new_tokens)
+        # Deterministic ids: the abort rule draws from them, and a replayed case must draw the same.
+        rid = self.engine.submit(prompt, max_new_tokens, rid=f"r{self.counts['submitted']:04d}")
         self.live[rid] = (prompt, max_new_tokens)
         self.counts["submitted"] += 1
 
@@ -148,7 +149,7 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
     def drain(self) -> None:
         for _ in range(DRAIN_LIMIT):
-            if not self.engine.has_work():
+            if not self.engine.has_work() or getattr(self, "engine_error", None):
                 return
             self.forward()
         raise AssertionError(f"still busy after {DRAIN_LIMIT} forwards: {self.engine.num_running} running, "
@@ -178,6 +179,7 @@ class FaultEngineMachine(CleanEngineMachine):
     def __init__(self) -> None:
         super().__init__()
         self.kind, self.target, self.at_step, self.fault = None, None, 0, None
+        self.engine_error: str | None = None  # what stopped the engine after the fault, if anything
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
@@ -199,14 +201,22 @@ class FaultEngineMachine(CleanEngineMachine):
     def forward(self) -> None:
         if self.fault is None and self.engine.forward_count >= self.at_step:
             self.fault = apply_fault(self.engine, self.kind, self.fault_rng, target=self.target)
-        if self.fault is not None:
-            # Outputs are still the oracle's (sampling ignores the KV cache), but a fault may leave
-            # the bookkeeping inconsistent: only the canary is judged from here on.
-            results = self.engine.step()
-            for result in results:
-                self.live.pop(result.rid, None)
+        if self.fault is None:
+            super().forward()
             return
-        super().forward()
+        # A fault may leave the bookkeeping inconsistent (a remapped row cached, a slot owned twice),
+        # so only the canary is judged from here on; if the engine breaks down, the case ends there.
+        if self.engine_error is not None:
+            return
+        try:
+            results = self.engine.step()
+        except Exception as error:  # noqa: BLE001 - recorded in the case's figures, judged below
+            if self.fault_step is None:
+                raise  # armed, not applied: the engine was still clean
+            self.engine_error = f"{type(error).__name__}: {error}"
+            return
+        for result in results:
+            self.live.pop(result.rid, None)
 
     def teardown(self) -> None:
         if self.engine is None or self.kind is None:
@@ -215,12 +225,15 @@ class FaultEngineMachine(CleanEngineMachine):
         if self.fault_step is not None:
             self.let_its_readers_read()
         engine = self.engine
-        engine.canary.flush()
+        try:
+            engine.canary.flush()
+        except Exception as error:  # noqa: BLE001 - a canary that cannot drain fails the case below
+            raise AssertionError(f"the canary could not drain after {self.engine_error}") from error
         violations = engine.canary.violations
         stats = engine.canary.stats_snapshot()
         assert stats["violations_total"] == len(violations) + engine.canary.reporter.dropped_rows
         figures = {"kind": self.kind, "target": self.fault.target if self.fault else self.target,
-                   "fault_step": self.fault_step, "violations": len(violations)}
+                   "fault_step": self.fault_step, "violations": len(violations), "engine_error": self.engine_error}
         if self.fault_step is None:
             assert not violations and not self.shadow.events, "violations or misreads without a fault"
             record_case(self.case_figures(**figures))
@@ -256,6 +269,6 @@ class FaultEngineMachine(CleanEngineMachine):
         """Every request the fault may touch reads again, and a sweep pass runs over the cache."""
         self.drain()
         sweep = self.engine.canary.config.sweep_interval
-        while self.engine.forward_count < self.fault_step + sweep:
+        while self.engine.forward_count < self.fault_step + sweep and self.engine_error is None:
             self.send(list(FILLER_TOKENS), 2)
             self.drain()

@@ -36,7 +36,7 @@ def summarize(lines: list[dict]) -> str:
         by_mode[case["mode"]].append(case)
     header = ("mode", "clean cases", "clean forwards", "clean violations", "clean misreads", "fault cases",
               "injected", "read after injection", "detected in bound", "missed", "median latency",
-              "worst latency")
+              "worst latency", "engine broke after fault")
     rows = [header]
     for mode in sorted(by_mode):
         cases = by_mode[mode]
@@ -49,7 +49,8 @@ def summarize(lines: list[dict]) -> str:
         rows.append((mode, len(clean), sum(case["forwards"] for case in clean),
                      sum(case["violations"] for case in clean), sum(case["misreads"] for case in clean),
                      len(faulty), len(injected), len(harmful), len(detected), len(harmful) - len(detected),
-                     statistics.median(latencies) if latencies else "-", max(latencies, default="-")))
+                     statistics.median(latencies) if latencies else "-", max(latencies, default="-"),
+                     sum(1 for case in injected if case.get("engine_error"))))
     kinds = collections.Counter((case["mode"], case["kind"], bool(case.get("first_misread")),
                                  bool(case.get("detected_in_bound")))
                                 for case in lines if case["machine"] == "fault" and case.get("fault_step") is not None)
