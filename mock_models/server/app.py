@@ -11,11 +11,14 @@ import contextlib
 import dataclasses
 import enum
 import math
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from mock_models.engine.engine import CanaryRaisedError, Engine, InvalidRequestError
 from mock_models.server.canary_routes import canary_router
@@ -26,11 +29,12 @@ DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
 
 
 class SamplingParams(BaseModel):
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # other SGLang sampling fields are accepted and ignored
+    # Strict: "8", 8.0 or true is a malformed body (422), not a value to coerce.
+    max_new_tokens: StrictInt = DEFAULT_MAX_NEW_TOKENS  # other SGLang sampling fields are accepted and ignored
 
 
 class GenerateRequest(BaseModel):
-    input_ids: list[int] = Field(description="prompt token ids; the mock server does not tokenize text")
+    input_ids: list[StrictInt] = Field(description="prompt token ids; the mock server does not tokenize text")
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
 
 
@@ -42,8 +46,12 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
     worker = worker_of(request)
     max_new_tokens = body.sampling_params.max_new_tokens
     try:
-        future = worker.generate(body.input_ids, max_new_tokens)
-        result = await asyncio.wrap_future(future)
+        rid = uuid.uuid4().hex
+        result = await _unless_client_leaves(request, asyncio.wrap_future(
+            worker.generate(body.input_ids, max_new_tokens, rid=rid)), on_leave=lambda: worker.abort(rid))
+    except ClientDisconnected:
+        # Nobody reads this answer; 499 (client closed request) names what happened in access logs.
+        return JSONResponse(status_code=499, content={"detail": "client disconnected; request aborted"})
     except InvalidRequestError as error:
         raise HTTPException(status_code=400, detail=str(error)) from None
     except EngineStoppedError as error:
@@ -58,6 +66,35 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
                           # JSON has no NaN/inf; corrupted K/V can produce them, so those go as strings.
                           "attention_checksum": checksum if math.isfinite(checksum) else str(checksum),
                           "e2e_latency": result.e2e_latency}}
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+async def _unless_client_leaves(request: Request, answer: asyncio.Future, *, on_leave) -> object:
+    """Await ``answer``; if the client disconnects first, call ``on_leave()`` and raise ClientDisconnected."""
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({answer, left}, return_when=asyncio.FIRST_COMPLETED)
+        if answer in done:
+            return answer.result()
+        on_leave()
+        answer.add_done_callback(_consume)  # it fails with RequestAbortedError, which nobody reads
+        raise ClientDisconnected()
+    finally:
+        left.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone. The body was read already, so the next message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @core_router.get("/health")
@@ -100,6 +137,25 @@ def _plain(values: dict) -> dict:
     return {key: value.value if isinstance(value, enum.Enum) else value for key, value in values.items()}
 
 
+async def _malformed_body(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with pydantic's location of each problem, as FastAPI answers, but always encodable.
+
+    Python's JSON parser accepts NaN and Infinity, and FastAPI echoes the offending input back;
+    JSON has no such numbers, so the default handler failed with a 500. Non-finite floats go as strings.
+    """
+    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(error.errors()))})
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def create_app(worker: EngineWorker, *, extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The app; its lifespan starts the engine thread and stops it (failing what is pending with 503)."""
 
@@ -112,6 +168,7 @@ def create_app(worker: EngineWorker, *, extra_routers: Sequence[APIRouter] = ())
             await asyncio.to_thread(worker.stop)
 
     app = FastAPI(title="kv-canary mock server", lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _malformed_body)
     app.state.worker = worker
     app.include_router(core_router)
     app.include_router(canary_router, prefix="/kv_canary")

@@ -2,8 +2,8 @@
 
 Everything that touches the engine runs on this one thread: generation, ``call(fn)`` jobs
 (flush the cache, drain the canary) between forwards, and shutdown. Callers get a
-``concurrent.futures.Future``. A request whose caller gave up (a client that disconnected) runs
-to its end and its answer is dropped: the engine never waits on a caller.
+``concurrent.futures.Future``. The engine never waits on a caller: a caller that gives up (a
+client that disconnected) ``abort``s its request, which frees its slots between two forwards.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,12 +28,16 @@ _IDLE_WAIT_S = 0.5  # an idle loop wakes this often to notice a stop request
 class _Job:
     """One hand-over to the engine thread: a request to generate, or a call between forwards."""
 
-    generate: tuple[list[int], int] | None = None  # (input_ids, max_new_tokens)
+    generate: tuple[list[int], int, str] | None = None  # (input_ids, max_new_tokens, rid)
     call: Callable[[Engine], Any] | None = None
 
 
 class EngineStoppedError(RuntimeError):
     """The engine thread has stopped (shutdown or an engine failure); nothing more is served."""
+
+
+class RequestAbortedError(RuntimeError):
+    """The request was aborted before it finished (its caller went away)."""
 
 
 class EngineWorker:
@@ -53,12 +58,32 @@ class EngineWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> concurrent.futures.Future:
-        """Validate now (raises InvalidRequestError) and queue the request; resolves to a GenerationResult."""
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int, *,
+                 rid: str | None = None) -> concurrent.futures.Future:
+        """Validate now (raises InvalidRequestError) and queue the request; resolves to a GenerationResult.
+
+        ``rid`` names it for ``abort`` (default: a fresh id).
+        """
         self.engine.validate(input_ids, max_new_tokens)  # reads only the frozen config: thread-safe
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._put(_Job(generate=(list(input_ids), max_new_tokens)), future)
+        self._put(_Job(generate=(list(input_ids), max_new_tokens, rid or uuid.uuid4().hex)), future)
         return future
+
+    def abort(self, rid: str) -> concurrent.futures.Future:
+        """Drop request ``rid`` between forwards, failing its future with RequestAbortedError.
+
+        Queued after the request's own job, so it finds the request even if it was not submitted
+        yet; resolves to whether the request was still pending (False: finished or unknown).
+        """
+        def drop(engine: Engine) -> bool:
+            future = self._pending.pop(rid, None)
+            if future is None:
+                return False
+            engine.abort(rid)
+            future.set_exception(RequestAbortedError(f"request {rid} was aborted"))
+            return True
+
+        return self.call(drop)
 
     def call(self, job: Callable[[Engine], Any]) -> concurrent.futures.Future:
         """Run ``job(engine)`` on the engine thread between two forwards."""
@@ -104,7 +129,8 @@ class EngineWorker:
                 try:
                     if job.generate is not None:
                         # Answered by _deliver when the request finishes.
-                        self._pending[self.engine.submit(*job.generate)] = future
+                        input_ids, max_new_tokens, rid = job.generate
+                        self._pending[self.engine.submit(input_ids, max_new_tokens, rid=rid)] = future
                     else:
                         future.set_result(job.call(self.engine))
                 except Exception as error:  # the job's own error goes to its caller
