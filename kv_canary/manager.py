@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -119,8 +120,8 @@ class CanaryManager:
     def after_forward_on_host(self) -> None:
         """Host-side observers; never inside a captured graph."""
         self.forward_count += 1
-        for observer in self.observers:
-            observer.step(self.forward_count)
+        forward_count = self.forward_count
+        _run_every_observer(self.observers, lambda observer: observer.step(forward_count))
 
     def _fit_plans(self, rows: ForwardRows) -> None:
         """Grow, before planning, the plans a forward of host-known size would overflow.
@@ -173,8 +174,7 @@ class CanaryManager:
 
     def flush(self) -> None:
         """Deliver everything staged on the device now (blocking); call between forwards only."""
-        for observer in self.observers:
-            observer.flush()
+        _run_every_observer(self.observers, lambda observer: observer.flush())
 
     @property
     def violations(self) -> list[ViolationRecord]:
@@ -199,3 +199,20 @@ class CanaryManager:
 def _grown(capacity: int, needed: int) -> int:
     """At least ``needed``, at least twice the old capacity: a few growths, not one per forward."""
     return max(needed, 2 * capacity) if needed > capacity else capacity
+
+
+def _run_every_observer(observers: list[HostObserver], call: Callable[[HostObserver], None]) -> None:
+    """Call every observer, then raise the first error one raised.
+
+    An error is how an observer reports (mode raise: the violation reporter; a stalled kernel: the
+    health checker), and each logs before it raises; the observers after it must still run, or a
+    violation in mode raise would silently skip that forward's stats line and health check.
+    """
+    first_error: Exception | None = None
+    for observer in observers:
+        try:
+            call(observer)
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the others ran
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error

@@ -40,11 +40,16 @@ class DelayedDeviceHostHandler:
         if self._device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("kv_canary: DelayedDeviceHostHandler.step() was called during CUDA-graph capture; "
                                "host-side observers must run outside the captured region")
-        self._deliver(postprocess_on_host)
-        produced = compute_on_device()
-        if produced is not None:
-            snapshot, context = produced
-            self._staged = self._stage(snapshot, context)
+        try:
+            self._deliver(postprocess_on_host)
+        finally:
+            # Staged even when delivering the previous snapshot raised (the violation reporter in
+            # mode raise): else the next step would have nothing to deliver, and every report after
+            # an error would come a step late.
+            produced = compute_on_device()
+            if produced is not None:
+                snapshot, context = produced
+                self._staged = self._stage(snapshot, context)
 
     def flush(self, postprocess_on_host: Callable[[DeviceSnapshot, Any], None]) -> None:
         """Deliver whatever is staged now (blocking); for shutdown and explicit reads between forwards."""

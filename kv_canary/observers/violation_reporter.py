@@ -38,9 +38,12 @@ class ViolationReporter:
         self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
 
     def flush(self) -> None:
-        self._handler.flush(self._postprocess_on_host)
-        self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
-        self._handler.flush(self._postprocess_on_host)
+        """Report what was staged, then the ring as it is now, even if the first report raised."""
+        try:
+            self._handler.flush(self._postprocess_on_host)
+        finally:
+            self._handler.step(compute_on_device=self._compute_on_device, postprocess_on_host=self._postprocess_on_host)
+            self._handler.flush(self._postprocess_on_host)
 
     def _compute_on_device(self) -> tuple[DeviceSnapshot, None]:
         return {"rows": self._state.ring.rows, "write_index": self._state.ring.write_index,
