@@ -131,7 +131,7 @@ def measure(case: Case, mode: str, real_kv: RealKvHashMode, device: str) -> dict
         manager.after_forward()
 
     # The same step is repeated: its writes rewrite identical records, so it stays clean.
-    eager_us = time_eager_us(eager, iterations=20)
+    eager_us = time_eager_us(eager, iterations=20, warmup=5)
     graph_us = time_graph_us(captured, launches_per_graph=1, replays=20)
     return {"case": case.label, "mode": mode, "real_kv": real_kv.value, "eager_us": eager_us, "graph_us": graph_us,
             "violations": int(manager.state.ring.write_index)}

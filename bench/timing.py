@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 
-def time_eager_us(launch: Callable[[], None], iterations: int = 50, warmup: int = 5) -> float:
+def time_eager_us(launch: Callable[[], None], iterations: int = 200, warmup: int = 50) -> float:
     for _ in range(warmup):
         launch()
     torch.cuda.synchronize()

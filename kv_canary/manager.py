@@ -17,7 +17,6 @@ from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
 from kv_canary.log_lines import ViolationRecord
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
 from kv_canary.observers.violation_reporter import ViolationReporter
-from kv_canary.plan_builder import build_verify_plan, build_write_plan
 from kv_canary.plans import VerifyPlan, WritePlan
 
 
@@ -103,12 +102,11 @@ class CanaryManager:
         for group, plans in zip(self.groups, self._plans):
             mapping = group.full_to_swa_index_mapping
             window = group.window if group.kind is PoolGroupKind.SWA else None
-            verify_entries = build_verify_plan(plans.verify, rows, plan_overflow=self.state.plan_overflow,
-                                               window=window, full_to_swa=mapping)
+            verify_entries, write_entries, longest_run = self.kernels.build_plans(
+                verify_plan=plans.verify, write_plan=plans.write, rows=rows, plan_overflow=self.state.plan_overflow,
+                window=window, full_to_swa=mapping)
             for hook in self._verify_plan_hooks:
                 hook.on_verify_plan_built(group, plans.verify, rows)
-            write_entries, longest_run = build_write_plan(plans.write, rows, plan_overflow=self.state.plan_overflow,
-                                                          full_to_swa=mapping)
             hints.append(LaunchHints(verify_entries=verify_entries, write_entries=write_entries,
                                      longest_run=longest_run))
         self._hints = tuple(hints)

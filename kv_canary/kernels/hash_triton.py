@@ -51,21 +51,30 @@ def record_hash(token, position, prev_hash):
 
 @triton.jit
 def word_salt(layer, word):
-    return as_u64(word.to(tl.int64) + layer * (1 << 20)) * MIX2_U64
+    return as_u64(word.to(tl.int64) + layer.to(tl.int64) * (1 << 20)) * MIX2_U64
 
 
 @triton.jit
-def real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slots, mask, WORD_CHUNK: tl.constexpr):
-    """Hash of each lane's slot row, bit-equal to ``hash_reference.real_kv_row_hash``."""
+def real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slots, mask, LAYER_BLOCK: tl.constexpr,
+                 WORD_CHUNK: tl.constexpr):
+    """Hash of each lane's slot row, bit-equal to ``hash_reference.real_kv_row_hash``.
+
+    A [slots, layers, words] tile is loaded at once, so the reads of a block of layers are in
+    flight together instead of one layer's latency after another's.
+    """
     total = tl.zeros_like(slots).to(tl.uint64)
-    word = tl.arange(0, WORD_CHUNK)
-    rows = slots.to(tl.int64)[:, None] * row_words
-    for layer in range(num_layers):
-        layer_words = tl.load(layer_pointers_ptr + layer).to(tl.pointer_type(tl.int64))
+    rows = slots.to(tl.int64)[:, None, None] * row_words
+    layer_lane = tl.arange(0, LAYER_BLOCK)
+    word_lane = tl.arange(0, WORD_CHUNK)
+    for first_layer in range(0, num_layers, LAYER_BLOCK):
+        layers = first_layer + layer_lane
+        in_layers = layers < num_layers
+        bases = tl.load(layer_pointers_ptr + layers, mask=in_layers, other=0).to(tl.pointer_type(tl.int64))
         for first_word in range(0, hashed_words, WORD_CHUNK):
-            words = first_word + word
-            loads = mask[:, None] & (words < hashed_words)[None, :]
-            values = tl.load(layer_words + rows + words[None, :], mask=loads, other=0)
-            terms = splitmix64(as_u64(values) + word_salt(layer, words)[None, :])
-            total += tl.sum(tl.where(loads, terms, 0), axis=1)
+            words = first_word + word_lane
+            loads = (mask[:, None, None] & in_layers[None, :, None]) & (words < hashed_words)[None, None, :]
+            values = tl.load(bases[None, :, None] + rows + words[None, None, :], mask=loads, other=0)
+            salt = word_salt(layers[:, None], words[None, :])
+            terms = splitmix64(as_u64(values) + salt[None, :, :])
+            total += tl.sum(tl.sum(tl.where(loads, terms, 0), axis=2), axis=1)
     return splitmix64(total)

@@ -14,9 +14,10 @@ from kv_canary.launch_tags import LaunchTag
 from kv_canary.plans import VerifyPlan
 from kv_canary.real_kv import RealKvSource
 
-_BLOCK = 256
-_BLOCK_WITH_REAL_KV = 128
-_WORD_CHUNK = 8
+# (entries up to, block, warps): one-warp blocks for small launches, whose reductions then need
+# no barrier; larger blocks once there is enough work to hide memory latency. Tuned on an H100.
+_LAUNCH_SHAPES = ((4096, 32, 1), (1 << 62, 128, 4))
+_BLOCK_WITH_REAL_KV = 64
 
 
 @triton.jit
@@ -36,7 +37,8 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
                    ring_rows_ptr, ring_index_ptr, kernel_runs_ptr, slot_runs_ptr, step_ptr, layer_pointers_ptr,
                    ring_capacity, num_layers, row_words, hashed_words, launch_tag, num_entries,
                    CHECK_TOKENS: tl.constexpr, CHECK_REAL_KV: tl.constexpr, RECORD_VIOLATIONS: tl.constexpr,
-                   HOST_COUNTED: tl.constexpr, WORD_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                   HOST_COUNTED: tl.constexpr, LAYER_BLOCK: tl.constexpr, WORD_CHUNK: tl.constexpr,
+                   BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     if pid == 0:
         tl.atomic_add(kernel_runs_ptr + launch_tag, 1)
@@ -76,7 +78,7 @@ def _verify_kernel(records_ptr, slot_ptr, prev_slot_ptr, expected_position_ptr, 
         expected_real_kv = tl.zeros_like(stored_real_kv)
         if CHECK_REAL_KV:
             expected_real_kv = real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slot, active,
-                                            WORD_CHUNK)
+                                            LAYER_BLOCK, WORD_CHUNK)
             bits |= tl.where(stored_real_kv != expected_real_kv, 8, 0)
         bits = tl.where(active, bits, 0)
 
@@ -94,8 +96,10 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
                     real_kv: RealKvSource | None, check_tokens: bool, record_violations: bool = True,
                     num_entries: int | None = None) -> None:
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
-    block = _BLOCK if real_kv is None else _BLOCK_WITH_REAL_KV
-    layer_pointers, real_kv_shape = real_kv_arguments(real_kv, state.step)
+    block, warps = next((block, warps) for limit, block, warps in _LAUNCH_SHAPES if n <= limit)
+    if real_kv is not None:
+        block, warps = min(block, _BLOCK_WITH_REAL_KV), min(warps, 2)
+    layer_pointers, real_kv_shape, real_kv_tile = real_kv_arguments(real_kv, state.step)
     _LAUNCHES.launch(
         (max(1, triton.cdiv(n, block)),),
         (records, plan.slot_indices, plan.prev_slot_indices, plan.expected_positions, plan.expected_tokens,
@@ -103,4 +107,4 @@ def verify_canaries(*, records: torch.Tensor, plan: VerifyPlan, launch_tag: Laun
          state.step, layer_pointers),
         (state.ring.capacity, *real_kv_shape, int(launch_tag), n),
         CHECK_TOKENS=check_tokens, CHECK_REAL_KV=real_kv is not None, RECORD_VIOLATIONS=record_violations,
-        HOST_COUNTED=num_entries is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
+        num_warps=warps, HOST_COUNTED=num_entries is not None, BLOCK=block, **real_kv_tile)

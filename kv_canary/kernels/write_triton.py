@@ -20,7 +20,6 @@ from kv_canary.real_kv import RealKvSource
 
 _MIN_BLOCK = 16
 _MAX_BLOCK = 1024
-_WORD_CHUNK = 8
 
 
 @triton.jit
@@ -32,8 +31,8 @@ def _compose(constant_a, rotation_a, constant_b, rotation_b):
 def _write_kernel(records_ptr, entry_start_ptr, entry_count_ptr, pred_slot_ptr, num_requests_ptr, slot_ptr,
                   token_ptr, position_ptr, expected_token_ptr, expected_position_ptr, ring_rows_ptr, ring_index_ptr,
                   step_ptr, layer_pointers_ptr, ring_capacity, num_layers, row_words, hashed_words, launch_tag,
-                  ASSERT_INPUTS: tl.constexpr, HASH_REAL_KV: tl.constexpr, WORD_CHUNK: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  ASSERT_INPUTS: tl.constexpr, HASH_REAL_KV: tl.constexpr, LAYER_BLOCK: tl.constexpr,
+                  WORD_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     request = tl.program_id(0)
     if request < tl.load(num_requests_ptr):
         start = tl.load(entry_start_ptr + request).to(tl.int64)
@@ -76,7 +75,7 @@ def _write_kernel(records_ptr, entry_start_ptr, entry_count_ptr, pred_slot_ptr, 
             stored_real_kv = tl.zeros_like(prev_hash)
             if HASH_REAL_KV:
                 stored_real_kv = real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slot, stores,
-                                              WORD_CHUNK)
+                                              LAYER_BLOCK, WORD_CHUNK)
             record = records_ptr + slot.to(tl.int64) * 4
             tl.store(record + 0, token.to(tl.int64), mask=stores)
             tl.store(record + 1, position.to(tl.int64), mask=stores)
@@ -96,11 +95,12 @@ def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: Launch
     del num_entries  # each program reads its own run's bounds from the plan
     longest = plan.capacity if max_entries_per_request is None else max_entries_per_request
     block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(max(longest, 1))))
-    layer_pointers, real_kv_shape = real_kv_arguments(real_kv, state.step)
+    layer_pointers, real_kv_shape, real_kv_tile = real_kv_arguments(real_kv, state.step)
     _LAUNCHES.launch(
         (plan.request_capacity,),
         (records, plan.entry_starts, plan.entry_counts, plan.pred_slots, plan.num_requests, plan.slot_indices,
          plan.tokens, plan.positions, plan.expected_tokens, plan.expected_positions, state.ring.rows,
          state.ring.write_index, state.step, layer_pointers),
         (state.ring.capacity, *real_kv_shape, int(launch_tag)),
-        ASSERT_INPUTS=assert_inputs, HASH_REAL_KV=real_kv is not None, WORD_CHUNK=_WORD_CHUNK, BLOCK=block)
+        num_warps=max(1, min(4, block // 32)), ASSERT_INPUTS=assert_inputs, HASH_REAL_KV=real_kv is not None,
+        BLOCK=block, **real_kv_tile)

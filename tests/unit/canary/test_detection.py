@@ -10,7 +10,12 @@ from kv_canary.records import RecordWord
 from tests.unit.canary.devices import DEVICES
 from tests.unit.canary.fake_engine import FakeEngine, TinyModel
 
-BACKENDS = [KernelBackend.TORCH, KernelBackend.TRITON]
+# Triton runs on CPU in its interpreter, far slower than compiled: kernel parity is tested on CPU
+# (test_kernel_parity), the detection paths with Triton on CUDA, plus one clean run on CPU.
+BACKEND_DEVICES = [pytest.param(KernelBackend.TORCH, device.values[0], id=f"torch-{device.id}", marks=device.marks)
+                   for device in DEVICES] + [
+    pytest.param(KernelBackend.TRITON, device.values[0], id=f"triton-{device.id}", marks=device.marks)
+    for device in DEVICES if device.id == "cuda"]
 
 
 def make_engine(backend: KernelBackend, device: str = "cpu", **overrides) -> FakeEngine:
@@ -35,8 +40,8 @@ def reported(engine: FakeEngine):
     return engine.canary.violations
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES + [
+    pytest.param(KernelBackend.TRITON, "cpu", id="triton-interpreted-cpu")])
 def test_clean_traffic_with_prefix_sharing_has_no_violations(backend, device):
     engine = make_engine(backend, device)
     serve_shared_prefix_traffic(engine, decode_steps=6)
@@ -47,8 +52,7 @@ def test_clean_traffic_with_prefix_sharing_has_no_violations(backend, device):
     assert stats["slots_verified"]["HEAD_K_FULL"] > 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_overwritten_head_record_is_caught_before_the_forward(backend, device):
     engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
@@ -61,8 +65,7 @@ def test_overwritten_head_record_is_caught_before_the_forward(backend, device):
     assert [v.slot_idx for v in reported(engine) if v.position == 7] == [slot]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_remapped_req_to_token_entry_breaks_the_chain(backend, device):
     engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
@@ -74,8 +77,7 @@ def test_remapped_req_to_token_entry_breaks_the_chain(backend, device):
     assert {"HEAD_K_FULL", "HEAD_V_FULL", "TAIL_K_FULL", "TAIL_V_FULL"} <= tags
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_live_slot_reused_by_another_request_is_caught(backend, device):
     engine = make_engine(backend, device)
     first, second = serve_shared_prefix_traffic(engine)
@@ -89,8 +91,7 @@ def test_live_slot_reused_by_another_request_is_caught(backend, device):
     assert {"position", "chain_hash"} & {r for v in hits for r in v.fail_reasons}
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_changed_real_kv_byte_is_caught_by_the_tail_hash(backend, device):
     engine = make_engine(backend, device, real_kv_hash=RealKvHashMode.PARTIAL)
     first, second = serve_shared_prefix_traffic(engine)

@@ -1,4 +1,9 @@
-"""Fill a forward's verify and write plans on device, with fixed shapes and no host sync."""
+"""Torch reference of the plan builder (same signature as ``plan_triton.build_group_plans``).
+
+Fills a pool group's verify and write plans on device with fixed shapes and no host sync, so
+the pre-ops can be captured in a CUDA graph; about thirty small torch ops, which is why the
+Triton builder exists.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,43 @@ from kv_canary.forward_rows import ForwardRows
 from kv_canary.plans import PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 
 
-def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
-                      window: int | None = None, full_to_swa: torch.Tensor | None = None) -> int | None:
-    """Plan every slot the forward's attention reads; returns the exact entry count when the host
-    knows it, None when only the device does (graph capture: launch over the whole plan).
+def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
+                      plan_overflow: torch.Tensor, window: int | None = None,
+                      full_to_swa: torch.Tensor | None = None) -> tuple[int | None, int, int | None]:
+    """Plan every slot the forward's attention reads and every slot it writes.
 
     FULL groups read each request's whole prefix ``[0, prefix_len)``; SWA groups (``window``
     and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool.
+    The new slots are planned in per-request runs, each chained from the slot of the request's
+    last cached position. Entries past a plan's capacity, and the runs of requests past the
+    write plan's request capacity, are dropped and added to ``plan_overflow``.
+
+    Returns the host hints ``(verify entries, write entries, longest run)``: see ``host_hints``.
     """
+    _build_verify_plan(verify_plan, rows, plan_overflow=plan_overflow, window=window, full_to_swa=full_to_swa)
+    _build_write_plan(write_plan, rows, plan_overflow=plan_overflow, full_to_swa=full_to_swa)
+    return host_hints(verify_plan=verify_plan, write_plan=write_plan, rows=rows, window=window)
+
+
+def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
+               window: int | None) -> tuple[int | None, int, int | None]:
+    """What the host knows of the plans without reading the device.
+
+    The exact verify entry count when the engine gave host prefix lengths, None when only the
+    device knows it (graph capture: verify launches span the whole plan); the write entries;
+    the longest run of one request, None when unknown (or no request).
+    """
+    verify_entries = None
+    if rows.prefix_lens_host is not None:
+        verify_entries = min(verify_plan.capacity, _host_total(rows.prefix_lens_host, window))
+    if min(rows.batch_size, write_plan.request_capacity) == 0:
+        return verify_entries, 0, None
+    write_entries = min(rows.num_new_tokens, write_plan.capacity)
+    return verify_entries, write_entries, rows.longest_run if write_entries else 0
+
+
+def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor, window: int | None,
+                       full_to_swa: torch.Tensor | None) -> None:
     device = plan.slot_indices.device
     prefix = rows.prefix_lens.to(device=device, dtype=torch.int64)
     first = (prefix - window).clamp(min=0) if window is not None else torch.zeros_like(prefix)
@@ -24,12 +58,11 @@ def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: tor
     total = ends[-1:] if rows.batch_size else torch.zeros(1, dtype=torch.int64, device=device)
     plan.num_valid.copy_(total.clamp(max=plan.capacity))
     plan_overflow.add_((total - plan.capacity).clamp(min=0))
-    exact = None
+    n = plan.capacity
     if rows.prefix_lens_host is not None:
-        exact = min(plan.capacity, _host_total(rows.prefix_lens_host, window))
-    n = plan.capacity if exact is None else exact
+        n = min(plan.capacity, _host_total(rows.prefix_lens_host, window))
     if n == 0 or rows.batch_size == 0:
-        return exact
+        return
 
     entry = torch.arange(n, device=device)
     request = torch.searchsorted(ends, entry, right=True).clamp(max=rows.batch_size - 1)
@@ -47,12 +80,10 @@ def build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: tor
     plan.prev_slot_indices[:n].copy_(prev)
     plan.expected_positions[:n].copy_(position)
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row, position))
-    return exact
 
 
-def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
-                     full_to_swa: torch.Tensor | None = None) -> tuple[int, int | None]:
-    """Plan the forward's new slots in per-request runs; returns (entries, longest run) hints."""
+def _build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
+                      full_to_swa: torch.Tensor | None) -> None:
     device = plan.slot_indices.device
     num_requests = min(rows.batch_size, plan.request_capacity)
     n = min(rows.num_new_tokens, plan.capacity)
@@ -62,7 +93,7 @@ def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch
     plan_overflow.add_((extend - kept).sum())
     plan.num_requests.fill_(num_requests)
     if num_requests == 0:
-        return 0, None
+        return
     plan.entry_starts[:num_requests].copy_(starts[:num_requests])
     plan.entry_counts[:num_requests].copy_(kept[:num_requests])
     if rows.batch_size > num_requests:
@@ -77,7 +108,7 @@ def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch
     pred = torch.where(prefix == 0, PREV_SEQUENCE_START, pred)
     plan.pred_slots[:num_requests].copy_(pred[:num_requests])
     if n == 0:
-        return 0, 0
+        return
 
     request = torch.repeat_interleave(torch.arange(rows.batch_size, device=device), extend,
                                       output_size=rows.num_new_tokens)[:n]
@@ -90,7 +121,6 @@ def build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch
     plan.positions[:n].copy_(rows.positions[:n])
     plan.expected_positions[:n].copy_(position)
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row[request], position))
-    return n, rows.longest_run
 
 
 def _recorded_tokens(rows: ForwardRows, row: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
