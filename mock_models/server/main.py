@@ -20,7 +20,7 @@ import torch
 import uvicorn
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig, ModelMode
+from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
@@ -80,6 +80,9 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--max-running-requests", type=int, default=_DEFAULTS.max_running_requests, show_default=True)
 @click.option("--chunked-prefill-size", type=int, default=_DEFAULTS.chunked_prefill_size, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--mem-backend", type=click.Choice([backend.value for backend in MemBackend]),
+              default=_DEFAULTS.mem_backend.value, show_default=True,
+              help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)")
 @click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
 @click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
 @click.option("--canary-mode", type=click.Choice([mode.value for mode in CanaryMode]), default=None)
@@ -87,7 +90,7 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--swa-divergence-interval", type=int, default=None)
 def serve_command(model_mode: str, device: str, host: str, port: int, page_size: int, max_total_tokens: int,
                   swa_window: int, max_running_requests: int, chunked_prefill_size: int, seed: int,
-                  sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
+                  mem_backend: str, sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
                   stats_interval: int | None, swa_divergence_interval: int | None) -> None:
     """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -104,7 +107,8 @@ def serve_command(model_mode: str, device: str, host: str, port: int, page_size:
         config = EngineConfig(model_mode=ModelMode(model_mode), device=device, page_size=page_size,
                               max_total_tokens=max_total_tokens, swa_window=swa_window,
                               max_running_requests=max_running_requests,
-                              chunked_prefill_size=chunked_prefill_size, seed=seed)
+                              chunked_prefill_size=chunked_prefill_size, seed=seed,
+                              mem_backend=MemBackend(mem_backend))
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     engine = Engine(config, canary_config=canary_config)

@@ -14,7 +14,7 @@ if importlib.util.find_spec("sglang") is None:
     pytest.skip(f"sglang {SGLANG_VERSION} is not installed: run .ci/install-sglang (see docs/SGLANG.md)",
                 allow_module_level=True)
 
-from tests.unit.sglang.torchvision_stub import install_if_missing  # noqa: E402
+from mock_models.engine.torchvision_stub import install_if_missing  # noqa: E402
 
 install_if_missing()
 

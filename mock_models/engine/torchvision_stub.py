@@ -5,8 +5,9 @@ SGLang 0.5.23 imports torchvision on the way to its memory pools
 -> ``multimodal/internvl_utils.py``: ``import torchvision.transforms``, and
 ``configs/deepseek_ocr.py``), but only uses it in image preprocessing. PyPI's torchvision wheels
 are linked against a CUDA build of torch and fail to import beside the CPU one ("operator
-torchvision::nms does not exist"), so the tests put this stub in ``sys.modules`` when the real
-package does not import. Tests only: nothing in kv_canary needs it.
+torchvision::nms does not exist"). So the mock engine's SGLang memory backend and the tests of
+``tests/unit/sglang`` put this stub in ``sys.modules`` when the real package does not import.
+Nothing in kv_canary needs it, and a machine with SGLang's full GPU install never uses it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,6 @@ def _module(name: str) -> types.ModuleType:
 
 def _unavailable(qualname: str):
     def call(*args, **kwargs):
-        raise RuntimeError(f"{qualname}: torchvision is stubbed in these tests (it needs a CUDA build of torch)")
+        raise RuntimeError(f"{qualname}: torchvision is stubbed here (PyPI's build needs a CUDA torch)")
 
     return call
