@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, RealKvHashMode
@@ -73,3 +74,84 @@ def test_server_command_takes_the_mem_backend_flag():
     assert "--mem-backend [mock|sglang]" in result.output
     bad = CliRunner().invoke(serve_command, ["--mem-backend", "sglang", "--model-mode", "dsv4", "--port", "0"])
     assert bad.exit_code == 2 and "mem_backend" in bad.output
+
+
+# -- faults planted in SGLang's structures inside the running engine --------------------------------
+
+
+def run_with_fault(mode: str, fault, *, at_forward: int = 8, num_prompts: int = 7) -> tuple[list, object]:
+    """Serve a shared-prefix workload; before forward ``at_forward``, apply ``fault(engine)`` once.
+
+    Returns the violations and what the fault returned (its target)."""
+    served = engine(mode)
+    applied = []
+
+    def hook(current: Engine) -> None:
+        if current.forward_count + 1 == at_forward and not applied and current.scheduler.running:
+            applied.append(fault(current))
+
+    served.add_step_hook(hook)
+    prompts, _ = workload(seed=5)
+    served.generate(prompts[:num_prompts], 8)
+    assert applied and applied[0] is not None, "the fault found no target"
+    served.canary.flush()
+    return served.canary.violations, applied[0]
+
+
+def longest_running(current: Engine):
+    return max(current.scheduler.running, key=lambda req: req.kv_len)
+
+
+def remap_req_to_token(current: Engine) -> int:
+    """Point a running request's second-to-last position at the slot of its position 0."""
+    req = longest_running(current)
+    rows = current.req_to_token_pool.req_to_token
+    rows[req.req_pool_idx, req.kv_len - 2] = rows[req.req_pool_idx, 0]
+    return req.kv_len - 2
+
+
+def double_free_live_slot(current: Engine) -> int:
+    req = longest_running(current)
+    slot = int(current.req_to_token_pool.req_to_token[req.req_pool_idx, req.kv_len - 1])
+    if current.swa_allocator is not None:
+        current.swa_allocator.free_swa(torch.tensor([slot]))
+    current.full_allocator.free_slots_unchecked([slot])  # SGLang's allocator takes it back, no questions asked
+    return slot
+
+
+def evict_locked_prefix(current: Engine) -> int:
+    """Drop a running request's tree lock and evict: its cached prefix goes back to the allocator."""
+    cache = current.radix_cache
+    req = next((r for r in current.scheduler.running if r.tree_owned_len > 0), None)
+    if req is None:
+        return None
+    cache.dec_lock_ref(req.last_node)
+    root = cache.tree.root_node_handle() if isinstance(cache.tree, sgl.UnifiedRadixCache) else cache.tree.root_node
+    cache.inc_lock_ref(root)  # so the request's own unlock at finish still pairs with a lock
+    req.last_node = root
+    return cache.evict(current.config.max_total_tokens)
+
+
+def flip_cached_kv_byte(current: Engine) -> int:
+    req = longest_running(current)
+    slot = int(current.req_to_token_pool.req_to_token[req.req_pool_idx, 1])
+    pool = current.token_to_kv_pool
+    full = pool if isinstance(pool, sgl.MHATokenToKVPool) else pool.full_kv_pool
+    full.k_buffer[0][slot].view(torch.uint8).view(-1)[0] ^= 1
+    return slot
+
+
+@pytest.mark.parametrize("mode", ["mha", "swa"])
+@pytest.mark.parametrize(("fault", "tags", "reasons", "num_prompts", "at_target_slot"), [
+    (remap_req_to_token, "HEAD_", {"chain_hash", "position"}, 7, False),
+    # SGLang's allocator hands a freed slot out again only after the older free ones: serve longer.
+    (double_free_live_slot, "", {"chain_hash", "position", "token"}, 14, True),
+    (evict_locked_prefix, "", {"chain_hash", "position", "token"}, 7, False),
+    (flip_cached_kv_byte, "", {"real_kv_hash"}, 7, True),
+], ids=["req_to_token_remap", "double_free", "evict_radix_node", "corrupt_kv_bytes"])
+def test_faults_planted_in_sglangs_structures_are_detected(mode, fault, tags, reasons, num_prompts, at_target_slot):
+    violations, target = run_with_fault(mode, fault, num_prompts=num_prompts)
+    assert violations, f"{fault.__name__} went unnoticed"
+    assert any(v.launch_tag.startswith(tags) and reasons & set(v.fail_reasons) for v in violations)
+    if at_target_slot:  # a full-pool slot: the FULL group names it
+        assert any(v.slot_idx == target and v.launch_tag.endswith("_FULL") for v in violations)
