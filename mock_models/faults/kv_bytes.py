@@ -11,13 +11,8 @@ from __future__ import annotations
 import torch
 
 from mock_models.engine.engine import Engine
-from mock_models.faults.targets import (
-    FaultContext,
-    SlotRef,
-    pick_cached_unused_slot,
-    pick_live_slot,
-    pick_post_forward_slot,
-)
+from mock_models.faults.targets import (FaultContext, SlotRef, pick_cached_unused_slot, pick_live_slot,
+                                        pick_post_forward_slot)
 
 CORRUPTED_BYTES = 8
 

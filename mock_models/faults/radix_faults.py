@@ -3,8 +3,8 @@
 * ``evict_radix_node``, ``node: deepest_locked``: force-evict the deepest locked leaf. Its full
   slots (and SWA slots) go back to the free lists while the requests locking it still read them
   through their ``req_to_token`` rows; the next allocations hand them out and overwrite them.
-  With ``group: swa`` (dsv4's default) the node must be SWA-resident and inside the window of a
-  request locking it: elsewhere the SWA group never reads it. ``node: any_unlocked`` evicts the
+  Where only the SWA group can see it (``group: swa``, and any group in dsv4) the node must be
+  SWA-resident and inside the window of a request locking it: elsewhere nothing reads it. ``node: any_unlocked`` evicts the
   least recently used unlocked leaf exactly as LRU eviction would: a control, nothing is corrupted.
 * ``stale_prefix``: the last slots of an unlocked node are replaced by the slots of another
   cached sequence (another node, else a running request's newest slots), so a prefix match
@@ -21,7 +21,8 @@ import torch
 
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import TreeNode
-from mock_models.faults.targets import FaultContext, NoTarget, lockers, match_path, node_depth, swa_resident
+from mock_models.faults.targets import (FaultContext, NoTarget, lockers, match_path, node_depth, seen_in_window_only,
+                                        swa_resident)
 
 
 def evict_radix_node(context: FaultContext) -> str:
@@ -36,10 +37,11 @@ def evict_radix_node(context: FaultContext) -> str:
         engine.radix_cache.evict_node(node)
         return f"evicted unlocked radix node {node.id} ({span}) as LRU eviction would: a control, nothing corrupted"
     locked = [node for node in leaves if node.lock_ref > 0]
-    if target.group == "swa":
+    window_only = seen_in_window_only(engine, target)
+    if window_only:
         locked = [node for node in locked if swa_resident(engine, node) and _in_a_lockers_window(engine, node)]
     if not locked:
-        where = " that is SWA-resident and in the window of a request locking it" if target.group == "swa" else ""
+        where = " that is SWA-resident and in the window of a request locking it" if window_only else ""
         raise NoTarget(f"no locked radix leaf{where}")
     node = max(locked, key=lambda node: (node_depth(node) + len(node.key), node.id))
     holders = ", ".join(req.rid[:8] for req in lockers(engine, node))

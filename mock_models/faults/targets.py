@@ -84,10 +84,15 @@ def swa_slots_of(engine: Engine, full_slots: list[int]) -> list[int]:
     return mapping[full_slots].tolist()
 
 
+def seen_in_window_only(engine: Engine, target: Target) -> bool:
+    """Whether the canary sees the target only through the SWA group's window (group swa, or dsv4)."""
+    return target.group == "swa" or engine.config.model_mode is ModelMode.DSV4
+
+
 def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     """The request's positions the target group's canary reads next, narrowed by ``target.position``."""
     first = window_start(engine, req)
-    in_window_only = target.group == "swa" or engine.config.model_mode is ModelMode.DSV4
+    in_window_only = seen_in_window_only(engine, target)
     lo, hi = (first if in_window_only else 0), req.kv_len
     if target.position == "in_window":
         lo = max(lo, first)
