@@ -4,7 +4,8 @@
   slots (and SWA slots) go back to the free lists while the requests locking it still read them
   through their ``req_to_token`` rows; the next allocations hand them out and overwrite them.
   Where only the SWA group can see it (``group: swa``, and any group in dsv4) the node must be
-  SWA-resident and inside the window of a request locking it: elsewhere nothing reads it. ``node: any_unlocked`` evicts the
+  SWA-resident and inside the window of a request locking it (elsewhere nothing reads it), and
+  the leaf with the largest share of its tokens in that window is taken before the deepest. ``node: any_unlocked`` evicts the
   least recently used unlocked leaf exactly as LRU eviction would: a control, nothing is corrupted.
 * ``stale_prefix``: the last slots of an unlocked node are replaced by the slots of another
   cached sequence (another node, else a running request's newest slots), so a prefix match
@@ -39,11 +40,17 @@ def evict_radix_node(context: FaultContext) -> str:
     locked = [node for node in leaves if node.lock_ref > 0]
     window_only = seen_in_window_only(engine, target)
     if window_only:
-        locked = [node for node in locked if swa_resident(engine, node) and _in_a_lockers_window(engine, node)]
+        locked = [node for node in locked if swa_resident(engine, node) and _tokens_in_a_lockers_window(engine, node)]
     if not locked:
         where = " that is SWA-resident and in the window of a request locking it" if window_only else ""
         raise NoTarget(f"no locked radix leaf{where}")
-    node = max(locked, key=lambda node: (node_depth(node) + len(node.key), node.id))
+    # Deepest first. Where only the window sees it: the largest share of the node in the window
+    # first. Freed slots are handed out again lowest first, a few per forward, so the node's oldest
+    # positions are overwritten first, and they must still be in the window then.
+    def window_share(node: TreeNode) -> float:
+        return _tokens_in_a_lockers_window(engine, node) / len(node.key) if window_only else 0.0
+
+    node = max(locked, key=lambda node: (window_share(node), node_depth(node) + len(node.key), node.id))
     holders = ", ".join(req.rid[:8] for req in lockers(engine, node))
     span, lock_ref = _span(node), node.lock_ref
     engine.radix_cache.evict_node(node, force=True)
@@ -71,10 +78,11 @@ def _span(node: TreeNode) -> str:
     return f"positions [{depth}, {depth + len(node.key)})"
 
 
-def _in_a_lockers_window(engine: Engine, node: TreeNode) -> bool:
-    depth, window = node_depth(node), engine.config.swa_window
-    return any(req.kv_len - window < depth + len(node.key) and depth < req.kv_len
-               for req in lockers(engine, node))
+def _tokens_in_a_lockers_window(engine: Engine, node: TreeNode) -> int:
+    """The most of the node's tokens inside the window of one request locking it."""
+    start, end, window = node_depth(node), node_depth(node) + len(node.key), engine.config.swa_window
+    return max((max(0, min(end, req.kv_len) - max(start, req.kv_len - window)) for req in lockers(engine, node)),
+               default=0)
 
 
 def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
