@@ -8,7 +8,8 @@
   the command line is collected in any case.
 * Fixtures for hand-written e2e tests: ``kv_canary_mode`` (parametrized over the selected modes),
   ``kv_canary_server`` (one server per module and mode), ``kv_canary_server_factory`` (servers
-  per test, with chosen engine settings) and ``kv_canary_run_dir``.
+  per test, with chosen engine settings), ``kv_canary_run_dir`` and ``kv_canary_run_options``
+  (the command-line options as ``RunOptions``, for ``run_scenario``).
 * Works under ``pytest -n auto``: every server gets its own free port and log file.
 """
 
@@ -140,6 +141,12 @@ class KvCanaryServer:
 @pytest.fixture(scope="session")
 def kv_canary_run_dir(pytestconfig: pytest.Config) -> Path:
     return _run_dir(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def kv_canary_run_options(pytestconfig: pytest.Config, kv_canary_run_dir: Path) -> RunOptions:
+    """How scenario runs start servers (device, server command, timeout), logging under the run dir."""
+    return _run_options(pytestconfig, kv_canary_run_dir / "logs")
 
 
 @pytest.fixture
