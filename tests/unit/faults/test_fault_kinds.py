@@ -4,8 +4,14 @@ under the reasons docs/FAULTS.md gives, and the engine serves on."""
 from __future__ import annotations
 
 import fnmatch
+import random
 
 import pytest
+
+from kv_canary.records import RecordWord
+from mock_models.faults.canary_records import corrupt_canary
+from mock_models.faults.fault_request import FaultRequestBody, resolve
+from mock_models.faults.targets import FaultContext
 
 REAL_KV = {"real_kv_hash"}
 CHAIN = {"chain_hash", "position"}
@@ -113,3 +119,31 @@ def test_a_cached_slot_no_request_holds_is_caught_by_the_sweep(fault_run, mode, 
     violations = run.violations_from(step)
     assert {(v.launch_tag, v.fail_reasons) for v in violations} == {(tag, ("real_kv_hash",))}
     assert violations[0].step - step < 4
+
+
+class DrawsWord(random.Random):
+    """Draws ``word`` for the record word, and bit 1."""
+
+    def __init__(self, word: RecordWord) -> None:
+        super().__init__(0)
+        self.word = word
+
+    def choice(self, words):
+        return self.word
+
+    def randrange(self, *args):
+        return 1
+
+
+@pytest.mark.parametrize(("word", "reason"), [(RecordWord.TOKEN, "token"), (RecordWord.POSITION, "position"),
+                                              (RecordWord.PREV_HASH, "chain_hash")])
+def test_each_corrupted_record_word_fails_its_own_check(fault_run, word, reason):
+    run = fault_run("mha")
+    run.submit(2)
+    run.steps(4)
+    target = resolve(FaultRequestBody(kind="corrupt_canary", at_step=1), run.engine.config,
+                     canary_installed=True).target
+    detail = corrupt_canary(FaultContext(engine=run.engine, target=target, rng=DrawsWord(word), step=5))
+    assert f"bit 1 of the {word.name.lower()} word" in detail
+    run.steps(1)
+    assert reason in {r for v in run.violations_from(5) if v.step == 5 for r in v.fail_reasons}
