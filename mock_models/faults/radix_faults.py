@@ -5,8 +5,9 @@
   through their ``req_to_token`` rows; the next allocations hand them out and overwrite them.
   Where only the SWA group can see it (``group: swa``, and any group in dsv4) the node must be
   SWA-resident and inside the window of a request locking it (elsewhere nothing reads it), and
-  the leaf with the largest share of its tokens in that window is taken before the deepest. ``node: any_unlocked`` evicts the
-  least recently used unlocked leaf exactly as LRU eviction would: a control, nothing is corrupted.
+  the leaf with the largest share of its tokens in that window is taken before the deepest.
+  ``node: any_unlocked`` evicts the least recently used unlocked leaf exactly as LRU eviction
+  would: a control, nothing is corrupted.
 * ``stale_prefix``: the last slots of an unlocked node are replaced by the slots of another
   cached sequence (another node, else a running request's newest slots), so a prefix match
   returns slots holding other tokens at other positions, as a stale entry whose slots were

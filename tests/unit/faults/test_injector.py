@@ -85,7 +85,8 @@ def test_kind_none_applies_nothing_at_the_next_forward(fault_run):
 def test_the_log_line_round_trips_and_stays_on_one_line():
     line = FaultLogLine(fault_id=3, kind="double_free", status="applied", step=24, detail="freed\nslot 7  twice")
     text = f"2026-01-01 INFO mock_models.faults: {line.format()}"
-    assert line.format() == "kv_canary_fault fault_id=3 kind=double_free status=applied step=24 detail=freed slot 7 twice"
+    assert line.format() == ("kv_canary_fault fault_id=3 kind=double_free status=applied step=24 "
+                             "detail=freed slot 7 twice")
     assert FaultLogLine.parse(text) == FaultLogLine(fault_id=3, kind="double_free", status="applied", step=24,
                                                     detail="freed slot 7 twice")
     scheduled = FaultLogLine(fault_id=1, kind="none", status="scheduled", step=None, detail="")
