@@ -107,7 +107,7 @@ def build(case: Case, mode: str, real_kv: RealKvHashMode, device: str):
             req_pool_indices=torch.arange(1, case.batch + 1, device=device),
             prefix_lens=torch.full((case.batch,), prefix, device=device),
             extend_lens=torch.full((case.batch,), new, device=device), out_cache_loc=new_slots,
-            input_ids=tokens[1:, prefix:prefix + new].flatten(),
+            input_ids=tokens[1:, prefix:prefix + new].contiguous().view(-1),
             positions=torch.arange(prefix, prefix + new, device=device).repeat(case.batch),
             req_to_token=req_to_token, req_token_ids=tokens,
             prefix_lens_host=(prefix,) * case.batch if hints else None,
@@ -131,7 +131,7 @@ def measure(case: Case, mode: str, real_kv: RealKvHashMode, device: str) -> dict
         manager.after_forward()
 
     # The same step is repeated: its writes rewrite identical records, so it stays clean.
-    eager_us = time_eager_us(eager, iterations=20, warmup=5)
+    eager_us = time_eager_us(eager, iterations=20, warmup=10)
     graph_us = time_graph_us(captured, launches_per_graph=1, replays=20)
     return {"case": case.label, "mode": mode, "real_kv": real_kv.value, "eager_us": eager_us, "graph_us": graph_us,
             "violations": int(manager.state.ring.write_index)}

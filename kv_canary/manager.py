@@ -17,6 +17,7 @@ from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
 from kv_canary.log_lines import ViolationRecord
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
 from kv_canary.observers.violation_reporter import ViolationReporter
+from kv_canary.kernels.plan_reference import verify_entries_needed
 from kv_canary.plans import VerifyPlan, WritePlan
 
 
@@ -57,11 +58,9 @@ class CanaryManager:
         self.logger = logger
         self.state = CanaryDeviceState.allocate(ring_capacity=config.ring_capacity, device=device)
         self.kernels = select_kernels(config.backend, device)
-        self._plans = tuple(
-            GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
-                       write=WritePlan.allocate(capacity=config.write_capacity,
-                                                request_capacity=config.max_requests_per_forward, device=device))
-            for _ in groups)
+        self._plans = tuple(GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
+                                       write=self._write_plan(config.write_capacity, config.max_requests_per_forward))
+                            for _ in groups)
         self._hints: tuple[LaunchHints, ...] = ()
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.reporter = ViolationReporter(state=self.state, mode=config.mode, logger=logger,
@@ -97,6 +96,7 @@ class CanaryManager:
 
     def before_forward(self, rows: ForwardRows) -> None:
         """Pre-ops, capturable: plan, then verify and write the HEAD records."""
+        self._fit_plans(rows)
         self.state.step.add_(1)
         hints = []
         for group, plans in zip(self.groups, self._plans):
@@ -122,21 +122,52 @@ class CanaryManager:
         for observer in self.observers:
             observer.step(self.forward_count)
 
+    def _fit_plans(self, rows: ForwardRows) -> None:
+        """Grow, before planning, the plans a forward of host-known size would overflow.
+
+        An entry dropped from a write plan leaves its slot's records unwritten, and every later
+        verify would report that slot as corrupted: eager forwards therefore never overflow.
+        Under graph capture the sizes are the config's (the host does not know the batch's);
+        overflow is then counted on device and reported by the violation reporter.
+        """
+        if rows.prefix_lens_host is None:
+            return
+        fitted = []
+        for group, plans in zip(self.groups, self._plans):
+            window = group.window if group.kind is PoolGroupKind.SWA else None
+            verify, write = plans.verify, plans.write
+            needed = verify_entries_needed(rows.prefix_lens_host, window)
+            if needed > verify.capacity:
+                verify = VerifyPlan.allocate(_grown(verify.capacity, needed), self.device)
+            if rows.num_new_tokens > write.capacity or rows.batch_size > write.request_capacity:
+                write = self._write_plan(_grown(write.capacity, rows.num_new_tokens),
+                                         _grown(write.request_capacity, rows.batch_size))
+            if verify is not plans.verify or write is not plans.write:
+                self.logger.info("kv_canary: %s plans grown to %d verify entries, %d write entries, %d requests "
+                                 "(set KV_CANARY_VERIFY_CAPACITY / _WRITE_CAPACITY / _MAX_REQUESTS_PER_FORWARD "
+                                 "to size them up front, as CUDA-graph capture needs)", group.kind.value,
+                                 verify.capacity, write.capacity, write.request_capacity)
+            fitted.append(GroupPlans(verify=verify, write=write))
+        self._plans = tuple(fitted)
+
+    def _write_plan(self, capacity: int, request_capacity: int) -> WritePlan:
+        return WritePlan.allocate(capacity=capacity, request_capacity=request_capacity, device=self.device)
+
     def _run_phase(self, phase: Phase) -> None:
+        checks_on = not self.config.self_test_disable_verify  # the self-test switch blinds every check
         for group, plans, hints in zip(self.groups, self._plans, self._hints):
             for half, buffers in group.halves.items():
                 self.kernels.verify(records=group.records(phase, half), plan=plans.verify,
                                     launch_tag=group.launch_tag(phase, half), state=self.state,
                                     real_kv=buffers.real_kv if phase is Phase.TAIL else None,
                                     check_tokens=self.config.verify_tokens,
-                                    record_violations=not self.config.self_test_disable_verify,
-                                    num_entries=hints.verify_entries)
+                                    record_violations=checks_on, num_entries=hints.verify_entries)
             for half, buffers in group.halves.items():
                 self.kernels.write(records=group.records(phase, half), plan=plans.write,
                                    launch_tag=group.launch_tag(phase, half), state=self.state,
                                    real_kv=buffers.real_kv if phase is Phase.TAIL else None,
-                                   assert_inputs=self.config.assert_write_inputs, num_entries=hints.write_entries,
-                                   max_entries_per_request=hints.longest_run)
+                                   assert_inputs=self.config.assert_write_inputs and checks_on,
+                                   num_entries=hints.write_entries, max_entries_per_request=hints.longest_run)
 
     # --- between forwards ------------------------------------------------------------------------
 
@@ -163,3 +194,8 @@ class CanaryManager:
             "slots_verified": {tag.name: slot_runs[tag] for tag in self.active_launch_tags},
             "kernel_backend": self.kernels.name,
         }
+
+
+def _grown(capacity: int, needed: int) -> int:
+    """At least ``needed``, at least twice the old capacity: a few growths, not one per forward."""
+    return max(needed, 2 * capacity) if needed > capacity else capacity

@@ -1,7 +1,8 @@
 """Fixed-capacity device plans that the verify and write kernels consume.
 
-Plans are filled on device by ``plan_builder`` without a host sync, so the whole per-forward
-path can be captured in a CUDA graph; entries past ``num_valid`` / ``num_requests`` are ignored.
+Plans are filled on device by the plan kernels (``kernels/plan_triton.py`` and its torch
+reference) without a host sync, so the whole per-forward path can be captured in a CUDA graph;
+entries past ``num_valid`` / ``num_requests`` are ignored.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardR
     """
     verify_entries = None
     if rows.prefix_lens_host is not None:
-        verify_entries = min(verify_plan.capacity, _host_total(rows.prefix_lens_host, window))
+        verify_entries = min(verify_plan.capacity, verify_entries_needed(rows.prefix_lens_host, window))
     if min(rows.batch_size, write_plan.request_capacity) == 0:
         return verify_entries, 0, None
     write_entries = min(rows.num_new_tokens, write_plan.capacity)
@@ -60,7 +60,7 @@ def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: to
     plan_overflow.add_((total - plan.capacity).clamp(min=0))
     n = plan.capacity
     if rows.prefix_lens_host is not None:
-        n = min(plan.capacity, _host_total(rows.prefix_lens_host, window))
+        n = min(plan.capacity, verify_entries_needed(rows.prefix_lens_host, window))
     if n == 0 or rows.batch_size == 0:
         return
 
@@ -130,5 +130,5 @@ def _recorded_tokens(rows: ForwardRows, row: torch.Tensor, position: torch.Tenso
     return rows.req_token_ids[row, position.clamp(max=width - 1)].to(torch.int64)
 
 
-def _host_total(prefix_lens: tuple[int, ...], window: int | None) -> int:
+def verify_entries_needed(prefix_lens: tuple[int, ...], window: int | None) -> int:
     return sum(prefix_lens) if window is None else sum(min(n, window) for n in prefix_lens)

@@ -29,6 +29,7 @@ class ViolationReporter:
         self._logger = logger
         self._handler = handler
         self._reported_upto = 0  # write index up to which rows have been read
+        self._plan_overflow_seen = 0
         self.records: list[ViolationRecord] = []
         self.dropped_rows = 0
 
@@ -42,9 +43,11 @@ class ViolationReporter:
         self._handler.flush(self._postprocess_on_host)
 
     def _compute_on_device(self) -> tuple[DeviceSnapshot, None]:
-        return {"rows": self._state.ring.rows, "write_index": self._state.ring.write_index}, None
+        return {"rows": self._state.ring.rows, "write_index": self._state.ring.write_index,
+                "plan_overflow": self._state.plan_overflow}, None
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, _context: None) -> None:
+        self._report_plan_overflow(int(snapshot["plan_overflow"][0]))
         write_index = int(snapshot["write_index"][0])
         if write_index <= self._reported_upto:
             return
@@ -65,6 +68,16 @@ class ViolationReporter:
         self._reported_upto = write_index
         if self._mode is CanaryMode.RAISE:
             raise KvCanaryViolationError(lines)
+
+
+    def _report_plan_overflow(self, total: int) -> None:
+        # Entries beyond a plan's capacity are neither verified nor written (a dropped write leaves
+        # records that later verifies report): say so, never silently.
+        if total > self._plan_overflow_seen:
+            self._logger.error("kv_canary plan_overflow: dropped_entries=%d total=%d (set KV_CANARY_VERIFY_CAPACITY, "
+                               "KV_CANARY_WRITE_CAPACITY and KV_CANARY_MAX_REQUESTS_PER_FORWARD to the largest "
+                               "forward a captured graph runs)", total - self._plan_overflow_seen, total)
+            self._plan_overflow_seen = total
 
 
 def _to_record(row: torch.Tensor) -> ViolationRecord:

@@ -3,7 +3,8 @@
 Mounted by the harness as ``kv-canary serve``; also ``python -m mock_models.server``. Canary
 settings not given as flags come from ``CanaryConfig.from_env()`` (``KV_CANARY_*``), read once
 here; flags win. Prints ``kv_canary_server listening on http://HOST:PORT`` to stderr once the
-socket accepts connections (with ``--port 0`` the port is picked here).
+socket accepts connections (with ``--port 0`` the port is picked here). Mounts the fault
+injector's ``/kv_canary/inject`` and ``/kv_canary/injections`` (``mock_models/faults``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uvicorn
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
+from mock_models.faults import FaultInjector, build_fault_router
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 
@@ -112,10 +114,11 @@ def serve_command(model_mode: str, device: str, host: str, port: int, page_size:
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     engine = Engine(config, canary_config=canary_config)
+    fault_router = build_fault_router(FaultInjector.install(engine))
     worker = EngineWorker(engine)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     logger.info("engine ready: %s, canary mode %s", config, canary_config.mode.value)
-    uvicorn_config = uvicorn.Config(create_app(worker), log_config=None, access_log=False,
-                                    timeout_graceful_shutdown=10)
+    app = create_app(worker, extra_routers=[fault_router])
+    uvicorn_config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10)
     _Server(uvicorn_config, worker=worker, host=host, port=bound_port).run(sockets=[sock])
