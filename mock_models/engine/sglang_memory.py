@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import collections
 import types
+import weakref
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -30,6 +31,7 @@ from mock_models.engine.memory import EngineMemory
 from mock_models.engine.radix_cache import InsertResult, MatchResult
 from mock_models.engine.req_to_token_pool import NO_TOKEN
 from mock_models.engine.torchvision_stub import install_if_missing
+from mock_models.faults.targets import NoTarget
 from mock_models.models.spec import LayerKind, ModelSpec
 
 install_if_missing()  # before SGLang's imports: see torchvision_stub.py
@@ -67,6 +69,9 @@ def build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
                                           device, pool, need_sort=False)
     params = _cache_params(requests, allocator, window=config.swa_window)
     params.tree_components = (ComponentType.FULL, ComponentType.SWA)
+    # SGLang's Python tree core (its default is Rust): its nodes are Python objects, which the
+    # fault injector picks from and the canary's sweep reads tokens from.
+    params.tree_core_backend = "python"
     tree = UnifiedRadixCache(params)
     return EngineMemory(
         req_to_token_pool=requests, token_to_kv_pool=pool,
@@ -172,7 +177,9 @@ class SglangFullAllocator:
         if slots:
             self._free(_tensor(slots, self.allocator.device))
 
-    free_slots_unchecked = free
+    def free_slots_unchecked(self, slots: Iterable[int]) -> None:
+        """Fault-injection path: hand ``slots`` back to SGLang's allocator while in use."""
+        _free_to_front(self.allocator, list(slots))
 
 
 class SglangSwaAllocator:
@@ -213,17 +220,34 @@ class SglangSwaAllocator:
             self.allocator.free_swa(resident)
 
     def free_slots_unchecked(self, swa_slots: Sequence[int]) -> None:
-        self.allocator.swa_attn_allocator.free(_tensor(swa_slots, self.device))
+        """Fault-injection path: hand SWA slots back while in use; their map entries stay."""
+        _free_to_front(self.allocator.swa_attn_allocator, list(swa_slots))
+
+
+def _free_to_front(allocator: TokenToKVPoolAllocator, slots: list[int]) -> None:
+    """Put ``slots`` first in the allocator's free list, so the next allocation hands them out.
+
+    SGLang's ``free`` appends to the back, and in a roomy pool a slot freed there is handed out
+    again only after every older free slot: a double free would then stay latent for many
+    forwards. A busy engine reuses it soon, as the engine's own allocator (lowest index first)
+    does; this is what a fault scenario's detection bound assumes.
+    """
+    if slots:
+        allocator.free_pages = torch.cat([_tensor(slots, allocator.device), allocator.free_pages])
 
 
 # -- radix cache ------------------------------------------------------------------------------------
 
 
 class SglangRadixCache:
-    """The engine's radix-cache interface on SGLang's ``RadixCache`` or ``UnifiedRadixCache``.
+    """The engine's radix-cache interface on SGLang's ``RadixCache`` (mha) or ``UnifiedRadixCache`` (swa).
 
-    Nodes are SGLang's (``TreeNode`` objects, or ``NodeId`` ints for the unified tree). The canary's
-    sweep walks the tree through ``radix_walk``.
+    Nodes are handed out as ``RadixNodeView``s, the engine's node shape, so the fault injector
+    can pick them. ``RadixCache``'s can be force-evicted (through its own one-leaf eviction step,
+    private in SGLang), and its sizes are counted by walking the tree, so they stay true after a
+    forced eviction. ``UnifiedRadixCache`` (on its Python tree core) hands out ``NodeId``s,
+    translated here; it has no step that evicts a locked node. The canary's sweep walks either
+    tree through ``radix_walk``.
     """
 
     def __init__(self, tree: RadixCache | UnifiedRadixCache, allocator: object) -> None:
@@ -231,19 +255,43 @@ class SglangRadixCache:
         self.allocator = allocator
         self.swa_enabled = isinstance(tree, UnifiedRadixCache) and ComponentType.SWA in tree.components
         self._walker = SglangTreeCache(tree)
-        self._receipts: dict[object, list[object]] = collections.defaultdict(list)
+        self._locks: dict[object, list[object]] = collections.defaultdict(list)
+        self._views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    # -- nodes --------------------------------------------------------------------------------------
+
+    def view(self, node: object) -> object:
+        """The engine-shaped view of a tree node or ``NodeId`` (the same view each time)."""
+        if node is None:
+            return None
+        if self.swa_enabled and isinstance(node, int):
+            node = self.tree.tree_core.node_by_id(node)
+        view = self._views.get(node)
+        if view is None:
+            view = self._views[node] = RadixNodeView(node, self)
+        return view
 
     @property
     def root_node(self) -> object:
-        return self.tree.root_node
+        return self.view(self.tree.root_node)
+
+    def nodes(self) -> Iterator[RadixNodeView]:
+        """Every node but the root, parents before children."""
+        stack = list(self.root_node.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
 
     def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool):
         return self._walker.radix_walk(device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only)
 
+    # -- lookup and insertion -----------------------------------------------------------------------
+
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
         match = self.tree.match_prefix(MatchPrefixParams(key=_key(key)))
         indices = self.tree.path_device_indices(match.last_device_node)[:match.device_prefix_len]
-        return MatchResult(device_indices=indices.to(torch.int64), last_node=match.last_device_node)
+        return MatchResult(device_indices=indices.to(torch.int64), last_node=self.view(match.last_device_node))
 
     def match_len(self, key: Sequence[int]) -> int:
         """Tokens of ``key`` the tree holds, SWA residency aside (the unified tree's match is window-gated)."""
@@ -258,10 +306,10 @@ class SglangRadixCache:
         value = value.to(torch.int64).clone()
         if not self.swa_enabled:
             result = self.tree.insert(InsertParams(key=_key(key), value=value))
-            return InsertResult(prefix_len=result.prefix_len, last_node=result.last_device_node)
+            return InsertResult(prefix_len=result.prefix_len, last_node=self.view(result.last_device_node))
         result = self.tree.insert(InsertParams(key=_key(key), value=value, prev_prefix_len=self._shared_len(key, value),
                                                component_evicted_seqlens={ComponentType.SWA: swa_resident_from}))
-        return InsertResult(prefix_len=0, last_node=result.last_device_node)
+        return InsertResult(prefix_len=0, last_node=self.view(result.last_device_node))
 
     def _shared_len(self, key: Sequence[int], value: torch.Tensor) -> int:
         """Leading positions whose slots are already the tree's own: the caller's protected prefix."""
@@ -270,15 +318,19 @@ class SglangRadixCache:
         differs = (tree_slots != value[:matched]).nonzero()  # host read: once per insert, not per token
         return int(differs[0]) if differs.numel() else matched
 
+    # -- locks --------------------------------------------------------------------------------------
+
     def inc_lock_ref(self, node: object) -> None:
-        self._receipts[node].append(self.tree.lock(node))
+        self._locks[node].append(self.tree.lock(_unwrap(node)))
 
     def dec_lock_ref(self, node: object) -> None:
-        locks = self._receipts.get(node)
+        locks = self._locks.get(node)
         if not locks:
             raise RuntimeError(f"RadixCache.dec_lock_ref: node {node!r} is not locked here; a request unlocked "
                                "a prefix it did not lock")
         self.tree.unlock(locks.pop())
+
+    # -- eviction -----------------------------------------------------------------------------------
 
     def evict(self, num_tokens: int) -> int:
         return self.tree.evict(EvictParams(num_tokens=num_tokens)).num_tokens_evicted
@@ -286,18 +338,96 @@ class SglangRadixCache:
     def evict_swa(self, num_tokens: int) -> int:
         return self.tree.evict(EvictParams(swa_num_tokens=num_tokens)).swa_num_tokens_evicted
 
+    def evict_node(self, node: RadixNodeView, *, force: bool = False) -> None:
+        """Free one leaf now through SGLang's own leaf removal. ``force``: even while locked (a fault)."""
+        if node.children:
+            raise ValueError(f"RadixCache.evict_node: node {node.id} has children; evict a leaf")
+        if node.lock_ref > 0 and not force:
+            raise ValueError(f"RadixCache.evict_node: node {node.id} is locked (lock_ref {node.lock_ref})")
+        if self.swa_enabled:
+            # UnifiedRadixCache's one-leaf step (tree_core.evict_device_leaf) refuses a locked leaf.
+            raise NoTarget("mem_backend sglang: SGLang's UnifiedRadixCache cannot force-evict a node; "
+                           "evict_radix_node in swa needs mem_backend mock")
+        if force:  # a fault: its slots are handed out next, as a busy engine would (see _free_to_front)
+            _free_to_front(self.allocator, node.value.tolist())
+        else:
+            self.allocator.free(node.value)
+        self.tree._delete_leaf(node.node)  # RadixCache's eviction step, applied to one chosen leaf
+
+    def reset(self) -> None:
+        """Flush when idle, as SGLang's scheduler does: an empty tree and every slot free again."""
+        if any(self._locks.values()):
+            raise RuntimeError("RadixCache.reset: nodes are locked by running requests; flush only when idle")
+        self.tree.reset()
+        self.allocator.clear()
+
+    # -- sizes --------------------------------------------------------------------------------------
+
     def evictable_size(self) -> int:
-        return self.tree.evictable_size()
+        if self.swa_enabled:
+            return self.tree.evictable_size()
+        return sum(len(node.key) for node in self.nodes() if node.lock_ref == 0)
 
     def swa_evictable_size(self) -> int:
         return self.tree.swa_evictable_size()
 
-    def reset(self) -> None:
-        """Flush when idle, as SGLang's scheduler does: an empty tree and every slot free again."""
-        if any(self._receipts.values()):
-            raise RuntimeError("RadixCache.reset: nodes are locked by running requests; flush only when idle")
-        self.tree.reset()
-        self.allocator.clear()
+
+class RadixNodeView:
+    """One SGLang tree node in the engine's node shape: ``key`` a token list, ``value`` and
+    ``lock_ref`` of the full pool, ``children`` keyed by the tuple of each child's first tokens,
+    ``parent`` None above the root. ``RadixCache``'s ``TreeNode`` has them as attributes;
+    ``UnifiedTreeNode`` keeps value and lock per component (an SWA tombstone: no SWA value)."""
+
+    def __init__(self, node: object, cache: SglangRadixCache) -> None:
+        self.node = node
+        self._cache = cache
+        self._unified = hasattr(node, "component_data")
+
+    @property
+    def key(self) -> list[int]:
+        return [] if self.node.key is None else list(self.node.key.token_ids[:len(self.node.key)])
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.node.component_data[ComponentType.FULL].value if self._unified else self.node.value
+
+    @value.setter
+    def value(self, value: torch.Tensor) -> None:
+        if self._unified:
+            self.node.component_data[ComponentType.FULL].value = value
+        else:
+            self.node.value = value
+
+    @property
+    def lock_ref(self) -> int:
+        return self.node.component_data[ComponentType.FULL].lock_ref if self._unified else self.node.lock_ref
+
+    @property
+    def swa_tombstone(self) -> bool:
+        return self._unified and self.node.component_data[ComponentType.SWA].value is None
+
+    @property
+    def children(self) -> dict[tuple[int, ...], RadixNodeView]:
+        return {tuple(child.key.token_ids[:1]): self._cache.view(child) for child in self.node.children.values()}
+
+    @property
+    def parent(self) -> RadixNodeView | None:
+        return None if self.node.parent is None else self._cache.view(self.node.parent)
+
+    @property
+    def id(self) -> int:
+        return self.node.id
+
+    @property
+    def last_access_time(self) -> float:
+        return self.node.last_access_time
+
+
+def _unwrap(node: object) -> object:
+    """What SGLang's lock calls take: a ``TreeNode``, or a unified tree's ``NodeId``."""
+    if not isinstance(node, RadixNodeView):
+        return node
+    return node.node.id if node._unified else node.node
 
 
 def _key(tokens: Sequence[int]) -> RadixKey:

@@ -126,9 +126,8 @@ def evict_locked_prefix(current: Engine) -> int:
     if req is None:
         return None
     cache.dec_lock_ref(req.last_node)
-    root = cache.tree.root_node_handle() if isinstance(cache.tree, sgl.UnifiedRadixCache) else cache.tree.root_node
-    cache.inc_lock_ref(root)  # so the request's own unlock at finish still pairs with a lock
-    req.last_node = root
+    cache.inc_lock_ref(cache.root_node)  # so the request's own unlock at finish still pairs with a lock
+    req.last_node = cache.root_node
     return cache.evict(current.config.max_total_tokens)
 
 
