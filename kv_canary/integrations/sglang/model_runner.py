@@ -22,8 +22,8 @@ import logging
 
 from kv_canary.config import CanaryConfig
 from kv_canary.install import install_canary
-from kv_canary.manager import CanaryManager
 from kv_canary.integrations.sglang.tree_cache import attach_tree_cache
+from kv_canary.manager import CanaryManager
 
 
 class KvCanaryInstallError(RuntimeError):
