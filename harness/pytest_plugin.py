@@ -1,11 +1,15 @@
 """kv-canary's pytest plugin (entry point ``pytest11: kv_canary``; without installing: ``-p harness.pytest_plugin``).
 
-* ``pytest -m e2e [--model-mode mha|swa|dsv4|all]`` collects every scenario YAML under
-  ``--scenario-dir`` as one test item per selected mode, with ids ``<file>::<name>[<mode>]``; a
-  YAML file given explicitly on the command line is collected without ``-m e2e``.
+* Every scenario YAML under ``--scenario-dir`` is collected as one test item (marked ``e2e``) per
+  selected mode (``--model-mode mha|swa|dsv4|all``), with ids ``<file>::<name>[<mode>]``, when
+  the run names no paths (``pytest -n 2 --model-mode all``: unit tests and the scenario matrix
+  in one run) or selects ``-m e2e``; a run naming paths (``pytest tests/unit/canary``) or
+  deselecting ``-m "not e2e"`` leaves the library out. A YAML file or library folder named on
+  the command line is collected in any case.
 * Fixtures for hand-written e2e tests: ``kv_canary_mode`` (parametrized over the selected modes),
   ``kv_canary_server`` (one server per module and mode), ``kv_canary_server_factory`` (servers
-  per test, with chosen engine settings) and ``kv_canary_run_dir``.
+  per test, with chosen engine settings), ``kv_canary_run_dir`` and ``kv_canary_run_options``
+  (the command-line options as ``RunOptions``, for ``run_scenario``).
 * Works under ``pytest -n auto``: every server gets its own free port and log file.
 """
 
@@ -51,9 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _E2E_MARKER)
     scenario_dir = _scenario_dir(config)
-    if (_e2e_selected(config) and config.args_source is not pytest.Config.ArgsSource.ARGS
+    if (_library_collected(config) and config.args_source is not pytest.Config.ArgsSource.ARGS
             and scenario_dir.is_dir() and not any(_within(scenario_dir, Path(arg)) for arg in config.args)):
-        # The library sits outside testpaths; `pytest -m e2e` should still run it.
+        # The library sits outside testpaths; a run without paths, or `pytest -m e2e`, still runs it.
         config.args.append(str(scenario_dir))
 
 
@@ -62,7 +66,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return None
     config = parent.config
     in_library = _within(file_path, _scenario_dir(config))
-    if (in_library and _e2e_selected(config)) or _given_explicitly(file_path, config):
+    if (in_library and _library_collected(config)) or _given_explicitly(file_path, config):
         return ScenarioFile.from_parent(parent, path=file_path)
     return None
 
@@ -139,6 +143,12 @@ def kv_canary_run_dir(pytestconfig: pytest.Config) -> Path:
     return _run_dir(pytestconfig)
 
 
+@pytest.fixture(scope="session")
+def kv_canary_run_options(pytestconfig: pytest.Config, kv_canary_run_dir: Path) -> RunOptions:
+    """How scenario runs start servers (device, server command, timeout), logging under the run dir."""
+    return _run_options(pytestconfig, kv_canary_run_dir / "logs")
+
+
 @pytest.fixture
 def kv_canary_server_factory(request: pytest.FixtureRequest,
                              kv_canary_run_dir: Path) -> Iterator[Callable[..., KvCanaryServer]]:
@@ -200,10 +210,18 @@ def _scenario_dir(config: pytest.Config) -> Path:
     return chosen if chosen.is_absolute() else config.invocation_params.dir / chosen
 
 
-def _e2e_selected(config: pytest.Config) -> bool:
-    """Whether ``-m`` names ``e2e`` other than as ``not e2e``."""
+def _library_collected(config: pytest.Config) -> bool:
+    """Whether the scenario library is collected: ``-m`` selects ``e2e``, or the run names no paths
+    and ``-m`` does not deselect ``e2e``."""
+    selected, deselected = _e2e_in_markexpr(config)
+    return selected or (config.args_source is not pytest.Config.ArgsSource.ARGS and not deselected)
+
+
+def _e2e_in_markexpr(config: pytest.Config) -> tuple[bool, bool]:
+    """Whether ``-m`` names ``e2e`` other than as ``not e2e``, and whether it names ``not e2e``."""
     tokens = re.findall(r"[\w-]+|[()]", config.getoption("markexpr") or "")
-    return any(token == "e2e" and (index == 0 or tokens[index - 1] != "not") for index, token in enumerate(tokens))
+    negated = [token == "e2e" and index > 0 and tokens[index - 1] == "not" for index, token in enumerate(tokens)]
+    return (any(token == "e2e" and not neg for token, neg in zip(tokens, negated)), any(negated))
 
 
 def _given_explicitly(path: Path, config: pytest.Config) -> bool:

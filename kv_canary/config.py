@@ -55,8 +55,9 @@ class CanaryConfig:
     swa_divergence_interval: int = 0  # forwards between kv_canary_swa_divergence lines; 0 = off
     assert_write_inputs: bool = True  # write side: written token/position against expected
     verify_tokens: bool = True  # verify side: stored token against the expected token, when known
-    # Self-test switch: the verify kernels record nothing. Exists so the harness can prove that
-    # its fault scenarios fail when the canary is blind; never set it in production.
+    # Self-test switch: no check records anything (the verify kernels, and the write kernels'
+    # input assertions); records are still written. Exists so the harness can prove that its
+    # fault scenarios fail when the canary is blind; never set it in production.
     self_test_disable_verify: bool = False
 
     def __post_init__(self) -> None:

@@ -44,33 +44,69 @@ class ForwardRowsExtractor(Protocol):
     def __call__(self, args: tuple, kwargs: dict, *, capturing: bool) -> ForwardRows: ...
 
 
-def extract_sglang_forward_rows(args: tuple, kwargs: dict, *, capturing: bool = False) -> ForwardRows:
-    """Read ``model.forward(input_ids, positions, forward_batch)`` with SGLang's attribute names."""
-    batch = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
-    if batch is None:
-        raise TypeError("kv_canary: the wrapped forward was called without a forward_batch argument; "
-                        "pass a forward_rows extractor to install_canary for this engine")
-    input_ids = kwargs.get("input_ids", args[0] if args else None)
-    positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-    pool = batch.req_to_token_pool
-    decode = getattr(batch, "extend_prefix_lens", None) is None
-    prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
-    extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
-    prefix_host = extend_host = None
-    if not capturing:
-        prefix_host = _host_list(batch, "extend_prefix_lens_cpu")
-        extend_host = _host_list(batch, "extend_seq_lens_cpu")
-        if decode and getattr(batch, "seq_lens_cpu", None) is not None:
-            seq_lens = [int(n) for n in batch.seq_lens_cpu]
-            prefix_host, extend_host = tuple(n - 1 for n in seq_lens), tuple(1 for _ in seq_lens)
-    return ForwardRows(req_pool_indices=batch.req_pool_indices, prefix_lens=prefix_lens, extend_lens=extend_lens,
-                       out_cache_loc=batch.out_cache_loc, input_ids=input_ids, positions=positions,
-                       req_to_token=pool.req_to_token, req_token_ids=getattr(pool, "req_token_ids", None),
-                       prefix_lens_host=prefix_host, extend_lens_host=extend_host,
-                       max_extend_len=1 if decode else None)
+class UnsupportedForwardModeError(RuntimeError):
+    """A forward the canary cannot plan (speculative verify, draft extend, dLLM, split prefill)."""
+
+
+# SGLang's ForwardMode names (the mock engine's too). DECODE and IDLE carry no extend lengths: each
+# request writes one token after its ``seq_len - 1`` cached ones. EXTEND and MIXED (chunked prefill
+# with decodes folded in) carry them, decodes as runs of length 1.
+_DECODE_MODES = frozenset({"DECODE", "IDLE"})
+_EXTEND_MODES = frozenset({"EXTEND", "MIXED"})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SglangForwardRows:
+    """Reads ``model.forward(input_ids, positions, forward_batch)`` with SGLang's field names.
+
+    SGLang's ``ForwardBatch`` (0.5.23) has no reference to the request pool, so the extractor
+    holds the ``req_to_token_pool`` the canary was installed with. A batch without a
+    ``forward_mode`` is read as decode when it has no ``extend_prefix_lens``.
+    """
+
+    req_to_token_pool: object
+
+    def __call__(self, args: tuple, kwargs: dict, *, capturing: bool = False) -> ForwardRows:
+        batch = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
+        if batch is None:
+            raise TypeError("kv_canary: the wrapped forward was called without a forward_batch argument; "
+                            "pass a forward_rows extractor to install_canary for this engine")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        decode = _is_decode(batch)
+        prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
+        extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
+        prefix_host = extend_host = None
+        if not capturing:
+            prefix_host = _host_list(batch, "extend_prefix_lens_cpu")
+            extend_host = _host_list(batch, "extend_seq_lens_cpu")
+            if decode and getattr(batch, "seq_lens_cpu", None) is not None:
+                seq_lens = [int(n) for n in batch.seq_lens_cpu]
+                prefix_host, extend_host = tuple(n - 1 for n in seq_lens), tuple(1 for _ in seq_lens)
+        pool = self.req_to_token_pool
+        return ForwardRows(req_pool_indices=batch.req_pool_indices, prefix_lens=prefix_lens, extend_lens=extend_lens,
+                           out_cache_loc=batch.out_cache_loc, input_ids=input_ids, positions=positions,
+                           req_to_token=pool.req_to_token, req_token_ids=getattr(pool, "req_token_ids", None),
+                           prefix_lens_host=prefix_host, extend_lens_host=extend_host,
+                           max_extend_len=1 if decode else None)
+
+
+def _is_decode(batch: object) -> bool:
+    mode = getattr(batch, "forward_mode", None)
+    if mode is None:
+        return getattr(batch, "extend_prefix_lens", None) is None
+    name = getattr(mode, "name", str(mode))
+    if name in _DECODE_MODES:
+        return True
+    if name in _EXTEND_MODES:
+        return False
+    raise UnsupportedForwardModeError(
+        f"kv_canary: forward mode {name} is not supported "
+        f"(supported: {', '.join(sorted(_DECODE_MODES | _EXTEND_MODES))}); speculative decoding, dLLM and "
+        "split-prefill forwards write KV the canary cannot plan yet, so run the engine without them while the "
+        "canary is on")
 
 
 def _host_list(batch: object, name: str) -> tuple[int, ...] | None:
     values = getattr(batch, name, None)
     return None if values is None else tuple(int(n) for n in values)
-

@@ -10,7 +10,7 @@ import torch
 
 from kv_canary.adapters import attach_canary_buffers
 from kv_canary.config import CanaryConfig
-from kv_canary.forward_rows import ForwardRowsExtractor, extract_sglang_forward_rows
+from kv_canary.forward_rows import ForwardRowsExtractor, SglangForwardRows
 from kv_canary.manager import CanaryManager
 from kv_canary.observers.defaults import build_default_observers
 
@@ -19,12 +19,14 @@ LOGGER_NAME = "kv_canary"
 
 def install_canary(*, model: torch.nn.Module, kv_pool: object, req_to_token_pool: object, config: CanaryConfig,
                    swa_window: int | None = None,
-                   forward_rows: ForwardRowsExtractor = extract_sglang_forward_rows,
+                   forward_rows: ForwardRowsExtractor | None = None,
                    logger: logging.Logger | None = None) -> CanaryManager | None:
     """Guard ``kv_pool``: every outermost ``model.forward`` call runs the canary around it.
 
     Returns None when ``config.mode`` is ``none``. ``swa_window`` is required for pools with a
-    sliding-window sub-pool. Call ``manager.attach_prefix_cache(radix_cache)`` to enable the sweep.
+    sliding-window sub-pool. ``forward_rows`` reads each forward's batch; the default reads
+    SGLang's ``ForwardBatch`` against ``req_to_token_pool``. Call
+    ``manager.attach_prefix_cache(radix_cache)`` to enable the sweep.
     """
     if not config.enabled:
         return None
@@ -33,7 +35,7 @@ def install_canary(*, model: torch.nn.Module, kv_pool: object, req_to_token_pool
     manager = CanaryManager(config=config, groups=groups, device=device,
                             logger=logger or logging.getLogger(LOGGER_NAME), req_to_token_pool=req_to_token_pool)
     manager.observers.extend(build_default_observers(manager))
-    _wrap_forward(model, manager, forward_rows)
+    _wrap_forward(model, manager, forward_rows or SglangForwardRows(req_to_token_pool=req_to_token_pool))
     return manager
 
 

@@ -14,6 +14,13 @@ class ModelMode(enum.Enum):
     DSV4 = "dsv4"  # DeepSeek-V4-style: a K-only (latent) SWA sub-pool plus a compressed pool
 
 
+class MemBackend(enum.Enum):
+    """Whose classes hold the engine's memory (request rows, KV pools, allocators, radix cache)."""
+
+    MOCK = "mock"  # the engine's own
+    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa, page_size 1; needs .ci/install-sglang)
+
+
 _KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -39,10 +46,17 @@ class EngineConfig:
     # True: a double free raises DoubleFreeError. False: it is logged at ERROR and ignored, so a
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
+    mem_backend: MemBackend = MemBackend.MOCK
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_mode, ModelMode):
             object.__setattr__(self, "model_mode", _enum_value(ModelMode, self.model_mode, "model_mode"))
+        if not isinstance(self.mem_backend, MemBackend):
+            object.__setattr__(self, "mem_backend", _enum_value(MemBackend, self.mem_backend, "mem_backend"))
+        if self.mem_backend is MemBackend.SGLANG:
+            _require(self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1, "mem_backend",
+                     f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
+                     f"page_size {self.page_size}); use mem_backend mock for the others")
         _require(self.device == "cpu" or self.device.startswith("cuda"), "device",
                  f"{self.device!r}: use 'cpu' or 'cuda[:N]'")
         for name in ("page_size", "max_total_tokens", "swa_window", "max_running_requests",

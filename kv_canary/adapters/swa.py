@@ -1,9 +1,16 @@
-"""Hybrid SWA pools: a full sub-pool and an SWA sub-pool reached through the full-to-SWA map."""
+"""Hybrid SWA pools: a full sub-pool and an SWA sub-pool reached through the full-to-SWA map.
+
+A sub-pool without layers gets no group: SGLang builds an all-sliding-window model's pool with
+an empty full sub-pool (its full-pool slots only index the map).
+"""
 
 from __future__ import annotations
 
+import torch
+
 from kv_canary.adapters.buffer_info import report_canary_buffers
 from kv_canary.adapters.group_builder import build_group
+from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
 from kv_canary.launch_tags import PoolGroupKind
@@ -16,14 +23,31 @@ def require_window(pool: object, swa_window: int | None) -> int:
     return swa_window
 
 
+def require_mapping(pool: object) -> torch.Tensor:
+    mapping = getattr(pool, "full_to_swa_index_mapping", None)
+    if mapping is None:
+        raise ValueError(f"kv_canary: {type(pool).__name__}.full_to_swa_index_mapping is not set yet; the SWA "
+                         "allocator registers it (SGLang: SWATokenToKVPoolAllocator calls register_mapping), so "
+                         "install the canary after the allocator exists")
+    return mapping
+
+
 def attach_swa(pool: object, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
     window = require_window(pool, swa_window)
-    full, swa = pool.full_kv_pool, pool.swa_kv_pool
-    full_group = build_group(kind=PoolGroupKind.FULL, k_buffers=full.k_buffer, v_buffers=full.v_buffer,
-                             config=config)
-    swa_group = build_group(kind=PoolGroupKind.SWA, k_buffers=swa.k_buffer, v_buffers=swa.v_buffer, config=config,
-                            full_to_swa_index_mapping=pool.full_to_swa_index_mapping, window=window)
+    mapping = require_mapping(pool)
+    full = read_pool_layers(pool.full_kv_pool, what="the full sub-pool")
+    swa = read_pool_layers(pool.swa_kv_pool, what="the SWA sub-pool")
     page_size = getattr(pool, "page_size", 1)
-    report_canary_buffers(pool, "get_contiguous_buf_infos", full_group, page_size)
-    report_canary_buffers(pool, "get_state_buf_infos", swa_group, page_size)
-    return (full_group, swa_group)
+    groups = []
+    if full.k_buffers:
+        full_group = build_group(kind=PoolGroupKind.FULL, layers=full, config=config)
+        report_canary_buffers(pool, "get_contiguous_buf_infos", full_group, page_size)
+        groups.append(full_group)
+    if swa.k_buffers:
+        swa_group = build_group(kind=PoolGroupKind.SWA, layers=swa, config=config,
+                                full_to_swa_index_mapping=mapping, window=window)
+        report_canary_buffers(pool, "get_state_buf_infos", swa_group, page_size)
+        groups.append(swa_group)
+    if not groups:
+        raise ValueError(f"kv_canary: {type(pool).__name__} has no layers in either sub-pool to guard")
+    return tuple(groups)

@@ -6,8 +6,13 @@ an engine:
 * ``cache.root_node``: the root; its own key is empty and it is never yielded;
 * ``node.children``: a dict of child nodes (its keys are ignored);
 * ``node.key``: the node's token ids, a list (or any sequence) of ints, or an object with a
-  ``token_ids`` sequence (SGLang's ``RadixKey``);
-* ``node.value``: an int tensor of the full-pool slots of those tokens, one per token;
+  ``token_ids`` sequence (SGLang's ``RadixKey``). Such a key's ``len()``, when it has one, is its
+  token count: SGLang 0.5.23's ``RadixKey`` may cap ``token_ids`` (``limit``) or, for EAGLE,
+  hold one raw token more than its entries (bigram keys, entry ``i`` = tokens ``i`` and
+  ``i + 1``; slot ``i`` holds token ``i``);
+* ``node.value``: an int tensor of the full-pool slots of those tokens, one per token; None
+  when the node's K/V is not on the device (SGLang's host-cache eviction), which skips the node
+  and everything below it;
 * ``node.lock_ref``: an int, > 0 while a running request holds the node;
 * ``node.swa_tombstone`` (optional, default False): the node's SWA sub-pool rows were evicted
   while its full-pool slots stay.
@@ -16,12 +21,17 @@ A token's position is its depth from the root, and its previous slot is the slot
 before it on the path from the root (``PREV_SEQUENCE_START`` = 0 for the first token of the
 tree). The filters drop a node's own tokens but still walk through it, so positions and
 previous slots of the nodes below stay exact.
+
+A cache whose nodes are not Python objects (SGLang's Rust radix tree) can walk itself instead:
+an object with a ``radix_walk(*, device, unlocked_only, swa_resident_only)`` method returning a
+``RadixWalk`` is asked directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -40,6 +50,11 @@ class RadixWalk:
     @property
     def num_tokens(self) -> int:
         return self.slots.shape[0]
+
+
+@runtime_checkable
+class SelfWalkingCache(Protocol):
+    def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk: ...
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +77,8 @@ def walk_radix_cache(cache: object, *, device: torch.device | str, unlocked_only
     device value on the host: node values are concatenated and gathered on ``device``.
     """
     device = torch.device(device)
+    if isinstance(cache, SelfWalkingCache):
+        return cache.radix_walk(device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only)
     values: list[torch.Tensor] = []
     kept: list[_NodeSpan] = []
     keys: list[list[int]] = []
@@ -70,8 +87,10 @@ def walk_radix_cache(cache: object, *, device: torch.device | str, unlocked_only
     pending = [(child, 0, -1) for child in reversed(list(cache.root_node.children.values()))]
     while pending:
         node, depth, prev_index = pending.pop()
-        key = list(getattr(node.key, "token_ids", node.key))
         value = node.value
+        if value is None:
+            continue
+        key = _key_tokens(node.key)
         if value.dim() != 1 or value.shape[0] != len(key):
             raise ValueError(f"kv_canary radix sweep: a node at depth {depth} has {len(key)} key tokens but a value "
                              f"of shape {tuple(value.shape)}; node.value must hold one slot per key token")
@@ -84,6 +103,15 @@ def walk_radix_cache(cache: object, *, device: torch.device | str, unlocked_only
         # Reversed so that children come off the stack in their dict order.
         pending.extend((child, depth + len(key), last_index) for child in reversed(list(node.children.values())))
     return _gather(values, kept, keys, device)
+
+
+def _key_tokens(key: object) -> list[int]:
+    """A node key's token ids: one per slot of the node's value."""
+    token_ids = getattr(key, "token_ids", None)
+    if token_ids is None:
+        return list(key)
+    count = len(key) if hasattr(type(key), "__len__") else len(token_ids)
+    return [int(token) for token in token_ids[:count]]
 
 
 def _keeps(node: object, *, unlocked_only: bool, swa_resident_only: bool) -> bool:

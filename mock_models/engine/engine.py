@@ -20,7 +20,6 @@ from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
-from mock_models.engine.radix_cache import RadixCache
 from mock_models.engine.request import GenerationResult, Request
 from mock_models.engine.scheduler import Scheduler
 from mock_models.models.token_oracle import TokenOracle
@@ -60,9 +59,7 @@ class Engine:
         self.req_to_token_pool = self.model_runner.req_to_token_pool
         self.full_allocator = self.model_runner.full_allocator
         self.swa_allocator = self.model_runner.swa_allocator
-        self.radix_cache = RadixCache(page_size=config.page_size, device=config.device,
-                                      full_allocator=self.full_allocator, swa_allocator=self.swa_allocator,
-                                      swa_window=config.swa_window if config.has_swa_pool else None)
+        self.radix_cache = self.model_runner.radix_cache
         self.kv_cache = KVCacheManager(config=config, req_to_token_pool=self.req_to_token_pool,
                                        full_allocator=self.full_allocator, swa_allocator=self.swa_allocator,
                                        radix_cache=self.radix_cache)

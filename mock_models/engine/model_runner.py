@@ -13,15 +13,11 @@ import torch
 
 from kv_canary import CanaryConfig, CanaryManager, install_canary
 from mock_models.config import EngineConfig, ModelMode
-from mock_models.engine.allocator import PagedTokenAllocator
 from mock_models.engine.forward_batch import ForwardBatch
-from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
+from mock_models.engine.memory import build_memory
 from mock_models.engine.radix_cache import RadixCache
-from mock_models.engine.req_to_token_pool import ReqToTokenPool
-from mock_models.engine.swa_allocator import SWATokenAllocator
 from mock_models.models.dsv4 import dsv4_spec
 from mock_models.models.mha import mha_spec
-from mock_models.models.spec import LayerKind, ModelSpec
 from mock_models.models.swa import swa_spec
 from mock_models.models.tiny_decoder import TinyDecoderModel
 
@@ -30,37 +26,18 @@ logger = logging.getLogger(__name__)
 _SPECS = {ModelMode.MHA: mha_spec, ModelMode.SWA: swa_spec, ModelMode.DSV4: dsv4_spec}
 
 
-def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:
-    common = dict(size=config.max_total_tokens, page_size=config.page_size, dtype=config.torch_kv_dtype,
-                  device=config.device)
-    if config.model_mode is ModelMode.MHA:
-        return MHATokenToKVPool(head_num=spec.num_heads, head_dim=spec.head_dim, layer_num=spec.num_layers,
-                                **common)
-    if config.model_mode is ModelMode.SWA:
-        return SWAKVPool(size_swa=config.swa_pool_size, head_num=spec.num_heads, head_dim=spec.head_dim,
-                         full_attention_layer_ids=spec.layer_ids(LayerKind.FULL),
-                         swa_attention_layer_ids=spec.layer_ids(LayerKind.WINDOW), **common)
-    return DeepSeekV4TokenToKVPool(size_swa=config.swa_pool_size, latent_dim=spec.latent_dim,
-                                   layer_num=spec.num_layers, compress_ratio=spec.compress_ratio, **common)
-
-
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
         self.spec = _SPECS[config.model_mode](config)
         self.model = TinyDecoderModel(self.spec, self.device)
-        self.req_to_token_pool = ReqToTokenPool(size=config.max_running_requests,
-                                                max_context_len=config.max_context_len, device=self.device)
-        self.token_to_kv_pool = build_kv_pool(config, self.spec)
-        self.full_allocator = PagedTokenAllocator(num_pages=config.num_pages, page_size=config.page_size,
-                                                  strict=config.strict_allocator)
-        self.swa_allocator: SWATokenAllocator | None = None
-        if config.has_swa_pool:
-            self.swa_allocator = SWATokenAllocator(size=config.swa_pool_size, page_size=config.page_size,
-                                                   full_pool_rows=config.max_total_tokens + config.page_size,
-                                                   device=self.device, strict=config.strict_allocator)
-            self.token_to_kv_pool.register_mapping(self.swa_allocator.full_to_swa_index_mapping)
+        memory = build_memory(config, self.spec)
+        self.req_to_token_pool = memory.req_to_token_pool
+        self.token_to_kv_pool = memory.token_to_kv_pool
+        self.full_allocator = memory.full_allocator
+        self.swa_allocator = memory.swa_allocator
+        self.radix_cache = memory.radix_cache
         # Sum of digests of each request row's sampled hidden states; reset when a row is reused.
         self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64,
                                                device=self.device)

@@ -3,7 +3,8 @@
 Mounted by the harness as ``kv-canary serve``; also ``python -m mock_models.server``. Canary
 settings not given as flags come from ``CanaryConfig.from_env()`` (``KV_CANARY_*``), read once
 here; flags win. Prints ``kv_canary_server listening on http://HOST:PORT`` to stderr once the
-socket accepts connections (with ``--port 0`` the port is picked here).
+socket accepts connections (with ``--port 0`` the port is picked here). Mounts the fault
+injector's ``/kv_canary/inject`` and ``/kv_canary/injections`` (``mock_models/faults``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 import uvicorn
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig, ModelMode
+from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
+from mock_models.faults import FaultInjector, build_fault_router
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 
@@ -80,6 +82,9 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--max-running-requests", type=int, default=_DEFAULTS.max_running_requests, show_default=True)
 @click.option("--chunked-prefill-size", type=int, default=_DEFAULTS.chunked_prefill_size, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--mem-backend", type=click.Choice([backend.value for backend in MemBackend]),
+              default=_DEFAULTS.mem_backend.value, show_default=True,
+              help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)")
 @click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
 @click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
 @click.option("--canary-mode", type=click.Choice([mode.value for mode in CanaryMode]), default=None)
@@ -87,7 +92,7 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--swa-divergence-interval", type=int, default=None)
 def serve_command(model_mode: str, device: str, host: str, port: int, page_size: int, max_total_tokens: int,
                   swa_window: int, max_running_requests: int, chunked_prefill_size: int, seed: int,
-                  sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
+                  mem_backend: str, sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
                   stats_interval: int | None, swa_divergence_interval: int | None) -> None:
     """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -104,14 +109,16 @@ def serve_command(model_mode: str, device: str, host: str, port: int, page_size:
         config = EngineConfig(model_mode=ModelMode(model_mode), device=device, page_size=page_size,
                               max_total_tokens=max_total_tokens, swa_window=swa_window,
                               max_running_requests=max_running_requests,
-                              chunked_prefill_size=chunked_prefill_size, seed=seed)
+                              chunked_prefill_size=chunked_prefill_size, seed=seed,
+                              mem_backend=MemBackend(mem_backend))
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     engine = Engine(config, canary_config=canary_config)
+    fault_router = build_fault_router(FaultInjector.install(engine))
     worker = EngineWorker(engine)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     logger.info("engine ready: %s, canary mode %s", config, canary_config.mode.value)
-    uvicorn_config = uvicorn.Config(create_app(worker), log_config=None, access_log=False,
-                                    timeout_graceful_shutdown=10)
+    app = create_app(worker, extra_routers=[fault_router])
+    uvicorn_config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10)
     _Server(uvicorn_config, worker=worker, host=host, port=bound_port).run(sockets=[sock])

@@ -154,6 +154,15 @@ def test_self_test_switch_blinds_verify_but_not_the_kernels():
     assert engine.canary.stats_snapshot()["kernel_runs"]["HEAD_K_FULL"] > 0
 
 
+def test_self_test_switch_blinds_the_write_side_checks_too():
+    engine = make_engine(KernelBackend.TORCH, self_test_disable_verify=True)
+    first, _ = serve_shared_prefix_traffic(engine)
+    engine.req_pool.req_token_ids[first.row, len(first.tokens)] = 77  # what the sampler recorded
+    first.tokens.append(78)  # what the engine feeds: write_token when the canary can see
+    engine.forward([first])
+    assert reported(engine) == []
+
+
 class ModelCallingItsOwnForward(TinyModel):
     def forward(self, input_ids, positions, forward_batch):
         super().forward(input_ids, positions, forward_batch)

@@ -54,10 +54,18 @@ def test_model_mode_all_is_the_matrix(sandbox):
     result.stdout.fnmatch_lines(["*baseline-mha[[]mha[]]", "*detect-eviction[[]mha[]]", "*detect-eviction[[]swa[]]"])
 
 
-def test_scenarios_stay_out_of_a_plain_run(sandbox):
-    result = run(sandbox, "--collect-only", "-q")
+def test_a_run_without_paths_collects_the_unit_tests_and_the_scenarios(sandbox):
+    result = run(sandbox, "--model-mode", "all", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["scenarios/baseline-mha.yaml::baseline-mha[[]mha[]]",
+                                 "scenarios/detect-eviction.yaml::detect-eviction[[]swa[]]",
+                                 "test_unit.py::test_unit", "4 tests collected*"])
+
+
+def test_scenarios_stay_out_of_a_run_naming_paths_or_deselecting_e2e(sandbox):
+    result = run(sandbox, "test_unit.py", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["test_unit.py::test_unit", "1 test collected*"])
     result = run(sandbox, "-m", "not e2e", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["test_unit.py::test_unit", "1 test collected*"])
     assert "yaml" not in result.stdout.str()
 
 

@@ -1,0 +1,1 @@
+"""Entry points that install the canary into a specific serving engine."""

@@ -1,0 +1,7 @@
+"""The canary inside a real SGLang (0.5.23) server: install it into a ``ModelRunner`` and let the
+sweep walk the scheduler's radix cache. See docs/SGLANG.md."""
+
+from kv_canary.integrations.sglang.model_runner import KvCanaryInstallError, install_into_model_runner
+from kv_canary.integrations.sglang.tree_cache import SglangTreeCache, attach_tree_cache
+
+__all__ = ["KvCanaryInstallError", "SglangTreeCache", "attach_tree_cache", "install_into_model_runner"]

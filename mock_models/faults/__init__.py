@@ -1,0 +1,18 @@
+"""Fault injection inside the mock server: corrupt the engine's state on purpose, between forwards,
+so the harness can prove the KV canary catches every kind of corruption (docs/FAULTS.md).
+
+* ``fault_request``: the ``/kv_canary/inject`` body, its shape (422) and its meaning for this
+  engine (400), target defaults;
+* ``triggers``: when an application is due (``at_step``, ``after_warmup_steps``, ``probability``);
+* ``targets``: what a fault lands on (live slots, cached unused slots, last-forward slots, nodes);
+* one module per fault family: ``kv_bytes``, ``canary_records``, ``slot_maps``, ``double_free``,
+  ``radix_faults``, ``token_swap``;
+* ``injection_log``: the injections list and the ``kv_canary_fault`` log line;
+* ``injector``: the step hook that applies due faults, retries them, records them;
+* ``routes``: the HTTP router.
+"""
+
+from mock_models.faults.injector import FaultInjector
+from mock_models.faults.routes import build_fault_router
+
+__all__ = ["FaultInjector", "build_fault_router"]

@@ -1,0 +1,132 @@
+"""The fault injector: scheduled faults, applied on the engine thread right before a forward.
+
+``FaultInjector.install(engine)`` adds one step hook. Before every forward it asks each pending
+fault's trigger whether an application is due, and applies it to the engine's state; the
+application is recorded at ``step = forward_count + 1``, the forward it precedes, so a violation
+that forward reports counts as detected with latency 0.
+
+An application that finds no valid target (no running request yet, no unlocked radix node, ...)
+is retried before each following forward, for ``NO_TARGET_RETRY_FORWARDS`` forwards in all; then
+it is recorded as ``no_target`` with the last reason. Workloads change shape quickly (requests
+arrive, finish, prefill in chunks), so a target missing at the trigger is often there a few
+forwards later; a bound keeps a fault that can never land from waiting for ever. Every change of
+status logs one ``kv_canary_fault`` line (``injection_log.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import random
+from collections.abc import Callable
+
+from mock_models.engine.engine import Engine
+from mock_models.faults.canary_records import corrupt_canary
+from mock_models.faults.double_free import double_free
+from mock_models.faults.fault_request import FaultSpec
+from mock_models.faults.injection_log import InjectionEntry, InjectionLog
+from mock_models.faults.kv_bytes import corrupt_kv_bytes
+from mock_models.faults.radix_faults import evict_radix_node, stale_prefix
+from mock_models.faults.slot_maps import remap_swa_slot, req_to_token_remap
+from mock_models.faults.targets import FaultContext, NoTarget
+from mock_models.faults.token_swap import swap_next_token
+from mock_models.faults.triggers import Trigger
+
+logger = logging.getLogger("mock_models.faults")
+
+NO_TARGET_RETRY_FORWARDS = 32
+
+Applier = Callable[[FaultContext], str]  # applies the fault, returns its detail; raises NoTarget
+
+
+def _nothing(_context: FaultContext) -> str:
+    return "kind none: nothing corrupted (baseline)"
+
+
+APPLIERS: dict[str, Applier] = {
+    "none": _nothing,
+    "corrupt_kv_bytes": corrupt_kv_bytes,
+    "corrupt_canary": corrupt_canary,
+    "req_to_token_remap": req_to_token_remap,
+    "evict_radix_node": evict_radix_node,
+    "double_free": double_free,
+    "remap_swa_slot": remap_swa_slot,
+    "stale_prefix": stale_prefix,
+    "swap_next_token": swap_next_token,
+}
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class _ScheduledFault:
+    fault_id: int
+    spec: FaultSpec
+    trigger: Trigger
+    entries: list[InjectionEntry]  # one per application, resolved in order
+    retrying_since: int | None = None  # the forward the current application was first tried at
+    last_reason: str = ""
+
+    @property
+    def next_entry(self) -> InjectionEntry | None:
+        return next((entry for entry in self.entries if entry.status == "scheduled"), None)
+
+
+class FaultInjector:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.log = InjectionLog(logger)
+        self._faults: list[_ScheduledFault] = []
+        self._fault_ids = itertools.count(1)
+
+    @classmethod
+    def install(cls, engine: Engine) -> FaultInjector:
+        injector = cls(engine)
+        engine.add_step_hook(injector.before_forward)
+        return injector
+
+    def schedule(self, spec: FaultSpec) -> int:
+        """Register a fault (call on the engine thread, between forwards); returns its fault_id."""
+        fault_id = next(self._fault_ids)
+        trigger = Trigger(spec, registered_at=self.engine.forward_count)
+        detail = f"due {trigger.describe()}; target {_describe_target(spec)}"
+        entries = [self.log.schedule(fault_id, spec.kind, detail) for _ in range(spec.count)]
+        self._faults.append(_ScheduledFault(fault_id=fault_id, spec=spec, trigger=trigger, entries=entries))
+        return fault_id
+
+    def before_forward(self, engine: Engine) -> None:
+        """The step hook: apply what is due right before forward ``forward_count + 1``."""
+        step = engine.forward_count + 1
+        for fault in self._faults:
+            if fault.next_entry is None:
+                continue
+            fault.trigger.observe(engine)
+            if fault.retrying_since is None:
+                if not fault.trigger.due(step):
+                    continue
+                fault.retrying_since = step
+            self._try_apply(fault, step)
+        self._faults = [fault for fault in self._faults if fault.next_entry is not None]
+
+    def _try_apply(self, fault: _ScheduledFault, step: int) -> None:
+        entry = fault.next_entry
+        index = fault.entries.index(entry)
+        seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
+        context = FaultContext(engine=self.engine, target=fault.spec.target, step=step,
+                               rng=random.Random(f"{seed}/{index}/{step}"))
+        try:
+            detail = APPLIERS[fault.spec.kind](context)
+        except NoTarget as missing:
+            fault.last_reason = str(missing)
+            if step - fault.retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
+                return
+            self.log.resolve(entry, "no_target", step=None, detail=(
+                f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"))
+        else:
+            self.log.resolve(entry, "applied", step=step, detail=detail)
+        fault.retrying_since = None
+        fault.trigger.resolved(step)
+
+
+def _describe_target(spec: FaultSpec) -> str:
+    given = {key: value for key, value in dataclasses.asdict(spec.target).items() if value is not None}
+    return ", ".join(f"{key}={value}" for key, value in given.items()) or "none"

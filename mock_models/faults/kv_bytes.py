@@ -1,0 +1,46 @@
+"""``corrupt_kv_bytes``: flip real K/V bytes of a slot, as a stray write or a bad copy would.
+
+The sign bit of every element in the first 8 bytes of the slot's layer-0 K row is flipped: inside
+the bytes the TAIL record's real-KV hash covers in every ``real_kv`` mode but ``none``, and the
+values stay finite, so the model computes on silently wrong K. ``group: swa`` corrupts the row in
+the SWA sub-pool (dsv4: the K-only latent), ``group: full`` the full pool's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mock_models.engine.engine import Engine
+from mock_models.faults.targets import (FaultContext, SlotRef, pick_cached_unused_slot, pick_live_slot,
+                                        pick_post_forward_slot)
+
+CORRUPTED_BYTES = 8
+
+
+def corrupt_kv_bytes(context: FaultContext) -> str:
+    engine, target = context.engine, context.target
+    if target.slot == "cached_unused":
+        ref = pick_cached_unused_slot(engine, target)
+    elif target.slot == "post_forward":
+        ref = pick_post_forward_slot(engine, target)
+    else:
+        ref = pick_live_slot(engine, target)
+    buffer, row = _layer0_k_row(engine, target.group, ref)
+    flip_sign_bits(buffer, row)
+    pool = "SWA" if target.group == "swa" else "full"
+    return (f"flipped the sign bits of the first {CORRUPTED_BYTES} bytes of the {pool} pool's layer-0 K row "
+            f"{row}: {ref.describe()}")
+
+
+def _layer0_k_row(engine: Engine, group: str, ref: SlotRef) -> tuple[torch.Tensor, int]:
+    pool = engine.token_to_kv_pool
+    if group == "swa":
+        return pool.swa_kv_pool.k_buffer[0], ref.swa_slot
+    return getattr(pool, "full_kv_pool", pool).k_buffer[0], ref.full_slot
+
+
+def flip_sign_bits(buffer: torch.Tensor, row: int) -> None:
+    """Flip the top bit of each element in the first CORRUPTED_BYTES bytes of ``buffer[row]`` (little-endian)."""
+    row_bytes = buffer[row].view(torch.uint8).reshape(-1)
+    element = buffer.element_size()
+    row_bytes[element - 1:CORRUPTED_BYTES:element] ^= 0x80

@@ -1,0 +1,228 @@
+"""Finding what a fault lands on: live slots of running requests, cached slots no request holds,
+the slots the last forward wrote, radix nodes.
+
+A *live* slot is one the canary of the target group verifies at the request's next forward:
+the FULL group reads a request's whole prefix ``[0, kv_len)``, the SWA group the window
+``[kv_len - swa_window, kv_len)`` through ``full_to_swa_index_mapping``. In dsv4 only the SWA group
+is guarded, so a fault on a full-pool slot (``group: full``) picks in-window positions there too:
+anything else could not be seen by design. ``position: in_window`` / ``out_of_window`` narrow
+the positions further (in mha every position a request reads is "in the window").
+
+Requests are tried in the order the next forward most likely runs them (prefilling requests if
+any, since an EXTEND forward runs only those), then by the most tokens left to generate, so the
+corrupted state is read soon and for long. Within a request the newest position is taken: it
+stays in the window longest.
+
+Selection reads device tensors on the host (``tolist``, ``item``): fault injection runs between
+forwards and is not a hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from mock_models.config import ModelMode
+from mock_models.engine.engine import Engine
+from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.request import Request
+from mock_models.faults.fault_request import Target
+
+
+class NoTarget(Exception):
+    """Nothing in the engine's current state fits the target; the message says what was looked for."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class FaultContext:
+    engine: Engine
+    target: Target
+    rng: random.Random  # target choices that vary per application (bits, words), seeded per fault
+    step: int  # the forward the fault precedes
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SlotRef:
+    """A full-pool slot at a position of a sequence, and its SWA slot (0: none)."""
+
+    full_slot: int
+    swa_slot: int
+    position: int
+    request: Request | None = None  # the running request reading it
+    node: TreeNode | None = None  # the radix node holding it, for cached slots
+
+    def describe(self) -> str:
+        owner = f"request {self.request.rid[:8]}" if self.request is not None else f"radix node {self.node.id}"
+        swa = f", SWA slot {self.swa_slot}" if self.swa_slot else ""
+        return f"full slot {self.full_slot}{swa} ({owner}, position {self.position})"
+
+
+# -- requests ---------------------------------------------------------------------------------------
+
+def requests_by_next_forward(engine: Engine) -> list[Request]:
+    running = list(engine.scheduler.running)
+    prefilling = [req for req in running if req.needs_prefill]
+    likely = prefilling or running
+    rest = [req for req in running if req not in likely]
+
+    def tokens_left(req: Request) -> int:
+        return -(req.max_new_tokens - len(req.output_ids))
+
+    return sorted(likely, key=tokens_left) + sorted(rest, key=tokens_left)
+
+
+def window_start(engine: Engine, req: Request) -> int:
+    if not engine.config.has_swa_pool:
+        return 0
+    return max(0, req.kv_len - engine.config.swa_window)
+
+
+def swa_slots_of(engine: Engine, full_slots: list[int]) -> list[int]:
+    if engine.swa_allocator is None or not full_slots:
+        return [0] * len(full_slots)
+    mapping = engine.swa_allocator.full_to_swa_index_mapping
+    return mapping[full_slots].tolist()
+
+
+def seen_in_window_only(engine: Engine, target: Target) -> bool:
+    """Whether the canary sees the target only through the SWA group's window (group swa, or dsv4)."""
+    return target.group == "swa" or engine.config.model_mode is ModelMode.DSV4
+
+
+def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
+    """The request's positions the target group's canary reads next, narrowed by ``target.position``."""
+    first = window_start(engine, req)
+    in_window_only = seen_in_window_only(engine, target)
+    lo, hi = (first if in_window_only else 0), req.kv_len
+    if target.position == "in_window":
+        lo = max(lo, first)
+    elif target.position == "out_of_window":
+        lo, hi = 0, first
+    if hi <= lo:
+        return []
+    full_slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, lo:hi].tolist()
+    swa_slots = swa_slots_of(engine, full_slots)
+    needs_swa_slot = in_window_only and target.position != "out_of_window"
+    return [SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
+            for offset, (full, swa) in enumerate(zip(full_slots, swa_slots)) if swa or not needs_swa_slot]
+
+
+def pick_live_slot(engine: Engine, target: Target) -> SlotRef:
+    """The newest live slot of the first running request that has one."""
+    if not engine.scheduler.running:
+        raise NoTarget("no request is running")
+    for req in requests_by_next_forward(engine):
+        slots = live_slots(engine, req, target)
+        if slots:
+            return slots[-1]
+    raise NoTarget(f"no running request reads a position {_where(target)} yet")
+
+
+def other_live_slot(engine: Engine, target: Target, avoid: SlotRef) -> SlotRef:
+    """A live slot at another position than ``avoid``, preferably of another request."""
+    requests = requests_by_next_forward(engine)
+    requests.sort(key=lambda req: req is avoid.request)  # stable: other requests first
+    for req in requests:
+        for ref in reversed(live_slots(engine, req, dataclasses.replace(target, position=None))):
+            if ref.position != avoid.position and ref.full_slot != avoid.full_slot:
+                return ref
+    raise NoTarget(f"no second live slot {_where(target)} to point {avoid.describe()} at")
+
+
+def decoding_requests(engine: Engine) -> list[Request]:
+    return [req for req in requests_by_next_forward(engine) if not req.needs_prefill and req.output_ids]
+
+
+def _where(target: Target) -> str:
+    group = "in the SWA group's window" if target.group == "swa" else f"of the {target.group} group"
+    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position, "")
+    return group + narrowed
+
+
+# -- the last forward ---------------------------------------------------------------------------------
+
+def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
+    """A slot the previous forward wrote for a request that is still running (its next forward reads it)."""
+    batch = engine.last_forward_batch
+    if batch is None:
+        raise NoTarget("no forward has run yet")
+    running = {req.req_pool_idx: req for req in engine.scheduler.running}
+    written = batch.out_cache_loc.tolist()
+    by_request: list[tuple[Request, list[int], int]] = []
+    for row, start, n, prefix in zip(batch.req_pool_indices_cpu, batch.extend_start_loc_cpu,
+                                     batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu):
+        req = running.get(row)
+        if req is not None:
+            by_request.append((req, written[start:start + n], prefix))
+    order = {id(req): index for index, req in enumerate(requests_by_next_forward(engine))}
+    for req, slots, prefix in sorted(by_request, key=lambda item: order[id(item[0])]):
+        swa_slots = swa_slots_of(engine, slots)
+        for offset in reversed(range(len(slots))):
+            if target.group != "swa" or swa_slots[offset]:
+                return SlotRef(full_slot=slots[offset], swa_slot=swa_slots[offset], position=prefix + offset,
+                               request=req)
+    raise NoTarget(f"forward {engine.forward_count} wrote no slot {_where(target)} of a request still running")
+
+
+# -- the radix cache ----------------------------------------------------------------------------------
+
+def node_depth(node: TreeNode) -> int:
+    """Position of the node's first token: the tokens of its ancestors."""
+    depth, parent = 0, node.parent
+    while parent is not None:
+        depth += len(parent.key)
+        parent = parent.parent
+    return depth
+
+
+def swa_resident(engine: Engine, node: TreeNode) -> bool:
+    return engine.swa_allocator is None or not node.swa_tombstone
+
+
+def pick_cached_unused_slot(engine: Engine, target: Target) -> SlotRef:
+    """The last slot of the most recently used radix node no running request holds."""
+    needs_swa = target.group == "swa"
+    nodes = [node for node in engine.radix_cache.nodes()
+             if node.lock_ref == 0 and node.key and (not needs_swa or swa_resident(engine, node))]
+    if not nodes:
+        what = "SWA-resident " if needs_swa else ""
+        raise NoTarget(f"the radix cache holds no {what}node that no running request locks")
+    node = max(nodes, key=lambda node: (node.last_access_time, node.id))
+    full_slot = int(node.value[-1])
+    return SlotRef(full_slot=full_slot, swa_slot=swa_slots_of(engine, [full_slot])[0],
+                   position=node_depth(node) + len(node.key) - 1, node=node)
+
+
+def lockers(engine: Engine, node: TreeNode) -> list[Request]:
+    """Running requests whose locked path ends at ``node`` or below it."""
+    found = []
+    for req in engine.scheduler.running:
+        walk = req.last_node
+        while walk is not None and walk is not node:
+            walk = walk.parent
+        if walk is node:
+            found.append(req)
+    return found
+
+
+def match_path(engine: Engine, tokens: list[int]) -> list[tuple[TreeNode, int]]:
+    """(node, tokens of it matched) along the longest page-aligned match of ``tokens``; changes nothing."""
+    cache, page = engine.radix_cache, engine.config.page_size
+    path: list[tuple[TreeNode, int]] = []
+    node, offset, end = cache.root_node, 0, len(tokens) - len(tokens) % page
+    while offset < end:
+        child = node.children.get(tuple(tokens[offset:offset + page]))
+        if child is None:
+            break
+        matched = 0
+        limit = min(len(child.key), end - offset)
+        while matched < limit and child.key[matched] == tokens[offset + matched]:
+            matched += 1
+        matched -= matched % page
+        if matched == 0:
+            break
+        path.append((child, matched))
+        if matched < len(child.key):
+            break
+        node, offset = child, offset + matched
+    return path

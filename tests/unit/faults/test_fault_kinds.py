@@ -1,0 +1,149 @@
+"""Each fault kind, applied in-process right before its trigger forward, is caught by the canary
+under the reasons docs/FAULTS.md gives, and the engine serves on."""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+
+import pytest
+
+from kv_canary.records import RecordWord
+from mock_models.faults.canary_records import corrupt_canary
+from mock_models.faults.fault_request import FaultRequestBody, resolve
+from mock_models.faults.targets import FaultContext
+
+REAL_KV = {"real_kv_hash"}
+CHAIN = {"chain_hash", "position"}
+RECORD = {"chain_hash", "position", "token"}
+
+
+def first_reasons(violations) -> tuple[int, set[str], set[str]]:
+    """(first step, reasons of that step's lines, their launch tags)."""
+    step = violations[0].step
+    lines = [v for v in violations if v.step == step]
+    return step, {r for v in lines for r in v.fail_reasons}, {v.launch_tag for v in lines}
+
+
+def reasons_within(violations, first: int, steps: int) -> set[str]:
+    return {r for v in violations if first <= v.step <= first + steps for r in v.fail_reasons}
+
+
+@pytest.mark.parametrize(("mode", "kind", "target", "reasons", "tags"), [
+    ("mha", "corrupt_kv_bytes", {"slot": "used"}, REAL_KV, "TAIL_K_FULL"),
+    ("swa", "corrupt_kv_bytes", {"group": "swa", "slot": "used"}, REAL_KV, "TAIL_K_SWA"),
+    ("dsv4", "corrupt_kv_bytes", {"slot": "post_forward"}, REAL_KV, "TAIL_K_SWA"),
+    ("mha", "corrupt_canary", {}, RECORD, "HEAD_K_FULL"),
+    ("swa", "corrupt_canary", {"group": "swa"}, RECORD, "HEAD_K_SWA"),
+    ("mha", "req_to_token_remap", {}, CHAIN, "*_FULL"),
+    ("dsv4", "req_to_token_remap", {"position": "in_window"}, CHAIN, "*_K_SWA"),
+    ("swa", "remap_swa_slot", {}, CHAIN, "*_SWA"),
+    ("mha", "double_free", {}, REAL_KV, "TAIL_*_FULL"),
+    ("dsv4", "double_free", {"group": "swa"}, REAL_KV, "TAIL_K_SWA"),
+    ("swa", "swap_next_token", {}, {"write_token"}, "*"),
+])
+def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(fault_run, mode, kind, target, reasons,
+                                                                           tags):
+    run = fault_run(mode)
+    run.inject(kind=kind, at_step=8, target=target)
+    run.submit(4)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", 8), entry.detail
+    violations = run.violations_from(8)
+    step, _, seen_tags = first_reasons(violations)
+    assert step == 8 and all(fnmatch.fnmatchcase(tag, tags) for tag in seen_tags), seen_tags
+    assert reasons & reasons_within(violations, 8, 4)
+
+
+def test_a_freed_slot_reused_by_another_request_breaks_the_chain_its_old_owner_reads(fault_run):
+    run = fault_run("mha")
+    run.inject(kind="double_free", at_step=8)
+    run.submit(4)
+    run.until_idle()
+    later = [v for v in run.violations_from(8) if v.step > 8]
+    assert {"chain_hash", "position"} & {r for v in later for r in v.fail_reasons}
+
+
+@pytest.mark.parametrize("mode", ["mha", "swa", "dsv4"])
+def test_evicting_a_locked_node_is_detected_once_its_slots_are_reused(fault_run, mode):
+    run = fault_run(mode)
+    run.inject(kind="evict_radix_node", at_step=4, target={"node": "deepest_locked"})
+    run.submit(4)
+    run.steps(2)
+    run.submit(2, seed=1)  # their prefills reuse the freed slots
+    run.until_idle()
+    (entry,) = run.entries
+    assert entry.status == "applied" and "force-evicted radix node" in entry.detail
+    violations = run.violations_from(entry.step)
+    assert violations[0].step - entry.step <= 4
+    assert RECORD & {r for v in violations for r in v.fail_reasons}
+
+
+def test_evicting_an_unlocked_node_is_a_silent_control(fault_run):
+    run = fault_run("swa")
+    run.submit(1, max_new_tokens=4)
+    run.until_idle()
+    run.inject(kind="evict_radix_node", at_step=run.engine.forward_count + 1, target={"node": "any_unlocked"})
+    run.submit(2, seed=1)
+    run.until_idle()
+    assert run.entries[0].status == "applied" and "as LRU eviction would" in run.entries[0].detail
+    assert run.violations() == []
+
+
+@pytest.mark.parametrize("mode", ["mha", "swa", "dsv4"])
+def test_a_stale_prefix_is_caught_when_the_next_request_matches_it(fault_run, mode):
+    run = fault_run(mode)
+    run.submit(2, max_new_tokens=8)
+    run.until_idle()  # SHARED and both requests are cached, unlocked
+    step = run.engine.forward_count + 1
+    run.inject(kind="stale_prefix", at_step=step)
+    run.submit(1, seed=3)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", step) and "the waiting request" in entry.detail
+    first, reasons, _ = first_reasons(run.violations_from(step))
+    assert first == step and {"token", "chain_hash"} & reasons
+
+
+@pytest.mark.parametrize(("mode", "group", "tag"), [("mha", "full", "SWEEP_K_FULL"), ("swa", "swa", "SWEEP_K_SWA")])
+def test_a_cached_slot_no_request_holds_is_caught_by_the_sweep(fault_run, mode, group, tag):
+    run = fault_run(mode, sweep_interval=4)
+    run.submit(2, max_new_tokens=8)
+    run.until_idle()
+    step = run.engine.forward_count + 1
+    run.inject(kind="corrupt_kv_bytes", at_step=step, target={"group": group, "slot": "cached_unused"})
+    run.engine.submit([7, 8, 9], 8)  # shares nothing: only the sweep reads the corrupted slot
+    run.until_idle()
+    assert run.entries[0].status == "applied"
+    violations = run.violations_from(step)
+    assert {(v.launch_tag, v.fail_reasons) for v in violations} == {(tag, ("real_kv_hash",))}
+    assert violations[0].step - step < 4
+
+
+class DrawsWord(random.Random):
+    """Draws ``word`` for the record word, and bit 1."""
+
+    def __init__(self, word: RecordWord) -> None:
+        super().__init__(0)
+        self.word = word
+
+    def choice(self, words):
+        return self.word
+
+    def randrange(self, *args):
+        return 1
+
+
+@pytest.mark.parametrize(("word", "reason"), [(RecordWord.TOKEN, "token"), (RecordWord.POSITION, "position"),
+                                              (RecordWord.PREV_HASH, "chain_hash")])
+def test_each_corrupted_record_word_fails_its_own_check(fault_run, word, reason):
+    run = fault_run("mha")
+    run.submit(2)
+    run.steps(4)
+    target = resolve(FaultRequestBody(kind="corrupt_canary", at_step=1), run.engine.config,
+                     canary_installed=True).target
+    detail = corrupt_canary(FaultContext(engine=run.engine, target=target, rng=DrawsWord(word), step=5))
+    assert f"bit 1 of the {word.name.lower()} word" in detail
+    run.steps(1)
+    assert reason in {r for v in run.violations_from(5) if v.step == 5 for r in v.fail_reasons}
