@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+import typing
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -23,6 +24,9 @@ from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
 from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
 from tests.reliability.kv_shadow import KvShadow
+from mock_models.faults import FaultInjector
+from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, FaultTargetBody
+from mock_models.faults.fault_request import resolve as resolve_fault
 from tests.reliability.local_faults import FAULT_KINDS_BY_MODE, KV_BYTE_SLOTS, PendingFault, apply_fault
 from tests.reliability.soak_stats import record_case
 
@@ -32,6 +36,10 @@ MAX_NEW_TOKENS = 24
 MAX_CONTEXT = 128
 DRAIN_LIMIT = 2000  # forwards; a case that needs more is stuck
 FILLER_TOKENS = (1001, 1002, 1003, 1004, 1005, 1006)  # outside the prefixes' and suffixes' token ranges
+
+
+TARGET_VALUES = {key: typing.get_args(typing.get_args(field.annotation)[0])
+                 for key, field in FaultTargetBody.model_fields.items()}
 
 
 def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[EngineConfig, CanaryConfig]:
@@ -142,7 +150,10 @@ class CleanEngineMachine(RuleBasedStateMachine):
         return True
 
     def forward(self) -> None:
-        for result in self.engine.step():
+        self.check_results(self.engine.step())
+
+    def check_results(self, results) -> None:
+        for result in results:
             prompt, max_new_tokens = self.live.pop(result.rid)
             assert list(result.output_ids) == self.engine.oracle.continuation(prompt, max_new_tokens), result.rid
             self.counts["finished"] += 1
@@ -174,6 +185,8 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
 
 class FaultEngineMachine(CleanEngineMachine):
+    """One fault per case from ``local_faults`` (broad random targets), applied before forward ``at_step``."""
+
     machine = "fault"
 
     def __init__(self) -> None:
@@ -195,28 +208,36 @@ class FaultEngineMachine(CleanEngineMachine):
         """The forward the fault was applied before; None until it is."""
         return None if self.fault is None else self.fault.step
 
-    def judging_as_clean(self) -> bool:
-        return self.fault is None
+    @property
+    def fault_detail(self) -> str:
+        return "" if self.fault is None else self.fault.detail
 
-    def forward(self) -> None:
+    @property
+    def fault_target(self) -> object:
+        return self.fault.target if self.fault is not None else self.target
+
+    def judging_as_clean(self) -> bool:
+        return self.fault_step is None
+
+    def before_forward(self) -> None:
         if self.fault is None and self.engine.forward_count >= self.at_step:
             self.fault = apply_fault(self.engine, self.kind, self.fault_rng, target=self.target)
-        if self.fault is None:
-            super().forward()
-            return
-        # A fault may leave the bookkeeping inconsistent (a remapped row cached, a slot owned twice),
-        # so only the canary is judged from here on; if the engine breaks down, the case ends there.
+
+    def forward(self) -> None:
+        # A fault may leave the bookkeeping inconsistent (a remapped row cached, a slot owned twice), so
+        # after it only the canary (and the oracle's outputs) are judged; if the engine breaks down, the
+        # case ends there.
         if self.engine_error is not None:
             return
+        self.before_forward()
         try:
             results = self.engine.step()
-        except Exception as error:  # noqa: BLE001 - recorded in the case's figures, judged below
+        except Exception as error:  # noqa: BLE001 - recorded in the case's figures, judged in teardown
             if self.fault_step is None:
-                raise  # armed, not applied: the engine was still clean
+                raise  # before the fault: the engine was still clean
             self.engine_error = f"{type(error).__name__}: {error}"
             return
-        for result in results:
-            self.live.pop(result.rid, None)
+        self.check_results(results)
 
     def teardown(self) -> None:
         if self.engine is None or self.kind is None:
@@ -232,7 +253,7 @@ class FaultEngineMachine(CleanEngineMachine):
         violations = engine.canary.violations
         stats = engine.canary.stats_snapshot()
         assert stats["violations_total"] == len(violations) + engine.canary.reporter.dropped_rows
-        figures = {"kind": self.kind, "target": self.fault.target if self.fault else self.target,
+        figures = {"kind": self.kind, "target": self.fault_target,
                    "fault_step": self.fault_step, "violations": len(violations), "engine_error": self.engine_error}
         if self.fault_step is None:
             assert not violations and not self.shadow.events, "violations or misreads without a fault"
@@ -245,20 +266,20 @@ class FaultEngineMachine(CleanEngineMachine):
         first_misread = self.shadow.first_event
         first_violation = min((record.step for record in violations), default=None)
         figures.update(first_misread=first_misread.forward if first_misread else None,
-                       first_violation=first_violation, detail=self.fault.detail)
+                       first_violation=first_violation, detail=self.fault_detail)
         in_bound = first_misread is None or (first_violation is not None
                                              and first_violation <= first_misread.forward)
         if first_misread is not None:
             figures.update(detected_in_bound=in_bound,
                            latency=first_violation - self.fault_step if in_bound else None)
         record_case(self.case_figures(**figures))
-        assert in_bound, (f"{self.kind} ({self.fault.detail}) applied before forward {self.fault_step}: first misread "
+        assert in_bound, (f"{self.kind} ({self.fault_detail}) applied before forward {self.fault_step}: first misread "
                           f"{first_misread}, but the first violation is at forward {first_violation}")
 
     def let_the_fault_apply(self) -> None:
         """Run traffic until the fault applies: some kinds need running requests or a prefix match."""
         filler = 0
-        while self.fault_step is None and self.engine.forward_count < self.at_step + 200:
+        while self.fault_step is None and self.engine.forward_count < self.at_step + 200 and not self.engine_error:
             if not self.engine.has_work():
                 base = self.prefixes[filler % PREFIXES]
                 self.send(base[:len(base) // 2 + filler % 3] + list(FILLER_TOKENS[:1 + filler % 5]), 6)
@@ -272,3 +293,72 @@ class FaultEngineMachine(CleanEngineMachine):
         while self.engine.forward_count < self.fault_step + sweep and self.engine_error is None:
             self.send(list(FILLER_TOKENS), 2)
             self.drain()
+
+
+class InjectorEngineMachine(FaultEngineMachine):
+    """One fault per case through the server's own injector (``mock_models.faults``), as the harness
+    schedules it: a random ``/kv_canary/inject`` body (kind, trigger, target keys), registered before
+    the first forward, applied by the injector's step hook with its own target choice."""
+
+    machine = "injector"
+
+    @initialize(data=st.data())
+    def choose_fault(self, data: st.DataObject) -> None:
+        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        trigger = data.draw(st.sampled_from(["at_step", "after_warmup_steps", "probability"]), label="trigger")
+        body: dict[str, object] = {"kind": self.kind}
+        if trigger == "probability":
+            body.update(probability=data.draw(st.sampled_from([0.1, 0.3, 1.0])), seed=data.draw(st.integers(0, 99)))
+        else:
+            body[trigger] = data.draw(st.integers(0, 30 if trigger == "at_step" else 8), label=trigger)
+        # Any target keys: a combination the server refuses (400) falls back to the kind's defaults.
+        target = {key: data.draw(st.sampled_from(values), label=f"target.{key}")
+                  for key, values in TARGET_VALUES.items() if data.draw(st.integers(0, 2)) == 0}
+        body["target"] = target
+        self.body = body
+        self.target = target
+        self.at_step = body.get("at_step", 0)
+        self.injector: FaultInjector | None = None
+        self.refused: str | None = None
+
+    @property
+    def entry(self):
+        return None if self.injector is None or not self.injector.log.entries else self.injector.log.entries[0]
+
+    @property
+    def fault_step(self) -> int | None:
+        entry = self.entry
+        return entry.step if entry is not None and entry.status == "applied" else None
+
+    @property
+    def fault_detail(self) -> str:
+        refused = f" (asked {self.body['target']}, refused: {self.refused})" if self.refused else ""
+        return (self.entry.detail if self.entry is not None else "") + refused
+
+    @property
+    def fault_target(self) -> object:
+        return self.target
+
+    def before_forward(self) -> None:
+        if self.injector is not None:
+            return
+        try:
+            spec = resolve_fault(FaultRequestBody.model_validate(self.body), self.engine.config,
+                                 canary_installed=True)
+        except FaultRequestError as refused:  # what the server answers 400: fall back to the defaults
+            self.refused, self.target = str(refused), {}
+            spec = resolve_fault(FaultRequestBody.model_validate({**self.body, "target": {}}), self.engine.config,
+                                 canary_installed=True)
+        self.injector = FaultInjector.install(self.engine)
+        self.injector.schedule(spec)
+
+    def let_the_fault_apply(self) -> None:
+        self.before_forward()
+        filler = 0
+        while (self.entry.status == "scheduled" and self.engine_error is None
+               and self.engine.forward_count < DRAIN_LIMIT):
+            if not self.engine.has_work():
+                base = self.prefixes[filler % PREFIXES]
+                self.send(base[:len(base) // 2 + filler % 3] + list(FILLER_TOKENS[:1 + filler % 5]), 6)
+                filler += 1
+            self.forward()

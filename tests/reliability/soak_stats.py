@@ -1,13 +1,14 @@
-"""Per-case figures of the stateful machines, and the table docs/RELIABILITY.md quotes.
+"""Per-case figures of the stateful machines, and the tables docs/RELIABILITY.md quotes.
 
 Set ``KV_CANARY_RELIABILITY_STATS=/path/cases.jsonl`` and every finished machine case appends
 one JSON line (appends of a line are atomic enough across pytest-xdist workers). Then::
 
     python -m tests.reliability.soak_stats /path/cases.jsonl
 
-prints, per mode: cases, clean-run violations and misreads, faults injected, faults whose
-corruption was read (or swept), how many of those the canary reported in time, and the
-detection latency in forwards (median, worst).
+prints, per mode: clean cases and their violations and misreads; per mode and fault source
+(``fault``: the tests' own applier, ``injector``: the server's), faults injected, faults whose
+corruption was read (or swept), how many of those the canary reported in time, the detection
+latency in forwards (0: by the forward the fault preceded), and engines that broke down after it.
 """
 
 from __future__ import annotations
@@ -30,39 +31,52 @@ def record_case(case: dict[str, object]) -> None:
         stats.write(json.dumps(case, sort_keys=True) + "\n")
 
 
-def summarize(lines: list[dict]) -> str:
-    by_mode: dict[str, list[dict]] = collections.defaultdict(list)
-    for case in lines:
-        by_mode[case["mode"]].append(case)
-    header = ("mode", "clean cases", "clean forwards", "clean violations", "clean misreads", "fault cases",
-              "injected", "read after injection", "detected in bound", "missed", "median latency",
-              "worst latency", "engine broke after fault")
-    rows = [header]
-    for mode in sorted(by_mode):
-        cases = by_mode[mode]
-        clean = [case for case in cases if case["machine"] == "clean"]
-        faulty = [case for case in cases if case["machine"] == "fault"]
-        injected = [case for case in faulty if case.get("fault_step") is not None]
-        harmful = [case for case in injected if case.get("first_misread") is not None]
-        detected = [case for case in harmful if case.get("detected_in_bound")]
-        latencies = [case["latency"] for case in detected]
-        rows.append((mode, len(clean), sum(case["forwards"] for case in clean),
-                     sum(case["violations"] for case in clean), sum(case["misreads"] for case in clean),
-                     len(faulty), len(injected), len(harmful), len(detected), len(harmful) - len(detected),
-                     statistics.median(latencies) if latencies else "-", max(latencies, default="-"),
-                     sum(1 for case in injected if case.get("engine_error"))))
-    kinds = collections.Counter((case["mode"], case["kind"], bool(case.get("first_misread")),
-                                 bool(case.get("detected_in_bound")))
-                                for case in lines if case["machine"] == "fault" and case.get("fault_step") is not None)
-    table = "\n".join("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
-    per_kind = "\n".join(f"{mode:5} {kind:20} read={read!s:5} detected={found!s:5} {count}"
-                         for (mode, kind, read, found), count in sorted(kinds.items()))
-    return f"{table}\n\n{per_kind}"
+def _table(rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines.insert(1, "|" + "---|" * len(rows[0]))
+    return "\n".join(lines)
+
+
+def summarize(cases: list[dict]) -> str:
+    clean_rows = [("mode", "cases", "forwards", "reads judged", "violations", "misreads", "requests", "aborts",
+                   "flushes", "evictions")]
+    for mode in sorted({case["mode"] for case in cases}):
+        clean = [case for case in cases if case["mode"] == mode and case["machine"] == "clean"]
+        clean_rows.append((mode, len(clean), *(sum(case.get(key, 0) for case in clean) for key in (
+            "forwards", "reads_checked", "violations", "misreads", "submitted", "aborted", "flushed", "evictions"))))
+    fault_rows = [("mode", "fault source", "cases", "injected", "read after injection", "detected in bound",
+                   "missed", "latency median", "latency p99", "latency worst", "engine broke after")]
+    groups = collections.defaultdict(list)
+    for case in cases:
+        if case["machine"] != "clean":
+            groups[(case["mode"], case["machine"])].append(case)
+    for (mode, machine), group in sorted(groups.items()):
+        injected = [case for case in group if case.get("fault_step") is not None]
+        read = [case for case in injected if case.get("first_misread") is not None]
+        detected = [case for case in read if case.get("detected_in_bound")]
+        latencies = sorted(case["latency"] for case in detected)
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else "-"
+        fault_rows.append((mode, machine, len(group), len(injected), len(read), len(detected),
+                           len(read) - len(detected), statistics.median(latencies) if latencies else "-", p99,
+                           latencies[-1] if latencies else "-",
+                           sum(1 for case in injected if case.get("engine_error"))))
+    kind_rows = [("mode", "kind", "injected", "read", "detected in bound", "latency worst", "engine broke after")]
+    kinds = collections.defaultdict(list)
+    for case in cases:
+        if case["machine"] != "clean" and case.get("fault_step") is not None:
+            kinds[(case["mode"], case["kind"])].append(case)
+    for (mode, kind), group in sorted(kinds.items()):
+        read = [case for case in group if case.get("first_misread") is not None]
+        detected = [case for case in read if case.get("detected_in_bound")]
+        kind_rows.append((mode, kind, len(group), len(read), len(detected),
+                          max((case["latency"] for case in detected), default="-"),
+                          sum(1 for case in group if case.get("engine_error"))))
+    return "\n\n".join(_table(rows) for rows in (clean_rows, fault_rows, kind_rows))
 
 
 def main(argv: list[str]) -> None:
-    lines = [json.loads(line) for path in argv for line in Path(path).read_text().splitlines() if line.strip()]
-    print(summarize(lines))
+    cases = [json.loads(line) for path in argv for line in Path(path).read_text().splitlines() if line.strip()]
+    print(summarize(cases))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Hypothesis profile (``conftest.py``): a few in the default run, thousands under 
 
 from __future__ import annotations
 
-from tests.reliability.engine_machine import CleanEngineMachine, FaultEngineMachine
+from tests.reliability.engine_machine import CleanEngineMachine, FaultEngineMachine, InjectorEngineMachine
 
 
 class CleanMha(CleanEngineMachine):
@@ -39,3 +39,20 @@ TestCleanDsv4 = CleanDsv4.TestCase
 TestFaultMha = FaultMha.TestCase
 TestFaultSwa = FaultSwa.TestCase
 TestFaultDsv4 = FaultDsv4.TestCase
+
+
+class InjectorMha(InjectorEngineMachine):
+    mode = "mha"
+
+
+class InjectorSwa(InjectorEngineMachine):
+    mode = "swa"
+
+
+class InjectorDsv4(InjectorEngineMachine):
+    mode = "dsv4"
+
+
+TestInjectorMha = InjectorMha.TestCase
+TestInjectorSwa = InjectorSwa.TestCase
+TestInjectorDsv4 = InjectorDsv4.TestCase
