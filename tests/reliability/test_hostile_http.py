@@ -22,6 +22,7 @@ from harness.runner import ServerProcess
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
+from mock_models.faults import FaultInjector, build_fault_router
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 from tests.reliability.conftest import FUZZ_SCALE
@@ -118,6 +119,50 @@ def test_random_generate_bodies_get_2xx_or_4xx_never_5xx(client, body):
 def test_random_calls_to_the_other_endpoints_get_2xx_or_4xx_never_5xx(client, path, method, body):
     answer = client.request(method, path, content=body, headers={"content-type": "application/json"})
     assert answer.status_code < 500, answer.text[:300]
+
+
+@pytest.fixture(scope="module")
+def fault_client() -> Iterator[TestClient]:
+    """A server with the fault router, as ``serve`` mounts it. Nothing here runs a forward, so the
+    faults it accepts are scheduled but never applied."""
+    engine = Engine(EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
+                    canary_config=CanaryConfig(mode=CanaryMode.LOG))
+    router = build_fault_router(FaultInjector.install(engine))
+    with TestClient(create_app(EngineWorker(engine), extra_routers=[router]), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+FAULT_BODIES = st.fixed_dictionaries({"kind": st.sampled_from(
+    ["none", "corrupt_kv_bytes", "corrupt_canary", "req_to_token_remap", "evict_radix_node", "double_free",
+     "remap_swa_slot", "stale_prefix", "swap_next_token", "flip_all_bits", ""]) | JSON_SCALARS}, optional={
+    "at_step": st.integers(-2, 50) | JSON_SCALARS, "after_warmup_steps": st.integers(-2, 50) | JSON_SCALARS,
+    "probability": st.floats(-1, 2) | JSON_SCALARS, "seed": st.integers() | JSON_SCALARS,
+    "count": st.integers(-1, 5) | JSON_SCALARS,
+    "target": st.fixed_dictionaries({}, optional={
+        key: st.sampled_from(["full", "swa", "running", "finished", "used", "cached_unused", "post_forward",
+                              "deepest_locked", "any_unlocked", "in_window", "out_of_window"]) | JSON_SCALARS
+        for key in ("group", "request", "slot", "node", "position", "colour")}) | JSON_VALUES})
+
+
+@settings(max_examples=settings.default.max_examples * FUZZ_SCALE)
+@given(body=FAULT_BODIES | JSON_VALUES)
+def test_random_inject_bodies_get_2xx_or_4xx_never_5xx(fault_client, body):
+    answer = fault_client.post("/kv_canary/inject", json=body)
+    assert answer.status_code in (200, 400, 422), (body, answer.text[:300])
+    if answer.status_code == 200:
+        assert isinstance(answer.json()["fault_id"], int)
+    else:
+        assert answer.json()["detail"]  # says why
+
+
+def test_inject_with_non_finite_numbers_or_garbage_is_4xx(fault_client):
+    for raw in (b'{"kind": "double_free", "probability": NaN, "seed": 1}', b'{"kind": "none", "at_step": Infinity}',
+                b"\x00\x01", b"[" * 50_000):
+        answer = fault_client.post("/kv_canary/inject", content=raw, headers={"content-type": "application/json"})
+        assert 400 <= answer.status_code < 500, answer.text[:300]
+    listed = fault_client.get("/kv_canary/injections")
+    assert listed.status_code == 200 and all(entry["status"] == "scheduled" for entry in listed.json()["injections"])
+    assert fault_client.get("/health").status_code == 200
 
 
 def test_after_the_fuzz_the_server_is_healthy(client):
