@@ -21,8 +21,8 @@ def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: F
     FULL groups read each request's whole prefix ``[0, prefix_len)``; SWA groups (``window``
     and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool; a
     window position mapped to 0 (not resident) is planned at slot 0 and so fails its verify.
-    Entries of requests on the padding row are planned as padding (skipped). The new slots are planned in per-request runs, each chained from the slot of the request's
-    last cached position. Entries past a plan's capacity, and the runs of requests past the
+    Entries of requests on the padding row are planned as padding (skipped). The new slots are
+    planned in per-request runs, each chained from the slot of the request's last cached position. Entries past a plan's capacity, and the runs of requests past the
     write plan's request capacity, are dropped and added to ``plan_overflow``.
 
     Returns the host hints ``(verify entries, write entries, longest run)``: see ``host_hints``.

@@ -85,7 +85,8 @@ def test_a_ring_that_overflows_while_the_reporter_is_behind_counts_every_violati
     assert len(engine.canary.violations) == 16 and stats["ring_rows_dropped"] == total - 16
     overflow = [message for message in caplog.messages if "ring_overflow" in message]
     assert overflow and f"dropped_rows={total - 16}" in overflow[0] and "KV_CANARY_RING_CAPACITY" in overflow[0]
-    stats_lines = [CanaryStatsLog.parse(message) for message in caplog.messages if message.startswith("kv_canary_stats")]
+    stats_lines = [CanaryStatsLog.parse(message) for message in caplog.messages
+                   if message.startswith("kv_canary_stats")]
     assert stats_lines[-1].violations == total  # the stats line counts the dropped rows too
 
 

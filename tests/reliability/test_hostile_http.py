@@ -128,7 +128,8 @@ def fault_client() -> Iterator[TestClient]:
     engine = Engine(EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
                     canary_config=CanaryConfig(mode=CanaryMode.LOG))
     router = build_fault_router(FaultInjector.install(engine))
-    with TestClient(create_app(EngineWorker(engine), extra_routers=[router]), raise_server_exceptions=False) as test_client:
+    app = create_app(EngineWorker(engine), extra_routers=[router])
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
