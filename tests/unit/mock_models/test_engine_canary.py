@@ -5,25 +5,30 @@ import pytest
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import CanaryRaisedError, Engine
+from mock_models.models.token_oracle import TokenOracle
+from tests.unit.canary.devices import DEVICES
 
 MODES = ["mha", "swa", "dsv4"]
 
 
-def canary_engine(mode: str, **settings) -> Engine:
-    config = EngineConfig(model_mode=mode, swa_window=16, strict_allocator=True, **settings)
+def canary_engine(mode: str, device: str = "cpu", **settings) -> Engine:
+    config = EngineConfig(model_mode=mode, device=device, swa_window=16, strict_allocator=True, **settings)
     return Engine(config, canary_config=CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL))
 
 
 def run_clean_workload(mode: str, prompts: list[list[int]], limits: list[int], *, max_total_tokens: int,
-                       swa_max_total_tokens: int) -> Engine:
+                       swa_max_total_tokens: int, device: str = "cpu") -> Engine:
     swa = {} if mode == "mha" else {"swa_max_total_tokens": swa_max_total_tokens}
-    engine = canary_engine(mode, page_size=4, max_total_tokens=max_total_tokens, max_running_requests=4,
+    engine = canary_engine(mode, device, page_size=4, max_total_tokens=max_total_tokens, max_running_requests=4,
                            chunked_prefill_size=32, **swa)
     evictions = []
     evict = engine.radix_cache.evict
     engine.radix_cache.evict = lambda num_tokens: evictions.append(num_tokens) or evict(num_tokens)
-    engine.generate(prompts, limits)
+    results = engine.generate(prompts, limits)
+    oracle = TokenOracle(seed=0, vocab_size=engine.config.vocab_size)
+    assert [list(r.output_ids) for r in results] == [oracle.continuation(p, n) for p, n in zip(prompts, limits)]
     engine.canary.flush()
+    assert engine.canary.kernels.name == ("triton" if device.startswith("cuda") else "torch")
     assert evictions, "the workload should make the radix cache evict"
     assert [record.format() for record in engine.canary.violations] == []
     assert engine.canary.forward_count == engine.forward_count
@@ -31,11 +36,12 @@ def run_clean_workload(mode: str, prompts: list[list[int]], limits: list[int], *
     return engine
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_clean_workload_with_sharing_and_eviction_reports_zero_violations(mode, shared_prefix_workload):
+def test_a_clean_workload_with_sharing_and_eviction_reports_zero_violations(mode, device, shared_prefix_workload):
     # Five requests, decodes past the 16-token window, a pool that holds about two of them.
     prompts = shared_prefix_workload.prompts[:5]
-    run_clean_workload(mode, prompts, [20] * 5, max_total_tokens=160, swa_max_total_tokens=96)
+    run_clean_workload(mode, prompts, [20] * 5, max_total_tokens=160, swa_max_total_tokens=96, device=device)
 
 
 @pytest.mark.slow
@@ -45,9 +51,10 @@ def test_the_full_shared_prefix_workload_reports_zero_violations(mode, shared_pr
                        max_total_tokens=320, swa_max_total_tokens=160)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
-def test_corrupting_the_window_of_a_running_request_is_reported(mode):
-    engine = canary_engine(mode, max_total_tokens=256)
+def test_corrupting_the_window_of_a_running_request_is_reported(mode, device):
+    engine = canary_engine(mode, device, max_total_tokens=256)
     engine.submit(list(range(30)), 10)
     engine.step()  # prefill
 
