@@ -9,50 +9,11 @@ from __future__ import annotations
 from tests.reliability.engine_machine import CleanEngineMachine, FaultEngineMachine, InjectorEngineMachine
 
 
-class CleanMha(CleanEngineMachine):
-    mode = "mha"
+MACHINES = {"Clean": CleanEngineMachine, "Fault": FaultEngineMachine, "Injector": InjectorEngineMachine}
+MODES = {"Mha": "mha", "Swa": "swa", "Dsv4": "dsv4"}
 
-
-class CleanSwa(CleanEngineMachine):
-    mode = "swa"
-
-
-class CleanDsv4(CleanEngineMachine):
-    mode = "dsv4"
-
-
-class FaultMha(FaultEngineMachine):
-    mode = "mha"
-
-
-class FaultSwa(FaultEngineMachine):
-    mode = "swa"
-
-
-class FaultDsv4(FaultEngineMachine):
-    mode = "dsv4"
-
-
-TestCleanMha = CleanMha.TestCase
-TestCleanSwa = CleanSwa.TestCase
-TestCleanDsv4 = CleanDsv4.TestCase
-TestFaultMha = FaultMha.TestCase
-TestFaultSwa = FaultSwa.TestCase
-TestFaultDsv4 = FaultDsv4.TestCase
-
-
-class InjectorMha(InjectorEngineMachine):
-    mode = "mha"
-
-
-class InjectorSwa(InjectorEngineMachine):
-    mode = "swa"
-
-
-class InjectorDsv4(InjectorEngineMachine):
-    mode = "dsv4"
-
-
-TestInjectorMha = InjectorMha.TestCase
-TestInjectorSwa = InjectorSwa.TestCase
-TestInjectorDsv4 = InjectorDsv4.TestCase
+# pytest collects module-level ``Test*`` names; ``-k TestFaultSwa`` selects one machine in one mode.
+for _kind, _machine in MACHINES.items():
+    for _suffix, _mode in MODES.items():
+        _bound = type(f"{_kind}{_suffix}", (_machine,), {"mode": _mode})
+        globals()[f"Test{_kind}{_suffix}"] = _bound.TestCase
