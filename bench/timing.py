@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 
 import torch
 
 
-def time_eager_us(launch: Callable[[], None], iterations: int = 200, warmup: int = 50) -> float:
+def time_eager_us(launch: Callable[[], None], iterations: int = 200, warmup: int = 50, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the mean microseconds per launch: small eager launches are host-bound,
+    and one round alone moved by 1.5x from run to run."""
     for _ in range(warmup):
         launch()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iterations):
-        launch()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / iterations
+    per_round = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iterations):
+            launch()
+        end.record()
+        torch.cuda.synchronize()
+        per_round.append(start.elapsed_time(end) * 1000.0 / iterations)
+    return statistics.median(per_round)
 
 
 def time_graph_us(launch: Callable[[], None], launches_per_graph: int = 10, replays: int = 20) -> float:
