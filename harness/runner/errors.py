@@ -21,3 +21,7 @@ class EngineHttpError(RunnerError):
 
 class RunTimeout(RunnerError):
     """The run passed its wall-clock budget."""
+
+
+class WorkloadDoesNotFit(RunnerError):
+    """A request of the scenario is longer than the server's context; found before anything is sent."""

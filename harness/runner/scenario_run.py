@@ -15,7 +15,7 @@ from harness.injections import Injection
 from harness.run_result import RunResult, pair_file_stem
 from harness.runner.deadline import Deadline
 from harness.runner.engine_client import EngineClient
-from harness.runner.errors import EngineHttpError, RunnerError, ServerCrashed
+from harness.runner.errors import EngineHttpError, RunnerError, ServerCrashed, WorkloadDoesNotFit
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND, effective_swa_divergence_interval, server_argv
 from harness.runner.server_process import ServerProcess
 from harness.runner.workload import drive_workload, filler_request, plan_requests
@@ -95,10 +95,12 @@ def engine_server(engine: EngineSettings, mode: str, options: RunOptions, *, log
 def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, deadline: Deadline) -> _Collected:
     client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
     try:
-        vocab_size = _vocab_size(client.server_info())
+        info = client.server_info()
+        vocab_size = _vocab_size(info)
+        _check_context_fits(scenario, info)
+        planned = plan_requests(scenario.workload, vocab_size=vocab_size)
         fault_id = client.inject(scenario.fault.request_body()) if scenario.injects_fault else None
-        workload = drive_workload(client, plan_requests(scenario.workload, vocab_size=vocab_size),
-                                  concurrency=scenario.workload.concurrency, deadline=deadline)
+        workload = drive_workload(client, planned, concurrency=scenario.workload.concurrency, deadline=deadline)
         failed_fillers = 0
         if fault_id is not None:
             failed_fillers = _keep_stepping(server, client, scenario, fault_id, vocab_size, deadline)
@@ -117,6 +119,18 @@ def _vocab_size(info: dict) -> int:
     if not isinstance(vocab_size, int) or vocab_size < 2:
         raise EngineHttpError(f"GET /get_server_info has an unusable vocab_size: {vocab_size!r}")
     return vocab_size
+
+
+def _check_context_fits(scenario: Scenario, info: dict) -> None:
+    """The server would answer every too-long request with a 400: say so once, before the run, by key."""
+    max_context_len = info.get("max_context_len")
+    if not isinstance(max_context_len, int):
+        return  # a server that does not say has its requests judged one by one
+    for index, spec in enumerate(scenario.workload.requests):
+        if spec.prompt_len + spec.max_new_tokens > max_context_len:
+            raise WorkloadDoesNotFit(
+                f"workload.requests[{index}]: prompt_len {spec.prompt_len} + max_new_tokens {spec.max_new_tokens} "
+                f"exceeds the server's max_context_len {max_context_len}")
 
 
 def _keep_stepping(server: ServerProcess, client: EngineClient, scenario: Scenario, fault_id: int,

@@ -110,7 +110,7 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health":
                 self.answer({})
             elif self.path == "/get_server_info":
-                self.answer({"forward_count": engine.forward_count, "vocab_size": 100,
+                self.answer({"forward_count": engine.forward_count, "vocab_size": 100, "max_context_len": 64,
                              "model_mode": engine.args.model_mode})
             elif self.path == "/kv_canary/injections":
                 self.answer({"injections": [{key: fault[key] for key in ("fault_id", "kind", "status", "step", "detail")}

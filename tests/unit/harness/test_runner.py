@@ -77,6 +77,15 @@ def test_an_injection_without_target_fails(load_text, options, behaviour):
     assert "found no valid target: no running request holds a locked radix node" in result.failure_message()
 
 
+def test_a_request_longer_than_the_servers_context_fails_by_key_before_anything_is_sent(load_text, options):
+    text = DETECT_EVICTION.replace("prompt_len: 8, max_new_tokens: 4, count: 2", "prompt_len: 60, max_new_tokens: 8")
+    result = run_scenario(load_text(text), "mha", options)
+    assert result.error == ("WorkloadDoesNotFit: workload.requests[0]: prompt_len 60 + max_new_tokens 8 exceeds the "
+                            "server's max_context_len 64")
+    assert "scheduled" not in Path(result.log_path).read_text()  # not even the fault was sent
+    assert not result.passed
+
+
 def test_a_dirty_baseline_fails(load_text, options, behaviour):
     behaviour("dirty")
     result = run_scenario(load_text(BASELINE_MHA), "mha", options)
