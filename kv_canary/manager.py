@@ -157,18 +157,29 @@ class CanaryManager:
     def _run_phase(self, phase: Phase) -> None:
         checks_on = not self.config.self_test_disable_verify  # the self-test switch blinds every check
         for group, plans, hints in zip(self.groups, self._plans, self._hints):
+            # HEAD writes first: a slot that this forward both reads (a stale prefix) and hands to a
+            # new token then fails the HEAD verify of this very forward. A correct engine never
+            # plans one slot both ways, and every write chains from a slot the verify then checks.
+            # TAIL verifies first, so that its real-KV check sees the bytes before the new hashes.
+            if phase is Phase.HEAD:
+                self._write_halves(phase, group, plans, hints, checks_on)
             for half, buffers in group.halves.items():
                 self.kernels.verify(records=group.records(phase, half), plan=plans.verify,
                                     launch_tag=group.launch_tag(phase, half), state=self.state,
                                     real_kv=buffers.real_kv if phase is Phase.TAIL else None,
                                     check_tokens=self.config.verify_tokens,
                                     record_violations=checks_on, num_entries=hints.verify_entries)
-            for half, buffers in group.halves.items():
-                self.kernels.write(records=group.records(phase, half), plan=plans.write,
-                                   launch_tag=group.launch_tag(phase, half), state=self.state,
-                                   real_kv=buffers.real_kv if phase is Phase.TAIL else None,
-                                   assert_inputs=self.config.assert_write_inputs and checks_on,
-                                   num_entries=hints.write_entries, max_entries_per_request=hints.longest_run)
+            if phase is Phase.TAIL:
+                self._write_halves(phase, group, plans, hints, checks_on)
+
+    def _write_halves(self, phase: Phase, group: CanaryBufferGroup, plans: GroupPlans, hints: LaunchHints,
+                      checks_on: bool) -> None:
+        for half, buffers in group.halves.items():
+            self.kernels.write(records=group.records(phase, half), plan=plans.write,
+                               launch_tag=group.launch_tag(phase, half), state=self.state,
+                               real_kv=buffers.real_kv if phase is Phase.TAIL else None,
+                               assert_inputs=self.config.assert_write_inputs and checks_on,
+                               num_entries=hints.write_entries, max_entries_per_request=hints.longest_run)
 
     # --- between forwards ------------------------------------------------------------------------
 

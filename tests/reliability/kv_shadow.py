@@ -17,9 +17,8 @@ for a write that **fed a token** other than the recorded one. A clean engine pro
 a fault, the first event is the forward by which the canary must have reported a violation.
 
 What it deliberately does not judge: unguarded state (DSv4's compressed pool, K/V bytes past the
-hashed prefix in ``real_kv=partial``, everything with ``real_kv=none`` but the records), a
-forward's reads of the slots it writes for itself, and, with ``real_kv=none``, a prefix slot the
-same forward overwrites (its TAIL record is verified before it is rewritten: the next read tells).
+hashed prefix in ``real_kv=partial``, everything with ``real_kv=none`` but the records), and
+a forward's reads of the slots it writes itself.
 """
 
 from __future__ import annotations
@@ -79,8 +78,6 @@ class KvShadow:
         self.window = engine.config.swa_window
         self.identity: dict[PoolGroupKind, dict[int, Identity]] = {kind: {} for kind in self.groups}
         self.mirrors: dict[PoolGroupKind, list[_Mirror]] = {kind: [] for kind in self.groups}
-        self.hashes_real_kv = {group.kind: any(buffers.real_kv is not None for buffers in group.halves.values())
-                               for group in engine.canary.groups}
         for group in engine.canary.groups:
             for buffers in group.halves.values():
                 real_kv = buffers.real_kv
@@ -199,10 +196,6 @@ class KvShadow:
                 self._record(ReadEvent(forward=step, kind=prefix_kind + "not_resident", group=kind.value, slot=0,
                                        position=identity[0], detail="in-window position maps to SWA slot 0"))
             elif identities.get(slot) != identity:
-                if slot in fresh and not prefix_kind and not self.hashes_real_kv[kind]:
-                    # Overwritten by this very forward: the TAIL verify runs before the TAIL write,
-                    # so only a real-KV hash can tell now; without one, the next read is the first.
-                    continue
                 held = identities.get(slot)
                 self._record(ReadEvent(forward=step, kind=prefix_kind + "misaddressed", group=kind.value, slot=slot,
                                        position=identity[0], detail=f"holds position {held[0] if held else None}"))

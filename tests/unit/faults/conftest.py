@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from kv_canary import CanaryConfig, KernelBackend, ViolationRecord
+from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode, ViolationRecord
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
@@ -60,9 +60,11 @@ class FaultRun:
 
 @pytest.fixture
 def fault_run():
-    def make(mode: str = "mha", *, sweep_interval: int = 4, **engine: object) -> FaultRun:
+    def make(mode: str = "mha", *, sweep_interval: int = 4, real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
+             **engine: object) -> FaultRun:
         config = EngineConfig(model_mode=mode, swa_window=WINDOW, max_total_tokens=1024, **engine)
         canary = CanaryConfig(backend=KernelBackend.TORCH, sweep_interval=sweep_interval, stats_interval=0,
+                              real_kv_hash=real_kv_hash,
                               health_check_interval=0, verify_capacity=4096, write_capacity=1024,
                               max_requests_per_forward=32)
         engine = Engine(config, canary_config=canary)

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from kv_canary import RealKvHashMode
 from kv_canary.records import RecordWord
 from mock_models.faults.canary_records import corrupt_canary
 from mock_models.faults.fault_request import FaultRequestBody, resolve
@@ -38,8 +39,8 @@ def reasons_within(violations, first: int, steps: int) -> set[str]:
     ("mha", "req_to_token_remap", {}, CHAIN, "*_FULL"),
     ("dsv4", "req_to_token_remap", {"position": "in_window"}, CHAIN, "*_K_SWA"),
     ("swa", "remap_swa_slot", {}, CHAIN, "*_SWA"),
-    ("mha", "double_free", {}, REAL_KV, "TAIL_*_FULL"),
-    ("dsv4", "double_free", {"group": "swa"}, REAL_KV, "TAIL_K_SWA"),
+    ("mha", "double_free", {}, RECORD | REAL_KV, "*_FULL"),
+    ("dsv4", "double_free", {"group": "swa"}, RECORD | REAL_KV, "*_K_SWA"),
     ("swa", "swap_next_token", {}, {"write_token"}, "*"),
 ])
 def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(fault_run, mode, kind, target, reasons,
@@ -54,6 +55,23 @@ def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(fault
     step, _, seen_tags = first_reasons(violations)
     assert step == 8 and all(fnmatch.fnmatchcase(tag, tags) for tag in seen_tags), seen_tags
     assert reasons & reasons_within(violations, 8, 4)
+
+
+@pytest.mark.parametrize(("mode", "target", "tags"), [
+    ("mha", {}, {"HEAD_K_FULL", "HEAD_V_FULL"}),
+    ("dsv4", {"group": "swa"}, {"HEAD_K_SWA"}),
+])
+def test_a_slot_freed_and_reused_within_one_forward_fails_that_forwards_head_verify(fault_run, mode, target, tags):
+    # The freed slot goes to a new token of the very forward that reads it as a prefix: the HEAD
+    # write lands before the HEAD verify, so no real-KV hash is needed to see it at once.
+    run = fault_run(mode, real_kv_hash=RealKvHashMode.NONE)
+    run.inject(kind="double_free", at_step=8, target=target)
+    run.submit(4)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", 8), entry.detail
+    step, reasons, seen_tags = first_reasons(run.violations_from(8))
+    assert step == 8 and tags <= seen_tags and reasons & RECORD, (step, reasons, seen_tags)
 
 
 def test_a_freed_slot_reused_by_another_request_breaks_the_chain_its_old_owner_reads(fault_run):
