@@ -55,8 +55,9 @@ def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[Engine
                           swa_window=window, chunked_prefill_size=chunk,
                           max_running_requests=draw(st.integers(1, 4)), max_context_len=MAX_CONTEXT,
                           strict_allocator=not faults, **swa)
-    real_kv = draw(st.sampled_from([RealKvHashMode.PARTIAL, RealKvHashMode.ALL]
-                                   + ([] if faults else [RealKvHashMode.NONE])))
+    # Fault cases too run without a real-KV hash: record checks alone must then see every fault
+    # but corrupt_kv_bytes (which finds no target, or in the injector goes unread by the oracle).
+    real_kv = draw(st.sampled_from([RealKvHashMode.PARTIAL, RealKvHashMode.ALL, RealKvHashMode.NONE]))
     canary = CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=real_kv, sweep_interval=draw(st.sampled_from([1, 2, 3, 5])),
                           verify_capacity=2048, write_capacity=256, max_requests_per_forward=8, stats_interval=5,
                           health_check_interval=4, health_check_warmup=4,
@@ -189,6 +190,7 @@ class CleanEngineMachine(RuleBasedStateMachine):
     def case_figures(self, **extra: object) -> dict[str, object]:
         config = self.engine.config
         return {"machine": self.machine, "mode": self.mode, "page_size": config.page_size,
+                "real_kv": self.engine.canary_config.real_kv_hash.value,
                 "forwards": self.engine.forward_count, "misreads": self.shadow.num_events,
                 "reads_checked": self.shadow.reads_checked, "evictions": self.evictions,
                 "seconds": round(time.perf_counter() - self.started, 3), **self.counts, **extra}
