@@ -19,6 +19,7 @@ TOKEN_UNKNOWN = -1
 # slot 0 included: that is the engine's padding slot, never written, so an entry that reads it (an
 # SWA window position mapped to 0, a req_to_token entry never set) always fails.
 PADDING_POSITION = -1
+PADDING_ROW = 0  # row 0 of req_to_token: what padded batch entries point at; planned as padding
 
 
 def _int32(n: int, device: torch.device | str, fill: int = 0) -> torch.Tensor:

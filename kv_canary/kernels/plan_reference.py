@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from kv_canary.forward_rows import ForwardRows
-from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.plans import (PADDING_POSITION, PADDING_ROW, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN,
+                             VerifyPlan, WritePlan)
 
 
 def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
@@ -22,8 +23,9 @@ def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: F
     and ``full_to_swa`` given) read ``[prefix_len - window, prefix_len)`` in their own sub-pool; a
     window position mapped to 0 (not resident) is planned at slot 0 and so fails its verify.
     Entries of requests on the padding row are planned as padding (skipped). The new slots are
-    planned in per-request runs, each chained from the slot of the request's last cached position. Entries past a plan's capacity, and the runs of requests past the
-    write plan's request capacity, are dropped and added to ``plan_overflow``.
+    planned in per-request runs, each chained from the slot of the request's last cached position.
+    Entries past a plan's capacity, and the runs of requests past the write plan's request
+    capacity, are dropped and added to ``plan_overflow``.
 
     Returns the host hints ``(verify entries, write entries, longest run)``: see ``host_hints``.
     """
@@ -47,9 +49,6 @@ def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardR
         return verify_entries, 0, None
     write_entries = min(rows.num_new_tokens, write_plan.capacity)
     return verify_entries, write_entries, rows.longest_run if write_entries else 0
-
-
-PADDING_ROW = 0  # row 0 of req_to_token: what padded batch entries point at
 
 
 def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor, window: int | None,

@@ -17,8 +17,9 @@ import triton.language as tl
 
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.forward_launch import ForwardLaunchCache
-from kv_canary.kernels.plan_reference import PADDING_ROW, host_hints
-from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
+from kv_canary.kernels.plan_reference import host_hints
+from kv_canary.plans import (PADDING_POSITION, PADDING_ROW, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN,
+                             VerifyPlan, WritePlan)
 
 PREV_SEQUENCE_START_C: tl.constexpr = tl.constexpr(PREV_SEQUENCE_START)
 PREV_UNKNOWN_C: tl.constexpr = tl.constexpr(PREV_UNKNOWN)

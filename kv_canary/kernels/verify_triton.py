@@ -12,9 +12,9 @@ from kv_canary.kernels.launch_cache import CompiledLaunchCache, real_kv_argument
 from kv_canary.kernels.ring_triton import append_violations
 from kv_canary.launch_tags import LaunchTag
 from kv_canary.plans import PADDING_POSITION, VerifyPlan
+from kv_canary.real_kv import RealKvSource
 
 PADDING_POSITION_C: tl.constexpr = tl.constexpr(PADDING_POSITION)
-from kv_canary.real_kv import RealKvSource
 
 # (entries up to, block, warps): one-warp blocks for small launches, whose reductions then need
 # no barrier; larger blocks once there is enough work to hide memory latency, and larger still

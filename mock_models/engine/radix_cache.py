@@ -250,11 +250,7 @@ class RadixCache:
 
     def nodes(self) -> Iterator[TreeNode]:
         """Every node but the root, parents before children."""
-        stack = list(self.root_node.children.values())
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.children.values())
+        return descendants(self.root_node)
 
     def total_size(self) -> int:
         return sum(len(node.key) for node in self.nodes())
@@ -285,3 +281,12 @@ class RadixCache:
         while matched < limit and node_key[matched] == key[offset + matched]:
             matched += 1
         return self._align(matched)
+
+
+def descendants(root: object) -> Iterator:
+    """Every node below ``root`` (anything with a ``children`` mapping), parents before children."""
+    stack = list(root.children.values())
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.children.values())

@@ -28,7 +28,7 @@ from kv_canary.integrations.sglang import SglangTreeCache
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.allocator import OutOfSlotsError
 from mock_models.engine.memory import EngineMemory
-from mock_models.engine.radix_cache import InsertResult, MatchResult
+from mock_models.engine.radix_cache import InsertResult, MatchResult, descendants
 from mock_models.engine.req_to_token_pool import NO_TOKEN
 from mock_models.engine.torchvision_stub import install_if_missing
 from mock_models.faults.targets import NoTarget
@@ -277,11 +277,7 @@ class SglangRadixCache:
 
     def nodes(self) -> Iterator[RadixNodeView]:
         """Every node but the root, parents before children."""
-        stack = list(self.root_node.children.values())
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.children.values())
+        return descendants(self.root_node)
 
     def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool):
         return self._walker.radix_walk(device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only)
