@@ -30,12 +30,16 @@ def load_anchor(anchor_dir: pathlib.Path) -> types.SimpleNamespace | None:
     _stand_in("sglang", root)
     _stand_in("sglang.srt", root / "srt")
     _stand_in("sglang.srt.utils", root / "srt" / "utils")
-    _stand_in("sglang.srt.utils.common", is_cuda=torch.cuda.is_available, is_hip=lambda: False,
-              is_sail=lambda: False,
-              get_cuda_version=lambda: tuple(int(part) for part in torch.version.cuda.split(".")))
+    _stand_in(
+        "sglang.srt.utils.common",
+        is_cuda=torch.cuda.is_available,
+        is_hip=lambda: False,
+        is_sail=lambda: False,
+        get_cuda_version=lambda: tuple(int(part) for part in torch.version.cuda.split(".")),
+    )
     _stand_in("sglang.utils", is_in_ci=lambda: False)
     _stand_in("sglang.kernels", root / "kernels")
     _stand_in("sglang.kernels.ops", root / "kernels" / "ops")
-    from sglang.kernels.ops.kv_canary import consts, verify  # noqa: E402  (resolved through the stand-ins)
+    from sglang.kernels.ops.kv_canary import consts, verify
 
     return types.SimpleNamespace(consts=consts, verify=verify)

@@ -30,10 +30,15 @@ def main() -> None:
     attention = 2 * args.layers * row  # K and V of every layer
     launches = 4  # HEAD and TAIL, K and V
     base = launches * (PLAN_ENTRY_BYTES + RECORD_BYTES) + PLAN_ENTRY_BYTES
-    hashed = {"none": (0, 0), "partial": (2 * args.layers * PARTIAL_BYTES, 2 * args.layers * SECTOR_BYTES),
-              "all": (2 * args.layers * row, 2 * args.layers * row)}
-    print(f"attention reads {attention} bytes per cached token per forward "
-          f"({args.layers} layers x 2 x {args.kv_heads} heads x {args.head_dim} x {args.dtype_bytes} B)")
+    hashed = {
+        "none": (0, 0),
+        "partial": (2 * args.layers * PARTIAL_BYTES, 2 * args.layers * SECTOR_BYTES),
+        "all": (2 * args.layers * row, 2 * args.layers * row),
+    }
+    print(
+        f"attention reads {attention} bytes per cached token per forward "
+        f"({args.layers} layers x 2 x {args.kv_heads} heads x {args.head_dim} x {args.dtype_bytes} B)"
+    )
     print("| real KV | canary bytes / token | with sector waste | fraction of attention's reads |")
     print("|---|---|---|---|")
     for mode, (logical, moved) in hashed.items():

@@ -21,19 +21,30 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode  # noqa: E402
-from mock_models.config import EngineConfig  # noqa: E402
-from mock_models.engine.engine import Engine  # noqa: E402
+from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from mock_models.config import EngineConfig
+from mock_models.engine.engine import Engine
 
 DECODE_STEPS = 40
 
 
 def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode) -> float:
     swa = {"swa_max_total_tokens": batch * (2 * 64 + 16 + prompt_len) + 64} if mode != "mha" else {}
-    config = EngineConfig(model_mode=mode, device="cuda", max_total_tokens=batch * (prompt_len + DECODE_STEPS + 8) + 64,
-                          max_running_requests=batch, chunked_prefill_size=batch * prompt_len, swa_window=64, **swa)
-    engine = Engine(config, canary_config=CanaryConfig(mode=canary, real_kv_hash=RealKvHashMode.PARTIAL,
-                                                       stats_interval=0, health_check_interval=0))
+    config = EngineConfig(
+        model_mode=mode,
+        device="cuda",
+        max_total_tokens=batch * (prompt_len + DECODE_STEPS + 8) + 64,
+        max_running_requests=batch,
+        chunked_prefill_size=batch * prompt_len,
+        swa_window=64,
+        **swa,
+    )
+    engine = Engine(
+        config,
+        canary_config=CanaryConfig(
+            mode=canary, real_kv_hash=RealKvHashMode.PARTIAL, stats_interval=0, health_check_interval=0
+        ),
+    )
     for index in range(batch):
         engine.submit([(index * 7 + i) % 1000 for i in range(prompt_len)], DECODE_STEPS + 5)
     while engine.num_waiting:

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench.timing import time_eager_us, time_graph_us  # noqa: E402
-from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode  # noqa: E402
-from kv_canary.adapters import attach_canary_buffers  # noqa: E402
-from kv_canary.forward_rows import ForwardRows  # noqa: E402
-from kv_canary.manager import CanaryManager  # noqa: E402
+from bench.timing import time_eager_us, time_graph_us
+from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode
+from kv_canary.adapters import attach_canary_buffers
+from kv_canary.forward_rows import ForwardRows
+from kv_canary.manager import CanaryManager
 
 SWA_WINDOW = 1024
 REAL_KV_LAYERS = 4
@@ -65,10 +65,13 @@ class Case:
 
 
 def cases(quick: bool) -> list[Case]:
-    decode = [Case(kind="decode", batch=b, prefix=p, new_tokens=1)
-              for b in (1, 32, 256, 1024) for p in (0, 1024, 4096, 16384)]
-    extend = [Case(kind="extend", batch=4, prefix=1024, new_tokens=128),
-              Case(kind="extend", batch=4, prefix=1024, new_tokens=1024)]
+    decode = [
+        Case(kind="decode", batch=b, prefix=p, new_tokens=1) for b in (1, 32, 256, 1024) for p in (0, 1024, 4096, 16384)
+    ]
+    extend = [
+        Case(kind="extend", batch=4, prefix=1024, new_tokens=128),
+        Case(kind="extend", batch=4, prefix=1024, new_tokens=1024),
+    ]
     if quick:
         return [c for c in decode if c.batch * c.prefix <= 256 * 4096] + extend
     return decode + extend
@@ -84,15 +87,21 @@ def build(case: Case, mode: str, real_kv: RealKvHashMode, device: str):
     else:
         swa_slots = case.batch * (min(case.prefix, SWA_WINDOW) + case.new_tokens) + 1
         pool = SWAKVPool(case.slots, swa_slots, layers, row, device)
-    config = CanaryConfig(backend=KernelBackend.AUTO, real_kv_hash=real_kv, stats_interval=0,
-                          health_check_interval=0, verify_capacity=case.batch * case.prefix + 1,
-                          write_capacity=case.batch * (case.prefix + case.new_tokens),
-                          max_requests_per_forward=case.batch)
+    config = CanaryConfig(
+        backend=KernelBackend.AUTO,
+        real_kv_hash=real_kv,
+        stats_interval=0,
+        health_check_interval=0,
+        verify_capacity=case.batch * case.prefix + 1,
+        write_capacity=case.batch * (case.prefix + case.new_tokens),
+        max_requests_per_forward=case.batch,
+    )
     groups = attach_canary_buffers(pool, config=config, swa_window=SWA_WINDOW)
-    manager = CanaryManager(config=config, groups=groups, device=torch.device(device),
-                            logger=__import__("logging").getLogger("bench"))
+    manager = CanaryManager(
+        config=config, groups=groups, device=torch.device(device), logger=__import__("logging").getLogger("bench")
+    )
     length = case.prefix + case.new_tokens
-    slots = torch.randperm(case.slots - 1, device=device, generator=generator)[:case.batch * length] + 1
+    slots = torch.randperm(case.slots - 1, device=device, generator=generator)[: case.batch * length] + 1
     req_to_token = torch.zeros(case.batch + 1, length, dtype=torch.int32, device=device)
     req_to_token[1:] = slots.view(case.batch, length).to(torch.int32)
     if mode == "swa":
@@ -102,16 +111,20 @@ def build(case: Case, mode: str, real_kv: RealKvHashMode, device: str):
     tokens = torch.randint(0, 128_000, (case.batch + 1, length), device=device, generator=generator)
 
     def rows(prefix: int, new: int, hints: bool) -> ForwardRows:
-        new_slots = req_to_token[1:, prefix:prefix + new].flatten().to(torch.int64)
+        new_slots = req_to_token[1:, prefix : prefix + new].flatten().to(torch.int64)
         return ForwardRows(
             req_pool_indices=torch.arange(1, case.batch + 1, device=device),
             prefix_lens=torch.full((case.batch,), prefix, device=device),
-            extend_lens=torch.full((case.batch,), new, device=device), out_cache_loc=new_slots,
-            input_ids=tokens[1:, prefix:prefix + new].contiguous().view(-1),
+            extend_lens=torch.full((case.batch,), new, device=device),
+            out_cache_loc=new_slots,
+            input_ids=tokens[1:, prefix : prefix + new].contiguous().view(-1),
             positions=torch.arange(prefix, prefix + new, device=device).repeat(case.batch),
-            req_to_token=req_to_token, req_token_ids=tokens,
+            req_to_token=req_to_token,
+            req_token_ids=tokens,
             prefix_lens_host=(prefix,) * case.batch if hints else None,
-            extend_lens_host=(new,) * case.batch if hints else None, max_extend_len=new)
+            extend_lens_host=(new,) * case.batch if hints else None,
+            max_extend_len=new,
+        )
 
     if case.prefix:
         manager.before_forward(rows(0, case.prefix, hints=True))  # write the prefix's records once
@@ -133,8 +146,14 @@ def measure(case: Case, mode: str, real_kv: RealKvHashMode, device: str) -> dict
     # The same step is repeated: its writes rewrite identical records, so it stays clean.
     eager_us = time_eager_us(eager, iterations=20, warmup=10)
     graph_us = time_graph_us(captured, launches_per_graph=1, replays=20)
-    return {"case": case.label, "mode": mode, "real_kv": real_kv.value, "eager_us": eager_us, "graph_us": graph_us,
-            "violations": int(manager.state.ring.write_index)}
+    return {
+        "case": case.label,
+        "mode": mode,
+        "real_kv": real_kv.value,
+        "eager_us": eager_us,
+        "graph_us": graph_us,
+        "violations": int(manager.state.ring.write_index),
+    }
 
 
 def main() -> None:
@@ -143,8 +162,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 16M-entry cases")
     args = parser.parse_args()
     device = "cuda"
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"triton {__import__('triton').__version__}")
+    print(
+        f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}"
+    )
     print("| case | mode | real KV | eager us | graph us | violations |")
     print("|---|---|---|---|---|---|")
     results = []
@@ -155,8 +175,11 @@ def main() -> None:
                     continue
                 row = measure(case, mode, real_kv, device)
                 results.append(row)
-                print(f"| {case.label} | {mode} | {real_kv.value} | {row['eager_us']:.1f} | {row['graph_us']:.1f} | "
-                      f"{row['violations']} |", flush=True)
+                print(
+                    f"| {case.label} | {mode} | {real_kv.value} | {row['eager_us']:.1f} | {row['graph_us']:.1f} | "
+                    f"{row['violations']} |",
+                    flush=True,
+                )
                 torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": results}, indent=2))

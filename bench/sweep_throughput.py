@@ -28,16 +28,16 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench.per_forward_cost import MHATokenToKVPool  # noqa: E402
-from bench.timing import time_eager_us  # noqa: E402
-from kv_canary import CanaryConfig, RealKvHashMode  # noqa: E402
-from kv_canary.adapters import attach_canary_buffers  # noqa: E402
-from kv_canary.launch_tags import Phase  # noqa: E402
-from kv_canary.manager import CanaryManager  # noqa: E402
-from kv_canary.plans import WritePlan  # noqa: E402
-from kv_canary.sweep.radix_walker import walk_radix_cache  # noqa: E402
-from kv_canary.sweep.sweep_orchestrator import SweepOrchestrator  # noqa: E402
-from kv_canary.sweep.sweep_plan import build_sweep_plan  # noqa: E402
+from bench.per_forward_cost import MHATokenToKVPool
+from bench.timing import time_eager_us
+from kv_canary import CanaryConfig, RealKvHashMode
+from kv_canary.adapters import attach_canary_buffers
+from kv_canary.launch_tags import Phase
+from kv_canary.manager import CanaryManager
+from kv_canary.plans import WritePlan
+from kv_canary.sweep.radix_walker import walk_radix_cache
+from kv_canary.sweep.sweep_orchestrator import SweepOrchestrator
+from kv_canary.sweep.sweep_plan import build_sweep_plan
 
 NODE_TOKENS = 64
 BRANCHES = 1024
@@ -47,7 +47,7 @@ PARTIAL_BYTES = 16
 
 
 class Node:
-    def __init__(self, key: list[int], value: torch.Tensor, parent: "Node | None") -> None:
+    def __init__(self, key: list[int], value: torch.Tensor, parent: Node | None) -> None:
         self.key, self.value, self.parent = key, value, parent
         self.children: dict[int, Node] = {}
         self.lock_ref = 0
@@ -83,11 +83,19 @@ def copy_bandwidth_gbps(device: str) -> float:
 
 def measure(slots: int, device: str) -> dict[str, float]:
     pool = MHATokenToKVPool(slots + 1, LAYERS, ROW_ELEMENTS, device)
-    config = CanaryConfig(real_kv_hash=RealKvHashMode.PARTIAL, sweep_interval=1, stats_interval=0,
-                          health_check_interval=0, verify_capacity=1, write_capacity=1, max_requests_per_forward=1)
+    config = CanaryConfig(
+        real_kv_hash=RealKvHashMode.PARTIAL,
+        sweep_interval=1,
+        stats_interval=0,
+        health_check_interval=0,
+        verify_capacity=1,
+        write_capacity=1,
+        max_requests_per_forward=1,
+    )
     groups = attach_canary_buffers(pool, config=config, swa_window=None)
-    manager = CanaryManager(config=config, groups=groups, device=torch.device(device),
-                            logger=logging.getLogger("bench"))
+    manager = CanaryManager(
+        config=config, groups=groups, device=torch.device(device), logger=logging.getLogger("bench")
+    )
     manager.attach_prefix_cache(synthetic_cache(slots, device))
     (group,) = groups
     started = time.perf_counter()
@@ -100,17 +108,27 @@ def measure(slots: int, device: str) -> dict[str, float]:
     def sweep_device_part(hash_real_kv: bool) -> None:
         for half, buffers in group.halves.items():
             for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv if hash_real_kv else None)):
-                manager.kernels.verify(records=group.records(phase, half), plan=plan,
-                                       launch_tag=group.launch_tag(Phase.SWEEP, half), state=manager.state,
-                                       real_kv=real_kv, check_tokens=True, num_entries=walk.num_tokens)
+                manager.kernels.verify(
+                    records=group.records(phase, half),
+                    plan=plan,
+                    launch_tag=group.launch_tag(Phase.SWEEP, half),
+                    state=manager.state,
+                    real_kv=real_kv,
+                    check_tokens=True,
+                    num_entries=walk.num_tokens,
+                )
 
     results = {"slots": slots, "host_walk_s": host_seconds}
     for real_kv_mode in ("none", "partial"):
-        device_us = time_eager_us(lambda: sweep_device_part(hash_real_kv=real_kv_mode == "partial"),
-                                  iterations=10, warmup=2)
+        device_us = time_eager_us(
+            lambda: sweep_device_part(hash_real_kv=real_kv_mode == "partial"), iterations=10, warmup=2
+        )
         per_slot_bytes = 2 * (2 * (16 + 32) + (LAYERS * PARTIAL_BYTES if real_kv_mode == "partial" else 0))
-        results[real_kv_mode] = {"device_us": device_us, "slots_per_s": slots / device_us * 1e6,
-                                 "gbps": slots * per_slot_bytes / device_us / 1e3}
+        results[real_kv_mode] = {
+            "device_us": device_us,
+            "slots_per_s": slots / device_us * 1e6,
+            "gbps": slots * per_slot_bytes / device_us / 1e3,
+        }
     orchestrator = SweepOrchestrator(manager=manager)
     started = time.perf_counter()
     orchestrator.run_pass()
@@ -125,8 +143,13 @@ def _make_records_valid(manager: CanaryManager, group, walk) -> None:
     n = walk.num_tokens
     starts = torch.nonzero(walk.positions % NODE_TOKENS == 0).flatten()  # every node starts a chain run
     plan = WritePlan.allocate(capacity=n, request_capacity=starts.numel(), device=walk.slots.device)
-    for name, values in (("slot_indices", walk.slots), ("tokens", walk.tokens), ("positions", walk.positions),
-                         ("expected_positions", walk.positions), ("expected_tokens", walk.tokens)):
+    for name, values in (
+        ("slot_indices", walk.slots),
+        ("tokens", walk.tokens),
+        ("positions", walk.positions),
+        ("expected_positions", walk.positions),
+        ("expected_tokens", walk.tokens),
+    ):
         getattr(plan, name).copy_(values)
     plan.entry_counts.fill_(NODE_TOKENS)
     # A node chains from its parent's last record, so parents are written first: one launch per depth.
@@ -139,9 +162,15 @@ def _make_records_valid(manager: CanaryManager, group, walk) -> None:
         plan.num_requests.fill_(count)
         for half, buffers in group.halves.items():
             for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv)):
-                manager.kernels.write(records=group.records(phase, half), plan=plan,
-                                      launch_tag=group.launch_tag(phase, half), state=manager.state, real_kv=real_kv,
-                                      assert_inputs=True, max_entries_per_request=NODE_TOKENS)
+                manager.kernels.write(
+                    records=group.records(phase, half),
+                    plan=plan,
+                    launch_tag=group.launch_tag(phase, half),
+                    state=manager.state,
+                    real_kv=real_kv,
+                    assert_inputs=True,
+                    max_entries_per_request=NODE_TOKENS,
+                )
 
 
 def main() -> None:
@@ -151,8 +180,10 @@ def main() -> None:
     device = "cuda"
     peak = copy_bandwidth_gbps(device)
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {peak:.0f} GB/s (read + write)")
-    print("| cached slots | real KV | device us / pass | slots/s | GB/s | % of copy bandwidth | host walk + plan s "
-          "| whole pass s | violations |")
+    print(
+        "| cached slots | real KV | device us / pass | slots/s | GB/s | % of copy bandwidth | host walk + plan s "
+        "| whole pass s | violations |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for slots in (1 << 20, 8 << 20):
@@ -161,12 +192,16 @@ def main() -> None:
         for mode in ("none", "partial"):
             part = row[mode]
             part["fraction_of_peak"] = part["gbps"] / peak
-            print(f"| {slots} | {mode} | {part['device_us']:.0f} | {part['slots_per_s'] / 1e9:.2f} G | "
-                  f"{part['gbps']:.0f} | {100 * part['fraction_of_peak']:.0f}% | {row['host_walk_s']:.2f} | "
-                  f"{row['full_pass_s']:.2f} | {row['violations']} |", flush=True)
+            print(
+                f"| {slots} | {mode} | {part['device_us']:.0f} | {part['slots_per_s'] / 1e9:.2f} G | "
+                f"{part['gbps']:.0f} | {100 * part['fraction_of_peak']:.0f}% | {row['host_walk_s']:.2f} | "
+                f"{row['full_pass_s']:.2f} | {row['violations']} |",
+                flush=True,
+            )
     if args.json:
-        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy_gbps": peak, "rows": rows},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"device": torch.cuda.get_device_name(), "copy_gbps": peak, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

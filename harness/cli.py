@@ -44,11 +44,17 @@ class _KvCanaryGroup(click.Group):
 def _serve_unavailable(error: ImportError) -> click.Command:
     reason = f"mock_models.server.main.serve_command cannot be imported ({type(error).__name__}: {error})"
 
-    @click.command("serve", help=f"Start the mock server. Unavailable here: {reason}.",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        "serve",
+        help=f"Start the mock server. Unavailable here: {reason}.",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     def serve_unavailable() -> None:
-        click.echo(f"kv-canary serve: {reason}. The mock server ships with mock_models/; run from a checkout "
-                   "that has it, or install the package.", err=True)
+        click.echo(
+            f"kv-canary serve: {reason}. The mock server ships with mock_models/; run from a checkout "
+            "that has it, or install the package.",
+            err=True,
+        )
         sys.exit(EXIT_BAD_INPUT)
 
     return serve_unavailable
@@ -71,18 +77,43 @@ def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
 
 @cli.command()
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model-mode", type=click.Choice([*MODEL_MODES, "all"]), default="all", show_default=True,
-              help="Run only this mode; a scenario that does not list it is skipped.")
+@click.option(
+    "--model-mode",
+    type=click.Choice([*MODEL_MODES, "all"]),
+    default="all",
+    show_default=True,
+    help="Run only this mode; a scenario that does not list it is skipped.",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for results, server logs and the report [default: runs/<UTC time>]; results "
-                   "of earlier runs into the same directory stay in its report, re-run pairs are replaced.")
-@click.option("--server-command", default=shlex.join(DEFAULT_SERVER_COMMAND), show_default=True,
-              help="Command that starts the server; the engine flags are appended.")
-@click.option("--timeout", "run_timeout_s", type=click.FloatRange(min=1), default=600, show_default=True,
-              help="Wall-clock budget per (scenario, mode) in seconds.")
-def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: Path | None, server_command: str,
-        run_timeout_s: float) -> None:
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory for results, server logs and the report [default: runs/<UTC time>]; results "
+    "of earlier runs into the same directory stay in its report, re-run pairs are replaced.",
+)
+@click.option(
+    "--server-command",
+    default=shlex.join(DEFAULT_SERVER_COMMAND),
+    show_default=True,
+    help="Command that starts the server; the engine flags are appended.",
+)
+@click.option(
+    "--timeout",
+    "run_timeout_s",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Wall-clock budget per (scenario, mode) in seconds.",
+)
+def run(
+    scenarios: tuple[Path, ...],
+    model_mode: str,
+    device: str,
+    report_dir: Path | None,
+    server_command: str,
+    run_timeout_s: float,
+) -> None:
     """Run SCENARIO files (or directories of them) against the mock server and judge every expectation."""
     loaded = _load_or_exit(scenarios)
     pairs = [(item, mode) for item in loaded for mode in item.scenario.model_modes if model_mode in ("all", mode)]
@@ -93,8 +124,12 @@ def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: P
     if skipped and model_mode != "all":
         click.echo(f"skipping {len(skipped)} scenario(s) without mode {model_mode}: {', '.join(skipped)}", err=True)
     run_dir = RunDirectory(report_dir or Path("runs") / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
-    options = RunOptions(log_dir=run_dir.logs_dir, device=device, server_command=tuple(shlex.split(server_command)),
-                         run_timeout_s=run_timeout_s)
+    options = RunOptions(
+        log_dir=run_dir.logs_dir,
+        device=device,
+        server_command=tuple(shlex.split(server_command)),
+        run_timeout_s=run_timeout_s,
+    )
     results: list[RunResult] = []
     interrupted = False
     with termination_signals_exit():
@@ -113,8 +148,9 @@ def run(scenarios: tuple[Path, ...], model_mode: str, device: str, report_dir: P
     sys.exit(EXIT_HELD if all(result.passed for result in results) else EXIT_FAILED)
 
 
-def _run_pairs(pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory,
-               results: list[RunResult]) -> None:
+def _run_pairs(
+    pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory, results: list[RunResult]
+) -> None:
     """Appends to ``results`` as it goes, so that an interrupted run still reports the finished pairs."""
     from tqdm import tqdm  # only `run` draws a progress bar
 
@@ -138,15 +174,29 @@ def validate(scenarios: tuple[Path, ...]) -> None:
 
 
 @cli.command("list")
-@click.option("--dir", "scenario_dir", type=click.Path(path_type=Path), default=DEFAULT_SCENARIO_DIR,
-              show_default=True, help="The scenario library.")
+@click.option(
+    "--dir",
+    "scenario_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_SCENARIO_DIR,
+    show_default=True,
+    help="The scenario library.",
+)
 def list_scenarios(scenario_dir: Path) -> None:
     """List the scenario library: name, modes, fault kind and whether it must be detected."""
     loaded = _load_or_exit((scenario_dir,))
-    rows = [("name", "modes", "fault", "expect"), *(
-        (item.scenario.name, ",".join(item.scenario.model_modes),
-         item.scenario.fault.kind if item.scenario.injects_fault else "none",
-         "detected" if item.scenario.expects_detection else "clean") for item in loaded)]
+    rows = [
+        ("name", "modes", "fault", "expect"),
+        *(
+            (
+                item.scenario.name,
+                ",".join(item.scenario.model_modes),
+                item.scenario.fault.kind if item.scenario.injects_fault else "none",
+                "detected" if item.scenario.expects_detection else "clean",
+            )
+            for item in loaded
+        ),
+    ]
     click.echo(aligned_columns(rows))
 
 
@@ -159,8 +209,9 @@ def report(run_dir: Path) -> None:
     except RunDirectoryError as error:
         click.echo(f"kv-canary report: {error}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    click.echo(f"{rendered.passed} passed, {rendered.failed} failed: {rendered.markdown}, {rendered.json}, "
-               f"{rendered.heatmap}")
+    click.echo(
+        f"{rendered.passed} passed, {rendered.failed} failed: {rendered.markdown}, {rendered.json}, {rendered.heatmap}"
+    )
     sys.exit(EXIT_HELD if rendered.failed == 0 else EXIT_FAILED)
 
 

@@ -10,13 +10,12 @@ import collections
 import dataclasses
 from collections.abc import Sequence
 
-from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
-
 from harness.injections import Injection
 from harness.scenario.comparison import Comparison
 from harness.scenario.model import Fault, Scenario, ViolationPattern
 from harness.scenario.modes import mode_has_full_and_swa_groups
 from harness.scenario.patterns import matches
+from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
 
 MAX_LINES_PER_OUTCOME = 10  # enough to see the pattern of a failure without drowning the message
 
@@ -29,13 +28,21 @@ class ExpectationOutcome:
     log_lines: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        return {"expectation": self.expectation, "held": self.held, "reason": self.reason,
-                "log_lines": list(self.log_lines)}
+        return {
+            "expectation": self.expectation,
+            "held": self.held,
+            "reason": self.reason,
+            "log_lines": list(self.log_lines),
+        }
 
     @classmethod
     def from_json(cls, payload: dict) -> ExpectationOutcome:
-        return cls(expectation=payload["expectation"], held=payload["held"], reason=payload["reason"],
-                   log_lines=tuple(payload["log_lines"]))
+        return cls(
+            expectation=payload["expectation"],
+            held=payload["held"],
+            reason=payload["reason"],
+            log_lines=tuple(payload["log_lines"]),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,15 +71,20 @@ class ExpectationResult:
 
     @classmethod
     def from_json(cls, payload: dict) -> ExpectationResult:
-        return cls(outcomes=tuple(ExpectationOutcome.from_json(item) for item in payload["outcomes"]),
-                   injection_step=payload["injection_step"], detected=payload["detected"],
-                   latency_steps=payload["latency_steps"], violation_count=payload["violation_count"],
-                   launch_tags_seen=tuple(payload["launch_tags_seen"]),
-                   fail_reasons_seen=tuple(payload["fail_reasons_seen"]))
+        return cls(
+            outcomes=tuple(ExpectationOutcome.from_json(item) for item in payload["outcomes"]),
+            injection_step=payload["injection_step"],
+            detected=payload["detected"],
+            latency_steps=payload["latency_steps"],
+            violation_count=payload["violation_count"],
+            launch_tags_seen=tuple(payload["launch_tags_seen"]),
+            fail_reasons_seen=tuple(payload["fail_reasons_seen"]),
+        )
 
 
-def check_expectations(scenario: Scenario, mode: str, log_text: str,
-                       injections: Sequence[Injection]) -> ExpectationResult:
+def check_expectations(
+    scenario: Scenario, mode: str, log_text: str, injections: Sequence[Injection]
+) -> ExpectationResult:
     violations = ViolationRecord.find_all(log_text)
     outcomes: list[ExpectationOutcome] = []
     injection_step: int | None = None
@@ -90,10 +102,14 @@ def check_expectations(scenario: Scenario, mode: str, log_text: str,
     if scenario.expect.swa_divergence is not None and mode_has_full_and_swa_groups(mode):
         outcomes.extend(_swa_divergence(scenario, log_text))
     return ExpectationResult(
-        outcomes=tuple(outcomes), injection_step=injection_step, detected=detected,
-        latency_steps=after[0].step - injection_step if after else None, violation_count=len(violations),
+        outcomes=tuple(outcomes),
+        injection_step=injection_step,
+        detected=detected,
+        latency_steps=after[0].step - injection_step if after else None,
+        violation_count=len(violations),
         launch_tags_seen=tuple(sorted({v.launch_tag for v in violations})),
-        fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})))
+        fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
+    )
 
 
 def _lines(violations: Sequence[ViolationRecord]) -> tuple[str, ...]:
@@ -103,88 +119,143 @@ def _lines(violations: Sequence[ViolationRecord]) -> tuple[str, ...]:
 def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[ExpectationOutcome, int | None]:
     expectation = f"fault {fault.kind} is applied"
     if not injections:
-        return ExpectationOutcome(expectation=expectation, held=False,
-                                  reason="the engine reported no injection for this fault"), None
+        return ExpectationOutcome(
+            expectation=expectation, held=False, reason="the engine reported no injection for this fault"
+        ), None
     for injection in injections:
         if injection.status == "no_target":
-            return ExpectationOutcome(expectation=expectation, held=False, reason=(
-                f"fault #{injection.fault_id} found no valid target: {injection.detail or 'no detail given'}; "
-                "the run proves nothing about detection")), None
+            return ExpectationOutcome(
+                expectation=expectation,
+                held=False,
+                reason=(
+                    f"fault #{injection.fault_id} found no valid target: {injection.detail or 'no detail given'}; "
+                    "the run proves nothing about detection"
+                ),
+            ), None
         if injection.status != "applied" or injection.step is None:
-            return ExpectationOutcome(expectation=expectation, held=False, reason=(
-                f"fault #{injection.fault_id} was still {injection.status} when the run ended; the workload "
-                "never reached its trigger")), None
+            return ExpectationOutcome(
+                expectation=expectation,
+                held=False,
+                reason=(
+                    f"fault #{injection.fault_id} was still {injection.status} when the run ended; the workload "
+                    "never reached its trigger"
+                ),
+            ), None
     steps = sorted(injection.step for injection in injections)
-    return ExpectationOutcome(expectation=expectation, held=True,
-                              reason=f"applied at step {', '.join(map(str, steps))}"), steps[0]
+    return ExpectationOutcome(
+        expectation=expectation, held=True, reason=f"applied at step {', '.join(map(str, steps))}"
+    ), steps[0]
 
 
-def _detection(scenario: Scenario, violations: Sequence[ViolationRecord],
-               injection_step: int | None) -> list[ExpectationOutcome]:
+def _detection(
+    scenario: Scenario, violations: Sequence[ViolationRecord], injection_step: int | None
+) -> list[ExpectationOutcome]:
     bound = scenario.expect.within_steps
     expectation = f"detected within {bound} steps"
     if injection_step is None:
-        return [ExpectationOutcome(expectation=expectation, held=False,
-                                   reason="the fault was never applied, so there was nothing to detect")]
+        return [
+            ExpectationOutcome(
+                expectation=expectation,
+                held=False,
+                reason="the fault was never applied, so there was nothing to detect",
+            )
+        ]
     before = [v for v in violations if v.step < injection_step]
     after = [v for v in violations if v.step >= injection_step]
-    outcomes = [ExpectationOutcome(
-        expectation="no violation before the injection", held=not before, log_lines=_lines(before),
-        reason=(f"{len(before)} violations before the injection at step {injection_step}, the first at step "
-                f"{before[0].step}: the canary flagged something the fault did not cause") if before
-        else f"none before step {injection_step}")]
+    outcomes = [
+        ExpectationOutcome(
+            expectation="no violation before the injection",
+            held=not before,
+            log_lines=_lines(before),
+            reason=(
+                f"{len(before)} violations before the injection at step {injection_step}, the first at step "
+                f"{before[0].step}: the canary flagged something the fault did not cause"
+            )
+            if before
+            else f"none before step {injection_step}",
+        )
+    ]
     if not after:
         reason, held = f"no violation logged at or after the injection at step {injection_step}", False
     else:
         latency = after[0].step - injection_step
         held = latency <= bound
-        reason = (f"first violation at step {after[0].step}, {latency} steps after the injection at step "
-                  f"{injection_step}" + ("" if held else f"; the bound is {bound}"))
-    outcomes.append(ExpectationOutcome(expectation=expectation, held=held, reason=reason,
-                                       log_lines=_lines(after)))
+        reason = (
+            f"first violation at step {after[0].step}, {latency} steps after the injection at step "
+            f"{injection_step}" + ("" if held else f"; the bound is {bound}")
+        )
+    outcomes.append(ExpectationOutcome(expectation=expectation, held=held, reason=reason, log_lines=_lines(after)))
     outcomes.extend(_pattern_matched(pattern, after) for pattern in scenario.expect.violations)
     return outcomes
 
 
 def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
     expectation = f"a violation with launch_tag={pattern.launch_tag} fail_reason={pattern.fail_reason}"
-    matching = [v for v in violations
-                if matches(pattern.launch_tag, v.launch_tag)
-                and any(matches(pattern.fail_reason, reason) for reason in v.fail_reasons)]
+    matching = [
+        v
+        for v in violations
+        if matches(pattern.launch_tag, v.launch_tag)
+        and any(matches(pattern.fail_reason, reason) for reason in v.fail_reasons)
+    ]
     if matching:
-        return ExpectationOutcome(expectation=expectation, held=True, log_lines=_lines(matching),
-                                  reason=f"{len(matching)} of {len(violations)} violations after the injection match")
+        return ExpectationOutcome(
+            expectation=expectation,
+            held=True,
+            log_lines=_lines(matching),
+            reason=f"{len(matching)} of {len(violations)} violations after the injection match",
+        )
     seen = collections.Counter(f"{v.launch_tag} {'+'.join(v.fail_reasons)}" for v in violations)
     summary = ", ".join(f"{kind} x{count}" for kind, count in seen.most_common()) or "none"
-    return ExpectationOutcome(expectation=expectation, held=False, log_lines=_lines(violations),
-                              reason=f"none of the {len(violations)} violations after the injection match; "
-                                     f"seen: {summary}")
+    return ExpectationOutcome(
+        expectation=expectation,
+        held=False,
+        log_lines=_lines(violations),
+        reason=f"none of the {len(violations)} violations after the injection match; seen: {summary}",
+    )
 
 
 def _stays_clean(violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
     if not violations:
         return ExpectationOutcome(expectation="no violations", held=True, reason="none logged")
-    return ExpectationOutcome(expectation="no violations", held=False, log_lines=_lines(violations),
-                              reason=f"{len(violations)} violations logged, the first at step {violations[0].step}")
+    return ExpectationOutcome(
+        expectation="no violations",
+        held=False,
+        log_lines=_lines(violations),
+        reason=f"{len(violations)} violations logged, the first at step {violations[0].step}",
+    )
 
 
 def _swa_divergence(scenario: Scenario, log_text: str) -> list[ExpectationOutcome]:
     expected = scenario.expect.swa_divergence
     last = SwaDivergenceLog.find_last(log_text)
     if last is None:
-        return [ExpectationOutcome(expectation="a kv_canary_swa_divergence line", held=False,
-                                   reason="none in the log; is the reporter on (engine.swa_divergence_interval)?")]
+        return [
+            ExpectationOutcome(
+                expectation="a kv_canary_swa_divergence line",
+                held=False,
+                reason="none in the log; is the reporter on (engine.swa_divergence_interval)?",
+            )
+        ]
     lines = (last.format(),)
     outcomes = []
     for field, text in expected.comparisons().items():
         value = getattr(last, field)
-        outcomes.append(ExpectationOutcome(
-            expectation=f"swa_divergence {field} {text.strip()}", held=Comparison.parse(text).holds(value),
-            reason=f"last line has {field}={value}", log_lines=lines))
+        outcomes.append(
+            ExpectationOutcome(
+                expectation=f"swa_divergence {field} {text.strip()}",
+                held=Comparison.parse(text).holds(value),
+                reason=f"last line has {field}={value}",
+                log_lines=lines,
+            )
+        )
     if expected.verify_swa_lt_verify_full is not None:
         wanted = expected.verify_swa_lt_verify_full
-        outcomes.append(ExpectationOutcome(
-            expectation=f"swa_divergence verify_swa {'<' if wanted else '>='} verify_full",
-            held=(last.verify_swa < last.verify_full) == wanted,
-            reason=f"last line has verify_swa={last.verify_swa}, verify_full={last.verify_full}", log_lines=lines))
+        outcomes.append(
+            ExpectationOutcome(
+                expectation=f"swa_divergence verify_swa {'<' if wanted else '>='} verify_full",
+                held=(last.verify_swa < last.verify_full) == wanted,
+                reason=f"last line has verify_swa={last.verify_swa}, verify_full={last.verify_full}",
+                log_lines=lines,
+            )
+        )
     return outcomes

@@ -25,11 +25,18 @@ class Injection:
         step = payload.get("step")
         fault_id = payload.get("fault_id")
         if status not in _STATUSES or not isinstance(fault_id, int) or not (step is None or isinstance(step, int)):
-            raise ValueError(f"malformed injection entry from the engine: {dict(payload)!r}; expected "
-                             "{fault_id: int, kind: str, status: scheduled|applied|no_target, step: int|null, "
-                             "detail: str}")
-        return cls(fault_id=fault_id, kind=str(payload.get("kind", "")), status=status, step=step,
-                   detail=str(payload.get("detail", "")))
+            raise ValueError(
+                f"malformed injection entry from the engine: {dict(payload)!r}; expected "
+                "{fault_id: int, kind: str, status: scheduled|applied|no_target, step: int|null, "
+                "detail: str}"
+            )
+        return cls(
+            fault_id=fault_id,
+            kind=str(payload.get("kind", "")),
+            status=status,
+            step=step,
+            detail=str(payload.get("detail", "")),
+        )
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)

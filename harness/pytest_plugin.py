@@ -38,25 +38,44 @@ _E2E_MARKER = "e2e: end-to-end runs against a mock server (selected with -m e2e)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kv-canary", "kv-canary end-to-end scenarios")
-    group.addoption("--model-mode", choices=[*MODEL_MODES, "all"], default="mha",
-                    help="model mode(s) to run scenarios and e2e tests in; 'all' is the CI matrix (default: mha)")
-    group.addoption("--scenario-dir", type=Path, default=None,
-                    help="scenario library collected with -m e2e (default: <rootdir>/scenarios)")
+    group.addoption(
+        "--model-mode",
+        choices=[*MODEL_MODES, "all"],
+        default="mha",
+        help="model mode(s) to run scenarios and e2e tests in; 'all' is the CI matrix (default: mha)",
+    )
+    group.addoption(
+        "--scenario-dir",
+        type=Path,
+        default=None,
+        help="scenario library collected with -m e2e (default: <rootdir>/scenarios)",
+    )
     group.addoption("--kv-canary-device", choices=["cpu", "cuda"], default="cpu", help="device for the server")
-    group.addoption("--kv-canary-server-command", default=shlex.join(DEFAULT_SERVER_COMMAND),
-                    help="command that starts the server; the engine flags are appended")
-    group.addoption("--kv-canary-run-dir", type=Path, default=None,
-                    help="where results and server logs go, ready for `kv-canary report` "
-                         "(default: .pytest_cache/d/kv-canary)")
-    group.addoption("--kv-canary-timeout", type=float, default=600.0,
-                    help="wall-clock budget per scenario run, in seconds")
+    group.addoption(
+        "--kv-canary-server-command",
+        default=shlex.join(DEFAULT_SERVER_COMMAND),
+        help="command that starts the server; the engine flags are appended",
+    )
+    group.addoption(
+        "--kv-canary-run-dir",
+        type=Path,
+        default=None,
+        help="where results and server logs go, ready for `kv-canary report` (default: .pytest_cache/d/kv-canary)",
+    )
+    group.addoption(
+        "--kv-canary-timeout", type=float, default=600.0, help="wall-clock budget per scenario run, in seconds"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _E2E_MARKER)
     scenario_dir = _scenario_dir(config)
-    if (_library_collected(config) and config.args_source is not pytest.Config.ArgsSource.ARGS
-            and scenario_dir.is_dir() and not any(_within(scenario_dir, Path(arg)) for arg in config.args)):
+    if (
+        _library_collected(config)
+        and config.args_source is not pytest.Config.ArgsSource.ARGS
+        and scenario_dir.is_dir()
+        and not any(_within(scenario_dir, Path(arg)) for arg in config.args)
+    ):
         # The library sits outside testpaths; a run without paths, or `pytest -m e2e`, still runs it.
         config.args.append(str(scenario_dir))
 
@@ -86,12 +105,11 @@ class ScenarioFile(pytest.File):
         loaded = load_scenario_file(self.path)
         for mode in loaded.scenario.model_modes:
             if mode in selected_modes(self.config):
-                item = ScenarioItem.from_parent(self, name=f"{loaded.scenario.name}[{mode}]", loaded=loaded,
-                                                mode=mode)
+                item = ScenarioItem.from_parent(self, name=f"{loaded.scenario.name}[{mode}]", loaded=loaded, mode=mode)
                 item.add_marker(pytest.mark.e2e)
                 yield item
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # noqa: ANN001
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ScenarioValidationError):
             return f"invalid scenario file:\n{excinfo.value}"
         return super().repr_failure(excinfo, style)
@@ -117,7 +135,7 @@ class ScenarioItem(pytest.Item):
         if not result.passed:
             raise ScenarioFailed(result)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # noqa: ANN001
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
         if isinstance(excinfo.value, ScenarioFailed):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
@@ -150,14 +168,16 @@ def kv_canary_run_options(pytestconfig: pytest.Config, kv_canary_run_dir: Path) 
 
 
 @pytest.fixture
-def kv_canary_server_factory(request: pytest.FixtureRequest,
-                             kv_canary_run_dir: Path) -> Iterator[Callable[..., KvCanaryServer]]:
+def kv_canary_server_factory(
+    request: pytest.FixtureRequest, kv_canary_run_dir: Path
+) -> Iterator[Callable[..., KvCanaryServer]]:
     """``start(mode, engine={...})`` -> a healthy server, stopped when the test ends."""
     started: list[KvCanaryServer] = []
 
     def start(mode: str, engine: EngineSettings | Mapping[str, object] | None = None) -> KvCanaryServer:
-        server = _start_server(request.config, kv_canary_run_dir, mode, engine,
-                               log_name=f"{request.node.nodeid}-{len(started)}")
+        server = _start_server(
+            request.config, kv_canary_run_dir, mode, engine, log_name=f"{request.node.nodeid}-{len(started)}"
+        )
         started.append(server)
         return server
 
@@ -167,32 +187,48 @@ def kv_canary_server_factory(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="module")
-def kv_canary_server(request: pytest.FixtureRequest, kv_canary_mode: str,
-                     kv_canary_run_dir: Path) -> Iterator[KvCanaryServer]:
+def kv_canary_server(
+    request: pytest.FixtureRequest, kv_canary_mode: str, kv_canary_run_dir: Path
+) -> Iterator[KvCanaryServer]:
     """One server with default engine settings per test module and selected mode."""
-    server = _start_server(request.config, kv_canary_run_dir, kv_canary_mode, None,
-                           log_name=f"{request.node.nodeid}-{kv_canary_mode}")
+    server = _start_server(
+        request.config, kv_canary_run_dir, kv_canary_mode, None, log_name=f"{request.node.nodeid}-{kv_canary_mode}"
+    )
     yield server
     server.process.stop()
 
 
-def _start_server(config: pytest.Config, run_dir: Path, mode: str,
-                  engine: EngineSettings | Mapping[str, object] | None, *, log_name: str) -> KvCanaryServer:
+def _start_server(
+    config: pytest.Config,
+    run_dir: Path,
+    mode: str,
+    engine: EngineSettings | Mapping[str, object] | None,
+    *,
+    log_name: str,
+) -> KvCanaryServer:
     settings = engine if isinstance(engine, EngineSettings) else EngineSettings.model_validate(dict(engine or {}))
     options = _run_options(config, run_dir / "logs")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    process = engine_server(settings, mode, options,
-                            log_path=options.log_dir / worker / (re.sub(r"[^\w.-]+", "_", log_name) + ".log"),
-                            swa_divergence_interval=settings.swa_divergence_interval)
+    process = engine_server(
+        settings,
+        mode,
+        options,
+        log_path=options.log_dir / worker / (re.sub(r"[^\w.-]+", "_", log_name) + ".log"),
+        swa_divergence_interval=settings.swa_divergence_interval,
+    )
     process.start()
-    return KvCanaryServer(process=process, client=EngineClient(process.base_url, timeout_s=options.request_timeout_s),
-                          mode=mode)
+    return KvCanaryServer(
+        process=process, client=EngineClient(process.base_url, timeout_s=options.request_timeout_s), mode=mode
+    )
 
 
 def _run_options(config: pytest.Config, log_dir: Path) -> RunOptions:
-    return RunOptions(log_dir=log_dir, device=config.getoption("--kv-canary-device"),
-                      server_command=tuple(shlex.split(config.getoption("--kv-canary-server-command"))),
-                      run_timeout_s=config.getoption("--kv-canary-timeout"))
+    return RunOptions(
+        log_dir=log_dir,
+        device=config.getoption("--kv-canary-device"),
+        server_command=tuple(shlex.split(config.getoption("--kv-canary-server-command"))),
+        run_timeout_s=config.getoption("--kv-canary-timeout"),
+    )
 
 
 def _run_dir(config: pytest.Config) -> Path:

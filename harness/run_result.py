@@ -48,19 +48,34 @@ class RunResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
-        return {"scenario": self.scenario, "mode": self.mode, "scenario_path": self.scenario_path,
-                "passed": self.passed, "error": self.error, "wall_time_s": round(self.wall_time_s, 3),
-                "log_path": self.log_path, "forward_count": self.forward_count,
-                "engine_violation_count": self.engine_violation_count, "failed_requests": self.failed_requests,
-                "injections": [injection.to_json() for injection in self.injections],
-                "check": self.check.to_json() if self.check is not None else None}
+        return {
+            "scenario": self.scenario,
+            "mode": self.mode,
+            "scenario_path": self.scenario_path,
+            "passed": self.passed,
+            "error": self.error,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "log_path": self.log_path,
+            "forward_count": self.forward_count,
+            "engine_violation_count": self.engine_violation_count,
+            "failed_requests": self.failed_requests,
+            "injections": [injection.to_json() for injection in self.injections],
+            "check": self.check.to_json() if self.check is not None else None,
+        }
 
     @classmethod
     def from_json(cls, payload: dict) -> RunResult:
         check = payload["check"]
-        return cls(scenario=payload["scenario"], mode=payload["mode"], scenario_path=payload["scenario_path"],
-                   check=ExpectationResult.from_json(check) if check is not None else None,
-                   error=payload["error"], wall_time_s=payload["wall_time_s"], log_path=payload["log_path"],
-                   forward_count=payload["forward_count"], engine_violation_count=payload["engine_violation_count"],
-                   failed_requests=payload["failed_requests"],
-                   injections=tuple(Injection.from_json(item) for item in payload["injections"]))
+        return cls(
+            scenario=payload["scenario"],
+            mode=payload["mode"],
+            scenario_path=payload["scenario_path"],
+            check=ExpectationResult.from_json(check) if check is not None else None,
+            error=payload["error"],
+            wall_time_s=payload["wall_time_s"],
+            log_path=payload["log_path"],
+            forward_count=payload["forward_count"],
+            engine_violation_count=payload["engine_violation_count"],
+            failed_requests=payload["failed_requests"],
+            injections=tuple(Injection.from_json(item) for item in payload["injections"]),
+        )

@@ -19,8 +19,7 @@ class HalfBuffers:
 
     @classmethod
     def allocate(cls, *, num_slots: int, device: torch.device | str, real_kv: RealKvSource | None) -> HalfBuffers:
-        return cls(head=allocate_records(num_slots, device), tail=allocate_records(num_slots, device),
-                   real_kv=real_kv)
+        return cls(head=allocate_records(num_slots, device), tail=allocate_records(num_slots, device), real_kv=real_kv)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

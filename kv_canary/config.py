@@ -63,8 +63,13 @@ class CanaryConfig:
     def __post_init__(self) -> None:
         for name in ("ring_capacity", "verify_capacity", "write_capacity", "max_requests_per_forward"):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("sweep_interval", "stats_interval", "health_check_interval", "health_check_warmup",
-                     "swa_divergence_interval"):
+        for name in (
+            "sweep_interval",
+            "stats_interval",
+            "health_check_interval",
+            "health_check_warmup",
+            "swa_divergence_interval",
+        ):
             _require(getattr(self, name) >= 0, name, "must be >= 0 (0 turns it off)")
 
     @property
@@ -99,8 +104,7 @@ class CanaryConfig:
         return env
 
 
-_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-               "off": False}
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _parse_field(field: dataclasses.Field, raw: str, key: str) -> object:

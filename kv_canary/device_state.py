@@ -44,8 +44,10 @@ class ViolationRing:
 
     @classmethod
     def allocate(cls, capacity: int, device: torch.device | str) -> ViolationRing:
-        return cls(rows=torch.zeros(capacity, RING_FIELDS, dtype=torch.int64, device=device),
-                   write_index=torch.zeros(1, dtype=torch.int64, device=device))
+        return cls(
+            rows=torch.zeros(capacity, RING_FIELDS, dtype=torch.int64, device=device),
+            write_index=torch.zeros(1, dtype=torch.int64, device=device),
+        )
 
     @property
     def capacity(self) -> int:
@@ -65,6 +67,10 @@ class CanaryDeviceState:
         def counter(n: int) -> torch.Tensor:
             return torch.zeros(n, dtype=torch.int64, device=device)
 
-        return cls(ring=ViolationRing.allocate(ring_capacity, device),
-                   kernel_run_counters=counter(NUM_LAUNCH_TAGS), slot_run_counters=counter(NUM_LAUNCH_TAGS),
-                   step=counter(1), plan_overflow=counter(1))
+        return cls(
+            ring=ViolationRing.allocate(ring_capacity, device),
+            kernel_run_counters=counter(NUM_LAUNCH_TAGS),
+            slot_run_counters=counter(NUM_LAUNCH_TAGS),
+            step=counter(1),
+            plan_overflow=counter(1),
+        )

@@ -69,8 +69,10 @@ class SglangForwardRows:
     def __call__(self, args: tuple, kwargs: dict, *, capturing: bool = False) -> ForwardRows:
         batch = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
         if batch is None:
-            raise TypeError("kv_canary: the wrapped forward was called without a forward_batch argument; "
-                            "pass a forward_rows extractor to install_canary for this engine")
+            raise TypeError(
+                "kv_canary: the wrapped forward was called without a forward_batch argument; "
+                "pass a forward_rows extractor to install_canary for this engine"
+            )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
         decode = _is_decode(batch)
@@ -84,11 +86,19 @@ class SglangForwardRows:
                 seq_lens = [int(n) for n in batch.seq_lens_cpu]
                 prefix_host, extend_host = tuple(n - 1 for n in seq_lens), tuple(1 for _ in seq_lens)
         pool = self.req_to_token_pool
-        return ForwardRows(req_pool_indices=batch.req_pool_indices, prefix_lens=prefix_lens, extend_lens=extend_lens,
-                           out_cache_loc=batch.out_cache_loc, input_ids=input_ids, positions=positions,
-                           req_to_token=pool.req_to_token, req_token_ids=getattr(pool, "req_token_ids", None),
-                           prefix_lens_host=prefix_host, extend_lens_host=extend_host,
-                           max_extend_len=1 if decode else None)
+        return ForwardRows(
+            req_pool_indices=batch.req_pool_indices,
+            prefix_lens=prefix_lens,
+            extend_lens=extend_lens,
+            out_cache_loc=batch.out_cache_loc,
+            input_ids=input_ids,
+            positions=positions,
+            req_to_token=pool.req_to_token,
+            req_token_ids=getattr(pool, "req_token_ids", None),
+            prefix_lens_host=prefix_host,
+            extend_lens_host=extend_host,
+            max_extend_len=1 if decode else None,
+        )
 
 
 def _is_decode(batch: object) -> bool:
@@ -104,7 +114,8 @@ def _is_decode(batch: object) -> bool:
         f"kv_canary: forward mode {name} is not supported "
         f"(supported: {', '.join(sorted(_DECODE_MODES | _EXTEND_MODES))}); speculative decoding, dLLM and "
         "split-prefill forwards write KV the canary cannot plan yet, so run the engine without them while the "
-        "canary is on")
+        "canary is on"
+    )
 
 
 def _host_list(batch: object, name: str) -> tuple[int, ...] | None:

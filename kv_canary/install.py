@@ -17,10 +17,16 @@ from kv_canary.observers.defaults import build_default_observers
 LOGGER_NAME = "kv_canary"
 
 
-def install_canary(*, model: torch.nn.Module, kv_pool: object, req_to_token_pool: object, config: CanaryConfig,
-                   swa_window: int | None = None,
-                   forward_rows: ForwardRowsExtractor | None = None,
-                   logger: logging.Logger | None = None) -> CanaryManager | None:
+def install_canary(
+    *,
+    model: torch.nn.Module,
+    kv_pool: object,
+    req_to_token_pool: object,
+    config: CanaryConfig,
+    swa_window: int | None = None,
+    forward_rows: ForwardRowsExtractor | None = None,
+    logger: logging.Logger | None = None,
+) -> CanaryManager | None:
     """Guard ``kv_pool``: every outermost ``model.forward`` call runs the canary around it.
 
     Returns None when ``config.mode`` is ``none``. ``swa_window`` is required for pools with a
@@ -32,8 +38,13 @@ def install_canary(*, model: torch.nn.Module, kv_pool: object, req_to_token_pool
         return None
     groups = attach_canary_buffers(kv_pool, config=config, swa_window=swa_window)
     device = next(iter(groups[0].halves.values())).head.device
-    manager = CanaryManager(config=config, groups=groups, device=device,
-                            logger=logger or logging.getLogger(LOGGER_NAME), req_to_token_pool=req_to_token_pool)
+    manager = CanaryManager(
+        config=config,
+        groups=groups,
+        device=device,
+        logger=logger or logging.getLogger(LOGGER_NAME),
+        req_to_token_pool=req_to_token_pool,
+    )
     manager.observers.extend(build_default_observers(manager))
     _wrap_forward(model, manager, forward_rows or SglangForwardRows(req_to_token_pool=req_to_token_pool))
     return manager

@@ -13,12 +13,12 @@ from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.forward_rows import ForwardRows
+from kv_canary.kernels.plan_reference import verify_entries_needed
 from kv_canary.kernels.select import select_kernels
 from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
 from kv_canary.log_lines import ViolationRecord
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
 from kv_canary.observers.violation_reporter import ViolationReporter
-from kv_canary.kernels.plan_reference import verify_entries_needed
 from kv_canary.plans import VerifyPlan, WritePlan
 
 
@@ -50,8 +50,15 @@ class LaunchHints:
 
 
 class CanaryManager:
-    def __init__(self, *, config: CanaryConfig, groups: tuple[CanaryBufferGroup, ...], device: torch.device,
-                 logger: logging.Logger, req_to_token_pool: object | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: CanaryConfig,
+        groups: tuple[CanaryBufferGroup, ...],
+        device: torch.device,
+        logger: logging.Logger,
+        req_to_token_pool: object | None = None,
+    ) -> None:
         self.config = config
         self.groups = groups
         self.req_to_token_pool = req_to_token_pool
@@ -59,13 +66,18 @@ class CanaryManager:
         self.logger = logger
         self.state = CanaryDeviceState.allocate(ring_capacity=config.ring_capacity, device=device)
         self.kernels = select_kernels(config.backend, device)
-        self._plans = tuple(GroupPlans(verify=VerifyPlan.allocate(config.verify_capacity, device),
-                                       write=self._write_plan(config.write_capacity, config.max_requests_per_forward))
-                            for _ in groups)
+        self._plans = tuple(
+            GroupPlans(
+                verify=VerifyPlan.allocate(config.verify_capacity, device),
+                write=self._write_plan(config.write_capacity, config.max_requests_per_forward),
+            )
+            for _ in groups
+        )
         self._hints: tuple[LaunchHints, ...] = ()
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.reporter = ViolationReporter(state=self.state, mode=config.mode, logger=logger,
-                                          handler=self.new_delayed_handler())
+        self.reporter = ViolationReporter(
+            state=self.state, mode=config.mode, logger=logger, handler=self.new_delayed_handler()
+        )
         self.observers: list[HostObserver] = []
         self._verify_plan_hooks: list[VerifyPlanHook] = []
         self.prefix_cache: object | None = None
@@ -104,12 +116,18 @@ class CanaryManager:
             mapping = group.full_to_swa_index_mapping
             window = group.window if group.kind is PoolGroupKind.SWA else None
             verify_entries, write_entries, longest_run = self.kernels.build_plans(
-                verify_plan=plans.verify, write_plan=plans.write, rows=rows, plan_overflow=self.state.plan_overflow,
-                window=window, full_to_swa=mapping)
+                verify_plan=plans.verify,
+                write_plan=plans.write,
+                rows=rows,
+                plan_overflow=self.state.plan_overflow,
+                window=window,
+                full_to_swa=mapping,
+            )
             for hook in self._verify_plan_hooks:
                 hook.on_verify_plan_built(group, plans.verify, rows)
-            hints.append(LaunchHints(verify_entries=verify_entries, write_entries=write_entries,
-                                     longest_run=longest_run))
+            hints.append(
+                LaunchHints(verify_entries=verify_entries, write_entries=write_entries, longest_run=longest_run)
+            )
         self._hints = tuple(hints)
         self._run_phase(Phase.HEAD)
 
@@ -141,13 +159,19 @@ class CanaryManager:
             if needed > verify.capacity:
                 verify = VerifyPlan.allocate(_grown(verify.capacity, needed), self.device)
             if rows.num_new_tokens > write.capacity or rows.batch_size > write.request_capacity:
-                write = self._write_plan(_grown(write.capacity, rows.num_new_tokens),
-                                         _grown(write.request_capacity, rows.batch_size))
+                write = self._write_plan(
+                    _grown(write.capacity, rows.num_new_tokens), _grown(write.request_capacity, rows.batch_size)
+                )
             if verify is not plans.verify or write is not plans.write:
-                self.logger.info("kv_canary: %s plans grown to %d verify entries, %d write entries, %d requests "
-                                 "(set KV_CANARY_VERIFY_CAPACITY / _WRITE_CAPACITY / _MAX_REQUESTS_PER_FORWARD "
-                                 "to size them up front, as CUDA-graph capture needs)", group.kind.value,
-                                 verify.capacity, write.capacity, write.request_capacity)
+                self.logger.info(
+                    "kv_canary: %s plans grown to %d verify entries, %d write entries, %d requests "
+                    "(set KV_CANARY_VERIFY_CAPACITY / _WRITE_CAPACITY / _MAX_REQUESTS_PER_FORWARD "
+                    "to size them up front, as CUDA-graph capture needs)",
+                    group.kind.value,
+                    verify.capacity,
+                    write.capacity,
+                    write.request_capacity,
+                )
             fitted.append(GroupPlans(verify=verify, write=write))
         self._plans = tuple(fitted)
 
@@ -164,22 +188,33 @@ class CanaryManager:
             if phase is Phase.HEAD:
                 self._write_halves(phase, group, plans, hints, checks_on)
             for half, buffers in group.halves.items():
-                self.kernels.verify(records=group.records(phase, half), plan=plans.verify,
-                                    launch_tag=group.launch_tag(phase, half), state=self.state,
-                                    real_kv=buffers.real_kv if phase is Phase.TAIL else None,
-                                    check_tokens=self.config.verify_tokens,
-                                    record_violations=checks_on, num_entries=hints.verify_entries)
+                self.kernels.verify(
+                    records=group.records(phase, half),
+                    plan=plans.verify,
+                    launch_tag=group.launch_tag(phase, half),
+                    state=self.state,
+                    real_kv=buffers.real_kv if phase is Phase.TAIL else None,
+                    check_tokens=self.config.verify_tokens,
+                    record_violations=checks_on,
+                    num_entries=hints.verify_entries,
+                )
             if phase is Phase.TAIL:
                 self._write_halves(phase, group, plans, hints, checks_on)
 
-    def _write_halves(self, phase: Phase, group: CanaryBufferGroup, plans: GroupPlans, hints: LaunchHints,
-                      checks_on: bool) -> None:
+    def _write_halves(
+        self, phase: Phase, group: CanaryBufferGroup, plans: GroupPlans, hints: LaunchHints, checks_on: bool
+    ) -> None:
         for half, buffers in group.halves.items():
-            self.kernels.write(records=group.records(phase, half), plan=plans.write,
-                               launch_tag=group.launch_tag(phase, half), state=self.state,
-                               real_kv=buffers.real_kv if phase is Phase.TAIL else None,
-                               assert_inputs=self.config.assert_write_inputs and checks_on,
-                               num_entries=hints.write_entries, max_entries_per_request=hints.longest_run)
+            self.kernels.write(
+                records=group.records(phase, half),
+                plan=plans.write,
+                launch_tag=group.launch_tag(phase, half),
+                state=self.state,
+                real_kv=buffers.real_kv if phase is Phase.TAIL else None,
+                assert_inputs=self.config.assert_write_inputs and checks_on,
+                num_entries=hints.write_entries,
+                max_entries_per_request=hints.longest_run,
+            )
 
     # --- between forwards ------------------------------------------------------------------------
 
@@ -223,7 +258,7 @@ def _run_every_observer(observers: list[HostObserver], call: Callable[[HostObser
     for observer in observers:
         try:
             call(observer)
-        except Exception as error:  # noqa: BLE001 - re-raised below, after the others ran
+        except Exception as error:
             first_error = first_error or error
     if first_error is not None:
         raise first_error

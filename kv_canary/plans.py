@@ -38,9 +38,13 @@ class VerifyPlan:
 
     @classmethod
     def allocate(cls, capacity: int, device: torch.device | str) -> VerifyPlan:
-        return cls(slot_indices=_int32(capacity, device), prev_slot_indices=_int32(capacity, device),
-                   expected_positions=_int32(capacity, device),
-                   expected_tokens=_int32(capacity, device, TOKEN_UNKNOWN), num_valid=_int32(1, device))
+        return cls(
+            slot_indices=_int32(capacity, device),
+            prev_slot_indices=_int32(capacity, device),
+            expected_positions=_int32(capacity, device),
+            expected_tokens=_int32(capacity, device, TOKEN_UNKNOWN),
+            num_valid=_int32(1, device),
+        )
 
     @property
     def capacity(self) -> int:
@@ -67,11 +71,17 @@ class WritePlan:
 
     @classmethod
     def allocate(cls, *, capacity: int, request_capacity: int, device: torch.device | str) -> WritePlan:
-        return cls(entry_starts=_int32(request_capacity, device), entry_counts=_int32(request_capacity, device),
-                   pred_slots=_int32(request_capacity, device), num_requests=_int32(1, device),
-                   slot_indices=_int32(capacity, device), tokens=_int32(capacity, device),
-                   positions=_int32(capacity, device), expected_tokens=_int32(capacity, device, TOKEN_UNKNOWN),
-                   expected_positions=_int32(capacity, device))
+        return cls(
+            entry_starts=_int32(request_capacity, device),
+            entry_counts=_int32(request_capacity, device),
+            pred_slots=_int32(request_capacity, device),
+            num_requests=_int32(1, device),
+            slot_indices=_int32(capacity, device),
+            tokens=_int32(capacity, device),
+            positions=_int32(capacity, device),
+            expected_tokens=_int32(capacity, device, TOKEN_UNKNOWN),
+            expected_positions=_int32(capacity, device),
+        )
 
     @property
     def capacity(self) -> int:

@@ -21,15 +21,18 @@ class RealKvSource:
     hashed_words: int  # leading words of each row folded into the hash
 
     @classmethod
-    def from_layer_buffers(cls, buffers: list[torch.Tensor] | tuple[torch.Tensor, ...],
-                           mode: RealKvHashMode) -> RealKvSource | None:
+    def from_layer_buffers(
+        cls, buffers: list[torch.Tensor] | tuple[torch.Tensor, ...], mode: RealKvHashMode
+    ) -> RealKvSource | None:
         if mode is RealKvHashMode.NONE or not buffers:
             return None
         views = tuple(_as_words(buffer, index) for index, buffer in enumerate(buffers))
         row_words = {view.shape[1] for view in views}
         if len(row_words) != 1:
-            raise ValueError(f"real-KV layers have rows of different sizes ({sorted(row_words)} words); "
-                             "hash each size as its own source")
+            raise ValueError(
+                f"real-KV layers have rows of different sizes ({sorted(row_words)} words); "
+                "hash each size as its own source"
+            )
         (row_words,) = row_words
         hashed = row_words if mode is RealKvHashMode.ALL else min(row_words, PARTIAL_REAL_KV_BYTES // _WORD_BYTES)
         pointers = torch.tensor([view.data_ptr() for view in views], dtype=torch.int64, device=views[0].device)
@@ -42,6 +45,8 @@ def _as_words(buffer: torch.Tensor, layer: int) -> torch.Tensor:
     num_slots = buffer.shape[0]
     row_bytes = buffer[0].numel() * buffer.element_size() if num_slots else 0
     if row_bytes % _WORD_BYTES or buffer.data_ptr() % _WORD_BYTES:
-        raise ValueError(f"real-KV layer {layer}: rows of {row_bytes} bytes are not whole, aligned 8-byte "
-                         "words; use real_kv_hash=none for this pool")
+        raise ValueError(
+            f"real-KV layer {layer}: rows of {row_bytes} bytes are not whole, aligned 8-byte "
+            "words; use real_kv_hash=none for this pool"
+        )
     return buffer.view(torch.uint8).view(num_slots, row_bytes).view(torch.int64)

@@ -54,29 +54,51 @@ class EngineConfig:
         if not isinstance(self.mem_backend, MemBackend):
             object.__setattr__(self, "mem_backend", _enum_value(MemBackend, self.mem_backend, "mem_backend"))
         if self.mem_backend is MemBackend.SGLANG:
-            _require(self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1, "mem_backend",
-                     f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
-                     f"page_size {self.page_size}); use mem_backend mock for the others")
-        _require(self.device == "cpu" or self.device.startswith("cuda"), "device",
-                 f"{self.device!r}: use 'cpu' or 'cuda[:N]'")
-        for name in ("page_size", "max_total_tokens", "swa_window", "max_running_requests",
-                     "chunked_prefill_size", "max_context_len", "vocab_size", "compress_ratio"):
+            _require(
+                self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
+                "mem_backend",
+                f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
+                f"page_size {self.page_size}); use mem_backend mock for the others",
+            )
+        _require(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            f"{self.device!r}: use 'cpu' or 'cuda[:N]'",
+        )
+        for name in (
+            "page_size",
+            "max_total_tokens",
+            "swa_window",
+            "max_running_requests",
+            "chunked_prefill_size",
+            "max_context_len",
+            "vocab_size",
+            "compress_ratio",
+        ):
             _require(getattr(self, name) >= 1, name, f"= {getattr(self, name)}: must be >= 1")
-        _require(self.max_total_tokens % self.page_size == 0, "max_total_tokens",
-                 f"= {self.max_total_tokens}: must be a multiple of page_size ({self.page_size})")
-        _require(self.kv_dtype in _KV_DTYPES, "kv_dtype",
-                 f"{self.kv_dtype!r}: use one of {', '.join(_KV_DTYPES)}")
+        _require(
+            self.max_total_tokens % self.page_size == 0,
+            "max_total_tokens",
+            f"= {self.max_total_tokens}: must be a multiple of page_size ({self.page_size})",
+        )
+        _require(self.kv_dtype in _KV_DTYPES, "kv_dtype", f"{self.kv_dtype!r}: use one of {', '.join(_KV_DTYPES)}")
         _require(self.vocab_size < 2**31, "vocab_size", "must fit in int32 (records store tokens as int32)")
         if self.model_mode is ModelMode.DSV4:
-            _require(self.swa_window >= self.compress_ratio, "swa_window",
-                     f"= {self.swa_window}: dsv4 pools a group of compress_ratio ({self.compress_ratio}) "
-                     "tokens from the window, so the window must hold at least that many")
+            _require(
+                self.swa_window >= self.compress_ratio,
+                "swa_window",
+                f"= {self.swa_window}: dsv4 pools a group of compress_ratio ({self.compress_ratio}) "
+                "tokens from the window, so the window must hold at least that many",
+            )
         if self.swa_max_total_tokens is not None:
             _require(self.has_swa_pool, "swa_max_total_tokens", "is only meaningful in swa and dsv4 modes")
             least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
-            _require(self.swa_max_total_tokens >= least, "swa_max_total_tokens",
-                     f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
-                     "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those")
+            _require(
+                self.swa_max_total_tokens >= least,
+                "swa_max_total_tokens",
+                f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
+                "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those",
+            )
 
     @property
     def has_swa_pool(self) -> bool:

@@ -27,11 +27,22 @@ def render_report(root: Path) -> RenderedReport:
     passed = sum(result.passed for result in results)
     failed = len(results) - passed
     json_path, markdown_path, heatmap_path = root / "report.json", root / "report.md", root / HEATMAP_FILE
-    json_path.write_text(json.dumps({"summary": {"pairs": len(results), "passed": passed, "failed": failed},
-                                     "rows": [report_row(result) for result in results]}, indent=2) + "\n")
+    json_path.write_text(
+        json.dumps(
+            {
+                "summary": {"pairs": len(results), "passed": passed, "failed": failed},
+                "rows": [report_row(result) for result in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     render_heatmap(results, heatmap_path)
-    sections = [f"# kv-canary detection report\n\n{passed} of {len(results)} (scenario, mode) pairs held every "
-                f"expectation.\n", markdown_table(results), f"\n![detection heatmap]({HEATMAP_FILE})\n"]
+    sections = [
+        f"# kv-canary detection report\n\n{passed} of {len(results)} (scenario, mode) pairs held every expectation.\n",
+        markdown_table(results),
+        f"\n![detection heatmap]({HEATMAP_FILE})\n",
+    ]
     failures = [result.failure_message() for result in results if not result.passed]
     if failures:
         sections.append("## Failures\n")

@@ -13,26 +13,35 @@ COLUMNS = ("scenario", "mode", "result", "detected", "latency", "violations", "r
 def report_row(result: RunResult) -> dict[str, object]:
     """The machine-readable row of report.json."""
     check = result.check
-    return {"scenario": result.scenario, "mode": result.mode, "passed": result.passed,
-            "detected": check.detected if check else None,
-            "latency_steps": check.latency_steps if check else None,
-            "violation_count": check.violation_count if check else None,
-            "reasons_seen": list(check.fail_reasons_seen) if check else [],
-            "launch_tags_seen": list(check.launch_tags_seen) if check else [],
-            "wall_time_s": round(result.wall_time_s, 3),
-            "unmet": [outcome.expectation for outcome in check.unmet()] if check else [],
-            "error": result.error.splitlines()[0] if result.error else None,
-            "log_path": result.log_path}
+    return {
+        "scenario": result.scenario,
+        "mode": result.mode,
+        "passed": result.passed,
+        "detected": check.detected if check else None,
+        "latency_steps": check.latency_steps if check else None,
+        "violation_count": check.violation_count if check else None,
+        "reasons_seen": list(check.fail_reasons_seen) if check else [],
+        "launch_tags_seen": list(check.launch_tags_seen) if check else [],
+        "wall_time_s": round(result.wall_time_s, 3),
+        "unmet": [outcome.expectation for outcome in check.unmet()] if check else [],
+        "error": result.error.splitlines()[0] if result.error else None,
+        "log_path": result.log_path,
+    }
 
 
 def _cells(result: RunResult) -> tuple[str, ...]:
     row = report_row(result)
     verdict = "pass" if result.passed else ("ERROR" if result.error else "FAIL")
-    return (result.scenario, result.mode, verdict,
-            "-" if row["detected"] is None else ("yes" if row["detected"] else "no"),
-            "-" if row["latency_steps"] is None else str(row["latency_steps"]),
-            "-" if row["violation_count"] is None else str(row["violation_count"]),
-            ",".join(row["reasons_seen"]) or "-", f"{result.wall_time_s:.1f}")
+    return (
+        result.scenario,
+        result.mode,
+        verdict,
+        "-" if row["detected"] is None else ("yes" if row["detected"] else "no"),
+        "-" if row["latency_steps"] is None else str(row["latency_steps"]),
+        "-" if row["violation_count"] is None else str(row["violation_count"]),
+        ",".join(row["reasons_seen"]) or "-",
+        f"{result.wall_time_s:.1f}",
+    )
 
 
 def markdown_table(results: Sequence[RunResult]) -> str:

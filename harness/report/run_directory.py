@@ -26,15 +26,17 @@ class RunDirectory:
 
     def read_results(self) -> list[RunResult]:
         if not self.results_dir.is_dir():
-            raise RunDirectoryError(f"{self.root} has no results/ folder; point at a directory written by "
-                                    "`kv-canary run --report DIR`")
+            raise RunDirectoryError(
+                f"{self.root} has no results/ folder; point at a directory written by `kv-canary run --report DIR`"
+            )
         results = []
         for path in sorted(self.results_dir.glob("*.json")):
             try:
                 results.append(RunResult.from_json(json.loads(path.read_text())))
             except (ValueError, KeyError, TypeError) as error:
-                raise RunDirectoryError(f"{path}: not a run result ({type(error).__name__}: {error}); "
-                                        "remove it or re-run its scenario") from None
+                raise RunDirectoryError(
+                    f"{path}: not a run result ({type(error).__name__}: {error}); remove it or re-run its scenario"
+                ) from None
         if not results:
             raise RunDirectoryError(f"{self.results_dir} holds no *.json run results")
         return sorted(results, key=lambda result: (result.scenario, result.mode))

@@ -5,5 +5,4 @@ from harness.runner.scenario_run import RunOptions, engine_server, run_scenario
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from harness.runner.server_process import ServerProcess
 
-__all__ = ["DEFAULT_SERVER_COMMAND", "RunOptions", "RunnerError", "ServerProcess", "engine_server",
-           "run_scenario"]
+__all__ = ["DEFAULT_SERVER_COMMAND", "RunOptions", "RunnerError", "ServerProcess", "engine_server", "run_scenario"]

@@ -24,8 +24,9 @@ class EngineClient:
         self.timeout_s = timeout_s
 
     def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
-        return self._call("POST", "/generate", {"input_ids": input_ids,
-                                                "sampling_params": {"max_new_tokens": max_new_tokens}})
+        return self._call(
+            "POST", "/generate", {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
+        )
 
     def server_info(self) -> dict:
         return self._call("GET", "/get_server_info")

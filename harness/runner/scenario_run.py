@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import requests
-from kv_canary.log_lines import ViolationRecord
 
 from harness.expectations import check_expectations
 from harness.injections import Injection
@@ -21,6 +20,7 @@ from harness.runner.server_process import ServerProcess
 from harness.runner.workload import drive_workload, filler_request, plan_requests
 from harness.scenario.loader import LoadedScenario
 from harness.scenario.model import EngineSettings, Scenario
+from kv_canary.log_lines import ViolationRecord
 
 DEFAULT_VOCAB_SIZE = 256  # used when GET /get_server_info names no vocab_size
 # A fault expected to stay silent has no latency bound; this many forwards after it is how long
@@ -57,10 +57,15 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
     started = time.monotonic()
     deadline = Deadline(options.run_timeout_s)
     swa_divergence_interval = effective_swa_divergence_interval(
-        scenario.engine, expects_swa_divergence=scenario.expect.swa_divergence is not None)
-    server = engine_server(scenario.engine, mode, options,
-                           log_path=options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log",
-                           swa_divergence_interval=swa_divergence_interval)
+        scenario.engine, expects_swa_divergence=scenario.expect.swa_divergence is not None
+    )
+    server = engine_server(
+        scenario.engine,
+        mode,
+        options,
+        log_path=options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log",
+        swa_divergence_interval=swa_divergence_interval,
+    )
     collected: _Collected | None = None
     error: str | None = None
     try:
@@ -73,23 +78,37 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
     if collected is not None:
         check = check_expectations(scenario, mode, server.log_text(), collected.injections)
     return RunResult(
-        scenario=scenario.name, mode=mode, scenario_path=str(loaded.path), check=check, error=error,
-        wall_time_s=time.monotonic() - started, log_path=str(server.log_path),
+        scenario=scenario.name,
+        mode=mode,
+        scenario_path=str(loaded.path),
+        check=check,
+        error=error,
+        wall_time_s=time.monotonic() - started,
+        log_path=str(server.log_path),
         forward_count=collected.forward_count if collected else None,
         engine_violation_count=collected.engine_violation_count if collected else None,
         failed_requests=collected.failed_requests if collected else 0,
-        injections=collected.injections if collected else ())
+        injections=collected.injections if collected else (),
+    )
 
 
-def engine_server(engine: EngineSettings, mode: str, options: RunOptions, *, log_path: Path,
-                  swa_divergence_interval: int | None) -> ServerProcess:
+def engine_server(
+    engine: EngineSettings, mode: str, options: RunOptions, *, log_path: Path, swa_divergence_interval: int | None
+) -> ServerProcess:
     """The (not yet started) server for these engine settings and mode."""
     return ServerProcess(
-        argv_for_port=lambda port: server_argv(server_command=options.server_command, engine=engine, mode=mode,
-                                               port=port, device=options.device,
-                                               swa_divergence_interval=swa_divergence_interval),
-        log_path=log_path, startup_timeout_s=min(options.startup_timeout_s, options.run_timeout_s),
-        stop_timeout_s=options.stop_timeout_s)
+        argv_for_port=lambda port: server_argv(
+            server_command=options.server_command,
+            engine=engine,
+            mode=mode,
+            port=port,
+            device=options.device,
+            swa_divergence_interval=swa_divergence_interval,
+        ),
+        log_path=log_path,
+        startup_timeout_s=min(options.startup_timeout_s, options.run_timeout_s),
+        stop_timeout_s=options.stop_timeout_s,
+    )
 
 
 def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, deadline: Deadline) -> _Collected:
@@ -106,8 +125,12 @@ def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, dea
             failed_fillers = _keep_stepping(server, client, scenario, fault_id, vocab_size, deadline)
         snapshot = client.flush_violations()
         injections = tuple(injection for injection in client.injections() if injection.fault_id == fault_id)
-        return _Collected(injections=injections, forward_count=client.forward_count(),
-                          engine_violation_count=snapshot.count, failed_requests=workload.failed + failed_fillers)
+        return _Collected(
+            injections=injections,
+            forward_count=client.forward_count(),
+            engine_violation_count=snapshot.count,
+            failed_requests=workload.failed + failed_fillers,
+        )
     except requests.RequestException as failure:
         if server.wait_for_exit(_CRASH_GRACE_S):
             raise ServerCrashed(f"the server exited during the run\n{server.log_tail()}") from None
@@ -130,11 +153,13 @@ def _check_context_fits(scenario: Scenario, info: dict) -> None:
         if spec.prompt_len + spec.max_new_tokens > max_context_len:
             raise WorkloadDoesNotFit(
                 f"workload.requests[{index}]: prompt_len {spec.prompt_len} + max_new_tokens {spec.max_new_tokens} "
-                f"exceeds the server's max_context_len {max_context_len}")
+                f"exceeds the server's max_context_len {max_context_len}"
+            )
 
 
-def _keep_stepping(server: ServerProcess, client: EngineClient, scenario: Scenario, fault_id: int,
-                   vocab_size: int, deadline: Deadline) -> int:
+def _keep_stepping(
+    server: ServerProcess, client: EngineClient, scenario: Scenario, fault_id: int, vocab_size: int, deadline: Deadline
+) -> int:
     """Send filler requests until the fault's detection window has passed (or it was seen early).
 
     Returns how many fillers the engine answered with an error.
@@ -161,8 +186,9 @@ def _keep_stepping(server: ServerProcess, client: EngineClient, scenario: Scenar
             return failed
         stalled = stalled + 1 if forward == last_forward else 0
         if stalled >= _STALLED_FILLERS:
-            raise EngineHttpError(f"forward_count stayed at {forward} over {_STALLED_FILLERS} filler requests; "
-                                  "the engine is not stepping")
+            raise EngineHttpError(
+                f"forward_count stayed at {forward} over {_STALLED_FILLERS} filler requests; the engine is not stepping"
+            )
         last_forward = forward
         filler = filler_request(fillers, vocab_size=vocab_size)
         fillers += 1

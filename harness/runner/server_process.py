@@ -31,8 +31,15 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 
 
 class ServerProcess:
-    def __init__(self, *, argv_for_port: Callable[[int], list[str]], log_path: Path, host: str = "127.0.0.1",
-                 startup_timeout_s: float = 120.0, stop_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        argv_for_port: Callable[[int], list[str]],
+        log_path: Path,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
         self._argv_for_port = argv_for_port
         self.log_path = log_path
         self.host = host
@@ -73,9 +80,15 @@ class ServerProcess:
     def _spawn(self, argv: list[str]) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines reach the file as they happen
         with self.log_path.open("wb") as log_file:
-            self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                           env=environment, start_new_session=True,
-                                           preexec_fn=_die_with_parent(os.getpid()))
+            self._popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
         self.pid = self._popen.pid
         self.exit_code = None
         safety_net.register(self)
@@ -85,16 +98,22 @@ class ServerProcess:
         printed_ready_line = False
         while True:
             if self.has_exited():
-                raise ServerStartError(f"server exited before it was ready (command: {self._command()})\n"
-                                       f"{self.log_tail()}")
+                raise ServerStartError(
+                    f"server exited before it was ready (command: {self._command()})\n{self.log_tail()}"
+                )
             printed_ready_line = printed_ready_line or READY_LINE in self.log_text()
             if printed_ready_line and self._healthy():
                 return
             if time.monotonic() > deadline:
-                what = ("printed its ready line but GET /health never answered 200" if printed_ready_line
-                        else f"never printed '{READY_LINE}...'")
-                raise ServerStartError(f"server not ready after {self._startup_timeout_s:.0f}s: it {what} "
-                                       f"(command: {self._command()})\n{self.log_tail()}")
+                what = (
+                    "printed its ready line but GET /health never answered 200"
+                    if printed_ready_line
+                    else f"never printed '{READY_LINE}...'"
+                )
+                raise ServerStartError(
+                    f"server not ready after {self._startup_timeout_s:.0f}s: it {what} "
+                    f"(command: {self._command()})\n{self.log_tail()}"
+                )
             time.sleep(0.05)
 
     def _healthy(self) -> bool:

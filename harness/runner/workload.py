@@ -35,8 +35,10 @@ def _tokens(seed_text: str, length: int, vocab_size: int) -> list[int]:
 
 def plan_requests(workload: Workload, *, vocab_size: int) -> list[PlannedRequest]:
     """Requests in scenario order, ``count`` expanded; prompts sharing a prefix share its exact tokens."""
-    prefixes = {name: _tokens(f"{workload.seed}/prefix/{name}", length, vocab_size)
-                for name, length in workload.shared_prefixes.items()}
+    prefixes = {
+        name: _tokens(f"{workload.seed}/prefix/{name}", length, vocab_size)
+        for name, length in workload.shared_prefixes.items()
+    }
     planned = []
     for spec in workload.requests:
         prefix = prefixes[spec.shared_prefix] if spec.shared_prefix is not None else []
@@ -51,14 +53,16 @@ def filler_request(index: int, *, vocab_size: int) -> PlannedRequest:
     return PlannedRequest(input_ids=tuple(_tokens(f"filler/{index}", 4, vocab_size)), max_new_tokens=8)
 
 
-def drive_workload(client: EngineClient, planned: list[PlannedRequest], *, concurrency: int,
-                   deadline: Deadline) -> WorkloadOutcome:
+def drive_workload(
+    client: EngineClient, planned: list[PlannedRequest], *, concurrency: int, deadline: Deadline
+) -> WorkloadOutcome:
     completed = failed = 0
     first_error: str | None = None
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kv-canary-request")
     try:
-        futures = [executor.submit(client.generate, list(request.input_ids), request.max_new_tokens)
-                   for request in planned]
+        futures = [
+            executor.submit(client.generate, list(request.input_ids), request.max_new_tokens) for request in planned
+        ]
         for future in concurrent.futures.as_completed(futures, timeout=deadline.remaining()):
             try:
                 future.result()
@@ -67,8 +71,10 @@ def drive_workload(client: EngineClient, planned: list[PlannedRequest], *, concu
                 failed += 1
                 first_error = first_error or str(error)
     except concurrent.futures.TimeoutError:
-        raise RunTimeout(f"the run passed its {deadline.seconds:.0f}s budget while driving the workload "
-                         f"({completed + failed} of {len(planned)} requests answered)") from None
+        raise RunTimeout(
+            f"the run passed its {deadline.seconds:.0f}s budget while driving the workload "
+            f"({completed + failed} of {len(planned)} requests answered)"
+        ) from None
     finally:
         # Requests still in flight end when the server is stopped; do not wait for them here.
         executor.shutdown(wait=False, cancel_futures=True)

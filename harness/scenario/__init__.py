@@ -4,5 +4,14 @@ from harness.scenario.loader import LoadedScenario, expand_scenario_paths, load_
 from harness.scenario.model import FAULT_KINDS, MODEL_MODES, Scenario
 from harness.scenario.problems import ScenarioProblem, ScenarioValidationError
 
-__all__ = ["FAULT_KINDS", "MODEL_MODES", "LoadedScenario", "Scenario", "ScenarioProblem",
-           "ScenarioValidationError", "expand_scenario_paths", "load_scenario_file", "load_scenarios"]
+__all__ = [
+    "FAULT_KINDS",
+    "MODEL_MODES",
+    "LoadedScenario",
+    "Scenario",
+    "ScenarioProblem",
+    "ScenarioValidationError",
+    "expand_scenario_paths",
+    "load_scenario_file",
+    "load_scenarios",
+]

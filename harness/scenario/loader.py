@@ -33,8 +33,9 @@ def expand_scenario_paths(paths: Iterable[Path]) -> tuple[list[Path], list[Scena
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix in SCENARIO_SUFFIXES and p.is_file())
             if not found:
-                problems.append(ScenarioProblem(path=path, line=None, key="(directory)",
-                                                message="holds no *.yaml scenario files"))
+                problems.append(
+                    ScenarioProblem(path=path, line=None, key="(directory)", message="holds no *.yaml scenario files")
+                )
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -64,8 +65,12 @@ def load_scenario_file(path: Path) -> LoadedScenario:
     try:
         size = path.stat().st_size
         if size > MAX_SCENARIO_BYTES:
-            raise _single(path, None, "(file)", f"is {size} bytes; scenario files are capped at "
-                                                f"{MAX_SCENARIO_BYTES} bytes (is this the right file?)")
+            raise _single(
+                path,
+                None,
+                "(file)",
+                f"is {size} bytes; scenario files are capped at {MAX_SCENARIO_BYTES} bytes (is this the right file?)",
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise _single(path, None, "(file)", f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -80,21 +85,28 @@ def load_scenario_text(text: str, path: Path) -> LoadedScenario:
     except YamlDocumentError as error:
         raise _single(path, error.line, "(document)", str(error)) from None
     if document.data is None:
-        raise _single(path, 1, "(document)", "is empty; a scenario needs name, description, model_modes, "
-                                             "workload and expect")
+        raise _single(
+            path, 1, "(document)", "is empty; a scenario needs name, description, model_modes, workload and expect"
+        )
     if not isinstance(document.data, dict):
-        raise _single(path, 1, "(document)", f"is a YAML {type(document.data).__name__}, not a mapping of "
-                                             "scenario keys")
-    problems = [ScenarioProblem(path=path, line=line, key=dotted_key(loc),
-                                message="duplicate key; the later value would silently win")
-                for loc, line in document.duplicate_keys]
+        raise _single(
+            path, 1, "(document)", f"is a YAML {type(document.data).__name__}, not a mapping of scenario keys"
+        )
+    problems = [
+        ScenarioProblem(
+            path=path, line=line, key=dotted_key(loc), message="duplicate key; the later value would silently win"
+        )
+        for loc, line in document.duplicate_keys
+    ]
     try:
         scenario = Scenario.model_validate(document.data)
     except pydantic.ValidationError as error:
         problems.extend(_shape_problem(path, document, detail) for detail in error.errors())
         raise ScenarioValidationError(sorted(problems, key=lambda problem: problem.line or 0)) from None
-    problems.extend(ScenarioProblem(path=path, line=document.line_of(rule.loc), key=dotted_key(rule.loc),
-                                    message=rule.message) for rule in check_rules(scenario))
+    problems.extend(
+        ScenarioProblem(path=path, line=document.line_of(rule.loc), key=dotted_key(rule.loc), message=rule.message)
+        for rule in check_rules(scenario)
+    )
     if problems:
         raise ScenarioValidationError(sorted(problems, key=lambda problem: problem.line or 0))
     return LoadedScenario(scenario=scenario, path=path, name_line=document.line_of(("name",)))
@@ -145,7 +157,13 @@ def _duplicate_names(loaded: Sequence[LoadedScenario]) -> list[ScenarioProblem]:
     for item in loaded:
         first = first_by_name.setdefault(item.scenario.name, item)
         if first is not item:
-            problems.append(ScenarioProblem(path=item.path, line=item.name_line, key="name",
-                                            message=f"'{item.scenario.name}' is already the name of "
-                                                    f"{first.path}:{first.name_line}; names must be unique"))
+            problems.append(
+                ScenarioProblem(
+                    path=item.path,
+                    line=item.name_line,
+                    key="name",
+                    message=f"'{item.scenario.name}' is already the name of "
+                    f"{first.path}:{first.name_line}; names must be unique",
+                )
+            )
     return problems

@@ -59,33 +59,44 @@ class EngineSettings(_ScenarioPart):
     swa_window: int = Field(64, ge=1, le=MAX_TOKENS, description="Sliding-window size of SWA layers (modes swa, dsv4).")
     sweep_interval: int = Field(0, ge=0, le=MAX_FORWARDS, description="Forwards between radix sweeps; 0 = no sweep.")
     real_kv: Literal["none", "partial", "all"] = Field(
-        "partial", description="How much of each slot's real K/V bytes the TAIL record hashes.")
+        "partial", description="How much of each slot's real K/V bytes the TAIL record hashes."
+    )
     canary_mode: Literal["log", "raise"] = Field("log", description="log: report violations; raise: also error.")
-    max_running_requests: int | None = Field(None, ge=1, le=MAX_REQUESTS,
-                                             description="Batch size cap; default: the server's.")
+    max_running_requests: int | None = Field(
+        None, ge=1, le=MAX_REQUESTS, description="Batch size cap; default: the server's."
+    )
     chunked_prefill_size: int | None = Field(
-        None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens; default: the server's.")
+        None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens; default: the server's."
+    )
     seed: int | None = Field(None, **SEED_RANGE, description="Engine sampling seed; default: the server's.")
     stats_interval: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; default: the server's.")
+        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; default: the server's."
+    )
     swa_divergence_interval: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_swa_divergence lines; default: 1 when "
-                          "expect.swa_divergence is set, else the server's.")
+        None,
+        ge=0,
+        le=MAX_FORWARDS,
+        description="Forwards between kv_canary_swa_divergence lines; default: 1 when "
+        "expect.swa_divergence is set, else the server's.",
+    )
 
 
 class RequestSpec(_ScenarioPart):
     shared_prefix: PrefixName | None = Field(
-        None, description="Name from workload.shared_prefixes the prompt starts with.")
+        None, description="Name from workload.shared_prefixes the prompt starts with."
+    )
     prompt_len: int = Field(ge=1, le=MAX_TOKENS, description="Prompt length in tokens, the shared prefix included.")
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
-    count: int = Field(1, ge=1, le=MAX_REQUESTS,
-                       description="How many such requests (each with its own random suffix).")
+    count: int = Field(
+        1, ge=1, le=MAX_REQUESTS, description="How many such requests (each with its own random suffix)."
+    )
 
 
 class Workload(_ScenarioPart):
     seed: int = Field(0, **SEED_RANGE, description="Seeds every prompt token, shared prefixes included.")
     shared_prefixes: dict[PrefixName, Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
-        default_factory=dict, description="Prefix name -> length in tokens.")
+        default_factory=dict, description="Prefix name -> length in tokens."
+    )
     requests: list[RequestSpec] = Field(min_length=1)
     concurrency: int = Field(1, ge=1, le=MAX_REQUESTS, description="Requests in flight at once.")
 
@@ -106,9 +117,9 @@ class Fault(_ScenarioPart):
     kind: FaultKind
     at_step: int | None = Field(None, ge=0, le=MAX_FORWARDS, description="Engine forward at which to inject.")
     after_warmup_steps: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards after the engine's warm-up at which to inject.")
-    probability: float | None = Field(
-        None, gt=0, le=1, description="Chance per forward to inject (needs seed).")
+        None, ge=0, le=MAX_FORWARDS, description="Forwards after the engine's warm-up at which to inject."
+    )
+    probability: float | None = Field(None, gt=0, le=1, description="Chance per forward to inject (needs seed).")
     seed: int | None = Field(None, **SEED_RANGE, description="Seed of the probability draw.")
     count: int = Field(1, ge=1, le=MAX_REQUESTS, description="How many injections.")
     target: FaultTarget = Field(default_factory=FaultTarget)
@@ -137,18 +148,22 @@ class SwaDivergenceExpectation(_ScenarioPart):
     swa_full_idx_divergence: ComparisonText | None = None
     swa_out_of_window_tokens: ComparisonText | None = None
     verify_swa_lt_verify_full: bool | None = Field(
-        None, description="true: verify_swa < verify_full; false: verify_swa >= verify_full.")
+        None, description="true: verify_swa < verify_full; false: verify_swa >= verify_full."
+    )
 
     def comparisons(self) -> dict[str, str]:
-        return {name: text for name, text in self.model_dump(exclude_none=True).items()
-                if name != "verify_swa_lt_verify_full"}
+        return {
+            name: text
+            for name, text in self.model_dump(exclude_none=True).items()
+            if name != "verify_swa_lt_verify_full"
+        }
 
 
 class Expectations(_ScenarioPart):
-    detected: bool | None = Field(
-        None, description="Required with a fault; false (zero violations) for baselines.")
+    detected: bool | None = Field(None, description="Required with a fault; false (zero violations) for baselines.")
     within_steps: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards after the injection by which a violation must be logged.")
+        None, ge=0, le=MAX_FORWARDS, description="Forwards after the injection by which a violation must be logged."
+    )
     violations: list[ViolationPattern] = Field(default_factory=list)
     swa_divergence: SwaDivergenceExpectation | None = None
 

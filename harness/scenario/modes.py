@@ -26,5 +26,8 @@ def mode_has_full_and_swa_groups(mode: str) -> bool:
 
 def launch_tags_of_mode(mode: str, *, sweep: bool) -> list[str]:
     """Tags a mode can log; SWEEP tags only when the radix sweep is on."""
-    return [tag.name for tag in LaunchTag
-            if (tag.group, tag.half) in _GUARDED_HALVES[mode] and (sweep or tag.phase is not Phase.SWEEP)]
+    return [
+        tag.name
+        for tag in LaunchTag
+        if (tag.group, tag.half) in _GUARDED_HALVES[mode] and (sweep or tag.phase is not Phase.SWEEP)
+    ]

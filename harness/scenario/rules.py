@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from kv_canary.launch_tags import FailReason, LaunchTag
-
 from harness.scenario.model import MAX_REQUESTS, Scenario
 from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups, mode_has_swa_group
 from harness.scenario.patterns import alternatives, matches_any
 from harness.scenario.problems import Location
+from kv_canary.launch_tags import FailReason, LaunchTag
 
 KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
 KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
@@ -46,8 +45,9 @@ def _fault_trigger(scenario: Scenario) -> Iterator[RuleProblem]:
         return
     given = [key for key in _TRIGGERS if getattr(fault, key) is not None]
     if not given:
-        yield RuleProblem(loc=("fault",), message="say when to inject: at_step, after_warmup_steps, "
-                                                  "or probability with seed")
+        yield RuleProblem(
+            loc=("fault",), message="say when to inject: at_step, after_warmup_steps, or probability with seed"
+        )
     for key in given[1:]:
         yield RuleProblem(loc=("fault", key), message=f"{given[0]} is already set; keep one of {', '.join(given)}")
     if fault.probability is not None and fault.seed is None:
@@ -65,31 +65,44 @@ def _fault_fits_modes(scenario: Scenario) -> Iterator[RuleProblem]:
         return
     listed = ", ".join(without_swa)
     if fault.kind == "remap_swa_slot":
-        yield RuleProblem(loc=("fault", "kind"), message=f"remap_swa_slot needs an SWA pool, which mode {listed} "
-                                                         "does not have; drop that mode from model_modes")
+        yield RuleProblem(
+            loc=("fault", "kind"),
+            message=f"remap_swa_slot needs an SWA pool, which mode {listed} "
+            "does not have; drop that mode from model_modes",
+        )
     if fault.target.group == "swa":
-        yield RuleProblem(loc=("fault", "target", "group"), message=f"mode {listed} has no SWA group; target "
-                                                                    "group full or drop that mode from model_modes")
+        yield RuleProblem(
+            loc=("fault", "target", "group"),
+            message=f"mode {listed} has no SWA group; target group full or drop that mode from model_modes",
+        )
 
 
 def _detection_is_decidable(scenario: Scenario) -> Iterator[RuleProblem]:
     expect = scenario.expect
     if scenario.injects_fault and expect.detected is None:
-        yield RuleProblem(loc=("expect", "detected"), message="required when a fault is injected: true if the "
-                                                              "canary must catch it, false if it must stay silent")
+        yield RuleProblem(
+            loc=("expect", "detected"),
+            message="required when a fault is injected: true if the canary must catch it, false if it must stay silent",
+        )
     if not scenario.injects_fault and expect.detected:
-        yield RuleProblem(loc=("expect", "detected"), message="nothing is injected, so nothing can be detected; "
-                                                              "add a fault or set detected: false")
+        yield RuleProblem(
+            loc=("expect", "detected"),
+            message="nothing is injected, so nothing can be detected; add a fault or set detected: false",
+        )
     if expect.detected:
         if expect.within_steps is None:
-            yield RuleProblem(loc=("expect", "within_steps"), message="required with detected: true; it bounds "
-                                                                      "the detection latency and how long to step")
+            yield RuleProblem(
+                loc=("expect", "within_steps"),
+                message="required with detected: true; it bounds the detection latency and how long to step",
+            )
         return
     if expect.within_steps is not None:
         yield RuleProblem(loc=("expect", "within_steps"), message="a latency bound needs detected: true")
     if expect.violations:
-        yield RuleProblem(loc=("expect", "violations"), message="violation patterns need detected: true; "
-                                                                "detected: false allows zero violations")
+        yield RuleProblem(
+            loc=("expect", "violations"),
+            message="violation patterns need detected: true; detected: false allows zero violations",
+        )
 
 
 def _violation_patterns_can_match(scenario: Scenario) -> Iterator[RuleProblem]:
@@ -98,23 +111,32 @@ def _violation_patterns_can_match(scenario: Scenario) -> Iterator[RuleProblem]:
         tag_loc = ("expect", "violations", index, "launch_tag")
         for alternative in alternatives(pattern.launch_tag):
             if not matches_any(alternative, KNOWN_LAUNCH_TAGS):
-                yield RuleProblem(loc=tag_loc, message=f"'{alternative}' matches no launch tag; known tags: "
-                                                       f"{', '.join(KNOWN_LAUNCH_TAGS)}")
+                yield RuleProblem(
+                    loc=tag_loc,
+                    message=f"'{alternative}' matches no launch tag; known tags: {', '.join(KNOWN_LAUNCH_TAGS)}",
+                )
         for alternative in alternatives(pattern.fail_reason):
             if not matches_any(alternative, KNOWN_FAIL_REASONS):
-                yield RuleProblem(loc=("expect", "violations", index, "fail_reason"),
-                                  message=f"'{alternative}' matches no fail reason; known reasons: "
-                                          f"{', '.join(KNOWN_FAIL_REASONS)}")
+                yield RuleProblem(
+                    loc=("expect", "violations", index, "fail_reason"),
+                    message=f"'{alternative}' matches no fail reason; known reasons: {', '.join(KNOWN_FAIL_REASONS)}",
+                )
         for mode in dict.fromkeys(scenario.model_modes):
             if matches_any(pattern.launch_tag, launch_tags_of_mode(mode, sweep=sweep_on)):
                 continue
             if not sweep_on and matches_any(pattern.launch_tag, launch_tags_of_mode(mode, sweep=True)):
-                yield RuleProblem(loc=tag_loc, message="matches only SWEEP tags, but engine.sweep_interval is 0 "
-                                                       "(no sweep); turn the sweep on or widen the pattern")
+                yield RuleProblem(
+                    loc=tag_loc,
+                    message="matches only SWEEP tags, but engine.sweep_interval is 0 "
+                    "(no sweep); turn the sweep on or widen the pattern",
+                )
             elif matches_any(pattern.launch_tag, KNOWN_LAUNCH_TAGS):
-                yield RuleProblem(loc=tag_loc, message=f"matches no tag that mode {mode} logs "
-                                                       f"({', '.join(launch_tags_of_mode(mode, sweep=True))}); "
-                                                       "widen the pattern or split the scenario per mode")
+                yield RuleProblem(
+                    loc=tag_loc,
+                    message=f"matches no tag that mode {mode} logs "
+                    f"({', '.join(launch_tags_of_mode(mode, sweep=True))}); "
+                    "widen the pattern or split the scenario per mode",
+                )
 
 
 def _swa_divergence_is_observable(scenario: Scenario) -> Iterator[RuleProblem]:
@@ -122,14 +144,20 @@ def _swa_divergence_is_observable(scenario: Scenario) -> Iterator[RuleProblem]:
     if swa_divergence is None:
         return
     if not any(mode_has_full_and_swa_groups(mode) for mode in scenario.model_modes):
-        yield RuleProblem(loc=("expect", "swa_divergence"), message="checked only in modes with FULL and SWA "
-                                                                    "groups (swa), and model_modes has none")
+        yield RuleProblem(
+            loc=("expect", "swa_divergence"),
+            message="checked only in modes with FULL and SWA groups (swa), and model_modes has none",
+        )
     if scenario.engine.swa_divergence_interval == 0:
-        yield RuleProblem(loc=("engine", "swa_divergence_interval"), message="0 turns off the divergence lines that "
-                                                                            "expect.swa_divergence is checked on")
+        yield RuleProblem(
+            loc=("engine", "swa_divergence_interval"),
+            message="0 turns off the divergence lines that expect.swa_divergence is checked on",
+        )
     if not swa_divergence.model_fields_set:
-        yield RuleProblem(loc=("expect", "swa_divergence"), message="lists nothing to check; give a comparison "
-                                                                    "such as swa_out_of_window_tokens: '>=1'")
+        yield RuleProblem(
+            loc=("expect", "swa_divergence"),
+            message="lists nothing to check; give a comparison such as swa_out_of_window_tokens: '>=1'",
+        )
 
 
 def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
@@ -139,23 +167,40 @@ def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
         if request.shared_prefix is not None:
             if request.shared_prefix not in prefixes:
                 known = ", ".join(prefixes) or "none defined"
-                yield RuleProblem(loc=(*loc, "shared_prefix"), message=f"'{request.shared_prefix}' is not in "
-                                                                       f"workload.shared_prefixes ({known})")
+                yield RuleProblem(
+                    loc=(*loc, "shared_prefix"),
+                    message=f"'{request.shared_prefix}' is not in workload.shared_prefixes ({known})",
+                )
             elif request.prompt_len < prefixes[request.shared_prefix]:
-                yield RuleProblem(loc=(*loc, "prompt_len"), message=f"{request.prompt_len} is shorter than its "
-                                  f"shared prefix '{request.shared_prefix}' ({prefixes[request.shared_prefix]} tokens)")
+                yield RuleProblem(
+                    loc=(*loc, "prompt_len"),
+                    message=f"{request.prompt_len} is shorter than its "
+                    f"shared prefix '{request.shared_prefix}' ({prefixes[request.shared_prefix]} tokens)",
+                )
         needed = request.prompt_len + request.max_new_tokens
         if needed > scenario.engine.max_total_tokens:
-            yield RuleProblem(loc=loc, message=f"needs {needed} KV slots, more than engine.max_total_tokens "
-                                               f"({scenario.engine.max_total_tokens}); it could never run")
+            yield RuleProblem(
+                loc=loc,
+                message=f"needs {needed} KV slots, more than engine.max_total_tokens "
+                f"({scenario.engine.max_total_tokens}); it could never run",
+            )
     total = sum(request.count for request in scenario.workload.requests)
     if total > MAX_REQUESTS:
-        yield RuleProblem(loc=("workload", "requests"), message=f"{total} requests in all (counts summed); a "
-                                                               f"workload is capped at {MAX_REQUESTS}")
+        yield RuleProblem(
+            loc=("workload", "requests"),
+            message=f"{total} requests in all (counts summed); a workload is capped at {MAX_REQUESTS}",
+        )
 
 
-RULES: tuple[Rule, ...] = (_unique_modes, _fault_trigger, _fault_fits_modes, _detection_is_decidable,
-                           _violation_patterns_can_match, _swa_divergence_is_observable, _requests_fit)
+RULES: tuple[Rule, ...] = (
+    _unique_modes,
+    _fault_trigger,
+    _fault_fits_modes,
+    _detection_is_decidable,
+    _violation_patterns_can_match,
+    _swa_divergence_is_observable,
+    _requests_fit,
+)
 
 
 def check_rules(scenario: Scenario) -> list[RuleProblem]:

@@ -33,7 +33,7 @@ class YamlDocument:
         for end in range(len(loc), 0, -1):
             line = self.lines.get(tuple(_as_key(part) for part in loc[:end]))
             if line is None and isinstance(loc[end - 1], int):  # a mapping key YAML read as an int
-                line = self.lines.get((*(_as_key(part) for part in loc[:end - 1]), str(loc[end - 1])))
+                line = self.lines.get((*(_as_key(part) for part in loc[: end - 1]), str(loc[end - 1])))
             if line is not None:
                 return line
         return 1
@@ -51,12 +51,15 @@ def read_yaml_document(text: str) -> YamlDocument:
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
-        raise YamlDocumentError(f"malformed YAML: {error.problem or error.context}",
-                                mark.line + 1 if mark else None) from None
+        raise YamlDocumentError(
+            f"malformed YAML: {error.problem or error.context}", mark.line + 1 if mark else None
+        ) from None
     except yaml.reader.ReaderError as error:
         character = f"U+{error.character:04X}" if isinstance(error.character, int) else repr(error.character)
-        raise YamlDocumentError(f"malformed YAML: character {character} at offset {error.position} is not "
-                                f"allowed in YAML ({error.reason})", _line_at(text, error.position)) from None
+        raise YamlDocumentError(
+            f"malformed YAML: character {character} at offset {error.position} is not allowed in YAML ({error.reason})",
+            _line_at(text, error.position),
+        ) from None
     except yaml.YAMLError as error:
         raise YamlDocumentError(f"malformed YAML: {error}", None) from None
     except RecursionError:
@@ -79,12 +82,18 @@ def _line_at(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _index(node: yaml.Node, loc: Location, lines: dict[Location, int], duplicates: list[tuple[Location, int]],
-           budget: list[int]) -> None:
+def _index(
+    node: yaml.Node,
+    loc: Location,
+    lines: dict[Location, int],
+    duplicates: list[tuple[Location, int]],
+    budget: list[int],
+) -> None:
     budget[0] -= 1
     if budget[0] < 0:
-        raise YamlDocumentError(f"more than {MAX_NODES} YAML nodes (alias expansion?); a scenario needs far fewer",
-                                node.start_mark.line + 1)
+        raise YamlDocumentError(
+            f"more than {MAX_NODES} YAML nodes (alias expansion?); a scenario needs far fewer", node.start_mark.line + 1
+        )
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             child = (*loc, str(key_node.value))

@@ -29,8 +29,9 @@ def register_pool_adapter(class_name: str, adapter: PoolAdapter) -> None:
     _POOL_ADAPTERS[class_name] = adapter
 
 
-def attach_canary_buffers(pool: object, *, config: CanaryConfig,
-                          swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
+def attach_canary_buffers(
+    pool: object, *, config: CanaryConfig, swa_window: int | None
+) -> tuple[CanaryBufferGroup, ...]:
     for cls in type(pool).__mro__:
         adapter = _POOL_ADAPTERS.get(cls.__name__)
         if adapter is not None:
@@ -38,4 +39,5 @@ def attach_canary_buffers(pool: object, *, config: CanaryConfig,
     raise UnsupportedPoolError(
         f"kv_canary has no adapter for KV pool type {type(pool).__module__}.{type(pool).__qualname__}; "
         f"supported: {', '.join(sorted(_POOL_ADAPTERS))}. Register one with "
-        "kv_canary.adapters.register_pool_adapter(class_name, adapter).")
+        "kv_canary.adapters.register_pool_adapter(class_name, adapter)."
+    )

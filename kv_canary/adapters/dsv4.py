@@ -24,11 +24,17 @@ from kv_canary.launch_tags import PoolGroupKind
 def attach_dsv4(pool: object, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
     window = require_window(pool, swa_window)
     if getattr(pool, "swa_kv_pool", None) is None:
-        raise ValueError(f"kv_canary: {type(pool).__name__} keeps its sliding-window KV per request (no "
-                         "token-indexed swa_kv_pool); only the paged SWA sub-pool is supported")
-    layers = read_pool_layers(pool.swa_kv_pool, what="the SWA sub-pool", k_names=("k_buffer", "kv_buffer"),
-                              v_name=None)
-    group = build_group(kind=PoolGroupKind.SWA, layers=layers, config=config,
-                        full_to_swa_index_mapping=require_mapping(pool), window=window)
+        raise ValueError(
+            f"kv_canary: {type(pool).__name__} keeps its sliding-window KV per request (no "
+            "token-indexed swa_kv_pool); only the paged SWA sub-pool is supported"
+        )
+    layers = read_pool_layers(pool.swa_kv_pool, what="the SWA sub-pool", k_names=("k_buffer", "kv_buffer"), v_name=None)
+    group = build_group(
+        kind=PoolGroupKind.SWA,
+        layers=layers,
+        config=config,
+        full_to_swa_index_mapping=require_mapping(pool),
+        window=window,
+    )
     report_canary_buffers(pool, "get_state_buf_infos", group, getattr(pool, "page_size", 1))
     return (group,)

@@ -21,16 +21,22 @@ class PoolLayers:
     num_slots: int
 
 
-def read_pool_layers(pool: object, *, what: str, k_names: tuple[str, ...] = ("k_buffer",),
-                     v_name: str | None = "v_buffer") -> PoolLayers:
+def read_pool_layers(
+    pool: object, *, what: str, k_names: tuple[str, ...] = ("k_buffer",), v_name: str | None = "v_buffer"
+) -> PoolLayers:
     """``k_names``: attribute names to try for the K (or latent) buffers, first present wins."""
     k_buffers = next((getattr(pool, name) for name in k_names if getattr(pool, name, None) is not None), None)
     if k_buffers is None:
-        raise ValueError(f"kv_canary: {what} ({type(pool).__name__}) has no {' or '.join(k_names)} yet; install "
-                         "the canary after the pool has allocated its buffers")
+        raise ValueError(
+            f"kv_canary: {what} ({type(pool).__name__}) has no {' or '.join(k_names)} yet; install "
+            "the canary after the pool has allocated its buffers"
+        )
     v_buffers = getattr(pool, v_name, None) if v_name else None
-    return PoolLayers(k_buffers=list(k_buffers), v_buffers=None if v_buffers is None else list(v_buffers),
-                      num_slots=_num_slots(pool, list(k_buffers)))
+    return PoolLayers(
+        k_buffers=list(k_buffers),
+        v_buffers=None if v_buffers is None else list(v_buffers),
+        num_slots=_num_slots(pool, list(k_buffers)),
+    )
 
 
 def _num_slots(pool: object, k_buffers: list[torch.Tensor]) -> int:

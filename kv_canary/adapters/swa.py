@@ -18,17 +18,21 @@ from kv_canary.launch_tags import PoolGroupKind
 
 def require_window(pool: object, swa_window: int | None) -> int:
     if swa_window is None or swa_window < 1:
-        raise ValueError(f"kv_canary: {type(pool).__name__} has a sliding-window sub-pool; pass "
-                         "install_canary(swa_window=...) with the model's window in tokens")
+        raise ValueError(
+            f"kv_canary: {type(pool).__name__} has a sliding-window sub-pool; pass "
+            "install_canary(swa_window=...) with the model's window in tokens"
+        )
     return swa_window
 
 
 def require_mapping(pool: object) -> torch.Tensor:
     mapping = getattr(pool, "full_to_swa_index_mapping", None)
     if mapping is None:
-        raise ValueError(f"kv_canary: {type(pool).__name__}.full_to_swa_index_mapping is not set yet; the SWA "
-                         "allocator registers it (SGLang: SWATokenToKVPoolAllocator calls register_mapping), so "
-                         "install the canary after the allocator exists")
+        raise ValueError(
+            f"kv_canary: {type(pool).__name__}.full_to_swa_index_mapping is not set yet; the SWA "
+            "allocator registers it (SGLang: SWATokenToKVPoolAllocator calls register_mapping), so "
+            "install the canary after the allocator exists"
+        )
     return mapping
 
 
@@ -44,8 +48,9 @@ def attach_swa(pool: object, *, config: CanaryConfig, swa_window: int | None) ->
         report_canary_buffers(pool, "get_contiguous_buf_infos", full_group, page_size)
         groups.append(full_group)
     if swa.k_buffers:
-        swa_group = build_group(kind=PoolGroupKind.SWA, layers=swa, config=config,
-                                full_to_swa_index_mapping=mapping, window=window)
+        swa_group = build_group(
+            kind=PoolGroupKind.SWA, layers=swa, config=config, full_to_swa_index_mapping=mapping, window=window
+        )
         report_canary_buffers(pool, "get_state_buf_infos", swa_group, page_size)
         groups.append(swa_group)
     if not groups:

@@ -22,16 +22,28 @@ class ForwardLaunchCache:
         self._compiles = isinstance(kernel, triton.runtime.jit.JITFunction)  # False under TRITON_INTERPRET
         self._compiled: dict[tuple, object] = {}
 
-    def launch(self, grid: tuple[int, ...], tensors: tuple[torch.Tensor, ...], scalars: tuple[int, ...], *,
-               num_warps: int, **constexprs: object) -> None:
+    def launch(
+        self,
+        grid: tuple[int, ...],
+        tensors: tuple[torch.Tensor, ...],
+        scalars: tuple[int, ...],
+        *,
+        num_warps: int,
+        **constexprs: object,
+    ) -> None:
         """``tensors`` are the kernel's leading pointer parameters, ``scalars`` its integer ones;
         ``constexprs`` must be given in the kernel's parameter order."""
         if not self._compiles:
             self._kernel[grid](*tensors, *scalars, num_warps=num_warps, **constexprs)
             return
         addresses = tuple(tensor.data_ptr() for tensor in tensors)
-        key = (torch.cuda.current_device(), num_warps, *constexprs.values(), *(tensor.dtype for tensor in tensors),
-               *(address % 16 == 0 for address in addresses))
+        key = (
+            torch.cuda.current_device(),
+            num_warps,
+            *constexprs.values(),
+            *(tensor.dtype for tensor in tensors),
+            *(address % 16 == 0 for address in addresses),
+        )
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._kernel[grid](*tensors, *scalars, num_warps=num_warps, **constexprs)

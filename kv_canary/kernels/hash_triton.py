@@ -55,8 +55,16 @@ def word_salt(layer, word):
 
 
 @triton.jit
-def real_kv_hash(layer_pointers_ptr, num_layers, row_words, hashed_words, slots, mask, LAYER_BLOCK: tl.constexpr,
-                 WORD_CHUNK: tl.constexpr):
+def real_kv_hash(
+    layer_pointers_ptr,
+    num_layers,
+    row_words,
+    hashed_words,
+    slots,
+    mask,
+    LAYER_BLOCK: tl.constexpr,
+    WORD_CHUNK: tl.constexpr,
+):
     """Hash of each lane's slot row, bit-equal to ``hash_reference.real_kv_row_hash``.
 
     A [slots, layers, words] tile is loaded at once, so the reads of a block of layers are in

@@ -31,8 +31,15 @@ class CompiledLaunchCache:
         # id()s of a set of buffers -> (the buffers, kept alive so their ids stay theirs; their addresses)
         self._addresses: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], tuple[int, ...]]] = {}
 
-    def launch(self, grid: tuple[int, ...], buffers: tuple[torch.Tensor, ...], scalars: tuple[int, ...], *,
-               num_warps: int, **constexprs: object) -> None:
+    def launch(
+        self,
+        grid: tuple[int, ...],
+        buffers: tuple[torch.Tensor, ...],
+        scalars: tuple[int, ...],
+        *,
+        num_warps: int,
+        **constexprs: object,
+    ) -> None:
         """``buffers`` are the kernel's leading pointer parameters, ``scalars`` its integer ones."""
         if not self._compiles:
             self._kernel[grid](*buffers, *scalars, num_warps=num_warps, **constexprs)
@@ -56,13 +63,16 @@ class CompiledLaunchCache:
         return cached[1]
 
 
-def real_kv_arguments(real_kv: RealKvSource | None,
-                      placeholder: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], dict[str, int]]:
+def real_kv_arguments(
+    real_kv: RealKvSource | None, placeholder: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, ...], dict[str, int]]:
     """(layer pointer table, (layers, row words, hashed words), tile constexprs); a placeholder table
     when hashing is off. Tiles span up to 16 layers and 8 words, so a block's reads go out together."""
     if real_kv is None:
         return placeholder, (0, 0, 0), {"LAYER_BLOCK": 1, "WORD_CHUNK": 1}
     layers = len(real_kv.layer_words)
-    tile = {"LAYER_BLOCK": min(16, triton.next_power_of_2(layers)),
-            "WORD_CHUNK": min(8, triton.next_power_of_2(real_kv.hashed_words))}
+    tile = {
+        "LAYER_BLOCK": min(16, triton.next_power_of_2(layers)),
+        "WORD_CHUNK": min(8, triton.next_power_of_2(real_kv.hashed_words)),
+    }
     return real_kv.layer_pointers, (layers, real_kv.row_words, real_kv.hashed_words), tile

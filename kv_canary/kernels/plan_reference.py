@@ -10,13 +10,26 @@ from __future__ import annotations
 import torch
 
 from kv_canary.forward_rows import ForwardRows
-from kv_canary.plans import (PADDING_POSITION, PADDING_ROW, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN,
-                             VerifyPlan, WritePlan)
+from kv_canary.plans import (
+    PADDING_POSITION,
+    PADDING_ROW,
+    PREV_SEQUENCE_START,
+    PREV_UNKNOWN,
+    TOKEN_UNKNOWN,
+    VerifyPlan,
+    WritePlan,
+)
 
 
-def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
-                      plan_overflow: torch.Tensor, window: int | None = None,
-                      full_to_swa: torch.Tensor | None = None) -> tuple[int | None, int, int | None]:
+def build_group_plans(
+    *,
+    verify_plan: VerifyPlan,
+    write_plan: WritePlan,
+    rows: ForwardRows,
+    plan_overflow: torch.Tensor,
+    window: int | None = None,
+    full_to_swa: torch.Tensor | None = None,
+) -> tuple[int | None, int, int | None]:
     """Plan every slot the forward's attention reads and every slot it writes.
 
     FULL groups read each request's whole prefix ``[0, prefix_len)``; SWA groups (``window``
@@ -34,8 +47,9 @@ def build_group_plans(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: F
     return host_hints(verify_plan=verify_plan, write_plan=write_plan, rows=rows, window=window)
 
 
-def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows,
-               window: int | None) -> tuple[int | None, int, int | None]:
+def host_hints(
+    *, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardRows, window: int | None
+) -> tuple[int | None, int, int | None]:
     """What the host knows of the plans without reading the device.
 
     The exact verify entry count when the engine gave host prefix lengths, None when only the
@@ -51,8 +65,14 @@ def host_hints(*, verify_plan: VerifyPlan, write_plan: WritePlan, rows: ForwardR
     return verify_entries, write_entries, rows.longest_run if write_entries else 0
 
 
-def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: torch.Tensor, window: int | None,
-                       full_to_swa: torch.Tensor | None) -> None:
+def _build_verify_plan(
+    plan: VerifyPlan,
+    rows: ForwardRows,
+    *,
+    plan_overflow: torch.Tensor,
+    window: int | None,
+    full_to_swa: torch.Tensor | None,
+) -> None:
     device = plan.slot_indices.device
     prefix = rows.prefix_lens.to(device=device, dtype=torch.int64)
     first = (prefix - window).clamp(min=0) if window is not None else torch.zeros_like(prefix)
@@ -86,8 +106,9 @@ def _build_verify_plan(plan: VerifyPlan, rows: ForwardRows, *, plan_overflow: to
     plan.expected_tokens[:n].copy_(_recorded_tokens(rows, row, position))
 
 
-def _build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch.Tensor,
-                      full_to_swa: torch.Tensor | None) -> None:
+def _build_write_plan(
+    plan: WritePlan, rows: ForwardRows, *, plan_overflow: torch.Tensor, full_to_swa: torch.Tensor | None
+) -> None:
     device = plan.slot_indices.device
     num_requests = min(rows.batch_size, plan.request_capacity)
     n = min(rows.num_new_tokens, plan.capacity)
@@ -114,8 +135,9 @@ def _build_write_plan(plan: WritePlan, rows: ForwardRows, *, plan_overflow: torc
     if n == 0:
         return
 
-    request = torch.repeat_interleave(torch.arange(rows.batch_size, device=device), extend,
-                                      output_size=rows.num_new_tokens)[:n]
+    request = torch.repeat_interleave(
+        torch.arange(rows.batch_size, device=device), extend, output_size=rows.num_new_tokens
+    )[:n]
     position = prefix[request] + torch.arange(n, device=device) - starts[request]
     slot = rows.out_cache_loc[:n].to(device=device, dtype=torch.int64)
     if full_to_swa is not None:

@@ -23,9 +23,24 @@ F_EXPECTED_REAL_KV_HASH: tl.constexpr = tl.constexpr(int(RingField.EXPECTED_REAL
 
 
 @triton.jit
-def append_violations(ring_rows_ptr, ring_index_ptr, ring_capacity, violating, launch_tag, bits, slot, position,
-                      stored_token, expected_token, step, stored_position, stored_prev_hash, expected_prev_hash,
-                      stored_real_kv_hash, expected_real_kv_hash):
+def append_violations(
+    ring_rows_ptr,
+    ring_index_ptr,
+    ring_capacity,
+    violating,
+    launch_tag,
+    bits,
+    slot,
+    position,
+    stored_token,
+    expected_token,
+    step,
+    stored_position,
+    stored_prev_hash,
+    expected_prev_hash,
+    stored_real_kv_hash,
+    expected_real_kv_hash,
+):
     """Claim rows for this block's violating lanes with a single atomic add, then store them."""
     count = tl.sum(violating.to(tl.int64), axis=0)
     if count > 0:

@@ -22,10 +22,18 @@ def select_kernels(backend: KernelBackend, device: torch.device) -> CanaryKernel
     if backend is KernelBackend.TORCH or (backend is KernelBackend.AUTO and device.type != "cuda"):
         from kv_canary.kernels import plan_reference, verify_reference, write_reference
 
-        return CanaryKernels(name="torch", build_plans=plan_reference.build_group_plans,
-                             verify=verify_reference.verify_canaries, write=write_reference.write_canaries)
+        return CanaryKernels(
+            name="torch",
+            build_plans=plan_reference.build_group_plans,
+            verify=verify_reference.verify_canaries,
+            write=write_reference.write_canaries,
+        )
     # Imported here so that CPU-only installs never need Triton.
     from kv_canary.kernels import plan_triton, verify_triton, write_triton
 
-    return CanaryKernels(name="triton", build_plans=plan_triton.build_group_plans,
-                         verify=verify_triton.verify_canaries, write=write_triton.write_canaries)
+    return CanaryKernels(
+        name="triton",
+        build_plans=plan_triton.build_group_plans,
+        verify=verify_triton.verify_canaries,
+        write=write_triton.write_canaries,
+    )

@@ -15,9 +15,17 @@ from kv_canary.real_kv import RealKvSource
 from kv_canary.records import RecordWord
 
 
-def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: LaunchTag, state: CanaryDeviceState,
-                   real_kv: RealKvSource | None, assert_inputs: bool, num_entries: int | None = None,
-                   max_entries_per_request: int | None = None) -> None:
+def write_canaries(
+    *,
+    records: torch.Tensor,
+    plan: WritePlan,
+    launch_tag: LaunchTag,
+    state: CanaryDeviceState,
+    real_kv: RealKvSource | None,
+    assert_inputs: bool,
+    num_entries: int | None = None,
+    max_entries_per_request: int | None = None,
+) -> None:
     """Write the records of a forward's new slots, chained from each request's predecessor slot.
 
     ``num_entries`` bounds the plan's entries and ``max_entries_per_request`` the longest run
@@ -28,8 +36,11 @@ def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: Launch
     device = records.device
     entry = torch.arange(n, device=device)
     request_ends = torch.cumsum(plan.entry_counts.to(torch.int64), 0)
-    request_ends = torch.where(torch.arange(plan.request_capacity, device=device) < plan.num_requests,
-                               request_ends, torch.iinfo(torch.int64).max)
+    request_ends = torch.where(
+        torch.arange(plan.request_capacity, device=device) < plan.num_requests,
+        request_ends,
+        torch.iinfo(torch.int64).max,
+    )
     request = torch.searchsorted(request_ends, entry, right=True).clamp(max=plan.request_capacity - 1)
     starts = plan.entry_starts.to(torch.int64)[request]
     offset = entry - starts
@@ -44,10 +55,14 @@ def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: Launch
     pred_slots = plan.pred_slots.to(torch.int64)[request]
     pred = records[pred_slots.clamp(min=0)]
     first_prev_hash = torch.where(
-        pred_slots == 0, CHAIN_ANCHOR,
-        torch.where(pred_slots > 0,
-                    record_hash(pred[:, RecordWord.TOKEN], pred[:, RecordWord.POSITION], pred[:, RecordWord.PREV_HASH]),
-                    0))
+        pred_slots == 0,
+        CHAIN_ANCHOR,
+        torch.where(
+            pred_slots > 0,
+            record_hash(pred[:, RecordWord.TOKEN], pred[:, RecordWord.POSITION], pred[:, RecordWord.PREV_HASH]),
+            0,
+        ),
+    )
     prev_hash = _chain_scan(first_prev_hash, tokens, positions, offset)
 
     bits = torch.zeros_like(slots)
@@ -59,29 +74,34 @@ def write_canaries(*, records: torch.Tensor, plan: WritePlan, launch_tag: Launch
 
     real_kv_hash = torch.zeros_like(slots)
     if real_kv is not None:
-        real_kv_hash = real_kv_row_hash([words[slots, :real_kv.hashed_words] for words in real_kv.layer_words])
+        real_kv_hash = real_kv_row_hash([words[slots, : real_kv.hashed_words] for words in real_kv.layer_words])
     stores = in_plan & (slots != 0)
     destination = torch.where(stores, slots, 0)
     new_records = torch.stack([tokens, positions, prev_hash, real_kv_hash], dim=1)
     # Entries that store nothing rewrite the padding row with its own value, keeping the scatter sync-free.
     records.index_put_((destination,), torch.where(stores[:, None], new_records, records[destination]))
 
-    append_violations(state.ring, {
-        RingField.LAUNCH_TAG: torch.full_like(slots, int(launch_tag)),
-        RingField.FAIL_BITS: bits,
-        RingField.SLOT: slots,
-        RingField.POSITION: expected_positions,
-        RingField.STORED_TOKEN: tokens,
-        RingField.EXPECTED_TOKEN: expected_tokens,
-        RingField.STEP: state.step.expand(n),
-        RingField.STORED_POSITION: positions,
-        RingField.STORED_PREV_HASH: prev_hash,
-        RingField.STORED_REAL_KV_HASH: real_kv_hash,
-    }, bits != 0)
+    append_violations(
+        state.ring,
+        {
+            RingField.LAUNCH_TAG: torch.full_like(slots, int(launch_tag)),
+            RingField.FAIL_BITS: bits,
+            RingField.SLOT: slots,
+            RingField.POSITION: expected_positions,
+            RingField.STORED_TOKEN: tokens,
+            RingField.EXPECTED_TOKEN: expected_tokens,
+            RingField.STEP: state.step.expand(n),
+            RingField.STORED_POSITION: positions,
+            RingField.STORED_PREV_HASH: prev_hash,
+            RingField.STORED_REAL_KV_HASH: real_kv_hash,
+        },
+        bits != 0,
+    )
 
 
-def _chain_scan(first_prev_hash: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-                offset: torch.Tensor) -> torch.Tensor:
+def _chain_scan(
+    first_prev_hash: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
     """prev_hash of every entry: a segmented Hillis-Steele scan of ``x -> rotl(x, k) ^ c`` maps.
 
     Entry ``i`` of a run contributes ``(link_hash(token[i-1], position[i-1]), 1)``; the run's

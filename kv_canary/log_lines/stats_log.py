@@ -24,15 +24,22 @@ class CanaryStatsLog(LineSearch):
     launch_tags_expected: int
 
     def format(self) -> str:
-        return (f"kv_canary_stats step={self.step} protected_tokens={self.protected_tokens} "
-                f"sweep_passes={self.sweep_passes} violations={self.violations} "
-                f"launch_tags_active={self.launch_tags_active}/{self.launch_tags_expected}")
+        return (
+            f"kv_canary_stats step={self.step} protected_tokens={self.protected_tokens} "
+            f"sweep_passes={self.sweep_passes} violations={self.violations} "
+            f"launch_tags_active={self.launch_tags_active}/{self.launch_tags_expected}"
+        )
 
     @classmethod
     def parse(cls, line: str) -> CanaryStatsLog | None:
         match = _LINE.search(line)
         if match is None:
             return None
-        return cls(step=int(match["step"]), protected_tokens=int(match["protected_tokens"]),
-                   sweep_passes=int(match["sweep_passes"]), violations=int(match["violations"]),
-                   launch_tags_active=int(match["active"]), launch_tags_expected=int(match["expected"]))
+        return cls(
+            step=int(match["step"]),
+            protected_tokens=int(match["protected_tokens"]),
+            sweep_passes=int(match["sweep_passes"]),
+            violations=int(match["violations"]),
+            launch_tags_active=int(match["active"]),
+            launch_tags_expected=int(match["expected"]),
+        )

@@ -6,7 +6,6 @@ import dataclasses
 import re
 
 from kv_canary.launch_tags import FailReason
-
 from kv_canary.log_lines.line_search import LineSearch
 
 _PREFIX = "kv_canary violation: "
@@ -34,16 +33,23 @@ class ViolationRecord(LineSearch):
         FailReason.from_log_names(list(self.fail_reasons))  # unknown names raise KeyError here
 
     def format(self) -> str:
-        return (f"{_PREFIX}launch_tag={self.launch_tag} fail_reason={'+'.join(self.fail_reasons)} "
-                f"slot_idx={self.slot_idx} position={self.position} stored_token={self.stored_token} "
-                f"expected_token={self.expected_token} step={self.step}")
+        return (
+            f"{_PREFIX}launch_tag={self.launch_tag} fail_reason={'+'.join(self.fail_reasons)} "
+            f"slot_idx={self.slot_idx} position={self.position} stored_token={self.stored_token} "
+            f"expected_token={self.expected_token} step={self.step}"
+        )
 
     @classmethod
     def parse(cls, line: str) -> ViolationRecord | None:
         match = _LINE.search(line)
         if match is None:
             return None
-        return cls(launch_tag=match["launch_tag"], fail_reasons=tuple(match["fail_reason"].split("+")),
-                   slot_idx=int(match["slot_idx"]), position=int(match["position"]),
-                   stored_token=int(match["stored_token"]), expected_token=int(match["expected_token"]),
-                   step=int(match["step"]))
+        return cls(
+            launch_tag=match["launch_tag"],
+            fail_reasons=tuple(match["fail_reason"].split("+")),
+            slot_idx=int(match["slot_idx"]),
+            position=int(match["position"]),
+            stored_token=int(match["stored_token"]),
+            expected_token=int(match["expected_token"]),
+            step=int(match["step"]),
+        )

@@ -34,12 +34,18 @@ class DelayedDeviceHostHandler:
         self._side_stream = side_stream
         self._staged: _Staged | None = None
 
-    def step(self, *, compute_on_device: Callable[[], tuple[DeviceSnapshot, Any] | None],
-             postprocess_on_host: Callable[[DeviceSnapshot, Any], None]) -> None:
+    def step(
+        self,
+        *,
+        compute_on_device: Callable[[], tuple[DeviceSnapshot, Any] | None],
+        postprocess_on_host: Callable[[DeviceSnapshot, Any], None],
+    ) -> None:
         """Hand the previous step's snapshot to ``postprocess_on_host``, then stage this step's."""
         if self._device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("kv_canary: DelayedDeviceHostHandler.step() was called during CUDA-graph capture; "
-                               "host-side observers must run outside the captured region")
+            raise RuntimeError(
+                "kv_canary: DelayedDeviceHostHandler.step() was called during CUDA-graph capture; "
+                "host-side observers must run outside the captured region"
+            )
         try:
             self._deliver(postprocess_on_host)
         finally:
@@ -65,13 +71,16 @@ class DelayedDeviceHostHandler:
 
     def _stage(self, snapshot: DeviceSnapshot, context: Any) -> _Staged:
         if self._device.type != "cuda":
-            return _Staged(host={name: value.detach().clone() for name, value in snapshot.items()}, context=context,
-                           ready=None)
+            return _Staged(
+                host={name: value.detach().clone() for name, value in snapshot.items()}, context=context, ready=None
+            )
         compute_stream = torch.cuda.current_stream(self._device)
         frozen = {name: value.detach().clone() for name, value in snapshot.items()}
         # Explicitly on the CPU: engines may set a CUDA default device, and only CPU memory pins.
-        host = {name: torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
-                for name, value in frozen.items()}
+        host = {
+            name: torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
+            for name, value in frozen.items()
+        }
         self._side_stream.wait_stream(compute_stream)
         with torch.cuda.stream(self._side_stream):
             for name, value in frozen.items():

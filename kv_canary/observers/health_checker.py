@@ -64,8 +64,10 @@ class HealthChecker:
         self.checks_passed = 0
 
     def step(self, forward_count: int) -> None:
-        self._handler.step(compute_on_device=functools.partial(self._compute_on_device, forward_count),
-                           postprocess_on_host=self._postprocess_on_host)
+        self._handler.step(
+            compute_on_device=functools.partial(self._compute_on_device, forward_count),
+            postprocess_on_host=self._postprocess_on_host,
+        )
 
     def flush(self) -> None:
         self._handler.flush(self._postprocess_on_host)
@@ -76,8 +78,9 @@ class HealthChecker:
     def _compute_on_device(self, forward_count: int) -> tuple[DeviceSnapshot, _CheckPoint] | None:
         if not self._is_check_point(forward_count):
             return None
-        check_point = _CheckPoint(forward_count=forward_count,
-                                  prefix_cache_attached=self._manager.prefix_cache is not None)
+        check_point = _CheckPoint(
+            forward_count=forward_count, prefix_cache_attached=self._manager.prefix_cache is not None
+        )
         return {"kernel_runs": self._manager.state.kernel_run_counters}, check_point
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, check_point: _CheckPoint) -> None:
@@ -86,8 +89,7 @@ class HealthChecker:
         if previous is None:
             return  # the first check point is the baseline
         expected = self._expected_tags(previous.check_point, check_point)
-        stalled = tuple(tag.name for tag in expected
-                        if observed.kernel_runs[tag] <= previous.kernel_runs[tag])
+        stalled = tuple(tag.name for tag in expected if observed.kernel_runs[tag] <= previous.kernel_runs[tag])
         if stalled:
             message = _stalled_message(stalled, previous.check_point.forward_count, check_point.forward_count)
             self._manager.logger.error("%s", message)
@@ -95,15 +97,19 @@ class HealthChecker:
         self.checks_passed += 1
 
     def _expected_tags(self, previous: _CheckPoint, current: _CheckPoint) -> tuple[LaunchTag, ...]:
-        judge_sweep = (self._sweep_interval > 0 and previous.prefix_cache_attached
-                       and current.forward_count // self._sweep_interval
-                       > previous.forward_count // self._sweep_interval)
+        judge_sweep = (
+            self._sweep_interval > 0
+            and previous.prefix_cache_attached
+            and current.forward_count // self._sweep_interval > previous.forward_count // self._sweep_interval
+        )
         return tuple(tag for tag in self._manager.active_launch_tags if tag.phase is not Phase.SWEEP or judge_sweep)
 
 
 def _stalled_message(stalled: tuple[str, ...], since: int, now: int) -> str:
-    return (f"kv_canary health check failed at forward {now}: the verify kernels of launch tag(s) "
-            f"{', '.join(stalled)} did not run in forwards {since + 1}..{now}. That part of the canary is "
-            "silently unwired and would miss corruption: check that every forward path goes through the "
-            "model wrapped by install_canary (CUDA graphs must be captured after install), and for SWEEP_* "
-            "tags that the radix sweep still runs (manager.attach_prefix_cache, KV_CANARY_SWEEP_INTERVAL).")
+    return (
+        f"kv_canary health check failed at forward {now}: the verify kernels of launch tag(s) "
+        f"{', '.join(stalled)} did not run in forwards {since + 1}..{now}. That part of the canary is "
+        "silently unwired and would miss corruption: check that every forward path goes through the "
+        "model wrapped by install_canary (CUDA graphs must be captured after install), and for SWEEP_* "
+        "tags that the radix sweep still runs (manager.attach_prefix_cache, KV_CANARY_SWEEP_INTERVAL)."
+    )

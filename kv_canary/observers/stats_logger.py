@@ -32,8 +32,10 @@ class StatsLogger:
         self._handler = manager.new_delayed_handler()
 
     def step(self, forward_count: int) -> None:
-        self._handler.step(compute_on_device=functools.partial(self._compute_on_device, forward_count),
-                           postprocess_on_host=self._postprocess_on_host)
+        self._handler.step(
+            compute_on_device=functools.partial(self._compute_on_device, forward_count),
+            postprocess_on_host=self._postprocess_on_host,
+        )
 
     def flush(self) -> None:
         self._handler.flush(self._postprocess_on_host)
@@ -42,15 +44,22 @@ class StatsLogger:
         if forward_count % self._interval:
             return None
         state = self._manager.state
-        snapshot = {"kernel_runs": state.kernel_run_counters, "slot_runs": state.slot_run_counters,
-                    "violations": state.ring.write_index}
+        snapshot = {
+            "kernel_runs": state.kernel_run_counters,
+            "slot_runs": state.slot_run_counters,
+            "violations": state.ring.write_index,
+        }
         return snapshot, _StatsContext(step=forward_count, sweep_passes=self._sweep_passes())
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, context: _StatsContext) -> None:
         kernel_runs = snapshot["kernel_runs"].tolist()
         expected = self._manager.active_launch_tags
-        line = CanaryStatsLog(step=context.step, protected_tokens=int(snapshot["slot_runs"].sum()),
-                              sweep_passes=context.sweep_passes, violations=int(snapshot["violations"][0]),
-                              launch_tags_active=sum(1 for tag in expected if kernel_runs[tag] > 0),
-                              launch_tags_expected=len(expected))
+        line = CanaryStatsLog(
+            step=context.step,
+            protected_tokens=int(snapshot["slot_runs"].sum()),
+            sweep_passes=context.sweep_passes,
+            violations=int(snapshot["violations"][0]),
+            launch_tags_active=sum(1 for tag in expected if kernel_runs[tag] > 0),
+            launch_tags_expected=len(expected),
+        )
         self._manager.logger.info("%s", line.format())

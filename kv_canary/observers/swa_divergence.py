@@ -38,8 +38,10 @@ class SwaDivergenceReporter:
     def __init__(self, *, manager: CanaryManager) -> None:
         swa_group = manager.group(PoolGroupKind.SWA)
         if manager.config.swa_divergence_interval < 1 or swa_group is None or manager.group(PoolGroupKind.FULL) is None:
-            raise ValueError("SwaDivergenceReporter needs swa_divergence_interval >= 1 and an install with both a "
-                             "FULL and an SWA pool group")
+            raise ValueError(
+                "SwaDivergenceReporter needs swa_divergence_interval >= 1 and an install with both a "
+                "FULL and an SWA pool group"
+            )
         self._manager = manager
         self._interval = manager.config.swa_divergence_interval
         self._full_to_swa = swa_group.full_to_swa_index_mapping
@@ -51,14 +53,16 @@ class SwaDivergenceReporter:
 
     def on_verify_plan_built(self, group: CanaryBufferGroup, plan: VerifyPlan, rows: ForwardRows) -> None:
         index = _TOTAL_INDEX[group.kind]
-        self._verify_totals[index:index + 1].add_(plan.num_valid)
+        self._verify_totals[index : index + 1].add_(plan.num_valid)
         self._latest_rows = rows  # a reference only: read at the next logging step, on device
 
     # --- between forwards -----------------------------------------------------------------------
 
     def step(self, forward_count: int) -> None:
-        self._handler.step(compute_on_device=functools.partial(self._compute_on_device, forward_count),
-                           postprocess_on_host=self._postprocess_on_host)
+        self._handler.step(
+            compute_on_device=functools.partial(self._compute_on_device, forward_count),
+            postprocess_on_host=self._postprocess_on_host,
+        )
 
     def flush(self) -> None:
         self._handler.flush(self._postprocess_on_host)
@@ -69,23 +73,31 @@ class SwaDivergenceReporter:
         divergence, out_of_window = count_live_token_mappings(self._latest_rows, self._full_to_swa)
         # The device step counter, not the host forward count: it advances in the same pre-ops as
         # the verify totals, so both describe the same forwards even under CUDA-graph replay.
-        return {"forward_ct": self._manager.state.step, "verify_totals": self._verify_totals,
-                "live": torch.stack([divergence, out_of_window])}, None
+        return {
+            "forward_ct": self._manager.state.step,
+            "verify_totals": self._verify_totals,
+            "live": torch.stack([divergence, out_of_window]),
+        }, None
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, _context: None) -> None:
         verify_full, verify_swa = snapshot["verify_totals"].tolist()
         divergence, out_of_window = snapshot["live"].tolist()
-        line = SwaDivergenceLog(forward_ct=int(snapshot["forward_ct"][0]), verify_full=verify_full,
-                                verify_swa=verify_swa, swa_full_idx_divergence=divergence,
-                                swa_out_of_window_tokens=out_of_window)
+        line = SwaDivergenceLog(
+            forward_ct=int(snapshot["forward_ct"][0]),
+            verify_full=verify_full,
+            verify_swa=verify_swa,
+            swa_full_idx_divergence=divergence,
+            swa_out_of_window_tokens=out_of_window,
+        )
         self._manager.logger.info("%s", line.format())
 
 
 def count_live_token_mappings(rows: ForwardRows, full_to_swa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(live tokens mapped to another non-zero index, live tokens mapped to 0), as device scalars."""
     device = full_to_swa.device
-    lengths = (rows.prefix_lens.to(device=device, dtype=torch.int64)
-               + rows.extend_lens.to(device=device, dtype=torch.int64))
+    lengths = rows.prefix_lens.to(device=device, dtype=torch.int64) + rows.extend_lens.to(
+        device=device, dtype=torch.int64
+    )
     row = rows.req_pool_indices.to(device=device, dtype=torch.int64)
     if rows.prefix_lens_host is not None and rows.extend_lens_host is not None:
         # Host lengths size the gather exactly.

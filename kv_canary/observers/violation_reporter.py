@@ -22,8 +22,9 @@ class KvCanaryViolationError(RuntimeError):
 
 
 class ViolationReporter:
-    def __init__(self, *, state: CanaryDeviceState, mode: CanaryMode, logger: logging.Logger,
-                 handler: DelayedDeviceHostHandler) -> None:
+    def __init__(
+        self, *, state: CanaryDeviceState, mode: CanaryMode, logger: logging.Logger, handler: DelayedDeviceHostHandler
+    ) -> None:
         self._state = state
         self._mode = mode
         self._logger = logger
@@ -46,8 +47,11 @@ class ViolationReporter:
             self._handler.flush(self._postprocess_on_host)
 
     def _compute_on_device(self) -> tuple[DeviceSnapshot, None]:
-        return {"rows": self._state.ring.rows, "write_index": self._state.ring.write_index,
-                "plan_overflow": self._state.plan_overflow}, None
+        return {
+            "rows": self._state.ring.rows,
+            "write_index": self._state.ring.write_index,
+            "plan_overflow": self._state.plan_overflow,
+        }, None
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, _context: None) -> None:
         self._report_plan_overflow(int(snapshot["plan_overflow"][0]))
@@ -59,8 +63,13 @@ class ViolationReporter:
         if first > self._reported_upto:
             dropped = first - self._reported_upto
             self.dropped_rows += dropped
-            self._logger.error("kv_canary ring_overflow: dropped_rows=%d ring_capacity=%d total_violations=%d "
-                               "(raise KV_CANARY_RING_CAPACITY to keep every row)", dropped, capacity, write_index)
+            self._logger.error(
+                "kv_canary ring_overflow: dropped_rows=%d ring_capacity=%d total_violations=%d "
+                "(raise KV_CANARY_RING_CAPACITY to keep every row)",
+                dropped,
+                capacity,
+                write_index,
+            )
         rows = snapshot["rows"]
         lines = []
         for index in range(first, write_index):
@@ -72,21 +81,28 @@ class ViolationReporter:
         if self._mode is CanaryMode.RAISE:
             raise KvCanaryViolationError(lines)
 
-
     def _report_plan_overflow(self, total: int) -> None:
         # Entries beyond a plan's capacity are neither verified nor written (a dropped write leaves
         # records that later verifies report): say so, never silently.
         if total > self._plan_overflow_seen:
-            self._logger.error("kv_canary plan_overflow: dropped_entries=%d total=%d (set KV_CANARY_VERIFY_CAPACITY, "
-                               "KV_CANARY_WRITE_CAPACITY and KV_CANARY_MAX_REQUESTS_PER_FORWARD to the largest "
-                               "forward a captured graph runs)", total - self._plan_overflow_seen, total)
+            self._logger.error(
+                "kv_canary plan_overflow: dropped_entries=%d total=%d (set KV_CANARY_VERIFY_CAPACITY, "
+                "KV_CANARY_WRITE_CAPACITY and KV_CANARY_MAX_REQUESTS_PER_FORWARD to the largest "
+                "forward a captured graph runs)",
+                total - self._plan_overflow_seen,
+                total,
+            )
             self._plan_overflow_seen = total
 
 
 def _to_record(row: torch.Tensor) -> ViolationRecord:
     values = row.tolist()
-    return ViolationRecord(launch_tag=LaunchTag(values[RingField.LAUNCH_TAG]).name,
-                           fail_reasons=tuple(FailReason(values[RingField.FAIL_BITS]).log_names()),
-                           slot_idx=values[RingField.SLOT], position=values[RingField.POSITION],
-                           stored_token=values[RingField.STORED_TOKEN],
-                           expected_token=values[RingField.EXPECTED_TOKEN], step=values[RingField.STEP])
+    return ViolationRecord(
+        launch_tag=LaunchTag(values[RingField.LAUNCH_TAG]).name,
+        fail_reasons=tuple(FailReason(values[RingField.FAIL_BITS]).log_names()),
+        slot_idx=values[RingField.SLOT],
+        position=values[RingField.POSITION],
+        stored_token=values[RingField.STORED_TOKEN],
+        expected_token=values[RingField.EXPECTED_TOKEN],
+        step=values[RingField.STEP],
+    )

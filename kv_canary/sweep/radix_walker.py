@@ -65,8 +65,9 @@ class _NodeSpan:
     prev_index: int  # offset of the previous token's slot in that concatenation; -1: sequence start
 
 
-def walk_radix_cache(cache: object, *, device: torch.device | str, unlocked_only: bool = False,
-                     swa_resident_only: bool = False) -> RadixWalk:
+def walk_radix_cache(
+    cache: object, *, device: torch.device | str, unlocked_only: bool = False, swa_resident_only: bool = False
+) -> RadixWalk:
     """Flatten every cached token of ``cache``, optionally only unlocked or only SWA-resident nodes.
 
     ``unlocked_only`` keeps the nodes no running request holds (``lock_ref == 0``): the cached
@@ -92,8 +93,10 @@ def walk_radix_cache(cache: object, *, device: torch.device | str, unlocked_only
             continue
         key = _key_tokens(node.key)
         if value.dim() != 1 or value.shape[0] != len(key):
-            raise ValueError(f"kv_canary radix sweep: a node at depth {depth} has {len(key)} key tokens but a value "
-                             f"of shape {tuple(value.shape)}; node.value must hold one slot per key token")
+            raise ValueError(
+                f"kv_canary radix sweep: a node at depth {depth} has {len(key)} key tokens but a value "
+                f"of shape {tuple(value.shape)}; node.value must hold one slot per key token"
+            )
         values.append(value)
         if _keeps(node, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only):
             kept.append(_NodeSpan(start=offset, length=len(key), depth=depth, prev_index=prev_index))
@@ -120,9 +123,11 @@ def _keeps(node: object, *, unlocked_only: bool, swa_resident_only: bool) -> boo
     return not (swa_resident_only and getattr(node, "swa_tombstone", False))
 
 
-def _gather(values: list[torch.Tensor], kept: list[_NodeSpan], keys: list[list[int]],
-            device: torch.device) -> RadixWalk:
+def _gather(
+    values: list[torch.Tensor], kept: list[_NodeSpan], keys: list[list[int]], device: torch.device
+) -> RadixWalk:
     """Per-token indices are built on the host from per-node spans, then gathered on ``device``."""
+
     # Explicitly on the CPU: engines may set a CUDA default device.
     def host(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device="cpu")
@@ -140,10 +145,14 @@ def _gather(values: list[torch.Tensor], kept: list[_NodeSpan], keys: list[list[i
     positions = per_token("depth") + offset_in_node
     tokens = host(list(itertools.chain.from_iterable(keys)))
 
-    all_slots = (torch.cat([value.to(device=device, dtype=torch.int64) for value in values]) if values
-                 else torch.zeros(0, dtype=torch.int64, device=device))
-    value_index, prev_index, positions, tokens = (_to_device(t, device)
-                                                  for t in (value_index, prev_index, positions, tokens))
+    all_slots = (
+        torch.cat([value.to(device=device, dtype=torch.int64) for value in values])
+        if values
+        else torch.zeros(0, dtype=torch.int64, device=device)
+    )
+    value_index, prev_index, positions, tokens = (
+        _to_device(t, device) for t in (value_index, prev_index, positions, tokens)
+    )
     prev_slots = torch.where(prev_index >= 0, all_slots[prev_index.clamp(min=0)], PREV_SEQUENCE_START)
     return RadixWalk(slots=all_slots[value_index], positions=positions, prev_slots=prev_slots, tokens=tokens)
 

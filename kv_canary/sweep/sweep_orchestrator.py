@@ -52,13 +52,21 @@ class SweepOrchestrator:
             plan = build_sweep_plan(walk, group)
             for half, buffers in group.halves.items():
                 for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv)):
-                    manager.kernels.verify(records=group.records(phase, half), plan=plan,
-                                           launch_tag=group.launch_tag(Phase.SWEEP, half), state=manager.state,
-                                           real_kv=real_kv, check_tokens=config.verify_tokens,
-                                           record_violations=not config.self_test_disable_verify,
-                                           num_entries=walk.num_tokens)
+                    manager.kernels.verify(
+                        records=group.records(phase, half),
+                        plan=plan,
+                        launch_tag=group.launch_tag(Phase.SWEEP, half),
+                        state=manager.state,
+                        real_kv=real_kv,
+                        check_tokens=config.verify_tokens,
+                        record_violations=not config.self_test_disable_verify,
+                        num_entries=walk.num_tokens,
+                    )
         self.passes += 1
         # DEBUG only: a pass runs every few forwards, far too often for INFO.
         if manager.logger.isEnabledFor(logging.DEBUG):
-            manager.logger.debug("kv_canary sweep pass=%d cached_tokens=%s", self.passes,
-                                 {("swa" if swa else "full"): walk.num_tokens for swa, walk in walks.items()})
+            manager.logger.debug(
+                "kv_canary sweep pass=%d cached_tokens=%s",
+                self.passes,
+                {("swa" if swa else "full"): walk.num_tokens for swa, walk in walks.items()},
+            )

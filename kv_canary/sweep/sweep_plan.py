@@ -27,8 +27,11 @@ def build_sweep_plan(walk: RadixWalk, group: CanaryBufferGroup) -> VerifyPlan:
         slots = mapping[slots]
         positions = torch.where(slots == 0, PADDING_POSITION, positions)
         prev_resident = mapping[prev_slots.clamp(min=0)]
-        prev_slots = torch.where(prev_slots == PREV_SEQUENCE_START, PREV_SEQUENCE_START,
-                                 torch.where(prev_resident == 0, PREV_UNKNOWN, prev_resident))
+        prev_slots = torch.where(
+            prev_slots == PREV_SEQUENCE_START,
+            PREV_SEQUENCE_START,
+            torch.where(prev_resident == 0, PREV_UNKNOWN, prev_resident),
+        )
     n = walk.num_tokens
     # At least one entry, so that every plan tensor has storage for the kernels to point at.
     plan = VerifyPlan.allocate(max(n, 1), slots.device)

@@ -58,8 +58,10 @@ class FreeList:
     def push(self, indices: Iterable[int]) -> None:
         for index in indices:
             if not self.first <= index < self.first + self.count:
-                raise ValueError(f"{self.what} {index} is outside [{self.first}, {self.first + self.count}) "
-                                 "(index 0 and the padding page are never freed)")
+                raise ValueError(
+                    f"{self.what} {index} is outside [{self.first}, {self.first + self.count}) "
+                    "(index 0 and the padding page are never freed)"
+                )
             if self._is_free[index]:
                 self.double_free_count += 1
                 message = f"double free of {self.what} {index}: it is already free"
@@ -105,8 +107,9 @@ class PagedTokenAllocator:
 
     def alloc_slots(self, num_pages: int) -> list[int]:
         """Every slot of ``num_pages`` fresh pages, page after page."""
-        return [page * self.page_size + offset for page in self.alloc_pages(num_pages)
-                for offset in range(self.page_size)]
+        return [
+            page * self.page_size + offset for page in self.alloc_pages(num_pages) for offset in range(self.page_size)
+        ]
 
     def free(self, slots: Iterable[int]) -> None:
         """Free the pages holding ``slots``; the caller owns every slot of those pages."""

@@ -60,9 +60,13 @@ class Engine:
         self.full_allocator = self.model_runner.full_allocator
         self.swa_allocator = self.model_runner.swa_allocator
         self.radix_cache = self.model_runner.radix_cache
-        self.kv_cache = KVCacheManager(config=config, req_to_token_pool=self.req_to_token_pool,
-                                       full_allocator=self.full_allocator, swa_allocator=self.swa_allocator,
-                                       radix_cache=self.radix_cache)
+        self.kv_cache = KVCacheManager(
+            config=config,
+            req_to_token_pool=self.req_to_token_pool,
+            full_allocator=self.full_allocator,
+            swa_allocator=self.swa_allocator,
+            radix_cache=self.radix_cache,
+        )
         self.oracle = TokenOracle(seed=config.seed, vocab_size=config.vocab_size)
         self.scheduler = Scheduler(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
         self.canary_config = canary_config or CanaryConfig(mode=CanaryMode.NONE)
@@ -87,19 +91,27 @@ class Engine:
             raise InvalidRequestError(f"max_new_tokens = {max_new_tokens}: must be >= 1")
         total = len(input_ids) + max_new_tokens
         if total > config.max_context_len:
-            raise InvalidRequestError(f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
-                                      f"{total} exceeds max_context_len {config.max_context_len}")
+            raise InvalidRequestError(
+                f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{total} exceeds max_context_len {config.max_context_len}"
+            )
         pages = self.kv_cache.pages_needed(kv_positions=total - 1, prefix_len=0)
         if pages > config.num_pages:
-            raise InvalidRequestError(f"prompt + max_new_tokens needs {pages} pages of {config.page_size} "
-                                      f"tokens; the pool has {config.num_pages} (max_total_tokens "
-                                      f"{config.max_total_tokens})")
+            raise InvalidRequestError(
+                f"prompt + max_new_tokens needs {pages} pages of {config.page_size} "
+                f"tokens; the pool has {config.num_pages} (max_total_tokens "
+                f"{config.max_total_tokens})"
+            )
 
     def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None) -> str:
         self.validate(input_ids, max_new_tokens)
         prompt = [int(token) for token in input_ids]
-        req = Request(rid=rid or uuid.uuid4().hex, origin_input_ids=prompt, max_new_tokens=max_new_tokens,
-                      oracle_state=self.oracle.state_after(prompt))
+        req = Request(
+            rid=rid or uuid.uuid4().hex,
+            origin_input_ids=prompt,
+            max_new_tokens=max_new_tokens,
+            oracle_state=self.oracle.state_after(prompt),
+        )
         self.scheduler.add_request(req)
         return req.rid
 
@@ -143,19 +155,26 @@ class Engine:
             hook(self)
         batch = self.scheduler.schedule()
         if batch is None:
-            raise RuntimeError(f"{self.num_waiting} requests wait but none can be admitted with nothing "
-                               "running; the pools are smaller than a request validate() accepted")
+            raise RuntimeError(
+                f"{self.num_waiting} requests wait but none can be admitted with nothing "
+                "running; the pools are smaller than a request validate() accepted"
+            )
         self.model_runner.reset_checksums([req.req_pool_idx for req in batch.admitted])
         out_cache_loc = self.kv_cache.allocate(batch.items)
-        forward_batch = ForwardBatch.build(forward_mode=batch.forward_mode, items=batch.items,
-                                           out_cache_loc=out_cache_loc, req_to_token_pool=self.req_to_token_pool,
-                                           token_to_kv_pool=self.token_to_kv_pool,
-                                           device=self.model_runner.device)
+        forward_batch = ForwardBatch.build(
+            forward_mode=batch.forward_mode,
+            items=batch.items,
+            out_cache_loc=out_cache_loc,
+            req_to_token_pool=self.req_to_token_pool,
+            token_to_kv_pool=self.token_to_kv_pool,
+            device=self.model_runner.device,
+        )
         sampling = batch.sampling_items()
         violation = None
         try:
-            self.model_runner.forward(forward_batch, [index for index, _ in sampling],
-                                      [req.req_pool_idx for _, req in sampling])
+            self.model_runner.forward(
+                forward_batch, [index for index, _ in sampling], [req.req_pool_idx for _, req in sampling]
+            )
         except KvCanaryViolationError as error:
             # Raised by the canary's host-side reporter after the model's forward and the TAIL
             # records: the forward is whole, only this step's checksum digests are lost.
@@ -166,11 +185,19 @@ class Engine:
         finished = self.scheduler.process_forward(batch)
         checksums = self.model_runner.read_checksums([req.req_pool_idx for req in finished])
         now = time.perf_counter()
-        results = [GenerationResult(rid=req.rid, output_ids=tuple(req.output_ids), prompt_tokens=req.prompt_len,
-                                    completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens,
-                                    finish_reason=req.finish_reason, attention_checksum=checksum,
-                                    e2e_latency=now - req.submit_time)
-                   for req, checksum in zip(finished, checksums)]
+        results = [
+            GenerationResult(
+                rid=req.rid,
+                output_ids=tuple(req.output_ids),
+                prompt_tokens=req.prompt_len,
+                completion_tokens=len(req.output_ids),
+                cached_tokens=req.cached_tokens,
+                finish_reason=req.finish_reason,
+                attention_checksum=checksum,
+                e2e_latency=now - req.submit_time,
+            )
+            for req, checksum in zip(finished, checksums)
+        ]
         if violation is not None:
             raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.lines), results=results)
         return results

@@ -48,9 +48,16 @@ class ForwardBatch:
     token_to_kv_pool: object  # MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool
 
     @classmethod
-    def build(cls, *, forward_mode: ForwardMode, items: Sequence[tuple[Request, int]], out_cache_loc: list[int],
-              req_to_token_pool: ReqToTokenPool, token_to_kv_pool: object,
-              device: torch.device) -> ForwardBatch:
+    def build(
+        cls,
+        *,
+        forward_mode: ForwardMode,
+        items: Sequence[tuple[Request, int]],
+        out_cache_loc: list[int],
+        req_to_token_pool: ReqToTokenPool,
+        token_to_kv_pool: object,
+        device: torch.device,
+    ) -> ForwardBatch:
         prefix_lens = [req.kv_len for req, _ in items]
         extend_lens = [n for _, n in items]
         input_ids: list[int] = []
@@ -58,7 +65,7 @@ class ForwardBatch:
         starts: list[int] = []
         for (req, n), prefix in zip(items, prefix_lens):
             starts.append(len(input_ids))
-            input_ids += req.fill_ids[prefix:prefix + n]
+            input_ids += req.fill_ids[prefix : prefix + n]
             positions += range(prefix, prefix + n)
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens)]
         rows = [req.req_pool_idx for req, _ in items]
@@ -66,12 +73,21 @@ class ForwardBatch:
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-        return cls(forward_mode=forward_mode, batch_size=len(items), input_ids=on_device(input_ids),
-                   positions=on_device(positions),
-                   req_pool_indices=on_device(rows), req_pool_indices_cpu=rows,
-                   seq_lens=on_device(seq_lens), seq_lens_cpu=torch.tensor(seq_lens, dtype=torch.int64),
-                   extend_prefix_lens=on_device(prefix_lens, torch.int32),
-                   extend_seq_lens=on_device(extend_lens, torch.int32),
-                   extend_prefix_lens_cpu=prefix_lens, extend_seq_lens_cpu=extend_lens,
-                   extend_start_loc_cpu=starts, out_cache_loc=on_device(out_cache_loc),
-                   req_to_token_pool=req_to_token_pool, token_to_kv_pool=token_to_kv_pool)
+        return cls(
+            forward_mode=forward_mode,
+            batch_size=len(items),
+            input_ids=on_device(input_ids),
+            positions=on_device(positions),
+            req_pool_indices=on_device(rows),
+            req_pool_indices_cpu=rows,
+            seq_lens=on_device(seq_lens),
+            seq_lens_cpu=torch.tensor(seq_lens, dtype=torch.int64),
+            extend_prefix_lens=on_device(prefix_lens, torch.int32),
+            extend_seq_lens=on_device(extend_lens, torch.int32),
+            extend_prefix_lens_cpu=prefix_lens,
+            extend_seq_lens_cpu=extend_lens,
+            extend_start_loc_cpu=starts,
+            out_cache_loc=on_device(out_cache_loc),
+            req_to_token_pool=req_to_token_pool,
+            token_to_kv_pool=token_to_kv_pool,
+        )

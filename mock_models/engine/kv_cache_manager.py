@@ -32,9 +32,15 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    def __init__(self, *, config: EngineConfig, req_to_token_pool: ReqToTokenPool,
-                 full_allocator: PagedTokenAllocator, swa_allocator: SWATokenAllocator | None,
-                 radix_cache: RadixCache) -> None:
+    def __init__(
+        self,
+        *,
+        config: EngineConfig,
+        req_to_token_pool: ReqToTokenPool,
+        full_allocator: PagedTokenAllocator,
+        swa_allocator: SWATokenAllocator | None,
+        radix_cache: RadixCache,
+    ) -> None:
         self.config = config
         self.page_size = config.page_size
         self.req_to_token_pool = req_to_token_pool
@@ -67,15 +73,20 @@ class KVCacheManager:
         prefix_len = match.prefix_len
         kv_positions = req.prompt_len + req.max_new_tokens - 1  # the last sampled token is never fed
         pages = self.pages_needed(kv_positions=kv_positions, prefix_len=prefix_len)
-        full_room = (self.full_allocator.available_pages() + self.radix_cache.evictable_size() // self.page_size
-                     - self.reserved_pages)
+        full_room = (
+            self.full_allocator.available_pages()
+            + self.radix_cache.evictable_size() // self.page_size
+            - self.reserved_pages
+        )
         swa_slots = 0
         swa_room = 0
         if self.swa_allocator is not None:
-            swa_slots = self.config.swa_request_budget(uncached_tokens=req.prompt_len - prefix_len,
-                                                       max_new_tokens=req.max_new_tokens - 1)
-            swa_room = (self.swa_allocator.available_size() + self.radix_cache.swa_evictable_size()
-                        - self.reserved_swa_slots)
+            swa_slots = self.config.swa_request_budget(
+                uncached_tokens=req.prompt_len - prefix_len, max_new_tokens=req.max_new_tokens - 1
+            )
+            swa_room = (
+                self.swa_allocator.available_size() + self.radix_cache.swa_evictable_size() - self.reserved_swa_slots
+            )
         if pages > full_room or swa_slots > swa_room:
             self.radix_cache.dec_lock_ref(match.last_node)
             return False
@@ -83,8 +94,9 @@ class KVCacheManager:
         row = self.req_to_token_pool.alloc()
         if prefix_len:
             self.req_to_token_pool.req_to_token[row, :prefix_len] = match.device_indices.to(torch.int32)
-        self.req_to_token_pool.req_token_ids[row, :req.prompt_len] = torch.tensor(
-            req.origin_input_ids, dtype=torch.int64).to(self.req_to_token_pool.device)
+        self.req_to_token_pool.req_token_ids[row, : req.prompt_len] = torch.tensor(
+            req.origin_input_ids, dtype=torch.int64
+        ).to(self.req_to_token_pool.device)
         req.req_pool_idx = row
         req.last_node = match.last_node
         req.cached_tokens = req.kv_len = req.tree_owned_len = req.own_start = req.swa_released_len = prefix_len
@@ -104,8 +116,10 @@ class KVCacheManager:
         out_cache_loc: list[int] = []
         for (req, n), slots, pages in zip(items, per_request, new_pages):
             if pages > req.full_pages_reserved:
-                raise RuntimeError(f"request {req.rid} needs {pages} more pages than it reserved "
-                                   f"({req.full_pages_reserved} left); the admission estimate is wrong")
+                raise RuntimeError(
+                    f"request {req.rid} needs {pages} more pages than it reserved "
+                    f"({req.full_pages_reserved} left); the admission estimate is wrong"
+                )
             slots += self.full_allocator.alloc_slots(pages)[: n - len(slots)]
             req.full_pages_reserved -= pages
             self.reserved_pages -= pages
@@ -125,8 +139,11 @@ class KVCacheManager:
         rows = [req.req_pool_idx for req, n in items for _ in range(n)]
         positions = [p for req, n in items for p in range(req.kv_len, req.kv_len + n)]
         device = self.req_to_token_pool.device
-        self.req_to_token_pool.write_slots(torch.tensor(rows, device=device), torch.tensor(positions, device=device),
-                                           torch.tensor(out_cache_loc, device=device))
+        self.req_to_token_pool.write_slots(
+            torch.tensor(rows, device=device),
+            torch.tensor(positions, device=device),
+            torch.tensor(out_cache_loc, device=device),
+        )
 
     def _continue_last_page(self, req: Request, n: int) -> list[int]:
         """The slots left in the request's partly filled last page (a page is never shared)."""
@@ -157,8 +174,8 @@ class KVCacheManager:
             end = self._align(req.kv_len - self.config.swa_window)
             if end <= start:
                 continue
-            full_slots += req.own_slots[start - req.own_start:end - req.own_start]
-            swa_slots += req.own_swa_slots[start - req.own_start:end - req.own_start]
+            full_slots += req.own_slots[start - req.own_start : end - req.own_start]
+            swa_slots += req.own_swa_slots[start - req.own_start : end - req.own_start]
             req.swa_released_len = end
             req.swa_slots_reserved += end - start  # released slots return to the request's budget
             self.reserved_swa_slots += end - start
@@ -213,9 +230,11 @@ class KVCacheManager:
     def _free_own(self, req: Request, start: int, end: int) -> None:
         if end <= start:
             return
-        full_slots = req.own_slots[start - req.own_start:end - req.own_start]
+        full_slots = req.own_slots[start - req.own_start : end - req.own_start]
         if self.swa_allocator is not None:
             resident_from = max(start, req.swa_released_len)
-            self.swa_allocator.release(req.own_slots[resident_from - req.own_start:end - req.own_start],
-                                       req.own_swa_slots[resident_from - req.own_start:end - req.own_start])
+            self.swa_allocator.release(
+                req.own_slots[resident_from - req.own_start : end - req.own_start],
+                req.own_swa_slots[resident_from - req.own_start : end - req.own_start],
+            )
         self.full_allocator.free(full_slots)

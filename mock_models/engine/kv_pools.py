@@ -13,22 +13,35 @@ import torch
 BufInfos = tuple[list[int], list[int], list[int]]  # data_ptrs, nbytes, item_lens (bytes of one page)
 
 
-def _layer_buffers(rows: int, layer_num: int, head_num: int, head_dim: int, dtype: torch.dtype,
-                   device: torch.device) -> list[torch.Tensor]:
+def _layer_buffers(
+    rows: int, layer_num: int, head_num: int, head_dim: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
     # Zeros, not empty: padding rows are read (and masked out) by padded attention.
     return [torch.zeros(rows, head_num, head_dim, dtype=dtype, device=device) for _ in range(layer_num)]
 
 
 def _buf_infos(buffers: list[torch.Tensor], page_size: int) -> BufInfos:
-    return ([buffer.data_ptr() for buffer in buffers], [buffer.nbytes for buffer in buffers],
-            [buffer[0].nbytes * page_size for buffer in buffers])
+    return (
+        [buffer.data_ptr() for buffer in buffers],
+        [buffer.nbytes for buffer in buffers],
+        [buffer[0].nbytes * page_size for buffer in buffers],
+    )
 
 
 class MHATokenToKVPool:
     """One K and one V buffer per layer, [size + page_size, head_num, head_dim]."""
 
-    def __init__(self, *, size: int, page_size: int, dtype: torch.dtype, head_num: int, head_dim: int,
-                 layer_num: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        page_size: int,
+        dtype: torch.dtype,
+        head_num: int,
+        head_dim: int,
+        layer_num: int,
+        device: torch.device | str,
+    ) -> None:
         self.size = size
         self.page_size = page_size
         self.dtype = dtype
@@ -68,9 +81,19 @@ class _SwaIndexMapped:
 class SWAKVPool(_SwaIndexMapped):
     """Hybrid pool: full-attention layers in ``full_kv_pool``, window layers in ``swa_kv_pool``."""
 
-    def __init__(self, *, size: int, size_swa: int, page_size: int, dtype: torch.dtype, head_num: int,
-                 head_dim: int, full_attention_layer_ids: list[int], swa_attention_layer_ids: list[int],
-                 device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        size_swa: int,
+        page_size: int,
+        dtype: torch.dtype,
+        head_num: int,
+        head_dim: int,
+        full_attention_layer_ids: list[int],
+        swa_attention_layer_ids: list[int],
+        device: torch.device | str,
+    ) -> None:
         self.size = size
         self.size_swa = size_swa
         self.page_size = page_size
@@ -111,8 +134,16 @@ class SWAKVPool(_SwaIndexMapped):
 class LatentKTokenToKVPool:
     """A K-only pool: one latent row per slot per layer, read as both key and value (MLA-like)."""
 
-    def __init__(self, *, size: int, page_size: int, dtype: torch.dtype, latent_dim: int, layer_num: int,
-                 device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        page_size: int,
+        dtype: torch.dtype,
+        latent_dim: int,
+        layer_num: int,
+        device: torch.device | str,
+    ) -> None:
         self.size = size
         self.page_size = page_size
         self.dtype = dtype
@@ -132,8 +163,17 @@ class CompressedKVPool:
     group stay unused, which costs memory the tiny model does not miss.
     """
 
-    def __init__(self, *, size: int, page_size: int, dtype: torch.dtype, latent_dim: int, layer_num: int,
-                 compress_ratio: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        page_size: int,
+        dtype: torch.dtype,
+        latent_dim: int,
+        layer_num: int,
+        compress_ratio: int,
+        device: torch.device | str,
+    ) -> None:
         self.size = size
         self.page_size = page_size
         self.compress_ratio = compress_ratio
@@ -150,8 +190,18 @@ class DeepSeekV4TokenToKVPool(_SwaIndexMapped):
     full-to-SWA map. The canary guards the SWA K half; the compressed pool is unguarded.
     """
 
-    def __init__(self, *, size: int, size_swa: int, page_size: int, dtype: torch.dtype, latent_dim: int,
-                 layer_num: int, compress_ratio: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        size_swa: int,
+        page_size: int,
+        dtype: torch.dtype,
+        latent_dim: int,
+        layer_num: int,
+        compress_ratio: int,
+        device: torch.device | str,
+    ) -> None:
         self.size = size
         self.size_swa = size_swa
         self.page_size = page_size
@@ -159,11 +209,18 @@ class DeepSeekV4TokenToKVPool(_SwaIndexMapped):
         self.device = torch.device(device)
         self.layer_num = layer_num
         self.compress_ratio = compress_ratio
-        self.swa_kv_pool = LatentKTokenToKVPool(size=size_swa, page_size=page_size, dtype=dtype,
-                                                latent_dim=latent_dim, layer_num=layer_num, device=device)
-        self.compressed_kv_pool = CompressedKVPool(size=size, page_size=page_size, dtype=dtype,
-                                                   latent_dim=latent_dim, layer_num=layer_num,
-                                                   compress_ratio=compress_ratio, device=device)
+        self.swa_kv_pool = LatentKTokenToKVPool(
+            size=size_swa, page_size=page_size, dtype=dtype, latent_dim=latent_dim, layer_num=layer_num, device=device
+        )
+        self.compressed_kv_pool = CompressedKVPool(
+            size=size,
+            page_size=page_size,
+            dtype=dtype,
+            latent_dim=latent_dim,
+            layer_num=layer_num,
+            compress_ratio=compress_ratio,
+            device=device,
+        )
 
     def get_key_buffer(self, layer_id: int) -> torch.Tensor:
         return self.swa_kv_pool.k_buffer[layer_id]

@@ -39,16 +39,19 @@ class ModelRunner:
         self.swa_allocator = memory.swa_allocator
         self.radix_cache = memory.radix_cache
         # Sum of digests of each request row's sampled hidden states; reset when a row is reused.
-        self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64,
-                                               device=self.device)
+        self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64, device=self.device)
         self.canary: CanaryManager | None = None
 
     def install_canary(self, canary_config: CanaryConfig, radix_cache: RadixCache) -> CanaryManager | None:
         """Install the KV canary after the pools exist; returns its manager, or None when it is off."""
         swa_window = self.config.swa_window if self.config.has_swa_pool else None
-        self.canary = install_canary(model=self.model, kv_pool=self.token_to_kv_pool,
-                                     req_to_token_pool=self.req_to_token_pool, config=canary_config,
-                                     swa_window=swa_window)
+        self.canary = install_canary(
+            model=self.model,
+            kv_pool=self.token_to_kv_pool,
+            req_to_token_pool=self.req_to_token_pool,
+            config=canary_config,
+            swa_window=swa_window,
+        )
         if self.canary is not None:
             self.canary.attach_prefix_cache(radix_cache)
             logger.info("kv canary installed: mode=%s", canary_config.mode.value)

@@ -58,8 +58,15 @@ class InsertResult:
 
 
 class RadixCache:
-    def __init__(self, *, page_size: int, device: torch.device | str, full_allocator: PagedTokenAllocator,
-                 swa_allocator: SWATokenAllocator | None = None, swa_window: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        page_size: int,
+        device: torch.device | str,
+        full_allocator: PagedTokenAllocator,
+        swa_allocator: SWATokenAllocator | None = None,
+        swa_window: int | None = None,
+    ) -> None:
         if (swa_allocator is None) != (swa_window is None):
             raise ValueError("RadixCache: pass swa_allocator and swa_window together (SWA modes) or neither")
         self.page_size = page_size
@@ -81,8 +88,10 @@ class RadixCache:
         """Flush: free every slot the tree holds. Only valid when no request holds a lock."""
         locked = [node for node in self.nodes() if node.lock_ref > 0]
         if locked:
-            raise RuntimeError(f"RadixCache.reset: {len(locked)} nodes are locked by running requests; "
-                               "flush only when the engine is idle")
+            raise RuntimeError(
+                f"RadixCache.reset: {len(locked)} nodes are locked by running requests; "
+                "flush only when the engine is idle"
+            )
         for node in self.nodes():
             self._free_slots(node)
         self.root_node = self._new_root()
@@ -156,8 +165,9 @@ class RadixCache:
         while keep > 0:
             end = starts[keep]
             window_start = max(0, end - self.swa_window)
-            hole = next((i for i in range(keep - 1, -1, -1)
-                         if path[i].swa_tombstone and starts[i + 1] > window_start), None)
+            hole = next(
+                (i for i in range(keep - 1, -1, -1) if path[i].swa_tombstone and starts[i + 1] > window_start), None
+            )
             if hole is None:
                 break
             keep = hole  # the prefix must end where the tombstone begins
@@ -165,17 +175,29 @@ class RadixCache:
 
     def _split(self, child: TreeNode, at: int) -> TreeNode:
         parent = child.parent
-        head = TreeNode(key=child.key[:at], value=child.value[:at], parent=parent, lock_ref=child.lock_ref,
-                        last_access_time=child.last_access_time, swa_tombstone=child.swa_tombstone)
+        head = TreeNode(
+            key=child.key[:at],
+            value=child.value[:at],
+            parent=parent,
+            lock_ref=child.lock_ref,
+            last_access_time=child.last_access_time,
+            swa_tombstone=child.swa_tombstone,
+        )
         child.key, child.value, child.parent = child.key[at:], child.value[at:], head
         head.children[self._child_key(child.key, 0)] = child
         parent.children[self._child_key(head.key, 0)] = head
         return head
 
-    def _add_child(self, parent: TreeNode, key: list[int], value: torch.Tensor, tick: int, *,
-                   tombstone: bool) -> TreeNode:
-        node = TreeNode(key=key, value=value.to(self.device, torch.int64), parent=parent, last_access_time=tick,
-                        swa_tombstone=tombstone)
+    def _add_child(
+        self, parent: TreeNode, key: list[int], value: torch.Tensor, tick: int, *, tombstone: bool
+    ) -> TreeNode:
+        node = TreeNode(
+            key=key,
+            value=value.to(self.device, torch.int64),
+            parent=parent,
+            last_access_time=tick,
+            swa_tombstone=tombstone,
+        )
         parent.children[self._child_key(key, 0)] = node
         return node
 
@@ -189,8 +211,10 @@ class RadixCache:
     def dec_lock_ref(self, node: TreeNode) -> None:
         while node is not self.root_node and node is not None:
             if node.lock_ref <= 0:
-                raise RuntimeError(f"RadixCache.dec_lock_ref: node {node.id} is not locked (lock_ref "
-                                   f"{node.lock_ref}); a request unlocked a prefix it did not lock")
+                raise RuntimeError(
+                    f"RadixCache.dec_lock_ref: node {node.id} is not locked (lock_ref "
+                    f"{node.lock_ref}); a request unlocked a prefix it did not lock"
+                )
             node.lock_ref -= 1
             node = node.parent
 
@@ -211,8 +235,7 @@ class RadixCache:
 
     def evict_swa(self, num_tokens: int) -> int:
         """Tombstone unlocked nodes, LRU first, until ``num_tokens`` SWA slots are freed."""
-        candidates = [self._lru_entry(node) for node in self.nodes()
-                      if node.lock_ref == 0 and not node.swa_tombstone]
+        candidates = [self._lru_entry(node) for node in self.nodes() if node.lock_ref == 0 and not node.swa_tombstone]
         heapq.heapify(candidates)
         freed = 0
         while freed < num_tokens and candidates:
@@ -273,7 +296,7 @@ class RadixCache:
         return length - length % self.page_size
 
     def _child_key(self, key: Sequence[int], offset: int) -> tuple[int, ...]:
-        return tuple(key[offset:offset + self.page_size])
+        return tuple(key[offset : offset + self.page_size])
 
     def _match_len(self, node_key: list[int], key: Sequence[int], offset: int, end: int) -> int:
         limit = min(len(node_key), end - offset)

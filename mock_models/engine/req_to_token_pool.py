@@ -21,8 +21,7 @@ class ReqToTokenPool:
         self.max_context_len = max_context_len
         self.device = torch.device(device)
         self.req_to_token = torch.zeros(size + 1, max_context_len, dtype=torch.int32, device=self.device)
-        self.req_token_ids = torch.full((size + 1, max_context_len), NO_TOKEN, dtype=torch.int64,
-                                        device=self.device)
+        self.req_token_ids = torch.full((size + 1, max_context_len), NO_TOKEN, dtype=torch.int64, device=self.device)
         self.free_rows = list(range(1, size + 1))
 
     def available_size(self) -> int:
@@ -30,8 +29,10 @@ class ReqToTokenPool:
 
     def alloc(self) -> int:
         if not self.free_rows:
-            raise RuntimeError(f"ReqToTokenPool: all {self.size} request rows are in use; "
-                               "the scheduler admits at most max_running_requests")
+            raise RuntimeError(
+                f"ReqToTokenPool: all {self.size} request rows are in use; "
+                "the scheduler admits at most max_running_requests"
+            )
         row = self.free_rows.pop(0)
         self.req_token_ids[row].fill_(NO_TOKEN)
         return row

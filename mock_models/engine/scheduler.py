@@ -89,8 +89,10 @@ class Scheduler:
         while self.waiting and len(self.running) < self.config.max_running_requests:
             # With nothing running nothing will free memory, so a request that fits only without
             # its cached prefix (whose SWA rows locking would pin) computes it instead of waiting forever.
-            if not (self.kv_cache.try_admit(self.waiting[0])
-                    or (not self.running and self.kv_cache.try_admit(self.waiting[0], reuse_prefix=False))):
+            if not (
+                self.kv_cache.try_admit(self.waiting[0])
+                or (not self.running and self.kv_cache.try_admit(self.waiting[0], reuse_prefix=False))
+            ):
                 break
             req = self.waiting.popleft()
             self.running.append(req)
@@ -141,5 +143,8 @@ class Scheduler:
         pool = self.kv_cache.req_to_token_pool
         device = pool.device
         # Positions stay below max_context_len: the engine rejects prompt + max_new_tokens beyond it.
-        pool.write_tokens(torch.tensor(rows, device=device), torch.tensor(positions, device=device),
-                          torch.tensor(tokens, device=device))
+        pool.write_tokens(
+            torch.tensor(rows, device=device),
+            torch.tensor(positions, device=device),
+            torch.tensor(tokens, device=device),
+        )

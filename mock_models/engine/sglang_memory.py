@@ -50,23 +50,44 @@ from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache  # noqa: 
 def build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
     """``EngineConfig`` has checked the mode (mha or swa) and the page size (1)."""
     device = str(config.device)
-    requests = SglangReqToTokenPool(ReqToTokenPool(size=config.max_running_requests,
-                                                   max_context_len=config.max_context_len, device=device,
-                                                   enable_memory_saver=False))
-    common = dict(size=config.max_total_tokens, page_size=1, dtype=config.torch_kv_dtype, head_num=spec.num_heads,
-                  head_dim=spec.head_dim, device=device)
+    requests = SglangReqToTokenPool(
+        ReqToTokenPool(
+            size=config.max_running_requests,
+            max_context_len=config.max_context_len,
+            device=device,
+            enable_memory_saver=False,
+        )
+    )
+    common = dict(
+        size=config.max_total_tokens,
+        page_size=1,
+        dtype=config.torch_kv_dtype,
+        head_num=spec.num_heads,
+        head_dim=spec.head_dim,
+        device=device,
+    )
     if config.model_mode is ModelMode.MHA:
         pool = SglangMHAPool(layer_num=spec.num_layers, enable_memory_saver=False, **common)
-        allocator = TokenToKVPoolAllocator(config.max_total_tokens, config.torch_kv_dtype, device, pool,
-                                           need_sort=False)
+        allocator = TokenToKVPoolAllocator(
+            config.max_total_tokens, config.torch_kv_dtype, device, pool, need_sort=False
+        )
         tree = RadixCache(_cache_params(requests, allocator, window=None))
-        return EngineMemory(req_to_token_pool=requests, token_to_kv_pool=pool,
-                            full_allocator=SglangFullAllocator(allocator, free=allocator.free),
-                            swa_allocator=None, radix_cache=SglangRadixCache(tree, allocator))
-    pool = SglangSWAKVPool(size_swa=config.swa_pool_size, full_attention_layer_ids=spec.layer_ids(LayerKind.FULL),
-                           swa_attention_layer_ids=spec.layer_ids(LayerKind.WINDOW), **common)
-    allocator = SWATokenToKVPoolAllocator(config.max_total_tokens, config.swa_pool_size, 1, config.torch_kv_dtype,
-                                          device, pool, need_sort=False)
+        return EngineMemory(
+            req_to_token_pool=requests,
+            token_to_kv_pool=pool,
+            full_allocator=SglangFullAllocator(allocator, free=allocator.free),
+            swa_allocator=None,
+            radix_cache=SglangRadixCache(tree, allocator),
+        )
+    pool = SglangSWAKVPool(
+        size_swa=config.swa_pool_size,
+        full_attention_layer_ids=spec.layer_ids(LayerKind.FULL),
+        swa_attention_layer_ids=spec.layer_ids(LayerKind.WINDOW),
+        **common,
+    )
+    allocator = SWATokenToKVPoolAllocator(
+        config.max_total_tokens, config.swa_pool_size, 1, config.torch_kv_dtype, device, pool, need_sort=False
+    )
     params = _cache_params(requests, allocator, window=config.swa_window)
     params.tree_components = (ComponentType.FULL, ComponentType.SWA)
     # SGLang's Python tree core (its default is Rust): its nodes are Python objects, which the
@@ -74,14 +95,22 @@ def build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
     params.tree_core_backend = "python"
     tree = UnifiedRadixCache(params)
     return EngineMemory(
-        req_to_token_pool=requests, token_to_kv_pool=pool,
+        req_to_token_pool=requests,
+        token_to_kv_pool=pool,
         full_allocator=SglangFullAllocator(allocator.full_attn_allocator, free=allocator.free_full),
-        swa_allocator=SglangSwaAllocator(allocator), radix_cache=SglangRadixCache(tree, allocator))
+        swa_allocator=SglangSwaAllocator(allocator),
+        radix_cache=SglangRadixCache(tree, allocator),
+    )
 
 
 def _cache_params(requests: SglangReqToTokenPool, allocator: object, *, window: int | None) -> CacheInitParams:
-    return CacheInitParams(disable=False, req_to_token_pool=requests.sglang_pool, token_to_kv_pool_allocator=allocator,
-                           page_size=1, sliding_window_size=window)
+    return CacheInitParams(
+        disable=False,
+        req_to_token_pool=requests.sglang_pool,
+        token_to_kv_pool_allocator=allocator,
+        page_size=1,
+        sliding_window_size=window,
+    )
 
 
 def _tensor(values: Iterable[int], device: torch.device | str) -> torch.Tensor:
@@ -131,8 +160,10 @@ class SglangReqToTokenPool:
     def alloc(self) -> int:
         rows = self.sglang_pool.alloc_rows(1)
         if rows is None:
-            raise RuntimeError(f"ReqToTokenPool: all {self.size} request rows are in use; "
-                               "the scheduler admits at most max_running_requests")
+            raise RuntimeError(
+                f"ReqToTokenPool: all {self.size} request rows are in use; "
+                "the scheduler admits at most max_running_requests"
+            )
         self.req_token_ids[rows[0]].fill_(NO_TOKEN)
         return rows[0]
 
@@ -286,7 +317,7 @@ class SglangRadixCache:
 
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
         match = self.tree.match_prefix(MatchPrefixParams(key=_key(key)))
-        indices = self.tree.path_device_indices(match.last_device_node)[:match.device_prefix_len]
+        indices = self.tree.path_device_indices(match.last_device_node)[: match.device_prefix_len]
         return MatchResult(device_indices=indices.to(torch.int64), last_node=self.view(match.last_device_node))
 
     def match_len(self, key: Sequence[int]) -> int:
@@ -303,8 +334,14 @@ class SglangRadixCache:
         if not self.swa_enabled:
             result = self.tree.insert(InsertParams(key=_key(key), value=value))
             return InsertResult(prefix_len=result.prefix_len, last_node=self.view(result.last_device_node))
-        result = self.tree.insert(InsertParams(key=_key(key), value=value, prev_prefix_len=self._shared_len(key, value),
-                                               component_evicted_seqlens={ComponentType.SWA: swa_resident_from}))
+        result = self.tree.insert(
+            InsertParams(
+                key=_key(key),
+                value=value,
+                prev_prefix_len=self._shared_len(key, value),
+                component_evicted_seqlens={ComponentType.SWA: swa_resident_from},
+            )
+        )
         return InsertResult(prefix_len=0, last_node=self.view(result.last_device_node))
 
     def _shared_len(self, key: Sequence[int], value: torch.Tensor) -> int:
@@ -322,8 +359,10 @@ class SglangRadixCache:
     def dec_lock_ref(self, node: object) -> None:
         locks = self._locks.get(node)
         if not locks:
-            raise RuntimeError(f"RadixCache.dec_lock_ref: node {node!r} is not locked here; a request unlocked "
-                               "a prefix it did not lock")
+            raise RuntimeError(
+                f"RadixCache.dec_lock_ref: node {node!r} is not locked here; a request unlocked "
+                "a prefix it did not lock"
+            )
         self.tree.unlock(locks.pop())
 
     # -- eviction -----------------------------------------------------------------------------------
@@ -342,8 +381,10 @@ class SglangRadixCache:
             raise ValueError(f"RadixCache.evict_node: node {node.id} is locked (lock_ref {node.lock_ref})")
         if self.swa_enabled:
             # UnifiedRadixCache's one-leaf step (tree_core.evict_device_leaf) refuses a locked leaf.
-            raise NoTarget("mem_backend sglang: SGLang's UnifiedRadixCache cannot force-evict a node; "
-                           "evict_radix_node in swa needs mem_backend mock")
+            raise NoTarget(
+                "mem_backend sglang: SGLang's UnifiedRadixCache cannot force-evict a node; "
+                "evict_radix_node in swa needs mem_backend mock"
+            )
         if force:  # a fault: its slots are handed out next, as a busy engine would (see _free_to_front)
             _free_to_front(self.allocator, node.value.tolist())
         else:
@@ -381,7 +422,7 @@ class RadixNodeView:
 
     @property
     def key(self) -> list[int]:
-        return [] if self.node.key is None else list(self.node.key.token_ids[:len(self.node.key)])
+        return [] if self.node.key is None else list(self.node.key.token_ids[: len(self.node.key)])
 
     @property
     def value(self) -> torch.Tensor:

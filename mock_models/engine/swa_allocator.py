@@ -19,8 +19,9 @@ NOT_RESIDENT = 0
 
 
 class SWATokenAllocator:
-    def __init__(self, *, size: int, page_size: int, full_pool_rows: int, device: torch.device | str,
-                 strict: bool = False) -> None:
+    def __init__(
+        self, *, size: int, page_size: int, full_pool_rows: int, device: torch.device | str, strict: bool = False
+    ) -> None:
         self.size = size
         self.page_size = page_size
         self.device = torch.device(device)

@@ -33,6 +33,7 @@ def install_if_missing() -> None:
         return
     try:
         import torchvision  # noqa: F401
+
         return
     except (ImportError, RuntimeError):
         for name in [name for name in sys.modules if name.split(".")[0] == "torchvision"]:
@@ -42,8 +43,9 @@ def install_if_missing() -> None:
     from transformers.utils import import_utils
 
     import_utils.is_torchvision_available()
-    root, transforms, functional = (_module(name) for name in
-                                    ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"))
+    root, transforms, functional = (
+        _module(name) for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    )
     root.transforms = transforms
     transforms.functional = functional
     transforms.InterpolationMode = functional.InterpolationMode = InterpolationMode

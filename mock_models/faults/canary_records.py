@@ -27,5 +27,7 @@ def corrupt_canary(context: FaultContext) -> str:
     word = context.rng.choice(_WORDS)
     bit = context.rng.randrange(62 if word is RecordWord.PREV_HASH else _LOW_BITS)
     group.records(Phase.HEAD, KvHalf.K)[index, word] ^= 1 << bit
-    return (f"flipped bit {bit} of the {word.name.lower()} word of the HEAD K record of {kind.value} slot {index}: "
-            f"{ref.describe()}")
+    return (
+        f"flipped bit {bit} of the {word.name.lower()} word of the HEAD K record of {kind.value} slot {index}: "
+        f"{ref.describe()}"
+    )

@@ -16,8 +16,10 @@ from typing import Literal
 
 InjectionStatus = Literal["scheduled", "applied", "no_target"]
 
-_LINE = re.compile(r"kv_canary_fault fault_id=(?P<fault_id>\d+) kind=(?P<kind>[a-z_]+) "
-                   r"status=(?P<status>scheduled|applied|no_target) step=(?P<step>\d+|none) detail=(?P<detail>.*)$")
+_LINE = re.compile(
+    r"kv_canary_fault fault_id=(?P<fault_id>\d+) kind=(?P<kind>[a-z_]+) "
+    r"status=(?P<status>scheduled|applied|no_target) step=(?P<step>\d+|none) detail=(?P<detail>.*)$"
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -31,8 +33,10 @@ class FaultLogLine:
     def format(self) -> str:
         detail = " ".join(self.detail.split())  # one line, whatever the detail held
         step = "none" if self.step is None else str(self.step)
-        return (f"kv_canary_fault fault_id={self.fault_id} kind={self.kind} status={self.status} step={step} "
-                f"detail={detail}")
+        return (
+            f"kv_canary_fault fault_id={self.fault_id} kind={self.kind} status={self.status} step={step} "
+            f"detail={detail}"
+        )
 
     @classmethod
     def parse(cls, line: str) -> FaultLogLine | None:
@@ -40,8 +44,13 @@ class FaultLogLine:
         if match is None:
             return None
         step = None if match["step"] == "none" else int(match["step"])
-        return cls(fault_id=int(match["fault_id"]), kind=match["kind"], status=match["status"], step=step,
-                   detail=match["detail"])
+        return cls(
+            fault_id=int(match["fault_id"]),
+            kind=match["kind"],
+            status=match["status"],
+            step=step,
+            detail=match["detail"],
+        )
 
     @classmethod
     def find_all(cls, text: str) -> list[FaultLogLine]:
@@ -81,7 +90,8 @@ class InjectionLog:
         return [entry.to_json() for entry in self.entries]
 
     def _log(self, entry: InjectionEntry) -> None:
-        line = FaultLogLine(fault_id=entry.fault_id, kind=entry.kind, status=entry.status, step=entry.step,
-                            detail=entry.detail)
+        line = FaultLogLine(
+            fault_id=entry.fault_id, kind=entry.kind, status=entry.status, step=entry.step, detail=entry.detail
+        )
         level = logging.WARNING if entry.status == "no_target" else logging.INFO
         self._logger.log(level, "%s", line.format())

@@ -111,16 +111,21 @@ class FaultInjector:
         entry = fault.next_entry
         index = fault.entries.index(entry)
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
-        context = FaultContext(engine=self.engine, target=fault.spec.target, step=step,
-                               rng=random.Random(f"{seed}/{index}/{step}"))
+        context = FaultContext(
+            engine=self.engine, target=fault.spec.target, step=step, rng=random.Random(f"{seed}/{index}/{step}")
+        )
         try:
             detail = APPLIERS[fault.spec.kind](context)
         except NoTarget as missing:
             fault.last_reason = str(missing)
             if step - fault.retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
                 return
-            self.log.resolve(entry, "no_target", step=None, detail=(
-                f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"))
+            self.log.resolve(
+                entry,
+                "no_target",
+                step=None,
+                detail=(f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"),
+            )
         else:
             self.log.resolve(entry, "applied", step=step, detail=detail)
         fault.retrying_since = None

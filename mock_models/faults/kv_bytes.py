@@ -11,8 +11,13 @@ from __future__ import annotations
 import torch
 
 from mock_models.engine.engine import Engine
-from mock_models.faults.targets import (FaultContext, SlotRef, pick_cached_unused_slot, pick_live_slot,
-                                        pick_post_forward_slot)
+from mock_models.faults.targets import (
+    FaultContext,
+    SlotRef,
+    pick_cached_unused_slot,
+    pick_live_slot,
+    pick_post_forward_slot,
+)
 
 CORRUPTED_BYTES = 8
 
@@ -28,8 +33,10 @@ def corrupt_kv_bytes(context: FaultContext) -> str:
     buffer, row = _layer0_k_row(engine, target.group, ref)
     flip_sign_bits(buffer, row)
     pool = "SWA" if target.group == "swa" else "full"
-    return (f"flipped the sign bits of the first {CORRUPTED_BYTES} bytes of the {pool} pool's layer-0 K row "
-            f"{row}: {ref.describe()}")
+    return (
+        f"flipped the sign bits of the first {CORRUPTED_BYTES} bytes of the {pool} pool's layer-0 K row "
+        f"{row}: {ref.describe()}"
+    )
 
 
 def _layer0_k_row(engine: Engine, group: str, ref: SlotRef) -> tuple[torch.Tensor, int]:
@@ -43,4 +50,4 @@ def flip_sign_bits(buffer: torch.Tensor, row: int) -> None:
     """Flip the top bit of each element in the first CORRUPTED_BYTES bytes of ``buffer[row]`` (little-endian)."""
     row_bytes = buffer[row].view(torch.uint8).reshape(-1)
     element = buffer.element_size()
-    row_bytes[element - 1:CORRUPTED_BYTES:element] ^= 0x80
+    row_bytes[element - 1 : CORRUPTED_BYTES : element] ^= 0x80

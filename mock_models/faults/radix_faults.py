@@ -23,8 +23,15 @@ import torch
 
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import TreeNode
-from mock_models.faults.targets import (FaultContext, NoTarget, lockers, match_path, node_depth, seen_in_window_only,
-                                        swa_resident)
+from mock_models.faults.targets import (
+    FaultContext,
+    NoTarget,
+    lockers,
+    match_path,
+    node_depth,
+    seen_in_window_only,
+    swa_resident,
+)
 
 
 def evict_radix_node(context: FaultContext) -> str:
@@ -45,6 +52,7 @@ def evict_radix_node(context: FaultContext) -> str:
     if not locked:
         where = " that is SWA-resident and in the window of a request locking it" if window_only else ""
         raise NoTarget(f"no locked radix leaf{where}")
+
     # Deepest first. Where only the window sees it: the largest share of the node in the window
     # first. Freed slots are handed out again lowest first, a few per forward, so the node's oldest
     # positions are overwritten first, and they must still be in the window then.
@@ -55,8 +63,10 @@ def evict_radix_node(context: FaultContext) -> str:
     holders = ", ".join(req.rid[:8] for req in lockers(engine, node))
     span, lock_ref = _span(node), node.lock_ref
     engine.radix_cache.evict_node(node, force=True)
-    return (f"force-evicted radix node {node.id} ({span}, lock_ref {lock_ref}, locked by requests {holders}): "
-            "its slots are free while they still read them")
+    return (
+        f"force-evicted radix node {node.id} ({span}, lock_ref {lock_ref}, locked by requests {holders}): "
+        "its slots are free while they still read them"
+    )
 
 
 def stale_prefix(context: FaultContext) -> str:
@@ -65,13 +75,15 @@ def stale_prefix(context: FaultContext) -> str:
     donor_slots, donor = _donor_slots(engine, stale, matched)
     k = donor_slots.shape[0]
     value = stale.value.clone()
-    value[matched - k:matched] = donor_slots.to(value.device)
+    value[matched - k : matched] = donor_slots.to(value.device)
     stale.value = value
     start = node_depth(stale) + matched - k
-    read = (f"the waiting request {reader.rid[:8]} matches it" if reader is not None
-            else "no waiting request matches it yet; a later match or the sweep reads it")
-    return (f"radix node {stale.id}: positions [{start}, {start + k}) now map to the slots of {donor} "
-            f"({read})")
+    read = (
+        f"the waiting request {reader.rid[:8]} matches it"
+        if reader is not None
+        else "no waiting request matches it yet; a later match or the sweep reads it"
+    )
+    return f"radix node {stale.id}: positions [{start}, {start + k}) now map to the slots of {donor} ({read})"
 
 
 def _span(node: TreeNode) -> str:
@@ -82,12 +94,14 @@ def _span(node: TreeNode) -> str:
 def _tokens_in_a_lockers_window(engine: Engine, node: TreeNode) -> int:
     """The most of the node's tokens inside the window of one request locking it."""
     start, end, window = node_depth(node), node_depth(node) + len(node.key), engine.config.swa_window
-    return max((max(0, min(end, req.kv_len) - max(start, req.kv_len - window)) for req in lockers(engine, node)),
-               default=0)
+    return max(
+        (max(0, min(end, req.kv_len) - max(start, req.kv_len - window)) for req in lockers(engine, node)), default=0
+    )
 
 
 def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
     """(node, how many of its tokens to consider, the waiting request that will match it or None)."""
+
     def usable(node: TreeNode) -> bool:
         return node.lock_ref == 0 and swa_resident(engine, node)
 
@@ -98,8 +112,10 @@ def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
             return node, matched, req
     candidates = [node for node in engine.radix_cache.nodes() if node.key and usable(node)]
     if not candidates:
-        raise NoTarget("the radix cache holds no unlocked node" + (" that is SWA-resident" if engine.swa_allocator
-                                                                    is not None else ""))
+        raise NoTarget(
+            "the radix cache holds no unlocked node"
+            + (" that is SWA-resident" if engine.swa_allocator is not None else "")
+        )
     node = max(candidates, key=lambda node: (node.last_access_time, node.id))
     return node, len(node.key), None
 
@@ -107,15 +123,16 @@ def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
 def _donor_slots(engine: Engine, stale: TreeNode, matched: int) -> tuple[torch.Tensor, str]:
     """Slots of another sequence for the last positions of ``stale``'s matched tokens."""
     tokens = stale.key[:matched]
-    donors = [node for node in engine.radix_cache.nodes()
-              if node is not stale and node.key and swa_resident(engine, node)]
+    donors = [
+        node for node in engine.radix_cache.nodes() if node is not stale and node.key and swa_resident(engine, node)
+    ]
     for node in sorted(donors, key=lambda node: (-len(node.key), node.id)):
         k = min(matched, len(node.key))
         if node.key[-k:] != tokens[-k:]:
             return node.value[-k:], f"radix node {node.id}"
     for req in sorted(engine.scheduler.running, key=lambda req: -req.kv_len):
         k = min(matched, req.kv_len)
-        if k and req.token_ids[req.kv_len - k:req.kv_len] != tokens[-k:]:
-            slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, req.kv_len - k:req.kv_len]
+        if k and req.token_ids[req.kv_len - k : req.kv_len] != tokens[-k:]:
+            slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, req.kv_len - k : req.kv_len]
             return slots.to(torch.int64), f"request {req.rid[:8]}'s newest {k} positions"
     raise NoTarget(f"no other cached sequence to take slots from for radix node {stale.id}")

@@ -28,5 +28,7 @@ def remap_swa_slot(context: FaultContext) -> str:
     if replacement.swa_slot == ref.swa_slot:
         raise NoTarget(f"{ref.describe()} and {replacement.describe()} share their SWA slot")
     engine.swa_allocator.full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot
-    return (f"full_to_swa_index_mapping[{ref.full_slot}] was {ref.swa_slot}, now {replacement.swa_slot}: "
-            f"{ref.describe()} reads the SWA slot of {replacement.describe()}")
+    return (
+        f"full_to_swa_index_mapping[{ref.full_slot}] was {ref.swa_slot}, now {replacement.swa_slot}: "
+        f"{ref.describe()} reads the SWA slot of {replacement.describe()}"
+    )

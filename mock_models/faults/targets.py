@@ -59,6 +59,7 @@ class SlotRef:
 
 # -- requests ---------------------------------------------------------------------------------------
 
+
 def requests_by_next_forward(engine: Engine) -> list[Request]:
     running = list(engine.scheduler.running)
     prefilling = [req for req in running if req.needs_prefill]
@@ -103,8 +104,11 @@ def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     full_slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, lo:hi].tolist()
     swa_slots = swa_slots_of(engine, full_slots)
     needs_swa_slot = in_window_only and target.position != "out_of_window"
-    return [SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
-            for offset, (full, swa) in enumerate(zip(full_slots, swa_slots)) if swa or not needs_swa_slot]
+    return [
+        SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
+        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots))
+        if swa or not needs_swa_slot
+    ]
 
 
 def pick_live_slot(engine: Engine, target: Target) -> SlotRef:
@@ -141,6 +145,7 @@ def _where(target: Target) -> str:
 
 # -- the last forward ---------------------------------------------------------------------------------
 
+
 def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
     """A slot the previous forward wrote for a request that is still running (its next forward reads it)."""
     batch = engine.last_forward_batch
@@ -149,22 +154,25 @@ def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
     running = {req.req_pool_idx: req for req in engine.scheduler.running}
     written = batch.out_cache_loc.tolist()
     by_request: list[tuple[Request, list[int], int]] = []
-    for row, start, n, prefix in zip(batch.req_pool_indices_cpu, batch.extend_start_loc_cpu,
-                                     batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu):
+    for row, start, n, prefix in zip(
+        batch.req_pool_indices_cpu, batch.extend_start_loc_cpu, batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu
+    ):
         req = running.get(row)
         if req is not None:
-            by_request.append((req, written[start:start + n], prefix))
+            by_request.append((req, written[start : start + n], prefix))
     order = {id(req): index for index, req in enumerate(requests_by_next_forward(engine))}
     for req, slots, prefix in sorted(by_request, key=lambda item: order[id(item[0])]):
         swa_slots = swa_slots_of(engine, slots)
         for offset in reversed(range(len(slots))):
             if target.group != "swa" or swa_slots[offset]:
-                return SlotRef(full_slot=slots[offset], swa_slot=swa_slots[offset], position=prefix + offset,
-                               request=req)
+                return SlotRef(
+                    full_slot=slots[offset], swa_slot=swa_slots[offset], position=prefix + offset, request=req
+                )
     raise NoTarget(f"forward {engine.forward_count} wrote no slot {_where(target)} of a request still running")
 
 
 # -- the radix cache ----------------------------------------------------------------------------------
+
 
 def node_depth(node: TreeNode) -> int:
     """Position of the node's first token: the tokens of its ancestors."""
@@ -182,15 +190,22 @@ def swa_resident(engine: Engine, node: TreeNode) -> bool:
 def pick_cached_unused_slot(engine: Engine, target: Target) -> SlotRef:
     """The last slot of the most recently used radix node no running request holds."""
     needs_swa = target.group == "swa"
-    nodes = [node for node in engine.radix_cache.nodes()
-             if node.lock_ref == 0 and node.key and (not needs_swa or swa_resident(engine, node))]
+    nodes = [
+        node
+        for node in engine.radix_cache.nodes()
+        if node.lock_ref == 0 and node.key and (not needs_swa or swa_resident(engine, node))
+    ]
     if not nodes:
         what = "SWA-resident " if needs_swa else ""
         raise NoTarget(f"the radix cache holds no {what}node that no running request locks")
     node = max(nodes, key=lambda node: (node.last_access_time, node.id))
     full_slot = int(node.value[-1])
-    return SlotRef(full_slot=full_slot, swa_slot=swa_slots_of(engine, [full_slot])[0],
-                   position=node_depth(node) + len(node.key) - 1, node=node)
+    return SlotRef(
+        full_slot=full_slot,
+        swa_slot=swa_slots_of(engine, [full_slot])[0],
+        position=node_depth(node) + len(node.key) - 1,
+        node=node,
+    )
 
 
 def lockers(engine: Engine, node: TreeNode) -> list[Request]:
@@ -211,7 +226,7 @@ def match_path(engine: Engine, tokens: list[int]) -> list[tuple[TreeNode, int]]:
     path: list[tuple[TreeNode, int]] = []
     node, offset, end = cache.root_node, 0, len(tokens) - len(tokens) % page
     while offset < end:
-        child = node.children.get(tuple(tokens[offset:offset + page]))
+        child = node.children.get(tuple(tokens[offset : offset + page]))
         if child is None:
             break
         matched = 0

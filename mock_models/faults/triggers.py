@@ -31,8 +31,12 @@ class Trigger:
     def observe(self, engine: Engine) -> None:
         """Before each forward: note the end of the warm-up once a DECODE forward has run."""
         batch = engine.last_forward_batch
-        if (self._warmup_end is None and batch is not None and batch.forward_mode.is_decode()
-                and engine.forward_count > self._registered_at):
+        if (
+            self._warmup_end is None
+            and batch is not None
+            and batch.forward_mode.is_decode()
+            and engine.forward_count > self._registered_at
+        ):
             self._warmup_end = engine.forward_count
             if self._spec.after_warmup_steps is not None:
                 self._next_step = self._warmup_end + self._spec.after_warmup_steps + 1

@@ -29,8 +29,9 @@ class AttentionContext:
 class FullAttention(nn.Module):
     """Multi-head attention over every cached position; ``window`` limits it to the last ones."""
 
-    def __init__(self, spec: ModelSpec, layer_id: int, generator: torch.Generator, *,
-                 window: int | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, layer_id: int, generator: torch.Generator, *, window: int | None = None
+    ) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.window = window
@@ -102,7 +103,8 @@ class CompressedWindowAttention(nn.Module):
         query_positions = context.queries.positions
         # A group is read compressed once all of it has left the query's window.
         compressed_visible = compressed.valid[:, None, :] & (
-            compressed.positions[:, None, :] < query_positions[:, :, None] - self.window)
+            compressed.positions[:, None, :] < query_positions[:, :, None] - self.window
+        )
         keys = torch.cat((window_keys, compressed_keys), dim=1)
         visible = torch.cat((window.visible_from(query_positions, self.window), compressed_visible), dim=2)
         q = self.q_proj(hidden).view(hidden.shape[0], self.num_heads, self.latent_dim)
@@ -112,8 +114,9 @@ class CompressedWindowAttention(nn.Module):
     def _write_completed_groups(self, batch: ForwardBatch) -> None:
         """Pool the latents of every group whose last token this forward computed."""
         rows, group_ends = [], []
-        for row, prefix, new in zip(batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu,
-                                    batch.extend_seq_lens_cpu):
+        for row, prefix, new in zip(
+            batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu
+        ):
             first_end = prefix + (self.ratio - 1 - prefix) % self.ratio
             for end in range(first_end, prefix + new, self.ratio):
                 rows.append(row)
@@ -123,13 +126,16 @@ class CompressedWindowAttention(nn.Module):
         device = batch.input_ids.device
         pool = batch.token_to_kv_pool
         rows_t = torch.tensor(rows, dtype=torch.int64).to(device)[:, None]
-        members = torch.tensor(group_ends, dtype=torch.int64).to(device)[:, None] - torch.arange(
-            self.ratio - 1, -1, -1, device=device)[None, :]
+        members = (
+            torch.tensor(group_ends, dtype=torch.int64).to(device)[:, None]
+            - torch.arange(self.ratio - 1, -1, -1, device=device)[None, :]
+        )
         member_slots = batch.req_to_token_pool.req_to_token[rows_t, members].to(torch.int64)
         member_latents = pool.get_key_buffer(self.layer_id)[pool.translate_loc_from_full_to_swa(member_slots)]
         group_slots = member_slots[:, -1]
-        pool.get_compressed_buffer(self.layer_id)[group_slots] = member_latents.to(torch.float32).mean(dim=1).to(
-            pool.dtype)
+        pool.get_compressed_buffer(self.layer_id)[group_slots] = (
+            member_latents.to(torch.float32).mean(dim=1).to(pool.dtype)
+        )
 
     def _compressed_span(self, batch: ForwardBatch) -> KeySpan:
         """Group end positions ``ratio - 1, 2 * ratio - 1, ...`` of groups complete in each request."""

@@ -12,5 +12,10 @@ from mock_models.models.spec import LayerKind, ModelSpec
 
 
 def dsv4_spec(config: EngineConfig) -> ModelSpec:
-    return ModelSpec(vocab_size=config.vocab_size, seed=config.seed, swa_window=config.swa_window,
-                     compress_ratio=config.compress_ratio, layer_kinds=(LayerKind.COMPRESSED_WINDOW,) * 2)
+    return ModelSpec(
+        vocab_size=config.vocab_size,
+        seed=config.seed,
+        swa_window=config.swa_window,
+        compress_ratio=config.compress_ratio,
+        layer_kinds=(LayerKind.COMPRESSED_WINDOW,) * 2,
+    )

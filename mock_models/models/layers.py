@@ -78,9 +78,11 @@ class QueryLayout:
         is_real = steps[None, :] < batch.extend_seq_lens[:, None]
         token_of_cell = torch.where(is_real, starts[:, None] + steps[None, :], 0)
         cells = [b * max_new + t for b, n in enumerate(batch.extend_seq_lens_cpu) for t in range(n)]
-        return cls(token_of_cell=token_of_cell,
-                   positions=batch.extend_prefix_lens.to(torch.int64)[:, None] + steps[None, :],
-                   cell_of_token=torch.tensor(cells, dtype=torch.int64).to(device))
+        return cls(
+            token_of_cell=token_of_cell,
+            positions=batch.extend_prefix_lens.to(torch.int64)[:, None] + steps[None, :],
+            cell_of_token=torch.tensor(cells, dtype=torch.int64).to(device),
+        )
 
     def pad(self, per_token: torch.Tensor) -> torch.Tensor:
         return per_token[self.token_of_cell]
@@ -129,8 +131,9 @@ class KeySpan:
         return visible
 
 
-def padded_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                     visible: torch.Tensor) -> torch.Tensor:
+def padded_attention(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
     """Softmax attention. queries [B, Tq, H, D]; keys, values [B, Lk, H or 1, D]; visible [B, Tq, Lk]."""
     scale = 1.0 / math.sqrt(queries.shape[-1])
     keys = keys.to(queries.dtype).expand(-1, -1, queries.shape[2], -1)

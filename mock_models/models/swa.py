@@ -12,5 +12,9 @@ from mock_models.models.spec import LayerKind, ModelSpec
 
 
 def swa_spec(config: EngineConfig) -> ModelSpec:
-    return ModelSpec(vocab_size=config.vocab_size, seed=config.seed, swa_window=config.swa_window,
-                     layer_kinds=(LayerKind.FULL, LayerKind.WINDOW, LayerKind.FULL, LayerKind.WINDOW))
+    return ModelSpec(
+        vocab_size=config.vocab_size,
+        seed=config.seed,
+        swa_window=config.swa_window,
+        layer_kinds=(LayerKind.FULL, LayerKind.WINDOW, LayerKind.FULL, LayerKind.WINDOW),
+    )

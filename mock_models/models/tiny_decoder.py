@@ -56,4 +56,4 @@ class TinyDecoderModel(nn.Module):
 
     def digest(self, hidden: torch.Tensor) -> torch.Tensor:
         """One float64 per row: the projection of a final hidden state on a fixed direction."""
-        return (hidden.to(torch.float64) @ self.digest_direction.to(torch.float64))
+        return hidden.to(torch.float64) @ self.digest_direction.to(torch.float64)

@@ -31,8 +31,7 @@ class OracleState:
     length: int
 
     def advance(self, token: int) -> OracleState:
-        return OracleState(digest=_splitmix64(self.digest ^ _splitmix64(token ^ _TOKEN_SALT)),
-                           length=self.length + 1)
+        return OracleState(digest=_splitmix64(self.digest ^ _splitmix64(token ^ _TOKEN_SALT)), length=self.length + 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,4 +60,4 @@ class TokenOracle:
         sequence = list(prompt)
         for _ in range(max_new_tokens):
             sequence.append(self.next_token(sequence))
-        return sequence[len(prompt):]
+        return sequence[len(prompt) :]

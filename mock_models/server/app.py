@@ -47,8 +47,11 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
     max_new_tokens = body.sampling_params.max_new_tokens
     try:
         rid = uuid.uuid4().hex
-        result = await _unless_client_leaves(request, asyncio.wrap_future(
-            worker.generate(body.input_ids, max_new_tokens, rid=rid)), on_leave=lambda: worker.abort(rid))
+        result = await _unless_client_leaves(
+            request,
+            asyncio.wrap_future(worker.generate(body.input_ids, max_new_tokens, rid=rid)),
+            on_leave=lambda: worker.abort(rid),
+        )
     except ClientDisconnected:
         # Nobody reads this answer; 499 (client closed request) names what happened in access logs.
         return JSONResponse(status_code=499, content={"detail": "client disconnected; request aborted"})
@@ -59,13 +62,19 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
     except CanaryRaisedError as error:  # canary mode raise
         raise HTTPException(status_code=500, detail={"error": "kv_canary violation", "lines": error.lines}) from None
     checksum = result.attention_checksum
-    return {"output_ids": list(result.output_ids),
-            "meta_info": {"id": result.rid, "prompt_tokens": result.prompt_tokens,
-                          "completion_tokens": result.completion_tokens, "cached_tokens": result.cached_tokens,
-                          "finish_reason": {"type": result.finish_reason, "length": result.completion_tokens},
-                          # JSON has no NaN/inf; corrupted K/V can produce them, so those go as strings.
-                          "attention_checksum": checksum if math.isfinite(checksum) else str(checksum),
-                          "e2e_latency": result.e2e_latency}}
+    return {
+        "output_ids": list(result.output_ids),
+        "meta_info": {
+            "id": result.rid,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cached_tokens": result.cached_tokens,
+            "finish_reason": {"type": result.finish_reason, "length": result.completion_tokens},
+            # JSON has no NaN/inf; corrupted K/V can produce them, so those go as strings.
+            "attention_checksum": checksum if math.isfinite(checksum) else str(checksum),
+            "e2e_latency": result.e2e_latency,
+        },
+    }
 
 
 class ClientDisconnected(Exception):
@@ -112,9 +121,14 @@ async def flush_cache(request: Request) -> JSONResponse:
 
     flushed, running, waiting = await run_on_engine(request, flush)
     if not flushed:
-        return JSONResponse(status_code=409, content={
-            "success": False, "message": f"not flushed: {running} requests running and {waiting} waiting; "
-                                         "the radix cache can only be flushed when the engine is idle, retry then"})
+        return JSONResponse(
+            status_code=409,
+            content={
+                "success": False,
+                "message": f"not flushed: {running} requests running and {waiting} waiting; "
+                "the radix cache can only be flushed when the engine is idle, retry then",
+            },
+        )
     return JSONResponse({"success": True, "message": "Cache flushed."})
 
 
@@ -122,15 +136,21 @@ async def flush_cache(request: Request) -> JSONResponse:
 async def get_server_info(request: Request) -> dict:
     engine = worker_of(request).engine
     config = engine.config
-    return {"model_mode": config.model_mode.value, "device": config.device, "page_size": config.page_size,
-            "max_total_tokens": config.max_total_tokens,
-            "swa_window": config.swa_window if config.has_swa_pool else None,
-            "swa_max_total_tokens": config.swa_pool_size if config.has_swa_pool else None,
-            "max_running_requests": config.max_running_requests,
-            "chunked_prefill_size": config.chunked_prefill_size, "max_context_len": config.max_context_len,
-            "vocab_size": config.vocab_size, "seed": config.seed,
-            "forward_count": engine.forward_count,  # an int read across threads: at worst one step stale
-            "canary": _plain(dataclasses.asdict(engine.canary_config))}
+    return {
+        "model_mode": config.model_mode.value,
+        "device": config.device,
+        "page_size": config.page_size,
+        "max_total_tokens": config.max_total_tokens,
+        "swa_window": config.swa_window if config.has_swa_pool else None,
+        "swa_max_total_tokens": config.swa_pool_size if config.has_swa_pool else None,
+        "max_running_requests": config.max_running_requests,
+        "chunked_prefill_size": config.chunked_prefill_size,
+        "max_context_len": config.max_context_len,
+        "vocab_size": config.vocab_size,
+        "seed": config.seed,
+        "forward_count": engine.forward_count,  # an int read across threads: at worst one step stale
+        "canary": _plain(dataclasses.asdict(engine.canary_config)),
+    }
 
 
 def _plain(values: dict) -> dict:

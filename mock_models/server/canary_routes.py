@@ -14,6 +14,7 @@ canary_router = APIRouter()
 @canary_router.get("/violations")
 async def violations(request: Request) -> dict:
     """Drain the canary (between forwards) and return every violation reported so far."""
+
     def collect(engine: Engine) -> dict:
         if engine.canary is None:
             return {"count": 0, "lines": [], "canary_enabled": False}

@@ -58,8 +58,9 @@ class EngineWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int, *,
-                 rid: str | None = None) -> concurrent.futures.Future:
+    def generate(
+        self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None
+    ) -> concurrent.futures.Future:
         """Validate now (raises InvalidRequestError) and queue the request; resolves to a GenerationResult.
 
         ``rid`` names it for ``abort`` (default: a fresh id).
@@ -75,6 +76,7 @@ class EngineWorker:
         Queued after the request's own job, so it finds the request even if it was not submitted
         yet; resolves to whether the request was still pending (False: finished or unknown).
         """
+
         def drop(engine: Engine) -> bool:
             future = self._pending.pop(rid, None)
             if future is None:

@@ -82,35 +82,64 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--max-running-requests", type=int, default=_DEFAULTS.max_running_requests, show_default=True)
 @click.option("--chunked-prefill-size", type=int, default=_DEFAULTS.chunked_prefill_size, show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
-@click.option("--mem-backend", type=click.Choice([backend.value for backend in MemBackend]),
-              default=_DEFAULTS.mem_backend.value, show_default=True,
-              help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)")
+@click.option(
+    "--mem-backend",
+    type=click.Choice([backend.value for backend in MemBackend]),
+    default=_DEFAULTS.mem_backend.value,
+    show_default=True,
+    help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)",
+)
 @click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
 @click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
 @click.option("--canary-mode", type=click.Choice([mode.value for mode in CanaryMode]), default=None)
 @click.option("--stats-interval", type=int, default=None)
 @click.option("--swa-divergence-interval", type=int, default=None)
-def serve_command(model_mode: str, device: str, host: str, port: int, page_size: int, max_total_tokens: int,
-                  swa_window: int, max_running_requests: int, chunked_prefill_size: int, seed: int,
-                  mem_backend: str, sweep_interval: int | None, real_kv: str | None, canary_mode: str | None,
-                  stats_interval: int | None, swa_divergence_interval: int | None) -> None:
+def serve_command(
+    model_mode: str,
+    device: str,
+    host: str,
+    port: int,
+    page_size: int,
+    max_total_tokens: int,
+    swa_window: int,
+    max_running_requests: int,
+    chunked_prefill_size: int,
+    seed: int,
+    mem_backend: str,
+    sweep_interval: int | None,
+    real_kv: str | None,
+    canary_mode: str | None,
+    stats_interval: int | None,
+    swa_divergence_interval: int | None,
+) -> None:
     """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if device == "cpu":
         torch.set_num_threads(1)  # the model's ops are tiny: extra threads only add hand-off cost
-    overrides = {name: value for name, value in (
-        ("sweep_interval", sweep_interval), ("stats_interval", stats_interval),
-        ("swa_divergence_interval", swa_divergence_interval),
-        ("real_kv_hash", real_kv and RealKvHashMode(real_kv)), ("mode", canary_mode and CanaryMode(canary_mode)),
-    ) if value is not None}
+    overrides = {
+        name: value
+        for name, value in (
+            ("sweep_interval", sweep_interval),
+            ("stats_interval", stats_interval),
+            ("swa_divergence_interval", swa_divergence_interval),
+            ("real_kv_hash", real_kv and RealKvHashMode(real_kv)),
+            ("mode", canary_mode and CanaryMode(canary_mode)),
+        )
+        if value is not None
+    }
     try:
         canary_config = CanaryConfig.from_env(**overrides)
-        config = EngineConfig(model_mode=ModelMode(model_mode), device=device, page_size=page_size,
-                              max_total_tokens=max_total_tokens, swa_window=swa_window,
-                              max_running_requests=max_running_requests,
-                              chunked_prefill_size=chunked_prefill_size, seed=seed,
-                              mem_backend=MemBackend(mem_backend))
+        config = EngineConfig(
+            model_mode=ModelMode(model_mode),
+            device=device,
+            page_size=page_size,
+            max_total_tokens=max_total_tokens,
+            swa_window=swa_window,
+            max_running_requests=max_running_requests,
+            chunked_prefill_size=chunked_prefill_size,
+            seed=seed,
+            mem_backend=MemBackend(mem_backend),
+        )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     engine = Engine(config, canary_config=canary_config)

@@ -16,26 +16,34 @@ def inject(server, body: dict) -> requests.Response:
     return requests.post(f"{server.process.base_url}/kv_canary/inject", json=body, timeout=60)
 
 
-@pytest.mark.parametrize(("body", "key"), [
-    ({"kind": "melt_the_gpu", "at_step": 1}, "kind"),
-    ({"at_step": 1}, "kind"),
-    ({"kind": "double_free", "at_step": 1, "when": "now"}, "when"),
-    ({"kind": "double_free", "at_step": -1}, "at_step"),
-    ({"kind": "double_free", "at_step": "1"}, "at_step"),
-    ({"kind": "double_free", "at_step": 1, "target": {"slot": "anywhere"}}, "slot"),
-])
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ({"kind": "melt_the_gpu", "at_step": 1}, "kind"),
+        ({"at_step": 1}, "kind"),
+        ({"kind": "double_free", "at_step": 1, "when": "now"}, "when"),
+        ({"kind": "double_free", "at_step": -1}, "at_step"),
+        ({"kind": "double_free", "at_step": "1"}, "at_step"),
+        ({"kind": "double_free", "at_step": 1, "target": {"slot": "anywhere"}}, "slot"),
+    ],
+)
 def test_a_malformed_body_is_answered_422_naming_the_key(kv_canary_server, body, key):
     response = inject(kv_canary_server, body)
     assert response.status_code == 422
     assert any(key in map(str, error["loc"]) for error in response.json()["detail"])
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"kind": "double_free"}, "cannot inject double_free: say when to inject"),
-    ({"kind": "double_free", "at_step": 1, "probability": 0.5, "seed": 1}, "keep one trigger"),
-    ({"kind": "swap_next_token", "at_step": 1, "target": {"slot": "used"}},
-     "target.slot does not apply to swap_next_token; it accepts request"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"kind": "double_free"}, "cannot inject double_free: say when to inject"),
+        ({"kind": "double_free", "at_step": 1, "probability": 0.5, "seed": 1}, "keep one trigger"),
+        (
+            {"kind": "swap_next_token", "at_step": 1, "target": {"slot": "used"}},
+            "target.slot does not apply to swap_next_token; it accepts request",
+        ),
+    ],
+)
 def test_a_body_that_cannot_be_applied_is_answered_400_with_the_reason(kv_canary_server, body, message):
     response = inject(kv_canary_server, body)
     assert response.status_code == 400

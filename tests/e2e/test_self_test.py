@@ -40,8 +40,9 @@ def run(path: Path, mode: str, options, label: str):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_blind_canary_misses_the_fault_and_a_seeing_one_catches_it(family, pytestconfig, kv_canary_run_options,
-                                                                    monkeypatch):
+def test_a_blind_canary_misses_the_fault_and_a_seeing_one_catches_it(
+    family, pytestconfig, kv_canary_run_options, monkeypatch
+):
     path, mode = scenario_in_a_selected_mode(FAMILIES[family], pytestconfig)
     monkeypatch.setenv(BLIND, "1")
     blind = run(path, mode, kv_canary_run_options, "blind")

@@ -28,7 +28,8 @@ def check_engine_invariants(engine: Engine) -> None:
     free_pages = engine.full_allocator.available_pages()
     assert free_pages + tree_pages + own_pages == config.num_pages, (
         f"full pages leak or are handed out twice: free {free_pages} + radix {tree_pages} + requests' own "
-        f"{own_pages} != {config.num_pages}")
+        f"{own_pages} != {config.num_pages}"
+    )
 
     if engine.swa_allocator is not None:
         resident = tree.swa_resident_size()
@@ -36,7 +37,8 @@ def check_engine_invariants(engine: Engine) -> None:
         free_swa = engine.swa_allocator.available_size()
         assert free_swa + resident + own_swa == config.swa_pool_size, (
             f"SWA slots leak or are handed out twice: free {free_swa} + radix-resident {resident} + requests' "
-            f"own {own_swa} != {config.swa_pool_size}")
+            f"own {own_swa} != {config.swa_pool_size}"
+        )
         _check_windows_resident(engine, running)
 
     locks: collections.Counter[int] = collections.Counter()
@@ -73,7 +75,9 @@ def _check_windows_resident(engine: Engine, running: list) -> None:
         first = max(0, req.kv_len - window)
         if req.kv_len == first:
             continue
-        slots = req_to_token[req.req_pool_idx, first:req.kv_len].long()
+        slots = req_to_token[req.req_pool_idx, first : req.kv_len].long()
         missing = (mapping[slots] == 0).nonzero().flatten().tolist()
-        assert not missing, (f"request {req.rid}: window positions {[first + i for i in missing]} have no SWA "
-                             f"slot, but its next forward reads them")
+        assert not missing, (
+            f"request {req.rid}: window positions {[first + i for i in missing]} have no SWA "
+            f"slot, but its next forward reads them"
+        )

@@ -22,11 +22,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
-from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
-from tests.reliability.kv_shadow import KvShadow
 from mock_models.faults import FaultInjector
 from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, FaultTargetBody
 from mock_models.faults.fault_request import resolve as resolve_fault
+from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
+from tests.reliability.kv_shadow import KvShadow
 from tests.reliability.local_faults import FAULT_KINDS_BY_MODE, KV_BYTE_SLOTS, PendingFault, apply_fault
 from tests.reliability.soak_stats import record_case
 
@@ -38,8 +38,9 @@ DRAIN_LIMIT = 2000  # forwards; a case that needs more is stuck
 FILLER_TOKENS = (1001, 1002, 1003, 1004, 1005, 1006)  # outside the prefixes' and suffixes' token ranges
 
 
-TARGET_VALUES = {key: typing.get_args(typing.get_args(field.annotation)[0])
-                 for key, field in FaultTargetBody.model_fields.items()}
+TARGET_VALUES = {
+    key: typing.get_args(typing.get_args(field.annotation)[0]) for key, field in FaultTargetBody.model_fields.items()
+}
 
 
 def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[EngineConfig, CanaryConfig]:
@@ -51,17 +52,32 @@ def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[Engine
     swa = {}
     if mode != "mha" and draw(st.booleans()):
         swa["swa_max_total_tokens"] = 2 * (window + page_size) + chunk  # the least allowed: SWA pressure
-    engine = EngineConfig(model_mode=mode, page_size=page_size, max_total_tokens=pages * page_size,
-                          swa_window=window, chunked_prefill_size=chunk,
-                          max_running_requests=draw(st.integers(1, 4)), max_context_len=MAX_CONTEXT,
-                          strict_allocator=not faults, **swa)
+    engine = EngineConfig(
+        model_mode=mode,
+        page_size=page_size,
+        max_total_tokens=pages * page_size,
+        swa_window=window,
+        chunked_prefill_size=chunk,
+        max_running_requests=draw(st.integers(1, 4)),
+        max_context_len=MAX_CONTEXT,
+        strict_allocator=not faults,
+        **swa,
+    )
     # Fault cases too run without a real-KV hash: record checks alone must then see every fault
     # but corrupt_kv_bytes (which finds no target, or in the injector goes unread by the oracle).
     real_kv = draw(st.sampled_from([RealKvHashMode.PARTIAL, RealKvHashMode.ALL, RealKvHashMode.NONE]))
-    canary = CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=real_kv, sweep_interval=draw(st.sampled_from([1, 2, 3, 5])),
-                          verify_capacity=2048, write_capacity=256, max_requests_per_forward=8, stats_interval=5,
-                          health_check_interval=4, health_check_warmup=4,
-                          swa_divergence_interval=3 if mode == "swa" else 0)
+    canary = CanaryConfig(
+        mode=CanaryMode.LOG,
+        real_kv_hash=real_kv,
+        sweep_interval=draw(st.sampled_from([1, 2, 3, 5])),
+        verify_capacity=2048,
+        write_capacity=256,
+        max_requests_per_forward=8,
+        stats_interval=5,
+        health_check_interval=4,
+        health_check_warmup=4,
+        swa_divergence_interval=3 if mode == "swa" else 0,
+    )
     return engine, canary
 
 
@@ -80,8 +96,10 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data(), prefix_seed=st.integers(0, 2**16))
     def build(self, data: st.DataObject, prefix_seed: int) -> None:
-        engine_config, canary_config = data.draw(st.composite(
-            lambda draw: engine_settings(draw, self.mode, faults=self.machine != "clean"))(), label="settings")
+        engine_config, canary_config = data.draw(
+            st.composite(lambda draw: engine_settings(draw, self.mode, faults=self.machine != "clean"))(),
+            label="settings",
+        )
         self.engine = Engine(engine_config, canary_config=canary_config)
         self.shadow = KvShadow(self.engine)
         rng = random.Random(prefix_seed)
@@ -99,9 +117,12 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
     # -- rules --------------------------------------------------------------------------------------
 
-    @rule(prefix=st.integers(-1, PREFIXES - 1), cut=st.integers(0, 40),
-          suffix=st.lists(st.integers(1, 6), max_size=MAX_PROMPT_SUFFIX),
-          max_new_tokens=st.integers(1, MAX_NEW_TOKENS))
+    @rule(
+        prefix=st.integers(-1, PREFIXES - 1),
+        cut=st.integers(0, 40),
+        suffix=st.lists(st.integers(1, 6), max_size=MAX_PROMPT_SUFFIX),
+        max_new_tokens=st.integers(1, MAX_NEW_TOKENS),
+    )
     def submit(self, prefix: int, cut: int, suffix: list[int], max_new_tokens: int) -> None:
         prompt = (self.prefixes[prefix][:cut] if prefix >= 0 else []) + suffix
         self.send(prompt or [7], max_new_tokens)
@@ -174,8 +195,10 @@ class CleanEngineMachine(RuleBasedStateMachine):
             if not self.engine.has_work() or getattr(self, "engine_error", None):
                 return
             self.forward()
-        raise AssertionError(f"still busy after {DRAIN_LIMIT} forwards: {self.engine.num_running} running, "
-                             f"{self.engine.num_waiting} waiting")
+        raise AssertionError(
+            f"still busy after {DRAIN_LIMIT} forwards: {self.engine.num_running} running, "
+            f"{self.engine.num_waiting} waiting"
+        )
 
     def teardown(self) -> None:
         if self.engine is None:
@@ -189,11 +212,19 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
     def case_figures(self, **extra: object) -> dict[str, object]:
         config = self.engine.config
-        return {"machine": self.machine, "mode": self.mode, "page_size": config.page_size,
-                "real_kv": self.engine.canary_config.real_kv_hash.value,
-                "forwards": self.engine.forward_count, "misreads": self.shadow.num_events,
-                "reads_checked": self.shadow.reads_checked, "evictions": self.evictions,
-                "seconds": round(time.perf_counter() - self.started, 3), **self.counts, **extra}
+        return {
+            "machine": self.machine,
+            "mode": self.mode,
+            "page_size": config.page_size,
+            "real_kv": self.engine.canary_config.real_kv_hash.value,
+            "forwards": self.engine.forward_count,
+            "misreads": self.shadow.num_events,
+            "reads_checked": self.shadow.reads_checked,
+            "evictions": self.evictions,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **self.counts,
+            **extra,
+        }
 
 
 class FaultEngineMachine(CleanEngineMachine):
@@ -209,8 +240,9 @@ class FaultEngineMachine(CleanEngineMachine):
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
         self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
-        self.target = (data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target")
-                       if self.kind == "corrupt_kv_bytes" else None)
+        self.target = (
+            data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target") if self.kind == "corrupt_kv_bytes" else None
+        )
         self.at_step = data.draw(st.integers(1, 40), label="at_step")
         self.fault_rng = random.Random(data.draw(st.integers(0, 2**16), label="fault_seed"))
         self.fault: PendingFault | None = None
@@ -237,7 +269,7 @@ class FaultEngineMachine(CleanEngineMachine):
             return None
         try:
             return call()
-        except Exception as error:  # noqa: BLE001 - recorded in the case's figures, judged in teardown
+        except Exception as error:
             if self.fault_step is None:
                 raise  # before the fault: the engine was still clean
             self.engine_error = f"{type(error).__name__}: {error}"
@@ -267,13 +299,18 @@ class FaultEngineMachine(CleanEngineMachine):
         engine = self.engine
         try:
             engine.canary.flush()
-        except Exception as error:  # noqa: BLE001 - a canary that cannot drain fails the case below
+        except Exception as error:
             raise AssertionError(f"the canary could not drain after {self.engine_error}") from error
         violations = engine.canary.violations
         stats = engine.canary.stats_snapshot()
         assert stats["violations_total"] == len(violations) + engine.canary.reporter.dropped_rows
-        figures = {"kind": self.kind, "target": self.fault_target,
-                   "fault_step": self.fault_step, "violations": len(violations), "engine_error": self.engine_error}
+        figures = {
+            "kind": self.kind,
+            "target": self.fault_target,
+            "fault_step": self.fault_step,
+            "violations": len(violations),
+            "engine_error": self.engine_error,
+        }
         if self.fault_step is None:
             assert not violations and not self.shadow.events, "violations or misreads without a fault"
             record_case(self.case_figures(**figures))
@@ -284,16 +321,19 @@ class FaultEngineMachine(CleanEngineMachine):
         assert not before, f"misreads before the fault: {before[:3]}"
         first_misread = self.shadow.first_event
         first_violation = min((record.step for record in violations), default=None)
-        figures.update(first_misread=first_misread.forward if first_misread else None,
-                       first_violation=first_violation, detail=self.fault_detail)
-        in_bound = first_misread is None or (first_violation is not None
-                                             and first_violation <= first_misread.forward)
+        figures.update(
+            first_misread=first_misread.forward if first_misread else None,
+            first_violation=first_violation,
+            detail=self.fault_detail,
+        )
+        in_bound = first_misread is None or (first_violation is not None and first_violation <= first_misread.forward)
         if first_misread is not None:
-            figures.update(detected_in_bound=in_bound,
-                           latency=first_violation - self.fault_step if in_bound else None)
+            figures.update(detected_in_bound=in_bound, latency=first_violation - self.fault_step if in_bound else None)
         record_case(self.case_figures(**figures))
-        assert in_bound, (f"{self.kind} ({self.fault_detail}) applied before forward {self.fault_step}: first misread "
-                          f"{first_misread}, but the first violation is at forward {first_violation}")
+        assert in_bound, (
+            f"{self.kind} ({self.fault_detail}) applied before forward {self.fault_step}: first misread "
+            f"{first_misread}, but the first violation is at forward {first_violation}"
+        )
 
     def let_the_fault_apply(self) -> None:
         """Run traffic until the fault applies: some kinds need running requests or a prefix match."""
@@ -301,7 +341,7 @@ class FaultEngineMachine(CleanEngineMachine):
         while self.fault_step is None and self.engine.forward_count < self.at_step + 200 and not self.engine_error:
             if not self.engine.has_work():
                 base = self.prefixes[filler % PREFIXES]
-                self.send(base[:len(base) // 2 + filler % 3] + list(FILLER_TOKENS[:1 + filler % 5]), 6)
+                self.send(base[: len(base) // 2 + filler % 3] + list(FILLER_TOKENS[: 1 + filler % 5]), 6)
                 filler += 1
             self.forward()
 
@@ -331,8 +371,11 @@ class InjectorEngineMachine(FaultEngineMachine):
         else:
             body[trigger] = data.draw(st.integers(0, 30 if trigger == "at_step" else 8), label=trigger)
         # Any target keys: a combination the server refuses (400) falls back to the kind's defaults.
-        target = {key: data.draw(st.sampled_from(values), label=f"target.{key}")
-                  for key, values in TARGET_VALUES.items() if data.draw(st.integers(0, 2)) == 0}
+        target = {
+            key: data.draw(st.sampled_from(values), label=f"target.{key}")
+            for key, values in TARGET_VALUES.items()
+            if data.draw(st.integers(0, 2)) == 0
+        }
         body["target"] = target
         self.body = body
         self.target = target
@@ -362,22 +405,23 @@ class InjectorEngineMachine(FaultEngineMachine):
         if self.injector is not None:
             return
         try:
-            spec = resolve_fault(FaultRequestBody.model_validate(self.body), self.engine.config,
-                                 canary_installed=True)
+            spec = resolve_fault(FaultRequestBody.model_validate(self.body), self.engine.config, canary_installed=True)
         except FaultRequestError as refused:  # what the server answers 400: fall back to the defaults
             self.refused, self.target = str(refused), {}
-            spec = resolve_fault(FaultRequestBody.model_validate({**self.body, "target": {}}), self.engine.config,
-                                 canary_installed=True)
+            spec = resolve_fault(
+                FaultRequestBody.model_validate({**self.body, "target": {}}), self.engine.config, canary_installed=True
+            )
         self.injector = FaultInjector.install(self.engine)
         self.injector.schedule(spec)
 
     def let_the_fault_apply(self) -> None:
         self.before_forward()
         filler = 0
-        while (self.entry.status == "scheduled" and self.engine_error is None
-               and self.engine.forward_count < DRAIN_LIMIT):
+        while (
+            self.entry.status == "scheduled" and self.engine_error is None and self.engine.forward_count < DRAIN_LIMIT
+        ):
             if not self.engine.has_work():
                 base = self.prefixes[filler % PREFIXES]
-                self.send(base[:len(base) // 2 + filler % 3] + list(FILLER_TOKENS[:1 + filler % 5]), 6)
+                self.send(base[: len(base) // 2 + filler % 3] + list(FILLER_TOKENS[: 1 + filler % 5]), 6)
                 filler += 1
             self.forward()

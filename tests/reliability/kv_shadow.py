@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from kv_canary.launch_tags import Phase, PoolGroupKind
+from kv_canary.launch_tags import PoolGroupKind
 from kv_canary.records import RecordWord
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
@@ -81,13 +81,16 @@ class KvShadow:
         for group in engine.canary.groups:
             for buffers in group.halves.values():
                 real_kv = buffers.real_kv
-                for records, words in ((buffers.head, slice(0, RecordWord.REAL_KV_HASH)),
-                                       (buffers.tail, slice(0, RecordWord.REAL_KV_HASH + (real_kv is not None)))):
+                for records, words in (
+                    (buffers.head, slice(0, RecordWord.REAL_KV_HASH)),
+                    (buffers.tail, slice(0, RecordWord.REAL_KV_HASH + (real_kv is not None))),
+                ):
                     self.mirrors[group.kind].append(_Mirror(actual=records, copy=records.clone(), words=words))
                 if real_kv is not None:
                     for layer in real_kv.layer_words:
                         self.mirrors[group.kind].append(
-                            _Mirror(actual=layer, copy=layer.clone(), words=slice(0, real_kv.hashed_words)))
+                            _Mirror(actual=layer, copy=layer.clone(), words=slice(0, real_kv.hashed_words))
+                        )
         self.events: list[ReadEvent] = []
         self.num_events = 0
         self.reads_checked = 0
@@ -127,12 +130,16 @@ class KvShadow:
         new_swa = mapping[batch.out_cache_loc].tolist() if mapping is not None else []
         written: dict[PoolGroupKind, list[int]] = {kind: [] for kind in self.groups}
         requests = []
-        for row, prefix, count, start in zip(batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu,
-                                             batch.extend_seq_lens_cpu, batch.extend_start_loc_cpu):
+        for row, prefix, count, start in zip(
+            batch.req_pool_indices_cpu,
+            batch.extend_prefix_lens_cpu,
+            batch.extend_seq_lens_cpu,
+            batch.extend_start_loc_cpu,
+        ):
             req = by_row[row]
             requests.append((req, prefix))
             recorded = req.token_ids
-            fed_hashes = sequence_hashes(req.fill_ids[:prefix + count])
+            fed_hashes = sequence_hashes(req.fill_ids[: prefix + count])
             for offset in range(count):
                 position = prefix + offset
                 identity = (position, fed_hashes[position])
@@ -143,9 +150,16 @@ class KvShadow:
                     self.identity[kind][slots[kind]] = identity
                     written[kind].append(slots[kind])
                 if req.fill_ids[position] != recorded[position]:
-                    self._record(ReadEvent(forward=step, kind="fed_token", group=self.groups[0].value,
-                                           slot=slots[self.groups[0]], position=position,
-                                           detail=f"fed {req.fill_ids[position]}, recorded {recorded[position]}"))
+                    self._record(
+                        ReadEvent(
+                            forward=step,
+                            kind="fed_token",
+                            group=self.groups[0].value,
+                            slot=slots[self.groups[0]],
+                            position=position,
+                            detail=f"fed {req.fill_ids[position]}, recorded {recorded[position]}",
+                        )
+                    )
         # The model writes this forward's K/V before it reads, so reads are judged after the writes.
         for req, prefix in requests:
             self._check_prefix_reads(step, req, prefix, mapping, written)
@@ -153,8 +167,9 @@ class KvShadow:
             self._check_sweep(step, mapping, written)
         return written
 
-    def _check_prefix_reads(self, step: int, req, prefix: int, mapping: torch.Tensor | None,
-                            written: dict[PoolGroupKind, list[int]]) -> None:
+    def _check_prefix_reads(
+        self, step: int, req, prefix: int, mapping: torch.Tensor | None, written: dict[PoolGroupKind, list[int]]
+    ) -> None:
         if prefix == 0:
             return
         expected = sequence_hashes(req.token_ids[:prefix])
@@ -167,8 +182,13 @@ class KvShadow:
             swa_slots = mapping[full_slots[first:]].tolist()
             reads[SWA] = [(first + index, slot) for index, slot in enumerate(swa_slots)]
         for kind, entries in reads.items():
-            self._judge(step, kind, [(slot, (position, expected[position])) for position, slot in entries],
-                        written[kind], prefix_kind="")
+            self._judge(
+                step,
+                kind,
+                [(slot, (position, expected[position])) for position, slot in entries],
+                written[kind],
+                prefix_kind="",
+            )
 
     def _check_sweep(self, step: int, mapping: torch.Tensor | None, written: dict[PoolGroupKind, list[int]]) -> None:
         """The sweep after this forward verifies every cached slot (SWA: non-tombstoned nodes' resident ones)."""
@@ -185,26 +205,57 @@ class KvShadow:
         for kind, judged in entries.items():
             self._judge(step, kind, judged, [], prefix_kind="sweep_")
 
-    def _judge(self, step: int, kind: PoolGroupKind, entries: list[tuple[int, Identity]], written: list[int],
-               *, prefix_kind: str) -> None:
+    def _judge(
+        self,
+        step: int,
+        kind: PoolGroupKind,
+        entries: list[tuple[int, Identity]],
+        written: list[int],
+        *,
+        prefix_kind: str,
+    ) -> None:
         self.reads_checked += len(entries)
         fresh = set(written)
         identities = self.identity[kind]
         to_compare = []
         for slot, identity in entries:
             if slot == 0:
-                self._record(ReadEvent(forward=step, kind=prefix_kind + "not_resident", group=kind.value, slot=0,
-                                       position=identity[0], detail="in-window position maps to SWA slot 0"))
+                self._record(
+                    ReadEvent(
+                        forward=step,
+                        kind=prefix_kind + "not_resident",
+                        group=kind.value,
+                        slot=0,
+                        position=identity[0],
+                        detail="in-window position maps to SWA slot 0",
+                    )
+                )
             elif identities.get(slot) != identity:
                 held = identities.get(slot)
-                self._record(ReadEvent(forward=step, kind=prefix_kind + "misaddressed", group=kind.value, slot=slot,
-                                       position=identity[0], detail=f"holds position {held[0] if held else None}"))
+                self._record(
+                    ReadEvent(
+                        forward=step,
+                        kind=prefix_kind + "misaddressed",
+                        group=kind.value,
+                        slot=slot,
+                        position=identity[0],
+                        detail=f"holds position {held[0] if held else None}",
+                    )
+                )
             elif slot not in fresh:
                 to_compare.append((slot, identity[0]))
         if to_compare:
             for slot, position in self._tampered(kind, to_compare):
-                self._record(ReadEvent(forward=step, kind=prefix_kind + "tampered", group=kind.value, slot=slot,
-                                       position=position, detail="records or hashed K/V changed since written"))
+                self._record(
+                    ReadEvent(
+                        forward=step,
+                        kind=prefix_kind + "tampered",
+                        group=kind.value,
+                        slot=slot,
+                        position=position,
+                        detail="records or hashed K/V changed since written",
+                    )
+                )
 
     def _tampered(self, kind: PoolGroupKind, entries: list[tuple[int, int]]) -> Iterable[tuple[int, int]]:
         slots = torch.tensor([slot for slot, _ in entries], dtype=torch.int64)

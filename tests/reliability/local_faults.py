@@ -27,8 +27,15 @@ from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import MatchResult
 
 FAULT_KINDS_BY_MODE = {
-    "mha": ("corrupt_kv_bytes", "corrupt_canary", "req_to_token_remap", "evict_radix_node", "double_free",
-            "stale_prefix", "swap_next_token"),
+    "mha": (
+        "corrupt_kv_bytes",
+        "corrupt_canary",
+        "req_to_token_remap",
+        "evict_radix_node",
+        "double_free",
+        "stale_prefix",
+        "swap_next_token",
+    ),
 }
 FAULT_KINDS_BY_MODE["swa"] = FAULT_KINDS_BY_MODE["dsv4"] = (*FAULT_KINDS_BY_MODE["mha"], "remap_swa_slot")
 KV_BYTE_SLOTS = ("used", "cached_unused", "post_forward")
@@ -75,7 +82,7 @@ def _next_reads(engine: Engine) -> list[_Read]:
     for req in engine.scheduler.running:
         if req.kv_len == 0:
             continue
-        full_slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, :req.kv_len].tolist()
+        full_slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, : req.kv_len].tolist()
         for group in _groups(engine):
             first = 0 if group is PoolGroupKind.FULL else max(0, req.kv_len - window)
             for position in range(first, req.kv_len):
@@ -138,8 +145,12 @@ def _corrupt_kv_bytes(engine: Engine, rng: random.Random, target: str | None) ->
     word = rng.randrange(real_kv.hashed_words)
     bit = rng.randrange(64)
     real_kv.layer_words[layer][slot, word] ^= 1 << bit if bit < 63 else -(1 << 63)
-    return PendingFault(kind="corrupt_kv_bytes", target=target, step=engine.forward_count + 1,
-                        detail=f"{group_kind.value} {half.value} slot {slot} layer {layer} word {word} bit {bit}")
+    return PendingFault(
+        kind="corrupt_kv_bytes",
+        target=target,
+        step=engine.forward_count + 1,
+        detail=f"{group_kind.value} {half.value} slot {slot} layer {layer} word {word} bit {bit}",
+    )
 
 
 def _corrupt_canary(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
@@ -156,9 +167,12 @@ def _corrupt_canary(engine: Engine, rng: random.Random, target: str | None) -> P
     word = rng.choice(words)
     bit = rng.randrange(63)
     group.records(phase, half)[read.slot, word] ^= 1 << bit
-    return PendingFault(kind="corrupt_canary", target="used", step=engine.forward_count + 1,
-                        detail=f"{phase.value}_{half.value}_{read.group.value} slot {read.slot} "
-                               f"{word.name.lower()} bit {bit}")
+    return PendingFault(
+        kind="corrupt_canary",
+        target="used",
+        step=engine.forward_count + 1,
+        detail=f"{phase.value}_{half.value}_{read.group.value} slot {read.slot} {word.name.lower()} bit {bit}",
+    )
 
 
 def _req_to_token_remap(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
@@ -168,14 +182,21 @@ def _req_to_token_remap(engine: Engine, rng: random.Random, target: str | None) 
     read = rng.choice(reads)
     req, mapping = read.req, _mapping(engine)
     row = engine.req_to_token_pool.req_to_token[req.req_pool_idx]
-    others = [position for position in range(req.kv_len) if position != read.position
-              and (PoolGroupKind.FULL in _groups(engine) or int(mapping[int(row[position])]))]
+    others = [
+        position
+        for position in range(req.kv_len)
+        if position != read.position and (PoolGroupKind.FULL in _groups(engine) or int(mapping[int(row[position])]))
+    ]
     if not others:
         return None
     other = rng.choice(others)
     row[read.position] = row[other]
-    return PendingFault(kind="req_to_token_remap", target="running", step=engine.forward_count + 1,
-                        detail=f"request {req.rid} position {read.position} -> slot of position {other}")
+    return PendingFault(
+        kind="req_to_token_remap",
+        target="running",
+        step=engine.forward_count + 1,
+        detail=f"request {req.rid} position {read.position} -> slot of position {other}",
+    )
 
 
 def _evict_radix_node(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
@@ -185,8 +206,12 @@ def _evict_radix_node(engine: Engine, rng: random.Random, target: str | None) ->
     deepest = max(_depth(node) for node in locked_leaves)
     node = rng.choice([node for node in locked_leaves if _depth(node) == deepest])
     engine.radix_cache.evict_node(node, force=True)
-    return PendingFault(kind="evict_radix_node", target="deepest_locked", step=engine.forward_count + 1,
-                        detail=f"node {node.id} ({len(node.key)} tokens, lock_ref {node.lock_ref})")
+    return PendingFault(
+        kind="evict_radix_node",
+        target="deepest_locked",
+        step=engine.forward_count + 1,
+        detail=f"node {node.id} ({len(node.key)} tokens, lock_ref {node.lock_ref})",
+    )
 
 
 def _double_free(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
@@ -198,21 +223,30 @@ def _double_free(engine: Engine, rng: random.Random, target: str | None) -> Pend
         engine.full_allocator.free_slots_unchecked([read.full_slot])
     else:
         engine.swa_allocator.free_slots_unchecked([read.slot])
-    return PendingFault(kind="double_free", target=read.group.value.lower(), step=engine.forward_count + 1,
-                        detail=f"{read.group.value} slot {read.slot} (position {read.position} of {read.req.rid})")
+    return PendingFault(
+        kind="double_free",
+        target=read.group.value.lower(),
+        step=engine.forward_count + 1,
+        detail=f"{read.group.value} slot {read.slot} (position {read.position} of {read.req.rid})",
+    )
 
 
 def _remap_swa_slot(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
     reads = [read for read in _next_reads(engine) if read.group is PoolGroupKind.SWA]
-    live = sorted({read.slot for read in reads} | {slot for group, slot in _cached_unused(engine)
-                                                   if group is PoolGroupKind.SWA})
+    live = sorted(
+        {read.slot for read in reads} | {slot for group, slot in _cached_unused(engine) if group is PoolGroupKind.SWA}
+    )
     if not reads or len(live) < 2:
         return None
     read = rng.choice(reads)
     other = rng.choice([slot for slot in live if slot != read.slot])
     _mapping(engine)[read.full_slot] = other
-    return PendingFault(kind="remap_swa_slot", target="in_window", step=engine.forward_count + 1,
-                        detail=f"full slot {read.full_slot} (position {read.position}): SWA {read.slot} -> {other}")
+    return PendingFault(
+        kind="remap_swa_slot",
+        target="in_window",
+        step=engine.forward_count + 1,
+        detail=f"full slot {read.full_slot} (position {read.position}): SWA {read.slot} -> {other}",
+    )
 
 
 def _stale_prefix(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:

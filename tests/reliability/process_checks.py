@@ -25,8 +25,11 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Only zombies left (their parent will reap them) is as good as gone.
-    return any(process_alive(int(entry.name)) for entry in Path("/proc").iterdir()
-               if entry.name.isdigit() and _pgid_of(int(entry.name)) == pgid)
+    return any(
+        process_alive(int(entry.name))
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _pgid_of(int(entry.name)) == pgid
+    )
 
 
 def port_listening(port: int, host: str = "127.0.0.1") -> bool:
@@ -52,8 +55,10 @@ def assert_gone(pid: int | None, port: int | None, *, timeout_s: float = 10.0) -
     assert pid is not None and port is not None
     deadline = time.monotonic() + timeout_s
     while process_alive(pid) or group_alive(pid) or port_listening(port):
-        assert time.monotonic() < deadline, (f"pid {pid} alive: {process_alive(pid)}, its group: {group_alive(pid)}, "
-                                             f"port {port} listening: {port_listening(port)}")
+        assert time.monotonic() < deadline, (
+            f"pid {pid} alive: {process_alive(pid)}, its group: {group_alive(pid)}, "
+            f"port {port} listening: {port_listening(port)}"
+        )
         time.sleep(0.05)
     assert port_bindable(port), f"port {port} is still bound"
 

@@ -38,14 +38,56 @@ def _table(rows: list[tuple]) -> str:
 
 
 def summarize(cases: list[dict]) -> str:
-    clean_rows = [("mode", "cases", "forwards", "reads judged", "violations", "misreads", "requests", "aborts",
-                   "flushes", "evictions")]
+    clean_rows = [
+        (
+            "mode",
+            "cases",
+            "forwards",
+            "reads judged",
+            "violations",
+            "misreads",
+            "requests",
+            "aborts",
+            "flushes",
+            "evictions",
+        )
+    ]
     for mode in sorted({case["mode"] for case in cases}):
         clean = [case for case in cases if case["mode"] == mode and case["machine"] == "clean"]
-        clean_rows.append((mode, len(clean), *(sum(case.get(key, 0) for case in clean) for key in (
-            "forwards", "reads_checked", "violations", "misreads", "submitted", "aborted", "flushed", "evictions"))))
-    fault_rows = [("mode", "fault source", "cases", "injected", "read after injection", "detected in bound",
-                   "missed", "latency median", "latency p99", "latency worst", "engine broke after")]
+        clean_rows.append(
+            (
+                mode,
+                len(clean),
+                *(
+                    sum(case.get(key, 0) for case in clean)
+                    for key in (
+                        "forwards",
+                        "reads_checked",
+                        "violations",
+                        "misreads",
+                        "submitted",
+                        "aborted",
+                        "flushed",
+                        "evictions",
+                    )
+                ),
+            )
+        )
+    fault_rows = [
+        (
+            "mode",
+            "fault source",
+            "cases",
+            "injected",
+            "read after injection",
+            "detected in bound",
+            "missed",
+            "latency median",
+            "latency p99",
+            "latency worst",
+            "engine broke after",
+        )
+    ]
     groups = collections.defaultdict(list)
     for case in cases:
         if case["machine"] != "clean":
@@ -56,10 +98,21 @@ def summarize(cases: list[dict]) -> str:
         detected = [case for case in read if case.get("detected_in_bound")]
         latencies = sorted(case["latency"] for case in detected)
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else "-"
-        fault_rows.append((mode, machine, len(group), len(injected), len(read), len(detected),
-                           len(read) - len(detected), statistics.median(latencies) if latencies else "-", p99,
-                           latencies[-1] if latencies else "-",
-                           sum(1 for case in injected if case.get("engine_error"))))
+        fault_rows.append(
+            (
+                mode,
+                machine,
+                len(group),
+                len(injected),
+                len(read),
+                len(detected),
+                len(read) - len(detected),
+                statistics.median(latencies) if latencies else "-",
+                p99,
+                latencies[-1] if latencies else "-",
+                sum(1 for case in injected if case.get("engine_error")),
+            )
+        )
     kind_rows = [("mode", "kind", "injected", "read", "detected in bound", "latency worst", "engine broke after")]
     kinds = collections.defaultdict(list)
     for case in cases:
@@ -68,9 +121,17 @@ def summarize(cases: list[dict]) -> str:
     for (mode, kind), group in sorted(kinds.items()):
         read = [case for case in group if case.get("first_misread") is not None]
         detected = [case for case in read if case.get("detected_in_bound")]
-        kind_rows.append((mode, kind, len(group), len(read), len(detected),
-                          max((case["latency"] for case in detected), default="-"),
-                          sum(1 for case in group if case.get("engine_error"))))
+        kind_rows.append(
+            (
+                mode,
+                kind,
+                len(group),
+                len(read),
+                len(detected),
+                max((case["latency"] for case in detected), default="-"),
+                sum(1 for case in group if case.get("engine_error")),
+            )
+        )
     return "\n\n".join(_table(rows) for rows in (clean_rows, fault_rows, kind_rows))
 
 

@@ -28,14 +28,16 @@ PROMPT = list(range(1, 41))
 
 def canary_engine(**canary: object) -> Engine:
     settings = dict(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, stats_interval=0, health_check_interval=0)
-    return Engine(EngineConfig(model_mode="mha", max_total_tokens=512, strict_allocator=True),
-                  canary_config=CanaryConfig(**{**settings, **canary}))
+    return Engine(
+        EngineConfig(model_mode="mha", max_total_tokens=512, strict_allocator=True),
+        canary_config=CanaryConfig(**{**settings, **canary}),
+    )
 
 
 def corrupt_prompt_kv(engine: Engine) -> None:
     """Damage the K bytes of every prompt position of the running request: each forward re-reads them."""
     (req,) = engine.scheduler.running
-    slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, :len(PROMPT)].long()
+    slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, : len(PROMPT)].long()
     engine.token_to_kv_pool.k_buffer[0][slots] += 1.0
 
 
@@ -85,8 +87,9 @@ def test_a_ring_that_overflows_while_the_reporter_is_behind_counts_every_violati
     assert len(engine.canary.violations) == 16 and stats["ring_rows_dropped"] == total - 16
     overflow = [message for message in caplog.messages if "ring_overflow" in message]
     assert overflow and f"dropped_rows={total - 16}" in overflow[0] and "KV_CANARY_RING_CAPACITY" in overflow[0]
-    stats_lines = [CanaryStatsLog.parse(message) for message in caplog.messages
-                   if message.startswith("kv_canary_stats")]
+    stats_lines = [
+        CanaryStatsLog.parse(message) for message in caplog.messages if message.startswith("kv_canary_stats")
+    ]
     assert stats_lines[-1].violations == total  # the stats line counts the dropped rows too
 
 
@@ -145,8 +148,9 @@ def test_in_raise_mode_a_violation_does_not_silence_the_stats_line_or_the_health
             engine.canary.flush()
     forwards = engine.forward_count
     assert raised == forwards - 2
-    stats_steps = [CanaryStatsLog.parse(message).step for message in caplog.messages
-                   if message.startswith("kv_canary_stats")]
+    stats_steps = [
+        CanaryStatsLog.parse(message).step for message in caplog.messages if message.startswith("kv_canary_stats")
+    ]
     assert stats_steps == list(range(1, forwards + 1))
     checker = next(observer for observer in engine.canary.observers if isinstance(observer, HealthChecker))
     assert checker.checks_passed == forwards - 1  # every check point but the first (the baseline)

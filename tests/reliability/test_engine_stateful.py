@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from tests.reliability.engine_machine import CleanEngineMachine, FaultEngineMachine, InjectorEngineMachine
 
-
 MACHINES = {"Clean": CleanEngineMachine, "Fault": FaultEngineMachine, "Injector": InjectorEngineMachine}
 MODES = {"Mha": "mha", "Swa": "swa", "Dsv4": "dsv4"}
 

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kv_canary import CanaryConfig, CanaryMode
 from harness.runner import ServerProcess
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
+from kv_canary import CanaryConfig, CanaryMode
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector, build_fault_router
@@ -33,8 +33,10 @@ VOCAB = 1024
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    engine = Engine(EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512, max_context_len=256),
-                    canary_config=CanaryConfig(mode=CanaryMode.LOG))
+    engine = Engine(
+        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512, max_context_len=256),
+        canary_config=CanaryConfig(mode=CanaryMode.LOG),
+    )
     with TestClient(create_app(EngineWorker(engine)), raise_server_exceptions=False) as test_client:
         yield test_client
 
@@ -64,8 +66,11 @@ RAW_BODIES = {
     "huge token": (b'{"input_ids": [100000000000000000000000000000]}', 400, "outside the vocabulary"),
     "empty prompt": (b'{"input_ids": []}', 400, "empty"),
     "zero max_new_tokens": (b'{"input_ids": [1], "sampling_params": {"max_new_tokens": 0}}', 400, ">= 1"),
-    "absurd max_new_tokens": (b'{"input_ids": [1], "sampling_params": {"max_new_tokens": 1000000000000000000000}}',
-                              400, "max_context_len"),
+    "absurd max_new_tokens": (
+        b'{"input_ids": [1], "sampling_params": {"max_new_tokens": 1000000000000000000000}}',
+        400,
+        "max_context_len",
+    ),
     "oversized prompt": (json.dumps({"input_ids": [5] * 1_000_000}).encode(), 400, "max_context_len"),
 }
 
@@ -89,18 +94,26 @@ def test_wrong_methods_and_unknown_paths_are_4xx(client):
     still_serving(client)
 
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                | st.text(max_size=10))
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+JSON_SCALARS = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10)
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 TOKENS = st.integers(-3, VOCAB + 3) | st.sampled_from([2**31, 2**63, -(2**63), 10**30])
 # Always with max_new_tokens: left out it defaults to 128, and valid bodies would make the fuzz slow.
 NEAR_VALID = st.fixed_dictionaries(
-    {"input_ids": st.lists(TOKENS, max_size=40) | JSON_VALUES,
-     "sampling_params": st.fixed_dictionaries(
-         {"max_new_tokens": st.integers(-2, 4) | st.sampled_from([10**6, 2**63, -(2**63)]) | JSON_SCALARS},
-         optional={"temperature": JSON_SCALARS})},
-    optional={"stream": JSON_SCALARS, "rid": JSON_VALUES})
+    {
+        "input_ids": st.lists(TOKENS, max_size=40) | JSON_VALUES,
+        "sampling_params": st.fixed_dictionaries(
+            {"max_new_tokens": st.integers(-2, 4) | st.sampled_from([10**6, 2**63, -(2**63)]) | JSON_SCALARS},
+            optional={"temperature": JSON_SCALARS},
+        ),
+    },
+    optional={"stream": JSON_SCALARS, "rid": JSON_VALUES},
+)
 
 
 @settings(max_examples=settings.default.max_examples * FUZZ_SCALE)
@@ -113,9 +126,11 @@ def test_random_generate_bodies_get_2xx_or_4xx_never_5xx(client, body):
 
 
 @settings(max_examples=settings.default.max_examples * FUZZ_SCALE // 5)
-@given(path=st.sampled_from(["/flush_cache", "/kv_canary/violations", "/kv_canary/stats", "/get_server_info",
-                             "/health"]), method=st.sampled_from(["GET", "POST", "PUT"]),
-       body=st.binary(max_size=64) | JSON_VALUES.map(lambda value: json.dumps(value).encode()))
+@given(
+    path=st.sampled_from(["/flush_cache", "/kv_canary/violations", "/kv_canary/stats", "/get_server_info", "/health"]),
+    method=st.sampled_from(["GET", "POST", "PUT"]),
+    body=st.binary(max_size=64) | JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+)
 def test_random_calls_to_the_other_endpoints_get_2xx_or_4xx_never_5xx(client, path, method, body):
     answer = client.request(method, path, content=body, headers={"content-type": "application/json"})
     assert answer.status_code < 500, answer.text[:300]
@@ -125,24 +140,66 @@ def test_random_calls_to_the_other_endpoints_get_2xx_or_4xx_never_5xx(client, pa
 def fault_client() -> Iterator[TestClient]:
     """A server with the fault router, as ``serve`` mounts it. Nothing here runs a forward, so the
     faults it accepts are scheduled but never applied."""
-    engine = Engine(EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
-                    canary_config=CanaryConfig(mode=CanaryMode.LOG))
+    engine = Engine(
+        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
+        canary_config=CanaryConfig(mode=CanaryMode.LOG),
+    )
     router = build_fault_router(FaultInjector.install(engine))
     app = create_app(EngineWorker(engine), extra_routers=[router])
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
-FAULT_BODIES = st.fixed_dictionaries({"kind": st.sampled_from(
-    ["none", "corrupt_kv_bytes", "corrupt_canary", "req_to_token_remap", "evict_radix_node", "double_free",
-     "remap_swa_slot", "stale_prefix", "swap_next_token", "flip_all_bits", ""]) | JSON_SCALARS}, optional={
-    "at_step": st.integers(-2, 50) | JSON_SCALARS, "after_warmup_steps": st.integers(-2, 50) | JSON_SCALARS,
-    "probability": st.floats(-1, 2) | JSON_SCALARS, "seed": st.integers() | JSON_SCALARS,
-    "count": st.integers(-1, 5) | JSON_SCALARS,
-    "target": st.fixed_dictionaries({}, optional={
-        key: st.sampled_from(["full", "swa", "running", "finished", "used", "cached_unused", "post_forward",
-                              "deepest_locked", "any_unlocked", "in_window", "out_of_window"]) | JSON_SCALARS
-        for key in ("group", "request", "slot", "node", "position", "colour")}) | JSON_VALUES})
+FAULT_BODIES = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(
+            [
+                "none",
+                "corrupt_kv_bytes",
+                "corrupt_canary",
+                "req_to_token_remap",
+                "evict_radix_node",
+                "double_free",
+                "remap_swa_slot",
+                "stale_prefix",
+                "swap_next_token",
+                "flip_all_bits",
+                "",
+            ]
+        )
+        | JSON_SCALARS
+    },
+    optional={
+        "at_step": st.integers(-2, 50) | JSON_SCALARS,
+        "after_warmup_steps": st.integers(-2, 50) | JSON_SCALARS,
+        "probability": st.floats(-1, 2) | JSON_SCALARS,
+        "seed": st.integers() | JSON_SCALARS,
+        "count": st.integers(-1, 5) | JSON_SCALARS,
+        "target": st.fixed_dictionaries(
+            {},
+            optional={
+                key: st.sampled_from(
+                    [
+                        "full",
+                        "swa",
+                        "running",
+                        "finished",
+                        "used",
+                        "cached_unused",
+                        "post_forward",
+                        "deepest_locked",
+                        "any_unlocked",
+                        "in_window",
+                        "out_of_window",
+                    ]
+                )
+                | JSON_SCALARS
+                for key in ("group", "request", "slot", "node", "position", "colour")
+            },
+        )
+        | JSON_VALUES,
+    },
+)
 
 
 @settings(max_examples=settings.default.max_examples * FUZZ_SCALE)
@@ -157,8 +214,12 @@ def test_random_inject_bodies_get_2xx_or_4xx_never_5xx(fault_client, body):
 
 
 def test_inject_with_non_finite_numbers_or_garbage_is_4xx(fault_client):
-    for raw in (b'{"kind": "double_free", "probability": NaN, "seed": 1}', b'{"kind": "none", "at_step": Infinity}',
-                b"\x00\x01", b"[" * 50_000):
+    for raw in (
+        b'{"kind": "double_free", "probability": NaN, "seed": 1}',
+        b'{"kind": "none", "at_step": Infinity}',
+        b"\x00\x01",
+        b"[" * 50_000,
+    ):
         answer = fault_client.post("/kv_canary/inject", content=raw, headers={"content-type": "application/json"})
         assert 400 <= answer.status_code < 500, answer.text[:300]
     listed = fault_client.get("/kv_canary/injections")
@@ -177,8 +238,10 @@ def test_after_the_fuzz_the_server_is_healthy(client):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     argv = [*DEFAULT_SERVER_COMMAND, "--model-mode", "mha", "--max-total-tokens", "2048", "--canary-mode", "log"]
-    process = ServerProcess(argv_for_port=lambda port: [*argv, "--port", str(port)],
-                            log_path=tmp_path_factory.mktemp("hostile-http") / "server.log")
+    process = ServerProcess(
+        argv_for_port=lambda port: [*argv, "--port", str(port)],
+        log_path=tmp_path_factory.mktemp("hostile-http") / "server.log",
+    )
     with process:
         yield process
     assert_gone(process.pid, process.port)
@@ -196,8 +259,10 @@ def raw_request(server: ServerProcess, payload: bytes) -> socket.socket:
 
 def generate_payload(max_new_tokens: int, *, declared_length: int | None = None, cut: int | None = None) -> bytes:
     body = json.dumps({"input_ids": [7, 8, 9], "sampling_params": {"max_new_tokens": max_new_tokens}}).encode()
-    head = (f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {declared_length or len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared_length or len(body)}\r\n\r\n"
+    ).encode()
     return head + body[:cut]
 
 
@@ -218,19 +283,25 @@ def test_clients_that_disconnect_mid_request_have_their_requests_aborted(server)
             break
         assert time.monotonic() < deadline, "the engine kept generating for clients that left"
     assert first - before < 1500
-    answer = requests.post(f"{server.base_url}/generate", json={"input_ids": [1, 2], "sampling_params":
-                                                                {"max_new_tokens": 3}}, timeout=30)
+    answer = requests.post(
+        f"{server.base_url}/generate", json={"input_ids": [1, 2], "sampling_params": {"max_new_tokens": 3}}, timeout=30
+    )
     assert answer.status_code == 200 and len(answer.json()["output_ids"]) == 3
     assert "request" in server.log_text() and "aborted" in server.log_text()
 
 
 def test_half_sent_bodies_and_stalled_headers_do_not_block_other_clients(server):
-    stalled = [raw_request(server, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Le"),
-               raw_request(server, generate_payload(4, declared_length=4096, cut=10))]
+    stalled = [
+        raw_request(server, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Le"),
+        raw_request(server, generate_payload(4, declared_length=4096, cut=10)),
+    ]
     try:
         for _ in range(3):
-            answer = requests.post(f"{server.base_url}/generate", json={"input_ids": [3], "sampling_params":
-                                                                        {"max_new_tokens": 2}}, timeout=30)
+            answer = requests.post(
+                f"{server.base_url}/generate",
+                json={"input_ids": [3], "sampling_params": {"max_new_tokens": 2}},
+                timeout=30,
+            )
             assert answer.status_code == 200
     finally:
         for connection in stalled:
@@ -240,14 +311,15 @@ def test_half_sent_bodies_and_stalled_headers_do_not_block_other_clients(server)
 
 def test_a_flood_of_bad_requests_leaves_the_server_healthy(server):
     session = requests.Session()
-    statuses = {session.post(f"{server.base_url}/generate", data=body, timeout=30,
-                             headers={"content-type": "application/json"}).status_code
-                for body, _, _ in list(RAW_BODIES.values()) * 3}
+    statuses = {
+        session.post(
+            f"{server.base_url}/generate", data=body, timeout=30, headers={"content-type": "application/json"}
+        ).status_code
+        for body, _, _ in list(RAW_BODIES.values()) * 3
+    }
     assert statuses and max(statuses) < 500
     assert requests.get(f"{server.base_url}/health", timeout=10).status_code == 200
 
 
 def test_the_server_log_has_no_traceback_after_the_abuse(server):
     assert "Traceback" not in server.log_text(), server.log_tail()
-
-

@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.cli import EXIT_BAD_INPUT, cli
-from harness.scenario.loader import MAX_SCENARIO_BYTES, load_scenario_file, load_scenario_text, load_scenarios
-from harness.scenario.problems import ScenarioValidationError
-from harness.scenario.model import MAX_TOKENS
 from harness.runner.server_command import server_argv
+from harness.scenario.loader import MAX_SCENARIO_BYTES, load_scenario_file, load_scenario_text, load_scenarios
+from harness.scenario.model import MAX_TOKENS
+from harness.scenario.problems import ScenarioValidationError
 from tests.reliability.conftest import FUZZ_SCALE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,9 +53,12 @@ HOSTILE_DOCUMENTS = {
     "control character": (VALID + "\x07", "(document)", "not allowed in YAML"),
     "deeply nested list": ("[" * 5000 + "]" * 5000, "(document)", "nested too deeply"),
     "deeply nested block": ("".join("  " * i + "a:\n" for i in range(1500)), "(document)", "nested too deeply"),
-    "alias bomb": ("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
-                   "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n", "(document)",
-                   "YAML nodes"),
+    "alias bomb": (
+        "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+        "(document)",
+        "YAML nodes",
+    ),
     "recursive alias": ("a: &a [*a]\n", "(document)", "nested too deeply"),
     "python tag": ("!!python/object/apply:os.system ['true']\n", "(document)", "constructor"),
     "two documents": (VALID + "---\n" + VALID, "(document)", "another document"),
@@ -68,23 +71,39 @@ HOSTILE_DOCUMENTS = {
     "bool for int": (with_engine("engine: {page_size: true}"), "engine.page_size", "valid integer"),
     "negative": (with_engine("engine: {page_size: -4}"), "engine.page_size", "greater than or equal to 1"),
     "zero pool": (with_engine("engine: {max_total_tokens: 0}"), "engine.max_total_tokens", "greater than"),
-    "absurd pool": (with_engine("engine: {max_total_tokens: 1000000000000}"), "engine.max_total_tokens",
-                    "less than or equal to"),
+    "absurd pool": (
+        with_engine("engine: {max_total_tokens: 1000000000000}"),
+        "engine.max_total_tokens",
+        "less than or equal to",
+    ),
     "absurd page": (with_engine("engine: {page_size: 1048576}"), "engine.page_size", "less than or equal"),
     "infinite interval": (with_engine("engine: {sweep_interval: .inf}"), "engine.sweep_interval", "valid integer"),
     "not a number": (with_engine("engine: {sweep_interval: .nan}"), "engine.sweep_interval", "valid integer"),
     "huge seed": (with_engine("engine: {seed: 100000000000000000000000000}"), "engine.seed", "less than"),
     "unknown mode": (VALID.replace("[mha]", "[mha, gqa]"), "model_modes[1]", "mha"),
     "unknown fault kind": (VALID + "fault: {kind: flip_everything, at_step: 1}\n", "fault.kind", "corrupt_kv_bytes"),
-    "uncheckable expectation": (VALID.replace("detected: false", "detected: true"), "expect.detected",
-                                "nothing is injected"),
-    "absurd request count": (VALID.replace("max_new_tokens: 4}", "max_new_tokens: 4, count: 10000000000}"),
-                             "workload.requests[0].count", "less than or equal"),
-    "too many requests in all": (VALID.replace("    - {prompt_len: 8, max_new_tokens: 4}\n",
-                                               "    - {prompt_len: 8, max_new_tokens: 4, count: 60000}\n" * 2),
-                                 "workload.requests", "capped at"),
-    "absurd shared prefix": (VALID.replace("  requests:", f"  shared_prefixes: {{p: {MAX_TOKENS + 1}}}\n  requests:"),
-                             "workload.shared_prefixes.p", "less than or equal"),
+    "uncheckable expectation": (
+        VALID.replace("detected: false", "detected: true"),
+        "expect.detected",
+        "nothing is injected",
+    ),
+    "absurd request count": (
+        VALID.replace("max_new_tokens: 4}", "max_new_tokens: 4, count: 10000000000}"),
+        "workload.requests[0].count",
+        "less than or equal",
+    ),
+    "too many requests in all": (
+        VALID.replace(
+            "    - {prompt_len: 8, max_new_tokens: 4}\n", "    - {prompt_len: 8, max_new_tokens: 4, count: 60000}\n" * 2
+        ),
+        "workload.requests",
+        "capped at",
+    ),
+    "absurd shared prefix": (
+        VALID.replace("  requests:", f"  shared_prefixes: {{p: {MAX_TOKENS + 1}}}\n  requests:"),
+        "workload.shared_prefixes.p",
+        "less than or equal",
+    ),
     "non-string key": (VALID + "1: 2\n", "[1]", "Keys should be strings"),
     "unhashable key": ("? [a, b]\n: 1\n", "(document)", "unhashable"),
     "duplicate key": (VALID + "name: again\n", "name", "duplicate key"),
@@ -98,7 +117,8 @@ def test_a_hostile_document_is_a_validation_error_naming_the_key(name):
         load_scenario_text(document, Path("hostile.yaml"))
     problems = raised.value.problems
     assert any(problem.key == key and fragment in problem.message for problem in problems), [
-        problem.format() for problem in problems]
+        problem.format() for problem in problems
+    ]
     assert all(problem.format().startswith("hostile.yaml") for problem in problems)
     if name == "non-string key":
         assert problems[0].line == 10  # the key's own line, not the document's first
@@ -137,7 +157,7 @@ def test_validate_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
     assert result.exit_code == EXIT_BAD_INPUT, result.output
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
-    assert f"problem(s); nothing was run." in result.output
+    assert "problem(s); nothing was run." in result.output
     for name in HOSTILE_DOCUMENTS:
         assert str(tmp_path / (name.replace(" ", "-") + ".yaml")) in result.output, name
 
@@ -147,26 +167,95 @@ def test_the_installed_command_exits_2_on_hostile_files(tmp_path):
     (tmp_path / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
     (tmp_path / "nul.yaml").write_text("name: \x00\n")
     (tmp_path / "absurd.yaml").write_text(with_engine("engine: {max_total_tokens: 99999999999}"))
-    done = subprocess.run([sys.executable, "-m", "harness", "validate", str(tmp_path)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "validate", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == EXIT_BAD_INPUT, done.stderr
     assert "Traceback" not in done.stderr and "3 problem(s)" in done.stderr
 
 
 # -- fuzz -----------------------------------------------------------------------------------------------
 
-HOSTILE_SCALARS = st.sampled_from([None, True, False, 0, -1, 1, 2**31, 2**63, 2**70, -(2**70), 0.5, 1e308, -1e-9,
-                                   math.inf, -math.inf, math.nan, "", " ", "x" * 300, "HEAD_*|", "*", ">=", "==-1",
-                                   "mha", "none", "kind", "\u202e", "0x10", "1e3", "~", "null", [], {}])
-SCENARIO_WORDS = st.sampled_from(["name", "description", "model_modes", "engine", "workload", "fault", "expect",
-                                  "page_size", "max_total_tokens", "swa_window", "sweep_interval", "real_kv",
-                                  "requests", "prompt_len", "max_new_tokens", "count", "shared_prefix",
-                                  "shared_prefixes", "kind", "at_step", "target", "detected", "within_steps",
-                                  "violations", "launch_tag", "fail_reason", "swa_divergence", "seed"])
-YAML_VALUES = st.recursive(HOSTILE_SCALARS | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(SCENARIO_WORDS | st.text(max_size=8), inner, max_size=5),
-                           max_leaves=30)
+HOSTILE_SCALARS = st.sampled_from(
+    [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1,
+        2**31,
+        2**63,
+        2**70,
+        -(2**70),
+        0.5,
+        1e308,
+        -1e-9,
+        math.inf,
+        -math.inf,
+        math.nan,
+        "",
+        " ",
+        "x" * 300,
+        "HEAD_*|",
+        "*",
+        ">=",
+        "==-1",
+        "mha",
+        "none",
+        "kind",
+        "\u202e",
+        "0x10",
+        "1e3",
+        "~",
+        "null",
+        [],
+        {},
+    ]
+)
+SCENARIO_WORDS = st.sampled_from(
+    [
+        "name",
+        "description",
+        "model_modes",
+        "engine",
+        "workload",
+        "fault",
+        "expect",
+        "page_size",
+        "max_total_tokens",
+        "swa_window",
+        "sweep_interval",
+        "real_kv",
+        "requests",
+        "prompt_len",
+        "max_new_tokens",
+        "count",
+        "shared_prefix",
+        "shared_prefixes",
+        "kind",
+        "at_step",
+        "target",
+        "detected",
+        "within_steps",
+        "violations",
+        "launch_tag",
+        "fail_reason",
+        "swa_divergence",
+        "seed",
+    ]
+)
+YAML_VALUES = st.recursive(
+    HOSTILE_SCALARS | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(SCENARIO_WORDS | st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
 
 
 def loads_or_rejects(text: str) -> None:
@@ -178,8 +267,14 @@ def loads_or_rejects(text: str) -> None:
         return
     scenario = loaded.scenario
     for mode in scenario.model_modes:
-        argv = server_argv(server_command=("serve",), engine=scenario.engine, mode=mode, port=1, device="cpu",
-                           swa_divergence_interval=None)
+        argv = server_argv(
+            server_command=("serve",),
+            engine=scenario.engine,
+            mode=mode,
+            port=1,
+            device="cpu",
+            swa_divergence_interval=None,
+        )
         assert all(isinstance(arg, str) for arg in argv)
 
 
@@ -236,14 +331,24 @@ def test_mutations_of_library_scenarios_are_loaded_or_rejected_never_raised(docu
 
 
 @settings(max_examples=settings.default.max_examples * FUZZ_SCALE)
-@given(st.sampled_from(LIBRARY), st.lists(st.tuples(st.integers(0, 4000), st.sampled_from(
-    list(":-[]{}&*!|>%@`'\"#,?\t\n ") + ["\x00", "\ufeff", "\u2028", "  ", "\n- ", ": &a", " *a", "!!str "])),
-    min_size=1, max_size=6))
+@given(
+    st.sampled_from(LIBRARY),
+    st.lists(
+        st.tuples(
+            st.integers(0, 4000),
+            st.sampled_from(
+                list(":-[]{}&*!|>%@`'\"#,?\t\n ") + ["\x00", "\ufeff", "\u2028", "  ", "\n- ", ": &a", " *a", "!!str "]
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
 def test_byte_edits_of_library_files_are_loaded_or_rejected_never_raised(path, edits):
     text = path.read_text()
     for offset, insert in edits:
         offset = min(offset, len(text))
-        text = text[:offset] + insert + text[offset + (len(insert) == 1):]
+        text = text[:offset] + insert + text[offset + (len(insert) == 1) :]
     loads_or_rejects(text)
 
 

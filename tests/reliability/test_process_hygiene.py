@@ -43,9 +43,14 @@ expect:
 def start_run(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     scenario = tmp_path / "long-baseline.yaml"
     scenario.write_text(LONG_SCENARIO)
-    return subprocess.Popen([sys.executable, "-m", "harness", "run", str(scenario), "--report", str(tmp_path / "run"),
-                             *extra], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(scenario), "--report", str(tmp_path / "run"), *extra],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wait_for_server(tmp_path: Path, run: subprocess.Popen, *, generating: bool = True) -> tuple[int, int]:
@@ -72,10 +77,14 @@ def _forwards(port: int) -> int:
         return 0
 
 
-@pytest.mark.parametrize(("signum", "exit_status"), [
-    (signal.SIGINT, 130),
-    pytest.param(signal.SIGTERM, 128 + signal.SIGTERM, marks=pytest.mark.slow),
-    pytest.param(signal.SIGHUP, 128 + signal.SIGHUP, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("signum", "exit_status"),
+    [
+        (signal.SIGINT, 130),
+        pytest.param(signal.SIGTERM, 128 + signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(signal.SIGHUP, 128 + signal.SIGHUP, marks=pytest.mark.slow),
+    ],
+)
 def test_a_signal_to_kv_canary_run_mid_scenario_stops_its_server(tmp_path, signum, exit_status):
     run = start_run(tmp_path)
     pid, port = wait_for_server(tmp_path, run)
@@ -108,9 +117,11 @@ def test_a_server_killed_mid_scenario_is_reported_with_its_log_tail(tmp_path):
 
 
 def test_a_real_server_that_fails_at_start_up_is_reported_with_its_log_tail(tmp_path):
-    server = ServerProcess(argv_for_port=lambda port: [*DEFAULT_SERVER_COMMAND, "--port", str(port),
-                                                       "--page-size", "0"],
-                           log_path=tmp_path / "bad.log", startup_timeout_s=120)
+    server = ServerProcess(
+        argv_for_port=lambda port: [*DEFAULT_SERVER_COMMAND, "--port", str(port), "--page-size", "0"],
+        log_path=tmp_path / "bad.log",
+        startup_timeout_s=120,
+    )
     with pytest.raises(ServerStartError) as raised:
         server.start()
     assert "server exited before it was ready" in str(raised.value)
@@ -120,8 +131,12 @@ def test_a_real_server_that_fails_at_start_up_is_reported_with_its_log_tail(tmp_
 
 def test_a_server_that_hangs_at_start_up_is_killed_with_its_log_tail(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SERVER_BEHAVIOUR", "never_ready,ignore_sigterm")
-    server = ServerProcess(argv_for_port=lambda port: [*FAKE_SERVER, *_fake_flags(port)],
-                           log_path=tmp_path / "hang.log", startup_timeout_s=1, stop_timeout_s=0.5)
+    server = ServerProcess(
+        argv_for_port=lambda port: [*FAKE_SERVER, *_fake_flags(port)],
+        log_path=tmp_path / "hang.log",
+        startup_timeout_s=1,
+        stop_timeout_s=0.5,
+    )
     with pytest.raises(ServerStartError) as raised:
         server.start()
     assert "never printed" in str(raised.value) and "fake server pid=" in str(raised.value)
@@ -131,7 +146,8 @@ def test_a_server_that_hangs_at_start_up_is_killed_with_its_log_tail(tmp_path, m
 def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
     """A worker killed mid-test skips every fixture teardown; the parent-death signal must still fire."""
     record = tmp_path / "server.txt"
-    (tmp_path / "test_dies.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "test_dies.py").write_text(
+        textwrap.dedent(f"""
         import os, signal
 
         def test_dies_with_a_server(kv_canary_server_factory):
@@ -142,15 +158,37 @@ def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
 
         def test_survivor():
             pass
-    """))
+    """)
+    )
     (tmp_path / "conftest.py").write_text("")
     plugin = [] if _plugin_installed() else ["-p", "harness.pytest_plugin"]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-p", "xdist", *plugin, "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path), "--kv-canary-run-dir", str(tmp_path / "runs"), str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "-p",
+            "xdist",
+            *plugin,
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "--kv-canary-run-dir",
+            str(tmp_path / "runs"),
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert "test_dies_with_a_server" in done.stdout and ("crashed" in done.stdout or "node down" in done.stdout), (
-        done.stdout[-3000:])
+        done.stdout[-3000:]
+    )
     pid, port = map(int, record.read_text().split())
     assert_gone(pid, port)
 
@@ -162,6 +200,23 @@ def _plugin_installed() -> bool:
 
 
 def _fake_flags(port: int) -> list[str]:
-    return ["--model-mode", "mha", "--device", "cpu", "--page-size", "1", "--max-total-tokens", "64",
-            "--swa-window", "8", "--sweep-interval", "0", "--real-kv", "none", "--canary-mode", "log",
-            "--port", str(port)]
+    return [
+        "--model-mode",
+        "mha",
+        "--device",
+        "cpu",
+        "--page-size",
+        "1",
+        "--max-total-tokens",
+        "64",
+        "--swa-window",
+        "8",
+        "--sweep-interval",
+        "0",
+        "--real-kv",
+        "none",
+        "--canary-mode",
+        "log",
+        "--port",
+        str(port),
+    ]

@@ -30,9 +30,13 @@ class KvCanaryInstallError(RuntimeError):
     """The model runner is not in a state the canary can be installed into; the message says why."""
 
 
-def install_into_model_runner(model_runner: object, config: CanaryConfig | None = None, *,
-                              tree_cache: object | None = None,
-                              logger: logging.Logger | None = None) -> CanaryManager | None:
+def install_into_model_runner(
+    model_runner: object,
+    config: CanaryConfig | None = None,
+    *,
+    tree_cache: object | None = None,
+    logger: logging.Logger | None = None,
+) -> CanaryManager | None:
     """Guard the runner's KV pool; returns the manager, or None when the canary is off.
 
     ``config`` defaults to ``CanaryConfig.from_env()`` (``KV_CANARY_*`` variables). Pass the
@@ -45,9 +49,14 @@ def install_into_model_runner(model_runner: object, config: CanaryConfig | None 
     pool = _required(model_runner, "token_to_kv_pool")
     req_to_token_pool = _required(model_runner, "req_to_token_pool")
     _require_shared_swa_mapping(pool, getattr(model_runner, "token_to_kv_pool_allocator", None))
-    manager = install_canary(model=_required(model_runner, "model"), kv_pool=pool,
-                             req_to_token_pool=req_to_token_pool, config=config,
-                             swa_window=_swa_window(model_runner, pool), logger=logger)
+    manager = install_canary(
+        model=_required(model_runner, "model"),
+        kv_pool=pool,
+        req_to_token_pool=req_to_token_pool,
+        config=config,
+        swa_window=_swa_window(model_runner, pool),
+        logger=logger,
+    )
     if tree_cache is not None:
         attach_tree_cache(manager, tree_cache)
     return manager
@@ -56,20 +65,25 @@ def install_into_model_runner(model_runner: object, config: CanaryConfig | None 
 def _required(model_runner: object, name: str) -> object:
     value = getattr(model_runner, name, None)
     if value is None:
-        raise KvCanaryInstallError(f"kv_canary: model_runner.{name} is not set; install the canary after "
-                                   "ModelRunner.init_memory_pool has run")
+        raise KvCanaryInstallError(
+            f"kv_canary: model_runner.{name} is not set; install the canary after ModelRunner.init_memory_pool has run"
+        )
     return value
 
 
 def _require_no_captured_graphs(model_runner: object) -> None:
     eager = getattr(model_runner, "eager_runner", None)
-    captured = [name for name in ("decode_cuda_graph_runner", "prefill_cuda_graph_runner")
-                if getattr(model_runner, name, None) not in (None, eager)]
+    captured = [
+        name
+        for name in ("decode_cuda_graph_runner", "prefill_cuda_graph_runner")
+        if getattr(model_runner, name, None) not in (None, eager)
+    ]
     if captured:
         raise KvCanaryInstallError(
             f"kv_canary: the model runner has captured CUDA graphs already ({', '.join(captured)}); graph replays "
             "skip model.forward, so install the canary before ModelRunner.init_cuda_graphs (e.g. at the start "
-            "of Scheduler.init_all_cuda_graphs) or run the server with --disable-cuda-graph")
+            "of Scheduler.init_all_cuda_graphs) or run the server with --disable-cuda-graph"
+        )
 
 
 def _require_shared_swa_mapping(pool: object, allocator: object | None) -> None:
@@ -80,7 +94,8 @@ def _require_shared_swa_mapping(pool: object, allocator: object | None) -> None:
         raise KvCanaryInstallError(
             f"kv_canary: {type(pool).__name__}.full_to_swa_index_mapping is not the tensor "
             f"{type(allocator).__name__} maintains; the canary would translate through a stale map. Install "
-            "after the allocator has registered its mapping with the pool (register_mapping)")
+            "after the allocator has registered its mapping with the pool (register_mapping)"
+        )
 
 
 def _swa_window(model_runner: object, pool: object) -> int | None:

@@ -41,17 +41,23 @@ class SglangTreeCache:
     def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
         tree_core = getattr(self.tree_cache, "tree_core", None)
         if tree_core is None:
-            return walk_radix_cache(self.tree_cache, device=device, unlocked_only=unlocked_only,
-                                    swa_resident_only=swa_resident_only)
+            return walk_radix_cache(
+                self.tree_cache, device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only
+            )
         try:
             root = tree_core.root_node
         except NotImplementedError:
-            return _flat_walk(tree_core, device=device, unlocked_only=unlocked_only,
-                              swa_resident_only=swa_resident_only)
+            return _flat_walk(
+                tree_core, device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only
+            )
         components = _component_types()
         has_swa = components.SWA in getattr(self.tree_cache, "components", {})
-        return walk_radix_cache(_UnifiedTree(_UnifiedNodeView(root, components, has_swa)), device=device,
-                                unlocked_only=unlocked_only, swa_resident_only=swa_resident_only)
+        return walk_radix_cache(
+            _UnifiedTree(_UnifiedNodeView(root, components, has_swa)),
+            device=device,
+            unlocked_only=unlocked_only,
+            swa_resident_only=swa_resident_only,
+        )
 
 
 def _component_types():
@@ -70,7 +76,7 @@ class _UnifiedTree:
 class _UnifiedNodeView:
     """One ``UnifiedTreeNode`` in the walker's node shape: the FULL component's slots and lock."""
 
-    __slots__ = ("_node", "_components", "_has_swa")
+    __slots__ = ("_components", "_has_swa", "_node")
 
     def __init__(self, node: object, components: type, has_swa: bool) -> None:
         self._node = node
@@ -95,16 +101,20 @@ class _UnifiedNodeView:
 
     @property
     def children(self) -> dict[object, _UnifiedNodeView]:
-        return {key: _UnifiedNodeView(child, self._components, self._has_swa)
-                for key, child in self._node.children.items()}
+        return {
+            key: _UnifiedNodeView(child, self._components, self._has_swa) for key, child in self._node.children.items()
+        }
 
 
-def _flat_walk(tree_core: object, *, device: torch.device, unlocked_only: bool,
-               swa_resident_only: bool) -> RadixWalk:
+def _flat_walk(tree_core: object, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
     walk = tree_core.walk_for_kv_canary(unlocked_only, swa_resident_only)
     slots = walk.slot_indices.to(device=device, dtype=torch.int64)
     prev_slots = walk.prev_slot_indices.to(device=device, dtype=torch.int64)
     # The tree core marks a sequence's first token with -1; the canary's plans use 0.
     prev_slots = torch.where(prev_slots < 0, PREV_SEQUENCE_START, prev_slots)
-    return RadixWalk(slots=slots, positions=walk.positions.to(device=device, dtype=torch.int64),
-                     prev_slots=prev_slots, tokens=torch.full_like(slots, TOKEN_UNKNOWN))
+    return RadixWalk(
+        slots=slots,
+        positions=walk.positions.to(device=device, dtype=torch.int64),
+        prev_slots=prev_slots,
+        tokens=torch.full_like(slots, TOKEN_UNKNOWN),
+    )

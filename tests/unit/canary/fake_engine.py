@@ -15,15 +15,20 @@ from kv_canary import CanaryConfig, CanaryManager, install_canary
 
 
 class MHATokenToKVPool:  # named like SGLang's pool: the canary picks its adapter by class name
-    def __init__(self, *, num_slots: int, device: str | None, num_layers: int = 2, heads: int = 2, head_dim: int = 4) -> None:
+    def __init__(
+        self, *, num_slots: int, device: str | None, num_layers: int = 2, heads: int = 2, head_dim: int = 4
+    ) -> None:
         self.page_size = 1
         self.k_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
         self.v_buffer = [torch.zeros(num_slots, heads, head_dim, device=device) for _ in range(num_layers)]
 
     def get_contiguous_buf_infos(self):
         buffers = self.k_buffer + self.v_buffer
-        return ([b.data_ptr() for b in buffers], [b.nbytes for b in buffers],
-                [b[0].nbytes * self.page_size for b in buffers])
+        return (
+            [b.data_ptr() for b in buffers],
+            [b.nbytes for b in buffers],
+            [b[0].nbytes * self.page_size for b in buffers],
+        )
 
 
 class ReqToTokenPool:
@@ -70,33 +75,43 @@ class Request:
 class FakeEngine:
     """Subclasses with another pool override ``_allocate_slots`` and ``_after_forward``."""
 
-    def __init__(self, config: CanaryConfig, *, device: str | None = None, num_slots: int = 256, rows: int = 16,
-                 max_context: int = 128, model_class: type[TinyModel] = TinyModel, pool: object | None = None,
-                 swa_window: int | None = None) -> None:
+    def __init__(
+        self,
+        config: CanaryConfig,
+        *,
+        device: str | None = None,
+        num_slots: int = 256,
+        rows: int = 16,
+        max_context: int = 128,
+        model_class: type[TinyModel] = TinyModel,
+        pool: object | None = None,
+        swa_window: int | None = None,
+    ) -> None:
         self.device = device  # None: torch's default device, which the GPU tests set to CUDA
         self.pool = MHATokenToKVPool(num_slots=num_slots, device=device) if pool is None else pool
         self.req_pool = ReqToTokenPool(rows=rows, max_context=max_context, device=device)
         self.model = model_class(self.pool)
         self.free_slots = list(range(1, num_slots))
         self.free_rows = list(range(1, rows))
-        self.canary: CanaryManager | None = install_canary(model=self.model, kv_pool=self.pool,
-                                                            req_to_token_pool=self.req_pool, config=config,
-                                                            swa_window=swa_window)
+        self.canary: CanaryManager | None = install_canary(
+            model=self.model, kv_pool=self.pool, req_to_token_pool=self.req_pool, config=config, swa_window=swa_window
+        )
 
-    def add_request(self, tokens: list[int], *, share_prefix_with: Request | None = None,
-                    shared_len: int = 0) -> Request:
+    def add_request(
+        self, tokens: list[int], *, share_prefix_with: Request | None = None, shared_len: int = 0
+    ) -> Request:
         request = Request(row=self.free_rows.pop(0), tokens=list(tokens))
         if share_prefix_with is not None:
             shared = self.req_pool.req_to_token[share_prefix_with.row, :shared_len]
             self.req_pool.req_to_token[request.row, :shared_len] = shared
             request.cached = shared_len
-        self.req_pool.req_token_ids[request.row, :len(tokens)] = torch.tensor(tokens, device=self.device)
+        self.req_pool.req_token_ids[request.row, : len(tokens)] = torch.tensor(tokens, device=self.device)
         return request
 
     def forward(self, requests: list[Request], new_tokens: list[list[int]] | None = None) -> None:
         """One forward: each request writes its uncached tokens, after appending ``new_tokens``."""
         for index, request in enumerate(requests):
-            for token in (new_tokens[index] if new_tokens else []):
+            for token in new_tokens[index] if new_tokens else []:
                 self.req_pool.req_token_ids[request.row, len(request.tokens)] = token
                 request.tokens.append(token)
         prefix = [r.cached for r in requests]
@@ -104,20 +119,26 @@ class FakeEngine:
         slots, input_ids, positions = [], [], []
         for request, start, count in zip(requests, prefix, extend):
             new = self._allocate_slots(count)
-            self.req_pool.req_to_token[request.row, start:start + count] = torch.tensor(new, dtype=torch.int32,
-                                                                                        device=self.device)
+            self.req_pool.req_to_token[request.row, start : start + count] = torch.tensor(
+                new, dtype=torch.int32, device=self.device
+            )
             slots += new
-            input_ids += request.tokens[start:start + count]
+            input_ids += request.tokens[start : start + count]
             positions += range(start, start + count)
 
         def on_device(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=self.device)
 
         batch = ForwardBatch(
-            req_pool_indices=on_device([r.row for r in requests]), seq_lens=on_device([len(r.tokens) for r in requests]),
-            extend_prefix_lens=on_device(prefix), extend_seq_lens=on_device(extend),
-            extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=extend, out_cache_loc=on_device(slots),
-            req_to_token_pool=self.req_pool)
+            req_pool_indices=on_device([r.row for r in requests]),
+            seq_lens=on_device([len(r.tokens) for r in requests]),
+            extend_prefix_lens=on_device(prefix),
+            extend_seq_lens=on_device(extend),
+            extend_prefix_lens_cpu=prefix,
+            extend_seq_lens_cpu=extend,
+            out_cache_loc=on_device(slots),
+            req_to_token_pool=self.req_pool,
+        )
         self.model(on_device(input_ids), on_device(positions), batch)
         for request in requests:
             request.cached = len(request.tokens)

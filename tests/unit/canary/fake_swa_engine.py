@@ -56,15 +56,23 @@ class SwaTinyModel(TinyModel):
 class FakeSwaEngine(FakeEngine):
     """``pool`` and ``model_class`` swap in another pool with an SWA sub-pool (a DSv4-style one)."""
 
-    def __init__(self, config: CanaryConfig, *, window: int = 4, num_swa_slots: int = 48, num_slots: int = 256,
-                 pool: object | None = None, model_class: type[TinyModel] = SwaTinyModel, **kwargs) -> None:
+    def __init__(
+        self,
+        config: CanaryConfig,
+        *,
+        window: int = 4,
+        num_swa_slots: int = 48,
+        num_slots: int = 256,
+        pool: object | None = None,
+        model_class: type[TinyModel] = SwaTinyModel,
+        **kwargs,
+    ) -> None:
         self.window = window
         self.free_swa_slots = list(range(1, num_swa_slots))
         self.swa_slots_handed_out = 0
         self._released_upto: dict[int, int] = {}  # request row -> positions whose SWA slots were released
         pool = SWAKVPool(num_full_slots=num_slots, num_swa_slots=num_swa_slots) if pool is None else pool
-        super().__init__(config, num_slots=num_slots, model_class=model_class, swa_window=window, pool=pool,
-                         **kwargs)
+        super().__init__(config, num_slots=num_slots, model_class=model_class, swa_window=window, pool=pool, **kwargs)
 
     @property
     def mapping(self) -> torch.Tensor:

@@ -58,13 +58,21 @@ def test_swa_pools_get_a_full_group_and_an_swa_group_with_both_halves():
     pool = SWAKVPool(num_full_slots=40, num_swa_slots=10)
     full, swa = attach_canary_buffers(pool, config=CONFIG, swa_window=8)
     assert (full.kind, full.num_slots, full.window, full.full_to_swa_index_mapping) == (
-        PoolGroupKind.FULL, 40, None, None)
+        PoolGroupKind.FULL,
+        40,
+        None,
+        None,
+    )
     assert (swa.kind, swa.num_slots, swa.window) == (PoolGroupKind.SWA, 10, 8)
     assert swa.full_to_swa_index_mapping is pool.full_to_swa_index_mapping  # shared, not copied
     assert set(full.halves) == set(swa.halves) == {KvHalf.K, KvHalf.V}
     assert swa.halves[KvHalf.V].real_kv.layer_words[1].data_ptr() == pool.swa_kv_pool.v_buffer[1].data_ptr()
     assert [tag.name for tag in swa.launch_tags((Phase.HEAD, Phase.SWEEP))] == [
-        "HEAD_K_SWA", "HEAD_V_SWA", "SWEEP_K_SWA", "SWEEP_V_SWA"]
+        "HEAD_K_SWA",
+        "HEAD_V_SWA",
+        "SWEEP_K_SWA",
+        "SWEEP_V_SWA",
+    ]
 
 
 def test_dsv4_pools_guard_the_swa_k_half_only():
@@ -74,14 +82,16 @@ def test_dsv4_pools_guard_the_swa_k_half_only():
     assert set(group.halves) == {KvHalf.K}
     assert group.full_to_swa_index_mapping is pool.full_to_swa_index_mapping
     assert [tag.name for tag in group.launch_tags((Phase.HEAD, Phase.TAIL, Phase.SWEEP))] == [
-        "HEAD_K_SWA", "TAIL_K_SWA", "SWEEP_K_SWA"]
+        "HEAD_K_SWA",
+        "TAIL_K_SWA",
+        "SWEEP_K_SWA",
+    ]
 
 
 def test_swa_buffer_infos_report_each_groups_canary_records():
     pool = SWAKVPool(num_full_slots=40, num_swa_slots=10)
     full, swa = attach_canary_buffers(pool, config=CONFIG, swa_window=8)
-    for infos, group, num_layers in ((pool.get_contiguous_buf_infos(), full, 1),
-                                     (pool.get_state_buf_infos(), swa, 2)):
+    for infos, group, num_layers in ((pool.get_contiguous_buf_infos(), full, 1), (pool.get_state_buf_infos(), swa, 2)):
         pointers, lengths, item_lengths = infos
         records = record_buffers(group)
         assert len(pointers) == 2 * num_layers + 4  # the pool's K and V layers, then HEAD/TAIL per half
@@ -100,8 +110,9 @@ def test_dsv4_state_buffer_infos_report_the_k_records_per_page():
 
 
 def test_pools_are_matched_along_their_mro():
-    groups = attach_canary_buffers(EngineSpecificSWAPool(num_full_slots=8, num_swa_slots=4), config=CONFIG,
-                                   swa_window=2)
+    groups = attach_canary_buffers(
+        EngineSpecificSWAPool(num_full_slots=8, num_swa_slots=4), config=CONFIG, swa_window=2
+    )
     assert [group.kind for group in groups] == [PoolGroupKind.FULL, PoolGroupKind.SWA]
 
 
@@ -114,18 +125,32 @@ def test_an_unsupported_pool_is_an_error_naming_its_type_and_the_way_out():
     assert "register_pool_adapter" in message
 
 
-@pytest.mark.parametrize("pool", [SWAKVPool(num_full_slots=8, num_swa_slots=4), DeepSeekV4TokenToKVPool()],
-                         ids=["swa", "dsv4"])
+@pytest.mark.parametrize(
+    "pool", [SWAKVPool(num_full_slots=8, num_swa_slots=4), DeepSeekV4TokenToKVPool()], ids=["swa", "dsv4"]
+)
 def test_sliding_window_pools_need_the_window(pool):
     with pytest.raises(ValueError, match=f"{type(pool).__name__} has a sliding-window sub-pool.*swa_window"):
         attach_canary_buffers(pool, config=CONFIG, swa_window=None)
 
 
 def test_a_dsv4_install_guards_the_window_end_to_end():
-    config = CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0,
-                          swa_divergence_interval=1, verify_capacity=128, write_capacity=32, max_requests_per_forward=2)
-    engine = FakeSwaEngine(config, window=3, num_swa_slots=12, num_slots=64, model_class=Dsv4TinyModel,
-                           pool=DeepSeekV4TokenToKVPool(num_full_slots=64, num_swa_slots=12))
+    config = CanaryConfig(
+        backend=KernelBackend.TORCH,
+        stats_interval=0,
+        health_check_interval=0,
+        swa_divergence_interval=1,
+        verify_capacity=128,
+        write_capacity=32,
+        max_requests_per_forward=2,
+    )
+    engine = FakeSwaEngine(
+        config,
+        window=3,
+        num_swa_slots=12,
+        num_slots=64,
+        model_class=Dsv4TinyModel,
+        pool=DeepSeekV4TokenToKVPool(num_full_slots=64, num_swa_slots=12),
+    )
     assert [tag.name for tag in engine.canary.active_launch_tags] == ["HEAD_K_SWA", "TAIL_K_SWA"]
     assert engine.canary.observers == [engine.canary.reporter]  # no FULL group: no SWA divergence reporter
     request = engine.add_request([5, 6, 7, 8])
@@ -139,4 +164,5 @@ def test_a_dsv4_install_guards_the_window_end_to_end():
     engine.forward([request], new_tokens=[[99]])
     engine.canary.flush()
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.canary.violations} == {
-        ("TAIL_K_SWA", victim, ("chain_hash",))}
+        ("TAIL_K_SWA", victim, ("chain_hash",))
+    }

@@ -38,10 +38,15 @@ class StaticDecode:
         self.engine, self.request = engine, request
         self.input_ids, self.positions = torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
         self.batch = ForwardBatch(
-            req_pool_indices=torch.tensor([request.row]), seq_lens=torch.zeros(1, dtype=torch.int64),
-            extend_prefix_lens=torch.zeros(1, dtype=torch.int64), extend_seq_lens=torch.ones(1, dtype=torch.int64),
-            extend_prefix_lens_cpu=None, extend_seq_lens_cpu=None,  # as under capture: no host lengths
-            out_cache_loc=torch.zeros(1, dtype=torch.int64), req_to_token_pool=engine.req_pool)
+            req_pool_indices=torch.tensor([request.row]),
+            seq_lens=torch.zeros(1, dtype=torch.int64),
+            extend_prefix_lens=torch.zeros(1, dtype=torch.int64),
+            extend_seq_lens=torch.ones(1, dtype=torch.int64),
+            extend_prefix_lens_cpu=None,
+            extend_seq_lens_cpu=None,  # as under capture: no host lengths
+            out_cache_loc=torch.zeros(1, dtype=torch.int64),
+            req_to_token_pool=engine.req_pool,
+        )
 
     def prepare(self, token: int) -> None:
         engine, request = self.engine, self.request
@@ -68,9 +73,16 @@ class StaticDecode:
 
 
 def test_pre_and_post_ops_with_the_verify_plan_hook_replay_from_a_cuda_graph(caplog):
-    config = CanaryConfig(backend=KernelBackend.TRITON, swa_divergence_interval=1, stats_interval=1,
-                          health_check_interval=1, health_check_warmup=1, verify_capacity=256, write_capacity=16,
-                          max_requests_per_forward=4)
+    config = CanaryConfig(
+        backend=KernelBackend.TRITON,
+        swa_divergence_interval=1,
+        stats_interval=1,
+        health_check_interval=1,
+        health_check_warmup=1,
+        verify_capacity=256,
+        write_capacity=16,
+        max_requests_per_forward=4,
+    )
     engine = FakeSwaEngine(config, window=4, num_swa_slots=12)
     request = engine.add_request([1, 2, 3, 4, 5, 6])
     engine.forward([request])
@@ -102,7 +114,8 @@ def test_pre_and_post_ops_with_the_verify_plan_hook_replay_from_a_cuda_graph(cap
     decode.finish()
     engine.canary.flush()
     assert ("HEAD_K_SWA", victim, ("position",)) in {
-        (v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.canary.violations}
+        (v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.canary.violations
+    }
 
 
 def test_the_sweep_catches_an_idle_cached_slot_with_triton_kernels_on_cuda():
@@ -113,4 +126,6 @@ def test_the_sweep_catches_an_idle_cached_slot_with_triton_kernels_on_cuda():
     keep_decoding(engine, running, 2)
     engine.canary.flush()
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.canary.violations} == {
-        ("SWEEP_V_FULL", victim, ("token",)), ("SWEEP_V_FULL", engine.slot_of(done, 8), ("chain_hash",))}
+        ("SWEEP_V_FULL", victim, ("token",)),
+        ("SWEEP_V_FULL", engine.slot_of(done, 8), ("chain_hash",)),
+    }

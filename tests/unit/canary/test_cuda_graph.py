@@ -23,10 +23,16 @@ def test_captured_decode_replays_clean_and_catches_a_corrupted_record():
         return torch.zeros(n, dtype=torch.int64, device=device)
 
     input_ids, positions, out_cache_loc, seq_lens = static(2), static(2), static(2), static(2)
-    batch = ForwardBatch(req_pool_indices=torch.tensor([r.row for r in requests], device=device), seq_lens=seq_lens,
-                         extend_prefix_lens=static(2), extend_seq_lens=torch.ones(2, dtype=torch.int64, device=device),
-                         extend_prefix_lens_cpu=None, extend_seq_lens_cpu=None, out_cache_loc=out_cache_loc,
-                         req_to_token_pool=engine.req_pool)
+    batch = ForwardBatch(
+        req_pool_indices=torch.tensor([r.row for r in requests], device=device),
+        seq_lens=seq_lens,
+        extend_prefix_lens=static(2),
+        extend_seq_lens=torch.ones(2, dtype=torch.int64, device=device),
+        extend_prefix_lens_cpu=None,
+        extend_seq_lens_cpu=None,
+        out_cache_loc=out_cache_loc,
+        req_to_token_pool=engine.req_pool,
+    )
 
     def prepare_decode(tokens: list[int]) -> None:
         """Host-side scheduling for one decode step, written into the graph's static inputs."""
@@ -72,5 +78,6 @@ def test_captured_decode_replays_clean_and_catches_a_corrupted_record():
     engine.canary.after_forward_on_host()
     violations = reported(engine)
     assert {(v.launch_tag, v.slot_idx, v.position) for v in violations if "token" in v.fail_reasons} == {
-        ("HEAD_V_FULL", victim, 3)}
+        ("HEAD_V_FULL", victim, 3)
+    }
     assert engine.canary.stats_snapshot()["kernel_runs"]["HEAD_K_FULL"] == runs_before + 1

@@ -12,15 +12,26 @@ from tests.unit.canary.fake_engine import FakeEngine, TinyModel
 
 # Triton runs on CPU in its interpreter, far slower than compiled: kernel parity is tested on CPU
 # (test_kernel_parity), the detection paths with Triton on CUDA, plus one clean run on CPU.
-BACKEND_DEVICES = [pytest.param(KernelBackend.TORCH, device.values[0], id=f"torch-{device.id}", marks=device.marks)
-                   for device in DEVICES] + [
+BACKEND_DEVICES = [
+    pytest.param(KernelBackend.TORCH, device.values[0], id=f"torch-{device.id}", marks=device.marks)
+    for device in DEVICES
+] + [
     pytest.param(KernelBackend.TRITON, device.values[0], id=f"triton-{device.id}", marks=device.marks)
-    for device in DEVICES if device.id == "cuda"]
+    for device in DEVICES
+    if device.id == "cuda"
+]
 
 
 def make_engine(backend: KernelBackend, device: str = "cpu", **overrides) -> FakeEngine:
-    config = CanaryConfig(backend=backend, stats_interval=0, health_check_interval=0, verify_capacity=512,
-                          write_capacity=256, max_requests_per_forward=8, **overrides)
+    config = CanaryConfig(
+        backend=backend,
+        stats_interval=0,
+        health_check_interval=0,
+        verify_capacity=512,
+        write_capacity=256,
+        max_requests_per_forward=8,
+        **overrides,
+    )
     return FakeEngine(config, device=device)
 
 
@@ -40,8 +51,9 @@ def reported(engine: FakeEngine):
     return engine.canary.violations
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES + [
-    pytest.param(KernelBackend.TRITON, "cpu", id="triton-interpreted-cpu")])
+@pytest.mark.parametrize(
+    "backend,device", BACKEND_DEVICES + [pytest.param(KernelBackend.TRITON, "cpu", id="triton-interpreted-cpu")]
+)
 def test_clean_traffic_with_prefix_sharing_has_no_violations(backend, device):
     engine = make_engine(backend, device)
     serve_shared_prefix_traffic(engine, decode_steps=6)
@@ -61,7 +73,9 @@ def test_overwritten_head_record_is_caught_before_the_forward(backend, device):
     engine.forward([first, second], new_tokens=[[1], [2]])
     # The record itself fails on position; its successor's chain hash covered that position.
     assert {(v.launch_tag, v.position, v.fail_reasons) for v in reported(engine)} == {
-        ("HEAD_K_FULL", 7, ("position",)), ("HEAD_K_FULL", 8, ("chain_hash",))}
+        ("HEAD_K_FULL", 7, ("position",)),
+        ("HEAD_K_FULL", 8, ("chain_hash",)),
+    }
     assert [v.slot_idx for v in reported(engine) if v.position == 7] == [slot]
 
 
@@ -100,7 +114,8 @@ def test_changed_real_kv_byte_is_caught_by_the_tail_hash(backend, device):
     engine.forward([second], new_tokens=[[4]])
     violations = reported(engine)
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in violations} == {
-        ("TAIL_V_FULL", slot, ("real_kv_hash",))}
+        ("TAIL_V_FULL", slot, ("real_kv_hash",))
+    }
 
 
 def test_bytes_past_the_partial_prefix_need_hash_mode_all():
@@ -129,8 +144,9 @@ def test_raise_mode_raises_with_the_violation_lines():
     engine.forward([first], new_tokens=[[1]])  # detected here, reported one step later
     with pytest.raises(KvCanaryViolationError) as raised:
         engine.forward([first], new_tokens=[[2]])
-    assert raised.value.lines and all(line.startswith("kv_canary violation: launch_tag=TAIL_K_FULL")
-                                      for line in raised.value.lines)
+    assert raised.value.lines and all(
+        line.startswith("kv_canary violation: launch_tag=TAIL_K_FULL") for line in raised.value.lines
+    )
 
 
 def test_ring_overflow_keeps_the_count_and_says_rows_were_dropped(caplog):
@@ -171,8 +187,10 @@ class ModelCallingItsOwnForward(TinyModel):
 
 
 def test_nested_forward_calls_run_the_canary_once():
-    engine = FakeEngine(CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0),
-                        model_class=ModelCallingItsOwnForward)
+    engine = FakeEngine(
+        CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0),
+        model_class=ModelCallingItsOwnForward,
+    )
     engine.forward([engine.add_request([1, 2, 3])])
     assert engine.model.calls == 2
     assert engine.canary.forward_count == 1
@@ -203,4 +221,6 @@ def test_a_fresh_zeroed_slot_never_passes_for_position_zero():
     engine.forward([first], new_tokens=[[7]])
     # The zeroed record fails, and so does its successor, whose prev_hash chained from it.
     assert [(v.launch_tag, v.position, v.fail_reasons) for v in reported(engine)] == [
-        ("HEAD_V_FULL", 0, ("chain_hash", "token")), ("HEAD_V_FULL", 1, ("chain_hash",))]
+        ("HEAD_V_FULL", 0, ("chain_hash", "token")),
+        ("HEAD_V_FULL", 1, ("chain_hash",)),
+    ]

@@ -15,9 +15,16 @@ from tests.unit.canary.fake_radix import FakeRadixCache
 
 
 def make_engine(**overrides) -> FakeEngine:
-    settings = {"backend": KernelBackend.TORCH, "stats_interval": 0, "health_check_interval": 2,
-                "health_check_warmup": 2, "verify_capacity": 256, "write_capacity": 64,
-                "max_requests_per_forward": 4, **overrides}
+    settings = {
+        "backend": KernelBackend.TORCH,
+        "stats_interval": 0,
+        "health_check_interval": 2,
+        "health_check_warmup": 2,
+        "verify_capacity": 256,
+        "write_capacity": 64,
+        "max_requests_per_forward": 4,
+        **overrides,
+    }
     return FakeEngine(CanaryConfig(**settings))
 
 

@@ -20,8 +20,10 @@ from kv_canary.real_kv import RealKvSource
 from tests.unit.canary.devices import DEVICES
 
 NUM_SLOTS = 160
-BACKENDS = {"torch": (write_reference.write_canaries, verify_reference.verify_canaries),
-            "triton": (write_triton.write_canaries, verify_triton.verify_canaries)}
+BACKENDS = {
+    "torch": (write_reference.write_canaries, verify_reference.verify_canaries),
+    "triton": (write_triton.write_canaries, verify_triton.verify_canaries),
+}
 
 
 def sorted_rows(state: CanaryDeviceState) -> list[tuple[int, ...]]:
@@ -63,7 +65,9 @@ def random_runs(rng: random.Random, free: list[int], preds: dict[int, tuple[int,
     return runs
 
 
-def make_real_kv(mode: RealKvHashMode, rng: random.Random, device: str) -> tuple[list[torch.Tensor], RealKvSource | None]:
+def make_real_kv(
+    mode: RealKvHashMode, rng: random.Random, device: str
+) -> tuple[list[torch.Tensor], RealKvSource | None]:
     generator = torch.Generator().manual_seed(rng.randrange(1 << 30))
     layers = [torch.randn(NUM_SLOTS, 3, 8, generator=generator, dtype=torch.float16).to(device) for _ in range(2)]
     return layers, RealKvSource.from_layer_buffers(layers, mode)
@@ -90,9 +94,16 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
         plan = on_device(plan, device)
         longest = max(len(run["slots"]) for run in runs)
         for name, (write, _) in BACKENDS.items():
-            write(records=records[name], plan=plan, launch_tag=LaunchTag.TAIL_V_SWA, state=states[name],
-                  real_kv=real_kv, assert_inputs=True, num_entries=sum(len(r["slots"]) for r in runs),
-                  max_entries_per_request=longest)
+            write(
+                records=records[name],
+                plan=plan,
+                launch_tag=LaunchTag.TAIL_V_SWA,
+                state=states[name],
+                real_kv=real_kv,
+                assert_inputs=True,
+                num_entries=sum(len(r["slots"]) for r in runs),
+                max_entries_per_request=longest,
+            )
     assert torch.equal(records["torch"], records["triton"])
     assert sorted_rows(states["torch"]) == sorted_rows(states["triton"])
     assert int(states["torch"].ring.write_index) == int(states["triton"].ring.write_index)
@@ -130,14 +141,22 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
     verify_states = {}
     for name, (_, verify) in BACKENDS.items():
         verify_states[name] = CanaryDeviceState.allocate(ring_capacity=512, device=device)
-        verify(records=corrupted, plan=plan, launch_tag=LaunchTag.SWEEP_K_FULL, state=verify_states[name],
-               real_kv=real_kv, check_tokens=seed % 3 != 0, num_entries=len(written))
+        verify(
+            records=corrupted,
+            plan=plan,
+            launch_tag=LaunchTag.SWEEP_K_FULL,
+            state=verify_states[name],
+            real_kv=real_kv,
+            check_tokens=seed % 3 != 0,
+            num_entries=len(written),
+        )
     reference, triton_state = verify_states["torch"], verify_states["triton"]
     assert sorted_rows(reference) == sorted_rows(triton_state)
     assert torch.equal(reference.kernel_run_counters, triton_state.kernel_run_counters)
     assert torch.equal(reference.slot_run_counters, triton_state.slot_run_counters)
     assert int(reference.slot_run_counters[LaunchTag.SWEEP_K_FULL]) == int(
-        (plan.expected_positions[:int(plan.num_valid)] != PADDING_POSITION).sum())
+        (plan.expected_positions[: int(plan.num_valid)] != PADDING_POSITION).sum()
+    )
 
 
 def on_device(plan, device: str):
@@ -159,8 +178,15 @@ def test_long_runs_chain_across_triton_blocks(device):
     results = {}
     for name, (write, _) in BACKENDS.items():
         records = torch.zeros(run_length + 1, 4, dtype=torch.int64, device=device)
-        write(records=records, plan=plan, launch_tag=LaunchTag.HEAD_K_FULL,
-              state=CanaryDeviceState.allocate(ring_capacity=8, device=device), real_kv=None, assert_inputs=True,
-              num_entries=run_length, max_entries_per_request=run_length)
+        write(
+            records=records,
+            plan=plan,
+            launch_tag=LaunchTag.HEAD_K_FULL,
+            state=CanaryDeviceState.allocate(ring_capacity=8, device=device),
+            real_kv=None,
+            assert_inputs=True,
+            num_entries=run_length,
+            max_entries_per_request=run_length,
+        )
         results[name] = records
     assert torch.equal(results["torch"], results["triton"])

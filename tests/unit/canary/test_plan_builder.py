@@ -10,8 +10,10 @@ from kv_canary.kernels import plan_reference, plan_triton
 from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN, VerifyPlan, WritePlan
 from tests.unit.canary.devices import DEVICES
 
-BUILDERS = [pytest.param(plan_reference.build_group_plans, id="torch"),
-            pytest.param(plan_triton.build_group_plans, id="triton")]
+BUILDERS = [
+    pytest.param(plan_reference.build_group_plans, id="torch"),
+    pytest.param(plan_triton.build_group_plans, id="triton"),
+]
 
 
 @pytest.fixture(params=BUILDERS)
@@ -32,17 +34,30 @@ def two_request_rows(device: str = "cpu", *, host_hints: bool = True) -> Forward
     token_ids = torch.full((4, 16), -1)
     token_ids[1, :7] = torch.arange(100, 107)
     token_ids[2, :4] = torch.tensor([100, 101, 300, 301])
-    return ForwardRows(req_pool_indices=torch.tensor([1, 2], device=device),
-                       prefix_lens=torch.tensor([5, 3], device=device), extend_lens=torch.tensor([2, 1], device=device),
-                       out_cache_loc=torch.tensor([15, 16, 21], device=device),
-                       input_ids=torch.tensor([105, 106, 301], device=device),
-                       positions=torch.tensor([5, 6, 3], device=device), req_to_token=req_to_token.to(device),
-                       req_token_ids=token_ids.to(device),
-                       prefix_lens_host=(5, 3) if host_hints else None, extend_lens_host=(2, 1) if host_hints else None)
+    return ForwardRows(
+        req_pool_indices=torch.tensor([1, 2], device=device),
+        prefix_lens=torch.tensor([5, 3], device=device),
+        extend_lens=torch.tensor([2, 1], device=device),
+        out_cache_loc=torch.tensor([15, 16, 21], device=device),
+        input_ids=torch.tensor([105, 106, 301], device=device),
+        positions=torch.tensor([5, 6, 3], device=device),
+        req_to_token=req_to_token.to(device),
+        req_token_ids=token_ids.to(device),
+        prefix_lens_host=(5, 3) if host_hints else None,
+        extend_lens_host=(2, 1) if host_hints else None,
+    )
 
 
-def plan_both(build, rows: ForwardRows, device: str, *, verify_capacity: int = 32, write_capacity: int = 8,
-              request_capacity: int = 4, **swa):
+def plan_both(
+    build,
+    rows: ForwardRows,
+    device: str,
+    *,
+    verify_capacity: int = 32,
+    write_capacity: int = 8,
+    request_capacity: int = 4,
+    **swa,
+):
     verify = VerifyPlan.allocate(verify_capacity, device)
     write = WritePlan.allocate(capacity=write_capacity, request_capacity=request_capacity, device=device)
     overflow = torch.zeros(1, dtype=torch.int64, device=device)
@@ -69,8 +84,7 @@ def test_without_host_hints_the_plan_spans_its_capacity_but_only_valid_entries_c
 def test_swa_verify_plan_reads_only_the_window_through_the_mapping(build, device):
     mapping = torch.zeros(32, dtype=torch.int64)
     mapping[[12, 13, 14, 11, 20]] = torch.tensor([3, 4, 5, 6, 7])  # slot 11 resident, 10 slid out
-    (n, _, _), plan, _, _ = plan_both(build, two_request_rows(device), device, window=2,
-                                      full_to_swa=mapping.to(device))
+    (n, _, _), plan, _, _ = plan_both(build, two_request_rows(device), device, window=2, full_to_swa=mapping.to(device))
     assert n == 4
     assert plan.slot_indices[:4].tolist() == [4, 5, 6, 7]  # positions 3,4 of row 1; 1,2 of row 2
     assert plan.prev_slot_indices[:4].tolist() == [3, 4, PREV_UNKNOWN, 6]
@@ -88,8 +102,9 @@ def test_a_window_position_without_an_swa_slot_is_planned_at_the_padding_slot_an
 
 def test_entries_of_requests_on_the_padding_row_are_padding(build, device):
     rows = two_request_rows(device)
-    rows = ForwardRows(**{**{f: getattr(rows, f) for f in rows.__slots__},
-                          "req_pool_indices": torch.tensor([1, 0], device=device)})  # a padded batch entry
+    rows = ForwardRows(
+        **{**{f: getattr(rows, f) for f in rows.__slots__}, "req_pool_indices": torch.tensor([1, 0], device=device)}
+    )  # a padded batch entry
     _, plan, _, _ = plan_both(build, rows, device)
     assert plan.expected_positions[:8].tolist() == [0, 1, 2, 3, 4] + [PADDING_POSITION] * 3
 

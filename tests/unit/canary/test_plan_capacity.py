@@ -11,8 +11,14 @@ from tests.unit.canary.fake_engine import FakeEngine
 
 
 def small_plans_engine() -> FakeEngine:
-    config = CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0, verify_capacity=4,
-                          write_capacity=4, max_requests_per_forward=1)
+    config = CanaryConfig(
+        backend=KernelBackend.TORCH,
+        stats_interval=0,
+        health_check_interval=0,
+        verify_capacity=4,
+        write_capacity=4,
+        max_requests_per_forward=1,
+    )
     return FakeEngine(config)
 
 

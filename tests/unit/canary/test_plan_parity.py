@@ -42,8 +42,9 @@ def maybe_misaligned(values: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return values
 
 
-def random_forward(rng: random.Random, device: str, *, swa: bool, host_hints: bool, token_ids: bool,
-                   batch_size: int) -> Forward:
+def random_forward(
+    rng: random.Random, device: str, *, swa: bool, host_hints: bool, token_ids: bool, batch_size: int
+) -> Forward:
     generator = torch.Generator().manual_seed(rng.randrange(1 << 30))
     req_to_token = torch.randint(1, NUM_SLOTS, (POOL_ROWS, MAX_CONTEXT), generator=generator, dtype=torch.int32)
     req_to_token[0] = 0  # the padding row
@@ -53,8 +54,9 @@ def random_forward(rng: random.Random, device: str, *, swa: bool, host_hints: bo
             requests.append((0, rng.choice([0, 0, 5]), 1))
         else:
             prefix = rng.choice([0, 1, 3, 40, 129, 260])
-            requests.append((rng.randrange(1, POOL_ROWS), prefix, min(rng.choice([1, 1, 2, 9, 50, 140]),
-                                                                       MAX_CONTEXT - prefix)))
+            requests.append(
+                (rng.randrange(1, POOL_ROWS), prefix, min(rng.choice([1, 1, 2, 9, 50, 140]), MAX_CONTEXT - prefix))
+            )
     row_ids, prefix_lens, extend_lens = (list(column) for column in zip(*requests)) if requests else ([], [], [])
     new_tokens = sum(extend_lens)
     positions = [prefix + offset for prefix, extend in zip(prefix_lens, extend_lens) for offset in range(extend)]
@@ -70,27 +72,33 @@ def random_forward(rng: random.Random, device: str, *, swa: bool, host_hints: bo
         req_pool_indices=torch.tensor(row_ids, dtype=torch.int64, device=device),
         prefix_lens=maybe_misaligned(torch.tensor(prefix_lens, dtype=length_dtype, device=device), rng),
         extend_lens=torch.tensor(extend_lens, dtype=length_dtype, device=device),
-        out_cache_loc=maybe_misaligned(torch.randint(0, NUM_SLOTS, (new_tokens,), generator=generator).to(device),
-                                       rng),
+        out_cache_loc=maybe_misaligned(torch.randint(0, NUM_SLOTS, (new_tokens,), generator=generator).to(device), rng),
         input_ids=maybe_misaligned(torch.randint(0, 50_000, (new_tokens,), generator=generator).to(device), rng),
         positions=torch.tensor(positions, dtype=torch.int64, device=device),
         req_to_token=req_to_token.to(device),
-        req_token_ids=(torch.randint(-1, 1000, (POOL_ROWS, MAX_CONTEXT), generator=generator).to(device)
-                       if token_ids else None),
+        req_token_ids=(
+            torch.randint(-1, 1000, (POOL_ROWS, MAX_CONTEXT), generator=generator).to(device) if token_ids else None
+        ),
         prefix_lens_host=tuple(prefix_lens) if host_hints else None,
         extend_lens_host=tuple(extend_lens) if host_hints else None,
-        max_extend_len=1 if extend_lens and max(extend_lens) == 1 else None)
+        max_extend_len=1 if extend_lens and max(extend_lens) == 1 else None,
+    )
     reads = sum(prefix if window is None else min(prefix, window) for prefix in prefix_lens)
-    return Forward(rows=rows, window=window, full_to_swa=mapping,
-                   verify_capacity=max(1, rng.choice([reads + rng.randrange(50), reads // 2, 700])),
-                   write_capacity=max(1, rng.choice([new_tokens + rng.randrange(10), new_tokens // 2, 300])),
-                   request_capacity=max(1, rng.choice([batch_size + 1, batch_size - 2])))
+    return Forward(
+        rows=rows,
+        window=window,
+        full_to_swa=mapping,
+        verify_capacity=max(1, rng.choice([reads + rng.randrange(50), reads // 2, 700])),
+        write_capacity=max(1, rng.choice([new_tokens + rng.randrange(10), new_tokens // 2, 300])),
+        request_capacity=max(1, rng.choice([batch_size + 1, batch_size - 2])),
+    )
 
 
 def allocate_plans(forward: Forward, device: str) -> tuple[VerifyPlan, WritePlan, torch.Tensor]:
     verify = VerifyPlan.allocate(forward.verify_capacity, device)
-    write = WritePlan.allocate(capacity=forward.write_capacity, request_capacity=forward.request_capacity,
-                               device=device)
+    write = WritePlan.allocate(
+        capacity=forward.write_capacity, request_capacity=forward.request_capacity, device=device
+    )
     for plan in (verify, write):
         for name in plan.__slots__:
             getattr(plan, name).fill_(SENTINEL)
@@ -122,8 +130,14 @@ def build_with_both(forwards: list[Forward], device: str) -> None:
         results = {}
         for name, build in BUILDERS.items():
             verify, write, overflow = plans[name]
-            hints = build(verify_plan=verify, write_plan=write, rows=forward.rows, plan_overflow=overflow,
-                          window=forward.window, full_to_swa=forward.full_to_swa)
+            hints = build(
+                verify_plan=verify,
+                write_plan=write,
+                rows=forward.rows,
+                plan_overflow=overflow,
+                window=forward.window,
+                full_to_swa=forward.full_to_swa,
+            )
             results[name] = (hints, verify, write, overflow)
         assert_same_plans(results["torch"], results["triton"], forward.rows.num_new_tokens)
 
@@ -134,12 +148,20 @@ def build_with_both(forwards: list[Forward], device: str) -> None:
 @pytest.mark.parametrize("swa", [False, True], ids=["full", "swa"])
 def test_random_forwards_plan_byte_for_byte(swa, host_hints, seed, device):
     rng = random.Random(seed * 4 + 2 * swa + host_hints)
-    first = random_forward(rng, device, swa=swa, host_hints=host_hints, token_ids=seed % 2 == 0,
-                           batch_size=rng.randint(1, 6))
-    later = [dataclasses.replace(random_forward(rng, device, swa=swa, host_hints=host_hints,
-                                                token_ids=rng.random() < 0.5, batch_size=rng.randint(0, 6)),
-                                 verify_capacity=first.verify_capacity, write_capacity=first.write_capacity,
-                                 request_capacity=first.request_capacity) for _ in range(2)]
+    first = random_forward(
+        rng, device, swa=swa, host_hints=host_hints, token_ids=seed % 2 == 0, batch_size=rng.randint(1, 6)
+    )
+    later = [
+        dataclasses.replace(
+            random_forward(
+                rng, device, swa=swa, host_hints=host_hints, token_ids=rng.random() < 0.5, batch_size=rng.randint(0, 6)
+            ),
+            verify_capacity=first.verify_capacity,
+            write_capacity=first.write_capacity,
+            request_capacity=first.request_capacity,
+        )
+        for _ in range(2)
+    ]
     build_with_both([first, *later], device)
 
 
@@ -152,12 +174,22 @@ def test_long_runs_spread_over_few_programs_loop_over_their_blocks(programs, dev
     for swa in (False, True):
         forward = random_forward(rng, device, swa=swa, host_hints=False, token_ids=True, batch_size=1)
         long_rows = dataclasses.replace(
-            forward.rows, req_pool_indices=torch.tensor([3], device=device),
-            prefix_lens=torch.tensor([270], device=device), extend_lens=torch.tensor([140], device=device),
+            forward.rows,
+            req_pool_indices=torch.tensor([3], device=device),
+            prefix_lens=torch.tensor([270], device=device),
+            extend_lens=torch.tensor([140], device=device),
             out_cache_loc=torch.randint(1, NUM_SLOTS, (140,), device=device),
-            input_ids=torch.randint(0, 50_000, (140,), device=device), positions=torch.arange(270, 410, device=device))
-        build_with_both([dataclasses.replace(forward, rows=long_rows, window=300 if swa else None,
-                                             verify_capacity=700, write_capacity=300)], device)
+            input_ids=torch.randint(0, 50_000, (140,), device=device),
+            positions=torch.arange(270, 410, device=device),
+        )
+        build_with_both(
+            [
+                dataclasses.replace(
+                    forward, rows=long_rows, window=300 if swa else None, verify_capacity=700, write_capacity=300
+                )
+            ],
+            device,
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,8 +200,10 @@ def test_empty_batch_sets_empty_plans(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_requests_past_the_request_capacity_are_dropped_and_counted(device):
-    forward = dataclasses.replace(random_forward(random.Random(2), device, swa=False, host_hints=False,
-                                                 token_ids=True, batch_size=6), request_capacity=2)
+    forward = dataclasses.replace(
+        random_forward(random.Random(2), device, swa=False, host_hints=False, token_ids=True, batch_size=6),
+        request_capacity=2,
+    )
     build_with_both([forward], device)
 
 
@@ -180,13 +214,22 @@ def test_captured_builder_replays_later_forwards_like_the_reference():
     rng = random.Random(7)
     forward = dataclasses.replace(
         random_forward(rng, "cuda", swa=True, host_hints=False, token_ids=True, batch_size=4),
-        verify_capacity=700, write_capacity=300, request_capacity=4)
+        verify_capacity=700,
+        write_capacity=300,
+        request_capacity=4,
+    )
     rows = forward.rows
     verify, write, overflow = allocate_plans(forward, "cuda")
 
     def build() -> None:
-        plan_triton.build_group_plans(verify_plan=verify, write_plan=write, rows=rows, plan_overflow=overflow,
-                                      window=forward.window, full_to_swa=forward.full_to_swa)
+        plan_triton.build_group_plans(
+            verify_plan=verify,
+            write_plan=write,
+            rows=rows,
+            plan_overflow=overflow,
+            window=forward.window,
+            full_to_swa=forward.full_to_swa,
+        )
 
     build()  # compiles outside the capture
     torch.cuda.synchronize()
@@ -203,7 +246,15 @@ def test_captured_builder_replays_later_forwards_like_the_reference():
         reference_verify, reference_write, reference_overflow = allocate_plans(forward, "cuda")
         reference_overflow.copy_(overflow_before)
         reference_hints = plan_reference.build_group_plans(
-            verify_plan=reference_verify, write_plan=reference_write, rows=rows, plan_overflow=reference_overflow,
-            window=forward.window, full_to_swa=forward.full_to_swa)
-        assert_same_plans((reference_hints, reference_verify, reference_write, reference_overflow),
-                          (reference_hints, verify, write, overflow), rows.num_new_tokens)
+            verify_plan=reference_verify,
+            write_plan=reference_write,
+            rows=rows,
+            plan_overflow=reference_overflow,
+            window=forward.window,
+            full_to_swa=forward.full_to_swa,
+        )
+        assert_same_plans(
+            (reference_hints, reference_verify, reference_write, reference_overflow),
+            (reference_hints, verify, write, overflow),
+            rows.num_new_tokens,
+        )

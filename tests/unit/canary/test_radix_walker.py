@@ -41,14 +41,23 @@ def test_a_chain_gives_depth_positions_and_each_tokens_predecessor():
     node = cache.add(None, [5, 6], [3, 9])
     cache.add(node, [7], [4])
     assert entries(walk_radix_cache(cache, device="cpu")) == [
-        (3, 0, PREV_SEQUENCE_START, 5), (9, 1, 3, 6), (4, 2, 9, 7)]
+        (3, 0, PREV_SEQUENCE_START, 5),
+        (9, 1, 3, 6),
+        (4, 2, 9, 7),
+    ]
 
 
 def test_branches_chain_from_the_last_slot_of_their_parent():
     walked = entries(walk_radix_cache(branching_cache(), device="cpu"))
     assert sorted(walked) == [
-        (10, 0, PREV_SEQUENCE_START, 1), (11, 1, 10, 2), (12, 2, 11, 3),
-        (20, 3, 12, 4), (21, 4, 20, 5), (30, 5, 21, 6), (40, 3, 12, 7)]
+        (10, 0, PREV_SEQUENCE_START, 1),
+        (11, 1, 10, 2),
+        (12, 2, 11, 3),
+        (20, 3, 12, 4),
+        (21, 4, 20, 5),
+        (30, 5, 21, 6),
+        (40, 3, 12, 7),
+    ]
 
 
 def test_unlocked_only_skips_held_nodes_but_keeps_positions_below_them_exact():
@@ -93,8 +102,9 @@ def test_a_value_that_does_not_match_its_key_is_a_clear_error():
 
 
 def swa_group(mapping: torch.Tensor) -> CanaryBufferGroup:
-    return CanaryBufferGroup(kind=PoolGroupKind.SWA, num_slots=8, halves={}, full_to_swa_index_mapping=mapping,
-                             window=4)
+    return CanaryBufferGroup(
+        kind=PoolGroupKind.SWA, num_slots=8, halves={}, full_to_swa_index_mapping=mapping, window=4
+    )
 
 
 def test_full_sweep_plan_expects_the_radix_tokens_at_their_depths():

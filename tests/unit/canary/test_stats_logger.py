@@ -19,8 +19,15 @@ def log_text(caplog):
 
 
 def make_engine(**overrides) -> FakeEngine:
-    settings = {"backend": KernelBackend.TORCH, "stats_interval": 3, "health_check_interval": 0,
-                "verify_capacity": 256, "write_capacity": 64, "max_requests_per_forward": 4, **overrides}
+    settings = {
+        "backend": KernelBackend.TORCH,
+        "stats_interval": 3,
+        "health_check_interval": 0,
+        "verify_capacity": 256,
+        "write_capacity": 64,
+        "max_requests_per_forward": 4,
+        **overrides,
+    }
     return FakeEngine(CanaryConfig(**settings))
 
 

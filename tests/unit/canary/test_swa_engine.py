@@ -12,8 +12,15 @@ WINDOW = 4
 
 
 def make_engine(backend: KernelBackend = KernelBackend.TORCH, **overrides) -> FakeSwaEngine:
-    settings = {"backend": backend, "stats_interval": 0, "health_check_interval": 0, "verify_capacity": 256,
-                "write_capacity": 64, "max_requests_per_forward": 4, **overrides}
+    settings = {
+        "backend": backend,
+        "stats_interval": 0,
+        "health_check_interval": 0,
+        "verify_capacity": 256,
+        "write_capacity": 64,
+        "max_requests_per_forward": 4,
+        **overrides,
+    }
     return FakeSwaEngine(CanaryConfig(**settings), window=WINDOW, num_swa_slots=24)
 
 
@@ -50,7 +57,9 @@ def test_a_corrupted_swa_record_in_the_window_is_caught_under_swa_tags():
     engine.forward([first, second], new_tokens=[[90], [91]])
     # The record fails on its token; its successor's chain hash covered that token.
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in reported(engine)} == {
-        ("HEAD_V_SWA", victim, ("token",)), ("HEAD_V_SWA", successor, ("chain_hash",))}
+        ("HEAD_V_SWA", victim, ("token",)),
+        ("HEAD_V_SWA", successor, ("chain_hash",)),
+    }
 
 
 def test_changed_swa_kv_bytes_in_the_window_are_caught_by_the_swa_tail_hash():
@@ -60,7 +69,8 @@ def test_changed_swa_kv_bytes_in_the_window_are_caught_by_the_swa_tail_hash():
     engine.pool.swa_kv_pool.k_buffer[1][victim].view(-1)[0] -= 2.0
     engine.forward([first, second], new_tokens=[[90], [91]])
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in reported(engine)} == {
-        ("TAIL_K_SWA", victim, ("real_kv_hash",))}
+        ("TAIL_K_SWA", victim, ("real_kv_hash",))
+    }
 
 
 def test_an_in_window_mapping_pointed_at_another_swa_slot_is_caught():
@@ -99,4 +109,5 @@ def test_the_sweep_verifies_the_swa_rows_of_an_idle_cached_prefix():
     engine.canary.group(PoolGroupKind.SWA).records(Phase.TAIL, KvHalf.K)[victim, RecordWord.POSITION] = 999
     engine.forward([running], new_tokens=[[61]])
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in reported(engine)} == {
-        ("SWEEP_K_SWA", victim, ("position",))}
+        ("SWEEP_K_SWA", victim, ("position",))
+    }

@@ -15,8 +15,16 @@ from tests.unit.canary.fake_radix import FakeRadixCache
 
 
 def make_engine(backend: KernelBackend = KernelBackend.TORCH, **overrides) -> FakeEngine:
-    settings = {"backend": backend, "sweep_interval": 2, "stats_interval": 0, "health_check_interval": 0,
-                "verify_capacity": 256, "write_capacity": 64, "max_requests_per_forward": 4, **overrides}
+    settings = {
+        "backend": backend,
+        "sweep_interval": 2,
+        "stats_interval": 0,
+        "health_check_interval": 0,
+        "verify_capacity": 256,
+        "write_capacity": 64,
+        "max_requests_per_forward": 4,
+        **overrides,
+    }
     return FakeEngine(CanaryConfig(**settings))
 
 
@@ -75,7 +83,8 @@ def test_a_corrupted_record_of_an_idle_cached_prefix_is_caught_by_the_sweep(back
     violations = reported(engine)
     assert {(v.launch_tag, v.slot_idx, v.position, v.fail_reasons) for v in violations} == {
         ("SWEEP_K_FULL", victim, 7, ("position",)),
-        ("SWEEP_K_FULL", engine.slot_of(done, 8), 8, ("chain_hash",))}
+        ("SWEEP_K_FULL", engine.slot_of(done, 8), 8, ("chain_hash",)),
+    }
 
 
 def test_changed_real_kv_bytes_of_an_idle_cached_slot_are_caught_by_the_sweep():
@@ -85,7 +94,8 @@ def test_changed_real_kv_bytes_of_an_idle_cached_slot_are_caught_by_the_sweep():
     engine.pool.v_buffer[0][victim].view(-1)[0] += 1.0
     keep_decoding(engine, running, 2)
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in reported(engine)} == {
-        ("SWEEP_V_FULL", victim, ("real_kv_hash",))}
+        ("SWEEP_V_FULL", victim, ("real_kv_hash",))
+    }
 
 
 def test_a_slot_freed_and_reused_while_cached_is_caught_by_the_sweep():

@@ -27,8 +27,9 @@ class FaultRun:
     injector: FaultInjector
 
     def inject(self, **body: object) -> int:
-        spec = resolve(FaultRequestBody.model_validate(body), self.engine.config,
-                       canary_installed=self.engine.canary is not None)
+        spec = resolve(
+            FaultRequestBody.model_validate(body), self.engine.config, canary_installed=self.engine.canary is not None
+        )
         return self.injector.schedule(spec)
 
     def submit(self, count: int, *, prompt_len: int = 32, max_new_tokens: int = 24, seed: int = 0) -> None:
@@ -60,13 +61,24 @@ class FaultRun:
 
 @pytest.fixture
 def fault_run():
-    def make(mode: str = "mha", *, sweep_interval: int = 4, real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
-             **engine: object) -> FaultRun:
+    def make(
+        mode: str = "mha",
+        *,
+        sweep_interval: int = 4,
+        real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
+        **engine: object,
+    ) -> FaultRun:
         config = EngineConfig(model_mode=mode, swa_window=WINDOW, max_total_tokens=1024, **engine)
-        canary = CanaryConfig(backend=KernelBackend.TORCH, sweep_interval=sweep_interval, stats_interval=0,
-                              real_kv_hash=real_kv_hash,
-                              health_check_interval=0, verify_capacity=4096, write_capacity=1024,
-                              max_requests_per_forward=32)
+        canary = CanaryConfig(
+            backend=KernelBackend.TORCH,
+            sweep_interval=sweep_interval,
+            stats_interval=0,
+            real_kv_hash=real_kv_hash,
+            health_check_interval=0,
+            verify_capacity=4096,
+            write_capacity=1024,
+            max_requests_per_forward=32,
+        )
         engine = Engine(config, canary_config=canary)
         return FaultRun(engine=engine, injector=FaultInjector.install(engine))
 

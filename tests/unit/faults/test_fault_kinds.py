@@ -30,21 +30,25 @@ def reasons_within(violations, first: int, steps: int) -> set[str]:
     return {r for v in violations if first <= v.step <= first + steps for r in v.fail_reasons}
 
 
-@pytest.mark.parametrize(("mode", "kind", "target", "reasons", "tags"), [
-    ("mha", "corrupt_kv_bytes", {"slot": "used"}, REAL_KV, "TAIL_K_FULL"),
-    ("swa", "corrupt_kv_bytes", {"group": "swa", "slot": "used"}, REAL_KV, "TAIL_K_SWA"),
-    ("dsv4", "corrupt_kv_bytes", {"slot": "post_forward"}, REAL_KV, "TAIL_K_SWA"),
-    ("mha", "corrupt_canary", {}, RECORD, "HEAD_K_FULL"),
-    ("swa", "corrupt_canary", {"group": "swa"}, RECORD, "HEAD_K_SWA"),
-    ("mha", "req_to_token_remap", {}, CHAIN, "*_FULL"),
-    ("dsv4", "req_to_token_remap", {"position": "in_window"}, CHAIN, "*_K_SWA"),
-    ("swa", "remap_swa_slot", {}, CHAIN, "*_SWA"),
-    ("mha", "double_free", {}, RECORD | REAL_KV, "*_FULL"),
-    ("dsv4", "double_free", {"group": "swa"}, RECORD | REAL_KV, "*_K_SWA"),
-    ("swa", "swap_next_token", {}, {"write_token"}, "*"),
-])
-def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(fault_run, mode, kind, target, reasons,
-                                                                           tags):
+@pytest.mark.parametrize(
+    ("mode", "kind", "target", "reasons", "tags"),
+    [
+        ("mha", "corrupt_kv_bytes", {"slot": "used"}, REAL_KV, "TAIL_K_FULL"),
+        ("swa", "corrupt_kv_bytes", {"group": "swa", "slot": "used"}, REAL_KV, "TAIL_K_SWA"),
+        ("dsv4", "corrupt_kv_bytes", {"slot": "post_forward"}, REAL_KV, "TAIL_K_SWA"),
+        ("mha", "corrupt_canary", {}, RECORD, "HEAD_K_FULL"),
+        ("swa", "corrupt_canary", {"group": "swa"}, RECORD, "HEAD_K_SWA"),
+        ("mha", "req_to_token_remap", {}, CHAIN, "*_FULL"),
+        ("dsv4", "req_to_token_remap", {"position": "in_window"}, CHAIN, "*_K_SWA"),
+        ("swa", "remap_swa_slot", {}, CHAIN, "*_SWA"),
+        ("mha", "double_free", {}, RECORD | REAL_KV, "*_FULL"),
+        ("dsv4", "double_free", {"group": "swa"}, RECORD | REAL_KV, "*_K_SWA"),
+        ("swa", "swap_next_token", {}, {"write_token"}, "*"),
+    ],
+)
+def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(
+    fault_run, mode, kind, target, reasons, tags
+):
     run = fault_run(mode)
     run.inject(kind=kind, at_step=8, target=target)
     run.submit(4)
@@ -57,10 +61,13 @@ def test_a_fault_on_a_running_request_is_caught_at_the_forward_it_precedes(fault
     assert reasons & reasons_within(violations, 8, 4)
 
 
-@pytest.mark.parametrize(("mode", "target", "tags"), [
-    ("mha", {}, {"HEAD_K_FULL", "HEAD_V_FULL"}),
-    ("dsv4", {"group": "swa"}, {"HEAD_K_SWA"}),
-])
+@pytest.mark.parametrize(
+    ("mode", "target", "tags"),
+    [
+        ("mha", {}, {"HEAD_K_FULL", "HEAD_V_FULL"}),
+        ("dsv4", {"group": "swa"}, {"HEAD_K_SWA"}),
+    ],
+)
 def test_a_slot_freed_and_reused_within_one_forward_fails_that_forwards_head_verify(fault_run, mode, target, tags):
     # The freed slot goes to a new token of the very forward that reads it as a prefix: the HEAD
     # write lands before the HEAD verify, so no real-KV hash is needed to see it at once.
@@ -153,14 +160,17 @@ class DrawsWord(random.Random):
         return 1
 
 
-@pytest.mark.parametrize(("word", "reason"), [(RecordWord.TOKEN, "token"), (RecordWord.POSITION, "position"),
-                                              (RecordWord.PREV_HASH, "chain_hash")])
+@pytest.mark.parametrize(
+    ("word", "reason"),
+    [(RecordWord.TOKEN, "token"), (RecordWord.POSITION, "position"), (RecordWord.PREV_HASH, "chain_hash")],
+)
 def test_each_corrupted_record_word_fails_its_own_check(fault_run, word, reason):
     run = fault_run("mha")
     run.submit(2)
     run.steps(4)
-    target = resolve(FaultRequestBody(kind="corrupt_canary", at_step=1), run.engine.config,
-                     canary_installed=True).target
+    target = resolve(
+        FaultRequestBody(kind="corrupt_canary", at_step=1), run.engine.config, canary_installed=True
+    ).target
     detail = corrupt_canary(FaultContext(engine=run.engine, target=target, rng=DrawsWord(word), step=5))
     assert f"bit 1 of the {word.name.lower()} word" in detail
     run.steps(1)

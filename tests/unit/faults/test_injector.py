@@ -34,8 +34,10 @@ def test_a_fault_that_never_finds_a_target_is_reported_no_target_with_the_reason
     run.until_idle()
     (entry,) = run.entries
     assert (entry.status, entry.step) == ("no_target", None)
-    assert entry.detail == (f"no valid target right before forwards 3..{2 + NO_TARGET_RETRY_FORWARDS}: the radix "
-                            "cache holds no node that no running request locks")
+    assert entry.detail == (
+        f"no valid target right before forwards 3..{2 + NO_TARGET_RETRY_FORWARDS}: the radix "
+        "cache holds no node that no running request locks"
+    )
     lines = FaultLogLine.find_all(caplog.text)
     assert [(line.fault_id, line.status) for line in lines] == [(fault_id, "scheduled"), (fault_id, "no_target")]
     assert lines[-1].detail == entry.detail
@@ -85,9 +87,11 @@ def test_kind_none_applies_nothing_at_the_next_forward(fault_run):
 def test_the_log_line_round_trips_and_stays_on_one_line():
     line = FaultLogLine(fault_id=3, kind="double_free", status="applied", step=24, detail="freed\nslot 7  twice")
     text = f"2026-01-01 INFO mock_models.faults: {line.format()}"
-    assert line.format() == ("kv_canary_fault fault_id=3 kind=double_free status=applied step=24 "
-                             "detail=freed slot 7 twice")
-    assert FaultLogLine.parse(text) == FaultLogLine(fault_id=3, kind="double_free", status="applied", step=24,
-                                                    detail="freed slot 7 twice")
+    assert line.format() == (
+        "kv_canary_fault fault_id=3 kind=double_free status=applied step=24 detail=freed slot 7 twice"
+    )
+    assert FaultLogLine.parse(text) == FaultLogLine(
+        fault_id=3, kind="double_free", status="applied", step=24, detail="freed slot 7 twice"
+    )
     scheduled = FaultLogLine(fault_id=1, kind="none", status="scheduled", step=None, detail="")
     assert FaultLogLine.parse(scheduled.format()) == scheduled

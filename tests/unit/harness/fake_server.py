@@ -38,8 +38,13 @@ def parse_args() -> argparse.Namespace:
         parser.add_argument(flag, type=int, required=True)
     parser.add_argument("--real-kv", required=True, choices=["none", "partial", "all"])
     parser.add_argument("--canary-mode", required=True, choices=["log", "raise"])
-    for flag in ("--max-running-requests", "--chunked-prefill-size", "--seed", "--stats-interval",
-                 "--swa-divergence-interval"):
+    for flag in (
+        "--max-running-requests",
+        "--chunked-prefill-size",
+        "--seed",
+        "--stats-interval",
+        "--swa-divergence-interval",
+    ):
         parser.add_argument(flag, type=int)
     return parser.parse_args()
 
@@ -79,16 +84,22 @@ class Engine:
             self.violation(step, self.pending_violations.pop(step))
         interval = self.args.swa_divergence_interval
         if interval and step % interval == 0:
-            self.log('kv_canary_swa_divergence={"forward_ct":%d,"verify_full":%d,"verify_swa":%d,'
-                     '"swa_full_idx_divergence":2,"swa_out_of_window_tokens":3}' % (step, 10 * step, 4 * step))
+            self.log(
+                'kv_canary_swa_divergence={"forward_ct":%d,"verify_full":%d,"verify_swa":%d,'
+                '"swa_full_idx_divergence":2,"swa_out_of_window_tokens":3}' % (step, 10 * step, 4 * step)
+            )
         if self.args.stats_interval and step % self.args.stats_interval == 0:
-            self.log(f"kv_canary_stats step={step} protected_tokens={step * 8} sweep_passes=0 "
-                     f"violations={len(self.violation_lines)} launch_tags_active=4/4")
+            self.log(
+                f"kv_canary_stats step={step} protected_tokens={step * 8} sweep_passes=0 "
+                f"violations={len(self.violation_lines)} launch_tags_active=4/4"
+            )
 
     def violation(self, step: int, slot: int) -> None:
         group = "FULL" if self.args.model_mode == "mha" else "SWA"
-        line = (f"kv_canary violation: launch_tag=HEAD_K_{group} fail_reason=chain_hash+position "
-                f"slot_idx={slot} position=40 stored_token=9 expected_token=11 step={step}")
+        line = (
+            f"kv_canary violation: launch_tag=HEAD_K_{group} fail_reason=chain_hash+position "
+            f"slot_idx={slot} position=40 stored_token=9 expected_token=11 step={step}"
+        )
         self.violation_lines.append(line)
         self.log(line)
 
@@ -106,21 +117,33 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self.answer({})
             elif self.path == "/get_server_info":
-                self.answer({"forward_count": engine.forward_count, "vocab_size": 100, "max_context_len": 64,
-                             "model_mode": engine.args.model_mode})
+                self.answer(
+                    {
+                        "forward_count": engine.forward_count,
+                        "vocab_size": 100,
+                        "max_context_len": 64,
+                        "model_mode": engine.args.model_mode,
+                    }
+                )
             elif self.path == "/kv_canary/injections":
-                self.answer({"injections": [{key: fault[key] for key in ("fault_id", "kind", "status", "step", "detail")}
-                                            for fault in engine.faults]})
+                self.answer(
+                    {
+                        "injections": [
+                            {key: fault[key] for key in ("fault_id", "kind", "status", "step", "detail")}
+                            for fault in engine.faults
+                        ]
+                    }
+                )
             elif self.path == "/kv_canary/violations":
                 self.answer({"count": len(engine.violation_lines), "lines": engine.violation_lines})
             else:
                 self.answer({"error": f"no route {self.path}"}, 404)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
             if self.path == "/generate":
                 if "crash_on_generate" in BEHAVIOUR:
@@ -132,8 +155,16 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 self.answer({"output_ids": output, "meta_info": {}})
             elif self.path == "/kv_canary/inject":
                 fault_id = len(engine.faults) + 1
-                engine.faults.append({"fault_id": fault_id, "kind": body["kind"], "status": "scheduled",
-                                      "step": None, "detail": "", "body": body})
+                engine.faults.append(
+                    {
+                        "fault_id": fault_id,
+                        "kind": body["kind"],
+                        "status": "scheduled",
+                        "step": None,
+                        "detail": "",
+                        "body": body,
+                    }
+                )
                 engine.log(f"fake server: fault {fault_id} scheduled: {json.dumps(body, sort_keys=True)}")
                 self.answer({"fault_id": fault_id})
             else:

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 import harness.cli
 from harness.cli import cli
 from harness.scenario.json_schema import render_json_schema
-
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION, FAKE_SERVER_COMMAND
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -44,7 +43,10 @@ def test_run_exits_0_when_every_expectation_held(invoke, library, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 passed, 0 failed" in result.output
     assert sorted(path.name for path in (tmp_path / "run" / "results").iterdir()) == [
-        "baseline-mha--mha.json", "detect-eviction--mha.json", "detect-eviction--swa.json"]
+        "baseline-mha--mha.json",
+        "detect-eviction--mha.json",
+        "detect-eviction--swa.json",
+    ]
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "heatmap.png").is_file()
     assert (tmp_path / "run" / "logs" / "detect-eviction--swa.log").is_file()
 
@@ -79,9 +81,11 @@ def test_validate_exit_status(invoke, library, tmp_path):
 
 def test_list_shows_modes_and_fault_kinds(invoke, library):
     lines = invoke("list", "--dir", library).output.splitlines()
-    assert [line.split() for line in lines] == [["name", "modes", "fault", "expect"],
-                                                ["baseline-mha", "mha", "none", "clean"],
-                                                ["detect-eviction", "mha,swa", "evict_radix_node", "detected"]]
+    assert [line.split() for line in lines] == [
+        ["name", "modes", "fault", "expect"],
+        ["baseline-mha", "mha", "none", "clean"],
+        ["detect-eviction", "mha,swa", "evict_radix_node", "detected"],
+    ]
 
 
 def test_report_exit_status_follows_the_results(invoke, library, tmp_path, monkeypatch):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
 
 from harness.expectations import ExpectationResult, check_expectations
 from harness.injections import Injection
-
+from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION
 
 
 def violation(step: int, tag: str = "HEAD_K_FULL", reasons: tuple[str, ...] = ("chain_hash",)) -> str:
-    return ViolationRecord(launch_tag=tag, fail_reasons=reasons, slot_idx=17, position=40, stored_token=9,
-                           expected_token=11, step=step).format()
+    return ViolationRecord(
+        launch_tag=tag, fail_reasons=reasons, slot_idx=17, position=40, stored_token=9, expected_token=11, step=step
+    ).format()
 
 
 def log(*lines: str) -> str:
@@ -61,9 +61,12 @@ def test_the_bound_is_inclusive(load_text):
 def test_a_violation_with_the_wrong_tag_does_not_meet_the_pattern(load_text):
     scenario = load_text(DETECT_EVICTION).scenario
     result = check_expectations(scenario, "mha", log(violation(8, tag="TAIL_V_FULL")), APPLIED_AT_6)
-    assert held(result) == {"fault evict_radix_node is applied": True, "no violation before the injection": True,
-                            "detected within 4 steps": True,
-                            "a violation with launch_tag=HEAD_* fail_reason=chain_hash": False}
+    assert held(result) == {
+        "fault evict_radix_node is applied": True,
+        "no violation before the injection": True,
+        "detected within 4 steps": True,
+        "a violation with launch_tag=HEAD_* fail_reason=chain_hash": False,
+    }
     assert "seen: TAIL_V_FULL chain_hash x1" in result.unmet()[0].reason
 
 
@@ -95,13 +98,20 @@ def test_a_dirty_baseline_fails_with_its_lines(load_text):
 
 def test_an_injection_without_a_target_is_never_a_pass(load_text):
     scenario = load_text(DETECT_EVICTION).scenario
-    no_target = [Injection(fault_id=1, kind="evict_radix_node", status="no_target", step=None,
-                           detail="no running request holds a locked node")]
+    no_target = [
+        Injection(
+            fault_id=1,
+            kind="evict_radix_node",
+            status="no_target",
+            step=None,
+            detail="no running request holds a locked node",
+        )
+    ]
     result = check_expectations(scenario, "mha", log(violation(8)), no_target)
     reasons = {outcome.expectation: outcome.reason for outcome in result.unmet()}
     assert reasons["fault evict_radix_node is applied"] == (
-        "fault #1 found no valid target: no running request holds a locked node; the run proves nothing about "
-        "detection")
+        "fault #1 found no valid target: no running request holds a locked node; the run proves nothing about detection"
+    )
     assert reasons["detected within 4 steps"] == "the fault was never applied, so there was nothing to detect"
 
 
@@ -118,8 +128,9 @@ def test_a_missing_injection_report_fails(load_text):
 
 
 def test_a_fault_expected_to_stay_silent_must_leave_no_violation(load_text):
-    scenario = load_text(DETECT_EVICTION.replace("detected: true", "detected: false")
-                         .split("  within_steps")[0]).scenario
+    scenario = load_text(
+        DETECT_EVICTION.replace("detected: true", "detected: false").split("  within_steps")[0]
+    ).scenario
     assert check_expectations(scenario, "mha", log(), APPLIED_AT_6).passed
     result = check_expectations(scenario, "mha", log(violation(7)), APPLIED_AT_6)
     assert [outcome.expectation for outcome in result.unmet()] == ["no violations"]
@@ -140,8 +151,13 @@ expect:
 
 
 def divergence(**overrides: int) -> str:
-    fields = {"forward_ct": 40, "verify_full": 400, "verify_swa": 120, "swa_full_idx_divergence": 0,
-              "swa_out_of_window_tokens": 3} | overrides
+    fields = {
+        "forward_ct": 40,
+        "verify_full": 400,
+        "verify_swa": 120,
+        "swa_full_idx_divergence": 0,
+        "swa_out_of_window_tokens": 3,
+    } | overrides
     return SwaDivergenceLog(**fields).format()
 
 
@@ -149,15 +165,21 @@ def test_swa_thresholds_are_checked_on_the_last_line(load_text):
     scenario = load_text(SWA_DIVERGENCE).scenario
     text = log(divergence(swa_out_of_window_tokens=0, verify_swa=500), divergence())
     assert held(check_expectations(scenario, "swa", text, [])) == {
-        "no violations": True, "swa_divergence swa_out_of_window_tokens >=1": True,
-        "swa_divergence swa_full_idx_divergence == 0": True, "swa_divergence verify_swa < verify_full": True}
+        "no violations": True,
+        "swa_divergence swa_out_of_window_tokens >=1": True,
+        "swa_divergence swa_full_idx_divergence == 0": True,
+        "swa_divergence verify_swa < verify_full": True,
+    }
 
 
-@pytest.mark.parametrize(("last_line", "unmet"), [
-    (divergence(swa_out_of_window_tokens=0), "swa_divergence swa_out_of_window_tokens >=1"),
-    (divergence(swa_full_idx_divergence=2), "swa_divergence swa_full_idx_divergence == 0"),
-    (divergence(verify_swa=400), "swa_divergence verify_swa < verify_full"),
-])
+@pytest.mark.parametrize(
+    ("last_line", "unmet"),
+    [
+        (divergence(swa_out_of_window_tokens=0), "swa_divergence swa_out_of_window_tokens >=1"),
+        (divergence(swa_full_idx_divergence=2), "swa_divergence swa_full_idx_divergence == 0"),
+        (divergence(verify_swa=400), "swa_divergence verify_swa < verify_full"),
+    ],
+)
 def test_each_swa_threshold_can_fail(load_text, last_line, unmet):
     result = check_expectations(load_text(SWA_DIVERGENCE).scenario, "swa", log(last_line), [])
     assert [outcome.expectation for outcome in result.unmet()] == [unmet]

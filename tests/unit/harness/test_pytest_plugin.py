@@ -26,8 +26,7 @@ def _plugin_args() -> list[str]:
 @pytest.fixture
 def sandbox(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # for xdist workers, which start fresh interpreters
-    pytester.makefile(".yaml", **{"scenarios/baseline-mha": BASELINE_MHA,
-                                  "scenarios/detect-eviction": DETECT_EVICTION})
+    pytester.makefile(".yaml", **{"scenarios/baseline-mha": BASELINE_MHA, "scenarios/detect-eviction": DETECT_EVICTION})
     pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
     return pytester
 
@@ -38,15 +37,26 @@ _QUIET = ("-p", "no:hypothesispytest", "-W", "ignore::pytest.PytestAssertRewrite
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(*_plugin_args(), *_QUIET, "--kv-canary-server-command", shlex.join(FAKE_SERVER_COMMAND),
-                              "--kv-canary-run-dir", str(pytester.path / "run"), *args)
+    return pytester.runpytest(
+        *_plugin_args(),
+        *_QUIET,
+        "--kv-canary-server-command",
+        shlex.join(FAKE_SERVER_COMMAND),
+        "--kv-canary-run-dir",
+        str(pytester.path / "run"),
+        *args,
+    )
 
 
 def test_scenarios_are_collected_with_readable_ids_under_e2e(sandbox):
     result = run(sandbox, "-m", "e2e", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["scenarios/baseline-mha.yaml::baseline-mha[[]mha[]]",
-                                 "scenarios/detect-eviction.yaml::detect-eviction[[]mha[]]",
-                                 "2/3 tests collected (1 deselected)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "scenarios/baseline-mha.yaml::baseline-mha[[]mha[]]",
+            "scenarios/detect-eviction.yaml::detect-eviction[[]mha[]]",
+            "2/3 tests collected (1 deselected)*",
+        ]
+    )
 
 
 def test_model_mode_all_is_the_matrix(sandbox):
@@ -56,9 +66,14 @@ def test_model_mode_all_is_the_matrix(sandbox):
 
 def test_a_run_without_paths_collects_the_unit_tests_and_the_scenarios(sandbox):
     result = run(sandbox, "--model-mode", "all", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["scenarios/baseline-mha.yaml::baseline-mha[[]mha[]]",
-                                 "scenarios/detect-eviction.yaml::detect-eviction[[]swa[]]",
-                                 "test_unit.py::test_unit", "4 tests collected*"])
+    result.stdout.fnmatch_lines(
+        [
+            "scenarios/baseline-mha.yaml::baseline-mha[[]mha[]]",
+            "scenarios/detect-eviction.yaml::detect-eviction[[]swa[]]",
+            "test_unit.py::test_unit",
+            "4 tests collected*",
+        ]
+    )
 
 
 def test_scenarios_stay_out_of_a_run_naming_paths_or_deselecting_e2e(sandbox):
@@ -78,17 +93,23 @@ def test_scenario_items_run_and_pass(sandbox):
     result = run(sandbox, "-m", "e2e", "--model-mode", "all")
     result.assert_outcomes(passed=3, deselected=1)
     assert sorted(path.name for path in (sandbox.path / "run" / "results").iterdir()) == [
-        "baseline-mha--mha.json", "detect-eviction--mha.json", "detect-eviction--swa.json"]
+        "baseline-mha--mha.json",
+        "detect-eviction--mha.json",
+        "detect-eviction--swa.json",
+    ]
 
 
 def test_a_failing_scenario_shows_the_unmet_expectation_and_its_lines(sandbox, monkeypatch):
     monkeypatch.setenv("FAKE_SERVER_BEHAVIOUR", "dirty")
     result = run(sandbox, "-m", "e2e")
     result.assert_outcomes(failed=2, deselected=1)
-    result.stdout.fnmatch_lines([
-        "*detect-eviction[[]mha[]] (*detect-eviction.yaml) failed; server log: *detect-eviction--mha.log",
-        "  expected no violation before the injection: 1 violations before the injection at step 6*",
-        "    | kv_canary violation: launch_tag=HEAD_K_FULL fail_reason=chain_hash+position slot_idx=5 *step=3"])
+    result.stdout.fnmatch_lines(
+        [
+            "*detect-eviction[[]mha[]] (*detect-eviction.yaml) failed; server log: *detect-eviction--mha.log",
+            "  expected no violation before the injection: 1 violations before the injection at step 6*",
+            "    | kv_canary violation: launch_tag=HEAD_K_FULL fail_reason=chain_hash+position slot_idx=5 *step=3",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
 
 
@@ -100,7 +121,8 @@ def test_an_invalid_scenario_is_a_collection_error_naming_file_line_and_key(sand
 
 
 def test_fixtures_start_servers_per_mode_and_stop_them(sandbox):
-    sandbox.makepyfile(test_e2e_fixtures=textwrap.dedent("""
+    sandbox.makepyfile(
+        test_e2e_fixtures=textwrap.dedent("""
         import pytest
 
         pytestmark = pytest.mark.e2e
@@ -120,10 +142,17 @@ def test_fixtures_start_servers_per_mode_and_stop_them(sandbox):
             server = kv_canary_server_factory("mha", {"sweep_interval": 4, "max_total_tokens": 512})
             remember(server)
             assert "--sweep-interval 4 --real-kv partial" in server.log_text()
-    """))
+    """)
+    )
     result = run(sandbox, "test_e2e_fixtures.py", "--model-mode", "all", "-v")
-    result.stdout.fnmatch_lines(["*test_module_server[[]mha[]] PASSED*", "*test_module_server[[]swa[]] PASSED*",
-                                 "*test_module_server[[]dsv4[]] PASSED*", "*test_factory PASSED*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_module_server[[]mha[]] PASSED*",
+            "*test_module_server[[]swa[]] PASSED*",
+            "*test_module_server[[]dsv4[]] PASSED*",
+            "*test_factory PASSED*",
+        ]
+    )
     pids = [int(line) for line in (sandbox.path / "server-pids.txt").read_text().split()]
     assert len(set(pids)) == 4 and all(process_is_gone(pid) for pid in pids)
 

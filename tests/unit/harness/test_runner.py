@@ -13,14 +13,19 @@ import pytest
 
 from harness.runner import RunOptions, ServerProcess, run_scenario, safety_net
 from harness.runner.engine_client import EngineClient
-
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION, FAKE_SERVER_COMMAND, process_is_gone
 
 
 @pytest.fixture
 def options(tmp_path: Path) -> RunOptions:
-    return RunOptions(log_dir=tmp_path / "logs", server_command=FAKE_SERVER_COMMAND, startup_timeout_s=20,
-                      run_timeout_s=20, request_timeout_s=10, stop_timeout_s=2)
+    return RunOptions(
+        log_dir=tmp_path / "logs",
+        server_command=FAKE_SERVER_COMMAND,
+        startup_timeout_s=20,
+        run_timeout_s=20,
+        request_timeout_s=10,
+        stop_timeout_s=2,
+    )
 
 
 @pytest.fixture
@@ -58,7 +63,8 @@ def test_a_missed_fault_fails_with_the_unmet_expectation(load_text, options, beh
     result = run_scenario(load_text(DETECT_EVICTION), "mha", options)
     assert not result.passed and result.error is None
     assert "expected detected within 4 steps: no violation logged at or after the injection at step 6" in (
-        result.failure_message())
+        result.failure_message()
+    )
     # The runner kept the engine stepping past the bound before giving up.
     assert result.forward_count > 6 + 4
 
@@ -80,8 +86,10 @@ def test_an_injection_without_target_fails(load_text, options, behaviour):
 def test_a_request_longer_than_the_servers_context_fails_by_key_before_anything_is_sent(load_text, options):
     text = DETECT_EVICTION.replace("prompt_len: 8, max_new_tokens: 4, count: 2", "prompt_len: 60, max_new_tokens: 8")
     result = run_scenario(load_text(text), "mha", options)
-    assert result.error == ("WorkloadDoesNotFit: workload.requests[0]: prompt_len 60 + max_new_tokens 8 exceeds the "
-                            "server's max_context_len 64")
+    assert result.error == (
+        "WorkloadDoesNotFit: workload.requests[0]: prompt_len 60 + max_new_tokens 8 exceeds the "
+        "server's max_context_len 64"
+    )
     assert "scheduled" not in Path(result.log_path).read_text()  # not even the fault was sent
     assert not result.passed
 
@@ -138,8 +146,9 @@ def test_an_exception_or_ctrl_c_still_stops_the_server(load_text, options, monke
 
 
 def test_the_safety_net_stops_servers_left_running(tmp_path):
-    server = ServerProcess(argv_for_port=lambda port: [*FAKE_SERVER_COMMAND, *_fake_flags(port)],
-                           log_path=tmp_path / "server.log")
+    server = ServerProcess(
+        argv_for_port=lambda port: [*FAKE_SERVER_COMMAND, *_fake_flags(port)], log_path=tmp_path / "server.log"
+    )
     server.start()
     assert not process_is_gone(server.pid)
     safety_net.stop_all()
@@ -168,9 +177,26 @@ def test_a_killed_harness_takes_its_server_with_it(tmp_path):
 
 
 def _fake_flags(port: int) -> list[str]:
-    return ["--model-mode", "mha", "--device", "cpu", "--page-size", "1", "--max-total-tokens", "64",
-            "--swa-window", "8", "--sweep-interval", "0", "--real-kv", "none", "--canary-mode", "log",
-            "--port", str(port)]
+    return [
+        "--model-mode",
+        "mha",
+        "--device",
+        "cpu",
+        "--page-size",
+        "1",
+        "--max-total-tokens",
+        "64",
+        "--swa-window",
+        "8",
+        "--sweep-interval",
+        "0",
+        "--real-kv",
+        "none",
+        "--canary-mode",
+        "log",
+        "--port",
+        str(port),
+    ]
 
 
 def _fields(options: RunOptions) -> dict:

@@ -8,8 +8,9 @@ from harness.scenario import FAULT_KINDS, MODEL_MODES, load_scenarios
 
 LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
 # DESIGN.md's fault table: remap_swa_slot needs an SWA pool; every other kind applies to every mode.
-MODES_OF_KIND = {kind: {"swa", "dsv4"} if kind == "remap_swa_slot" else set(MODEL_MODES)
-                 for kind in FAULT_KINDS if kind != "none"}
+MODES_OF_KIND = {
+    kind: {"swa", "dsv4"} if kind == "remap_swa_slot" else set(MODEL_MODES) for kind in FAULT_KINDS if kind != "none"
+}
 
 
 def test_the_whole_library_validates():

@@ -9,7 +9,6 @@ import pytest
 
 from harness.scenario import ScenarioValidationError, load_scenario_file, load_scenarios
 from harness.scenario.loader import MAX_SCENARIO_BYTES
-
 from tests.unit.harness.samples import BASELINE_MHA, DESIGN_EXAMPLE, DETECT_EVICTION
 
 
@@ -21,23 +20,35 @@ def test_the_design_example_is_accepted():
     assert scenario.engine.sweep_interval == 8
     assert scenario.workload.shared_prefixes == {"sys": 96}
     assert scenario.fault.request_body() == {
-        "kind": "evict_radix_node", "at_step": 20, "count": 1,
-        "target": {"group": "full", "request": "running", "node": "deepest_locked"}}
-    assert scenario.expect.swa_divergence.comparisons() == {"swa_out_of_window_tokens": ">=1",
-                                                            "swa_full_idx_divergence": ">=1"}
+        "kind": "evict_radix_node",
+        "at_step": 20,
+        "count": 1,
+        "target": {"group": "full", "request": "running", "node": "deepest_locked"},
+    }
+    assert scenario.expect.swa_divergence.comparisons() == {
+        "swa_out_of_window_tokens": ">=1",
+        "swa_full_idx_divergence": ">=1",
+    }
 
 
 def test_engine_defaults_are_documented_values(load_text):
     engine = load_text(BASELINE_MHA).scenario.engine
-    assert (engine.page_size, engine.max_total_tokens, engine.swa_window, engine.sweep_interval,
-            engine.real_kv, engine.canary_mode) == (1, 4096, 64, 0, "partial", "log")
+    assert (
+        engine.page_size,
+        engine.max_total_tokens,
+        engine.swa_window,
+        engine.sweep_interval,
+        engine.real_kv,
+        engine.canary_mode,
+    ) == (1, 4096, 64, 0, "partial", "log")
     assert engine.max_running_requests is None  # not passed: the server's default applies
 
 
 # Each case: a scenario whose bad line ends with '# <-', the key the error must name, and a
 # fragment of its message.
 BAD_SCENARIOS = {
-    "unknown key": ("""\
+    "unknown key": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -45,8 +56,12 @@ BAD_SCENARIOS = {
           sweep_intervl: 8  # <-
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}
         expect: {detected: false}
-        """, "engine.sweep_intervl", "allowed here: page_size"),
-    "wrong type": ("""\
+        """,
+        "engine.sweep_intervl",
+        "allowed here: page_size",
+    ),
+    "wrong type": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -54,8 +69,12 @@ BAD_SCENARIOS = {
           page_size: "8"  # <-
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}
         expect: {detected: false}
-        """, "engine.page_size", "valid integer"),
-    "unknown fault kind": ("""\
+        """,
+        "engine.page_size",
+        "valid integer",
+    ),
+    "unknown fault kind": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -64,8 +83,12 @@ BAD_SCENARIOS = {
           kind: corrupt_everything  # <-
           at_step: 3
         expect: {detected: true, within_steps: 4}
-        """, "fault.kind", "'corrupt_everything'"),
-    "mode outside mha|swa|dsv4": ("""\
+        """,
+        "fault.kind",
+        "'corrupt_everything'",
+    ),
+    "mode outside mha|swa|dsv4": (
+        """\
         name: a
         description: x
         model_modes:
@@ -73,8 +96,12 @@ BAD_SCENARIOS = {
           - gqa  # <-
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}
         expect: {detected: false}
-        """, "model_modes[1]", "'mha', 'swa' or 'dsv4'"),
-    "bad comparison": ("""\
+        """,
+        "model_modes[1]",
+        "'mha', 'swa' or 'dsv4'",
+    ),
+    "bad comparison": (
+        """\
         name: a
         description: x
         model_modes: [swa]
@@ -83,15 +110,23 @@ BAD_SCENARIOS = {
           detected: false
           swa_divergence:
             swa_out_of_window_tokens: "at least one"  # <-
-        """, "expect.swa_divergence.swa_out_of_window_tokens", "should match pattern"),
-    "not kebab-case": ("""\
+        """,
+        "expect.swa_divergence.swa_out_of_window_tokens",
+        "should match pattern",
+    ),
+    "not kebab-case": (
+        """\
         name: Evict_Node  # <-
         description: x
         model_modes: [mha]
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}
         expect: {detected: false}
-        """, "name", "'Evict_Node'"),
-    "detected false with violation patterns": ("""\
+        """,
+        "name",
+        "'Evict_Node'",
+    ),
+    "detected false with violation patterns": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -100,8 +135,12 @@ BAD_SCENARIOS = {
           detected: false
           violations:  # <-
             - {launch_tag: "HEAD_*"}
-        """, "expect.violations", "need detected: true"),
-    "detected false with a latency bound": ("""\
+        """,
+        "expect.violations",
+        "need detected: true",
+    ),
+    "detected false with a latency bound": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -109,8 +148,12 @@ BAD_SCENARIOS = {
         expect:
           detected: false
           within_steps: 8  # <-
-        """, "expect.within_steps", "needs detected: true"),
-    "a fault but detected missing": ("""\
+        """,
+        "expect.within_steps",
+        "needs detected: true",
+    ),
+    "a fault but detected missing": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -118,8 +161,12 @@ BAD_SCENARIOS = {
         fault: {kind: double_free, at_step: 5}
         expect:  # <-
           within_steps: 8
-        """, "expect.detected", "required when a fault is injected"),
-    "detected true without a fault": ("""\
+        """,
+        "expect.detected",
+        "required when a fault is injected",
+    ),
+    "detected true without a fault": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -127,8 +174,12 @@ BAD_SCENARIOS = {
         expect:
           detected: true  # <-
           within_steps: 8
-        """, "expect.detected", "nothing is injected"),
-    "detected true without a bound": ("""\
+        """,
+        "expect.detected",
+        "nothing is injected",
+    ),
+    "detected true without a bound": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -136,8 +187,12 @@ BAD_SCENARIOS = {
         fault: {kind: double_free, at_step: 5}
         expect:  # <-
           detected: true
-        """, "expect.within_steps", "required with detected: true"),
-    "swa_divergence without the swa mode": ("""\
+        """,
+        "expect.within_steps",
+        "required with detected: true",
+    ),
+    "swa_divergence without the swa mode": (
+        """\
         name: a
         description: x
         model_modes: [mha, dsv4]
@@ -145,8 +200,12 @@ BAD_SCENARIOS = {
         expect:
           detected: false
           swa_divergence: {verify_swa_lt_verify_full: true}  # <-
-        """, "expect.swa_divergence", "modes with FULL and SWA groups"),
-    "swa target in a mode without swa": ("""\
+        """,
+        "expect.swa_divergence",
+        "modes with FULL and SWA groups",
+    ),
+    "swa target in a mode without swa": (
+        """\
         name: a
         description: x
         model_modes: [mha, swa]
@@ -157,8 +216,12 @@ BAD_SCENARIOS = {
           target:
             group: swa  # <-
         expect: {detected: true, within_steps: 4}
-        """, "fault.target.group", "mode mha has no SWA group"),
-    "remap_swa_slot in mha": ("""\
+        """,
+        "fault.target.group",
+        "mode mha has no SWA group",
+    ),
+    "remap_swa_slot in mha": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -167,8 +230,12 @@ BAD_SCENARIOS = {
           kind: remap_swa_slot  # <-
           at_step: 5
         expect: {detected: true, within_steps: 4}
-        """, "fault.kind", "needs an SWA pool"),
-    "launch tag pattern matching no tag": ("""\
+        """,
+        "fault.kind",
+        "needs an SWA pool",
+    ),
+    "launch tag pattern matching no tag": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -179,8 +246,12 @@ BAD_SCENARIOS = {
           within_steps: 4
           violations:
             - launch_tag: "HEAD_*|TIAL_*"  # <-
-        """, "expect.violations[0].launch_tag", "'TIAL_*' matches no launch tag"),
-    "launch tag the mode never logs": ("""\
+        """,
+        "expect.violations[0].launch_tag",
+        "'TIAL_*' matches no launch tag",
+    ),
+    "launch tag the mode never logs": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -191,8 +262,12 @@ BAD_SCENARIOS = {
           within_steps: 4
           violations:
             - launch_tag: "*_SWA"  # <-
-        """, "expect.violations[0].launch_tag", "matches no tag that mode mha logs"),
-    "sweep tags with the sweep off": ("""\
+        """,
+        "expect.violations[0].launch_tag",
+        "matches no tag that mode mha logs",
+    ),
+    "sweep tags with the sweep off": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -203,8 +278,12 @@ BAD_SCENARIOS = {
           within_steps: 4
           violations:
             - launch_tag: "SWEEP_*"  # <-
-        """, "expect.violations[0].launch_tag", "engine.sweep_interval is 0"),
-    "unknown fail reason": ("""\
+        """,
+        "expect.violations[0].launch_tag",
+        "engine.sweep_interval is 0",
+    ),
+    "unknown fail reason": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -215,8 +294,12 @@ BAD_SCENARIOS = {
           within_steps: 4
           violations:
             - {launch_tag: "HEAD_*", fail_reason: "chain_hash|checksum"}  # <-
-        """, "expect.violations[0].fail_reason", "'checksum' matches no fail reason"),
-    "two triggers": ("""\
+        """,
+        "expect.violations[0].fail_reason",
+        "'checksum' matches no fail reason",
+    ),
+    "two triggers": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -227,8 +310,12 @@ BAD_SCENARIOS = {
           probability: 0.5  # <-
           seed: 1
         expect: {detected: true, within_steps: 4}
-        """, "fault.probability", "keep one of at_step, probability"),
-    "undefined shared prefix": ("""\
+        """,
+        "fault.probability",
+        "keep one of at_step, probability",
+    ),
+    "undefined shared prefix": (
+        """\
         name: a
         description: x
         model_modes: [mha]
@@ -239,22 +326,33 @@ BAD_SCENARIOS = {
               prompt_len: 8
               max_new_tokens: 4
         expect: {detected: false}
-        """, "workload.requests[0].shared_prefix", "not in workload.shared_prefixes (sys)"),
-    "duplicate key": ("""\
+        """,
+        "workload.requests[0].shared_prefix",
+        "not in workload.shared_prefixes (sys)",
+    ),
+    "duplicate key": (
+        """\
         name: a
         description: x
         model_modes: [mha]
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}
         expect: {detected: false}
         name: b  # <-
-        """, "name", "duplicate key"),
-    "malformed YAML": ("""\
+        """,
+        "name",
+        "duplicate key",
+    ),
+    "malformed YAML": (
+        """\
         name: a
         description: x
         model_modes: [mha
         workload: {requests: [{prompt_len: 8, max_new_tokens: 4}]}  # <-
         expect: {detected: false}
-        """, "(document)", "malformed YAML"),
+        """,
+        "(document)",
+        "malformed YAML",
+    ),
 }
 
 
@@ -262,8 +360,9 @@ BAD_SCENARIOS = {
 def test_bad_input_names_file_line_and_key(case, write_scenario):
     text, key, fragment = BAD_SCENARIOS[case]
     path = write_scenario(text)
-    expected_line = next(number for number, line in enumerate(textwrap.dedent(text).splitlines(), 1)
-                         if line.endswith("# <-"))
+    expected_line = next(
+        number for number, line in enumerate(textwrap.dedent(text).splitlines(), 1) if line.endswith("# <-")
+    )
     with pytest.raises(ScenarioValidationError) as caught:
         load_scenarios([path])
     formatted = [problem.format() for problem in caught.value.problems]
@@ -300,7 +399,8 @@ def test_a_huge_file_is_refused_before_parsing(write_scenario):
 def test_alias_bombs_are_refused(write_scenario):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-        for i in range(12))
+        for i in range(12)
+    )
     with pytest.raises(ScenarioValidationError, match="alias expansion"):
         load_scenarios([write_scenario(bomb)])
 
@@ -311,8 +411,9 @@ def test_duplicate_names_across_files_point_at_both(write_scenario):
     with pytest.raises(ScenarioValidationError) as caught:
         load_scenarios([first.parent])
     (problem,) = caught.value.problems
-    assert problem.format() == (f"{second}:1: name: 'baseline-mha' is already the name of {first}:1; "
-                                "names must be unique")
+    assert problem.format() == (
+        f"{second}:1: name: 'baseline-mha' is already the name of {first}:1; names must be unique"
+    )
 
 
 def test_missing_paths_are_reported(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from harness.runner.server_command import effective_swa_divergence_interval, server_argv
 from harness.runner.workload import FIRST_TOKEN, filler_request, plan_requests
-
 from tests.unit.harness.samples import DESIGN_EXAMPLE
 
 
@@ -33,13 +32,45 @@ def test_fillers_are_short_and_distinct():
 
 def test_the_server_command_carries_every_engine_setting(load_text):
     engine = load_text(DESIGN_EXAMPLE.read_text()).scenario.engine.model_copy(
-        update={"max_running_requests": 8, "seed": 3})
-    argv = server_argv(server_command=("python", "-m", "mock_models.server"), engine=engine, mode="swa",
-                       port=4321, device="cpu", swa_divergence_interval=1)
-    assert argv == ["python", "-m", "mock_models.server", "--model-mode", "swa", "--port", "4321", "--device", "cpu",
-                    "--page-size", "1", "--max-total-tokens", "4096", "--swa-window", "64", "--sweep-interval", "8",
-                    "--real-kv", "partial", "--canary-mode", "log", "--max-running-requests", "8", "--seed", "3",
-                    "--swa-divergence-interval", "1"]
+        update={"max_running_requests": 8, "seed": 3}
+    )
+    argv = server_argv(
+        server_command=("python", "-m", "mock_models.server"),
+        engine=engine,
+        mode="swa",
+        port=4321,
+        device="cpu",
+        swa_divergence_interval=1,
+    )
+    assert argv == [
+        "python",
+        "-m",
+        "mock_models.server",
+        "--model-mode",
+        "swa",
+        "--port",
+        "4321",
+        "--device",
+        "cpu",
+        "--page-size",
+        "1",
+        "--max-total-tokens",
+        "4096",
+        "--swa-window",
+        "64",
+        "--sweep-interval",
+        "8",
+        "--real-kv",
+        "partial",
+        "--canary-mode",
+        "log",
+        "--max-running-requests",
+        "8",
+        "--seed",
+        "3",
+        "--swa-divergence-interval",
+        "1",
+    ]
 
 
 def test_an_swa_divergence_expectation_turns_the_reporter_on(load_text):

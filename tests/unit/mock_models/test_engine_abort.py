@@ -16,10 +16,18 @@ def running(engine: Engine, rid: str):
 
 
 def canary_engine(mode: str, page_size: int = 1) -> Engine:
-    config = EngineConfig(model_mode=mode, swa_window=8, page_size=page_size, max_total_tokens=256,
-                          max_running_requests=4, chunked_prefill_size=24, strict_allocator=True)
-    return Engine(config, canary_config=CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL,
-                                                     sweep_interval=2))
+    config = EngineConfig(
+        model_mode=mode,
+        swa_window=8,
+        page_size=page_size,
+        max_total_tokens=256,
+        max_running_requests=4,
+        chunked_prefill_size=24,
+        strict_allocator=True,
+    )
+    return Engine(
+        config, canary_config=CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, sweep_interval=2)
+    )
 
 
 def test_aborting_a_waiting_request_drops_it_before_it_runs():

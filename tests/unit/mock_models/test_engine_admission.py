@@ -16,8 +16,17 @@ from tests.reliability.engine_invariants import check_engine_idle
 
 @pytest.mark.parametrize("mode", ["swa", "dsv4"])
 def test_the_shrunk_counterexample_a_prefix_pinned_by_admission_in_the_smallest_swa_pool(mode):
-    engine = Engine(EngineConfig(model_mode=mode, max_total_tokens=96, swa_window=4, swa_max_total_tokens=18,
-                                 max_running_requests=1, chunked_prefill_size=8, strict_allocator=True))
+    engine = Engine(
+        EngineConfig(
+            model_mode=mode,
+            max_total_tokens=96,
+            swa_window=4,
+            swa_max_total_tokens=18,
+            max_running_requests=1,
+            chunked_prefill_size=8,
+            strict_allocator=True,
+        )
+    )
     engine.generate([[5]], 1)
     (result,) = engine.generate([[5, 6]], 18)
     assert list(result.output_ids) == TokenOracle(seed=0, vocab_size=1024).continuation([5, 6], 18)
@@ -28,8 +37,11 @@ def test_the_shrunk_counterexample_a_prefix_pinned_by_admission_in_the_smallest_
 def test_a_chain_of_prompts_cached_whole_still_admits_their_extension(mode):
     # The SWA pool is the default half of the full pool; each 32-token prompt finishes in its
     # prefill forward, so it is cached whole, SWA rows included, and the chain pins all of them.
-    engine = Engine(EngineConfig(model_mode=mode, max_total_tokens=256, swa_window=8, chunked_prefill_size=32,
-                                 strict_allocator=True))
+    engine = Engine(
+        EngineConfig(
+            model_mode=mode, max_total_tokens=256, swa_window=8, chunked_prefill_size=32, strict_allocator=True
+        )
+    )
     prompt: list[int] = []
     for link in range(4):
         prompt += [(link * 31 + i) % 900 + 1 for i in range(32)]

@@ -16,11 +16,25 @@ def canary_engine(mode: str, device: str = "cpu", **settings) -> Engine:
     return Engine(config, canary_config=CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL))
 
 
-def run_clean_workload(mode: str, prompts: list[list[int]], limits: list[int], *, max_total_tokens: int,
-                       swa_max_total_tokens: int, device: str = "cpu") -> Engine:
+def run_clean_workload(
+    mode: str,
+    prompts: list[list[int]],
+    limits: list[int],
+    *,
+    max_total_tokens: int,
+    swa_max_total_tokens: int,
+    device: str = "cpu",
+) -> Engine:
     swa = {} if mode == "mha" else {"swa_max_total_tokens": swa_max_total_tokens}
-    engine = canary_engine(mode, device, page_size=4, max_total_tokens=max_total_tokens, max_running_requests=4,
-                           chunked_prefill_size=32, **swa)
+    engine = canary_engine(
+        mode,
+        device,
+        page_size=4,
+        max_total_tokens=max_total_tokens,
+        max_running_requests=4,
+        chunked_prefill_size=32,
+        **swa,
+    )
     evictions = []
     evict = engine.radix_cache.evict
     engine.radix_cache.evict = lambda num_tokens: evictions.append(num_tokens) or evict(num_tokens)
@@ -47,8 +61,13 @@ def test_a_clean_workload_with_sharing_and_eviction_reports_zero_violations(mode
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_the_full_shared_prefix_workload_reports_zero_violations(mode, shared_prefix_workload):
-    run_clean_workload(mode, shared_prefix_workload.prompts, shared_prefix_workload.max_new_tokens,
-                       max_total_tokens=320, swa_max_total_tokens=160)
+    run_clean_workload(
+        mode,
+        shared_prefix_workload.prompts,
+        shared_prefix_workload.max_new_tokens,
+        max_total_tokens=320,
+        swa_max_total_tokens=160,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -78,8 +97,10 @@ def test_corrupting_the_window_of_a_running_request_is_reported(mode, device):
 
 
 def test_in_raise_mode_the_step_that_surfaces_a_violation_raises_and_the_engine_carries_on():
-    engine = Engine(EngineConfig(model_mode="mha", strict_allocator=True, max_total_tokens=256),
-                    canary_config=CanaryConfig(mode=CanaryMode.RAISE, real_kv_hash=RealKvHashMode.ALL))
+    engine = Engine(
+        EngineConfig(model_mode="mha", strict_allocator=True, max_total_tokens=256),
+        canary_config=CanaryConfig(mode=CanaryMode.RAISE, real_kv_hash=RealKvHashMode.ALL),
+    )
     damaged = engine.submit(list(range(30)), 6)
     engine.step()
     (req,) = engine.scheduler.running
@@ -101,6 +122,7 @@ def test_in_raise_mode_the_step_that_surfaces_a_violation_raises_and_the_engine_
             results.update((result.rid, result) for result in again.results)
     # Every step completed, so the engine stayed consistent and served on.
     assert len(results[healthy].output_ids) == 3
+
 
 def test_the_engine_runs_without_the_canary_when_its_mode_is_none():
     engine = Engine(EngineConfig(), canary_config=CanaryConfig(mode=CanaryMode.NONE))
@@ -126,5 +148,6 @@ def test_a_window_position_left_without_an_swa_slot_is_reported(mode):
     first = min(record.step for record in engine.canary.violations)
     assert first == 3  # the first decode after the eviction
     padding_reads = [record for record in engine.canary.violations if record.step == first]
-    assert padding_reads and all(record.slot_idx == 0 and record.launch_tag.endswith("_SWA")
-                                 for record in padding_reads)
+    assert padding_reads and all(
+        record.slot_idx == 0 and record.launch_tag.endswith("_SWA") for record in padding_reads
+    )

@@ -34,10 +34,15 @@ def corrupt_latent_in_window(engine, slots):
     pool.swa_kv_pool.k_buffer[1][pool.full_to_swa_index_mapping[slots[-3]]] += 3.0
 
 
-@pytest.mark.parametrize(("mode", "corrupt"), [
-    ("mha", corrupt_full_k), ("swa", corrupt_full_k), ("swa", corrupt_swa_v_in_window),
-    ("dsv4", corrupt_latent_in_window),
-])
+@pytest.mark.parametrize(
+    ("mode", "corrupt"),
+    [
+        ("mha", corrupt_full_k),
+        ("swa", corrupt_full_k),
+        ("swa", corrupt_swa_v_in_window),
+        ("dsv4", corrupt_latent_in_window),
+    ],
+)
 def test_corrupting_a_cached_slot_changes_the_checksum_of_a_request_that_reads_it(mode, corrupt, make_engine):
     clean, cached = run_with_corruption(make_engine, mode, None)
     corrupted, cached_again = run_with_corruption(make_engine, mode, corrupt)

@@ -36,7 +36,7 @@ def check_swa_window_is_resident(engine, batch) -> None:
     window = engine.config.swa_window
     live_full, live_swa = set(), set()
     for row, prefix in zip(batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu):
-        full = engine.req_to_token_pool.req_to_token[row, max(0, prefix - window):prefix].to(torch.int64)
+        full = engine.req_to_token_pool.req_to_token[row, max(0, prefix - window) : prefix].to(torch.int64)
         swa = mapping[full]
         assert (swa != 0).all(), f"row {row}: prefix {prefix} has non-resident window positions"
         for full_slot, swa_slot in zip(full.tolist(), swa.tolist()):
@@ -48,8 +48,10 @@ def check_swa_window_is_resident(engine, batch) -> None:
 def assert_nothing_leaked(engine) -> None:
     config = engine.config
     assert engine.kv_cache.reserved_pages == 0 and engine.kv_cache.reserved_swa_slots == 0
-    assert engine.full_allocator.available_pages() * config.page_size + engine.radix_cache.total_size() == \
-        config.max_total_tokens
+    assert (
+        engine.full_allocator.available_pages() * config.page_size + engine.radix_cache.total_size()
+        == config.max_total_tokens
+    )
     if engine.swa_allocator is not None:
         assert engine.swa_allocator.available_size() + engine.radix_cache.swa_resident_size() == config.swa_pool_size
     assert engine.req_to_token_pool.available_size() == config.max_running_requests
@@ -58,7 +60,8 @@ def assert_nothing_leaked(engine) -> None:
 @pytest.mark.parametrize("page_size", [1, 4])
 @pytest.mark.parametrize("mode", MODES)
 def test_concurrent_shared_prefix_requests_under_memory_pressure_match_the_oracle_and_a_solo_run(
-        mode, page_size, make_engine, shared_prefix_workload, forward_spy):
+    mode, page_size, make_engine, shared_prefix_workload, forward_spy
+):
     engine = make_engine(mode, **pressured(mode, page_size))
     evictions = count_calls(engine.radix_cache, "evict")
     swa_evictions = count_calls(engine.radix_cache, "evict_swa")
@@ -90,8 +93,14 @@ def test_concurrent_shared_prefix_requests_under_memory_pressure_match_the_oracl
 def test_a_long_prompt_is_prefilled_in_chunks_whose_prefix_holds_the_earlier_chunks(mode, make_engine, forward_spy):
     engine = make_engine(mode, chunked_prefill_size=16)
     extends = []
-    forward_spy(engine, lambda _, batch: extends.append(
-        (batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu)) if batch.forward_mode.is_extend() else None)
+    forward_spy(
+        engine,
+        lambda _, batch: (
+            extends.append((batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu))
+            if batch.forward_mode.is_extend()
+            else None
+        ),
+    )
     prompt = list(range(50))
     (result,) = engine.generate([prompt], 3)
     assert extends == [([0], [16]), ([16], [16]), ([32], [16]), ([48], [2])]
@@ -158,8 +167,9 @@ def test_sampled_tokens_are_recorded_before_the_forward_that_feeds_them(make_eng
         rows = batch.req_pool_indices.repeat_interleave(batch.extend_seq_lens.to(torch.int64))
         recorded = engine.req_to_token_pool.req_token_ids[rows, batch.positions]
         fed_versus_recorded.append(torch.equal(recorded, batch.input_ids))
-        assert torch.equal(engine.req_to_token_pool.req_to_token[rows, batch.positions].to(torch.int64),
-                           batch.out_cache_loc)
+        assert torch.equal(
+            engine.req_to_token_pool.req_to_token[rows, batch.positions].to(torch.int64), batch.out_cache_loc
+        )
 
     forward_spy(engine, check)
     engine.generate([[1, 2, 3], [9, 8]], 5)
@@ -191,10 +201,16 @@ def test_flush_cache_only_when_idle(make_engine):
     assert engine.flush_cache() is True and engine.radix_cache.total_size() == 0
 
 
-@pytest.mark.parametrize(("prompt", "limit", "message"), [
-    ([], 3, "empty"), ([1, 5000], 3, "outside the vocabulary"), ([1], 0, "must be >= 1"),
-    ([1] * 900, 200, "exceeds max_context_len"), ([1] * 300, 300, "pages"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "limit", "message"),
+    [
+        ([], 3, "empty"),
+        ([1, 5000], 3, "outside the vocabulary"),
+        ([1], 0, "must be >= 1"),
+        ([1] * 900, 200, "exceeds max_context_len"),
+        ([1] * 300, 300, "pages"),
+    ],
+)
 def test_requests_the_engine_can_never_serve_are_rejected_with_the_reason(prompt, limit, message, make_engine):
     engine = make_engine("mha", max_context_len=1024)
     with pytest.raises(InvalidRequestError, match=message):

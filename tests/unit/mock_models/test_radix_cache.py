@@ -10,21 +10,27 @@ def make_cache(*, page_size: int = 1, pages: int = 64, swa_window: int | None = 
     allocator = PagedTokenAllocator(num_pages=pages, page_size=page_size, strict=True)
     swa = None
     if swa_window is not None:
-        swa = SWATokenAllocator(size=pages * page_size, page_size=page_size,
-                                full_pool_rows=(pages + 1) * page_size, device="cpu", strict=True)
-    return RadixCache(page_size=page_size, device="cpu", full_allocator=allocator, swa_allocator=swa,
-                      swa_window=swa_window)
+        swa = SWATokenAllocator(
+            size=pages * page_size,
+            page_size=page_size,
+            full_pool_rows=(pages + 1) * page_size,
+            device="cpu",
+            strict=True,
+        )
+    return RadixCache(
+        page_size=page_size, device="cpu", full_allocator=allocator, swa_allocator=swa, swa_window=swa_window
+    )
 
 
 def insert_new(cache: RadixCache, key: list[int], *, swa_resident_from: int = 0) -> torch.Tensor:
     """Insert ``key`` with freshly allocated slots (and SWA rows), freeing the duplicates like the engine."""
     pages = -(-len(key) // cache.page_size)
-    slots = cache.full_allocator.alloc_slots(pages)[:len(key)]
+    slots = cache.full_allocator.alloc_slots(pages)[: len(key)]
     if cache.swa_allocator is not None:
         cache.swa_allocator.alloc_for(slots)
     result = cache.insert(key, torch.tensor(slots), swa_resident_from=swa_resident_from)
     if result.prefix_len:
-        duplicates = slots[:result.prefix_len]
+        duplicates = slots[: result.prefix_len]
         if cache.swa_allocator is not None:
             cache.swa_allocator.free_swa(torch.tensor(duplicates))
         cache.full_allocator.free(duplicates)

@@ -27,14 +27,17 @@ ORACLE = TokenOracle(seed=0, vocab_size=1024)
 
 
 def make_client(canary_mode: CanaryMode = CanaryMode.NONE, **extra) -> TestClient:
-    engine = Engine(EngineConfig(model_mode="swa", swa_window=16, max_total_tokens=512),
-                    canary_config=CanaryConfig(mode=canary_mode, real_kv_hash=RealKvHashMode.ALL))
+    engine = Engine(
+        EngineConfig(model_mode="swa", swa_window=16, max_total_tokens=512),
+        canary_config=CanaryConfig(mode=canary_mode, real_kv_hash=RealKvHashMode.ALL),
+    )
     return TestClient(create_app(EngineWorker(engine), **extra))
 
 
 def generate(client, input_ids, max_new_tokens=4):
-    return client.post("/generate",
-                       json={"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}})
+    return client.post(
+        "/generate", json={"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
+    )
 
 
 def test_generate_returns_the_oracles_tokens_and_sglang_meta_info():
@@ -43,24 +46,34 @@ def test_generate_returns_the_oracles_tokens_and_sglang_meta_info():
         again = generate(client, [5, 6, 7, 8], 2).json()
     assert body["output_ids"] == ORACLE.continuation([5, 6, 7], 6)
     meta = body["meta_info"]
-    assert set(meta) == {"id", "prompt_tokens", "completion_tokens", "cached_tokens", "finish_reason",
-                         "attention_checksum", "e2e_latency"}
+    assert set(meta) == {
+        "id",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "finish_reason",
+        "attention_checksum",
+        "e2e_latency",
+    }
     assert (meta["prompt_tokens"], meta["completion_tokens"], meta["cached_tokens"]) == (3, 6, 0)
     assert meta["finish_reason"] == {"type": "length", "length": 6}
     assert isinstance(meta["attention_checksum"], float)
     assert again["meta_info"]["cached_tokens"] == 3
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    ({"input_ids": []}, 400, "empty"),
-    ({"input_ids": [1, 1024]}, 400, "outside the vocabulary"),
-    ({"input_ids": [1], "sampling_params": {"max_new_tokens": 0}}, 400, "must be >= 1"),
-    ({"input_ids": [1] * 4000, "sampling_params": {"max_new_tokens": 200}}, 400, "max_context_len"),
-    ({"input_ids": [1] * 400, "sampling_params": {"max_new_tokens": 200}}, 400, "pages"),
-    ({"input_ids": "hello"}, 422, "input_ids"),
-    ({"text": "hello"}, 422, "input_ids"),
-    ({"input_ids": [1], "sampling_params": {"max_new_tokens": "many"}}, 422, "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"input_ids": []}, 400, "empty"),
+        ({"input_ids": [1, 1024]}, 400, "outside the vocabulary"),
+        ({"input_ids": [1], "sampling_params": {"max_new_tokens": 0}}, 400, "must be >= 1"),
+        ({"input_ids": [1] * 4000, "sampling_params": {"max_new_tokens": 200}}, 400, "max_context_len"),
+        ({"input_ids": [1] * 400, "sampling_params": {"max_new_tokens": 200}}, 400, "pages"),
+        ({"input_ids": "hello"}, 422, "input_ids"),
+        ({"text": "hello"}, 422, "input_ids"),
+        ({"input_ids": [1], "sampling_params": {"max_new_tokens": "many"}}, 422, "max_new_tokens"),
+    ],
+)
 def test_bad_requests_get_a_4xx_that_says_why_and_the_server_keeps_serving(body, status, message):
     with make_client() as client:
         response = client.post("/generate", json=body)
@@ -167,7 +180,10 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mock_models.server", "--port", "0", "--max-total-tokens", "1024", *args],
-            stderr=subprocess.PIPE, text=True, env=env)
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.log: list[str] = []
         ready = threading.Event()
         self.url = None
@@ -202,8 +218,14 @@ def test_the_server_answers_concurrent_clients(server):
     prompts = [list(range(i, i + 30)) for i in range(0, 160, 10)]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(lambda prompt: client.post("/generate", json={
-                "input_ids": prompt, "sampling_params": {"max_new_tokens": 24}}), prompts))
+            responses = list(
+                pool.map(
+                    lambda prompt: client.post(
+                        "/generate", json={"input_ids": prompt, "sampling_params": {"max_new_tokens": 24}}
+                    ),
+                    prompts,
+                )
+            )
         violations = client.get("/kv_canary/violations").json()
     assert [response.status_code for response in responses] == [200] * len(prompts)
     assert [response.json()["output_ids"] for response in responses] == [ORACLE.continuation(p, 24) for p in prompts]
@@ -211,24 +233,24 @@ def test_the_server_answers_concurrent_clients(server):
 
 
 def test_a_client_that_goes_away_does_not_wedge_the_engine(server):
-    with httpx.Client(base_url=server.url, timeout=0.05) as impatient:
-        with pytest.raises(httpx.TimeoutException):
-            impatient.post("/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 500}})
+    with httpx.Client(base_url=server.url, timeout=0.05) as impatient, pytest.raises(httpx.TimeoutException):
+        impatient.post("/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 500}})
     with httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/generate", json={"input_ids": [4, 5], "sampling_params": {"max_new_tokens": 3}}).json()[
-            "output_ids"] == ORACLE.continuation([4, 5], 3)
+            "output_ids"
+        ] == ORACLE.continuation([4, 5], 3)
         assert client.get("/health").json() == {"status": "ok"}
 
 
 def test_sigterm_fails_pending_requests_with_503_and_exits_cleanly():
     process = ServerProcess("--model-mode", "mha", "--canary-mode", "none")
-    with httpx.Client(base_url=process.url, timeout=60) as client:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(client.post, "/generate",
-                                  json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1000}})
-            deadline = time.monotonic() + 30
-            while client.get("/get_server_info").json()["forward_count"] < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert process.stop() == 0
-            assert pending.result().status_code == 503
+    with httpx.Client(base_url=process.url, timeout=60) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            client.post, "/generate", json={"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 1000}}
+        )
+        deadline = time.monotonic() + 30
+        while client.get("/get_server_info").json()["forward_count"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.stop() == 0
+        assert pending.result().status_code == 503
     assert any("engine loop stopped" in line for line in process.log)

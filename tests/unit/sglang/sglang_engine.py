@@ -52,8 +52,9 @@ class FakeModelRunner:
     prefill_cuda_graph_runner = None
     eager_runner = None
 
-    def __init__(self, *, model, token_to_kv_pool, req_to_token_pool, token_to_kv_pool_allocator,
-                 sliding_window_size) -> None:
+    def __init__(
+        self, *, model, token_to_kv_pool, req_to_token_pool, token_to_kv_pool_allocator, sliding_window_size
+    ) -> None:
         self.model = model
         self.token_to_kv_pool = token_to_kv_pool
         self.req_to_token_pool = req_to_token_pool
@@ -75,36 +76,71 @@ class Request:
 class SglangEngine:
     """``mode``: "mha" or "swa"; ``tree``: one of TREE_KINDS, or None for no radix cache."""
 
-    def __init__(self, config: CanaryConfig, *, mode: str = "mha", tree: str | None = "radix", size: int = 96,
-                 swa_size: int = 48, window: int = 4, rows: int = 8, max_context: int = 96) -> None:
+    def __init__(
+        self,
+        config: CanaryConfig,
+        *,
+        mode: str = "mha",
+        tree: str | None = "radix",
+        size: int = 96,
+        swa_size: int = 48,
+        window: int = 4,
+        rows: int = 8,
+        max_context: int = 96,
+    ) -> None:
         self.mode = mode
         self.window = window if mode == "swa" else None
-        self.req_to_token_pool = sgl.ReqToTokenPool(size=rows, max_context_len=max_context, device="cpu",
-                                                    enable_memory_saver=False)
+        self.req_to_token_pool = sgl.ReqToTokenPool(
+            size=rows, max_context_len=max_context, device="cpu", enable_memory_saver=False
+        )
         if mode == "mha":
-            self.pool = sgl.MHATokenToKVPool(size=size, page_size=1, dtype=DTYPE, head_num=HEADS, head_dim=HEAD_DIM,
-                                             layer_num=2, device="cpu", enable_memory_saver=False)
+            self.pool = sgl.MHATokenToKVPool(
+                size=size,
+                page_size=1,
+                dtype=DTYPE,
+                head_num=HEADS,
+                head_dim=HEAD_DIM,
+                layer_num=2,
+                device="cpu",
+                enable_memory_saver=False,
+            )
             self.allocator = sgl.TokenToKVPoolAllocator(size, DTYPE, "cpu", self.pool, need_sort=False)
             layer_ids = [0, 1]
         else:
-            self.pool = sgl.SWAKVPool(size=size, size_swa=swa_size, page_size=1, dtype=DTYPE, head_num=HEADS,
-                                      head_dim=HEAD_DIM, full_attention_layer_ids=[0], swa_attention_layer_ids=[1, 2],
-                                      device="cpu")
+            self.pool = sgl.SWAKVPool(
+                size=size,
+                size_swa=swa_size,
+                page_size=1,
+                dtype=DTYPE,
+                head_num=HEADS,
+                head_dim=HEAD_DIM,
+                full_attention_layer_ids=[0],
+                swa_attention_layer_ids=[1, 2],
+                device="cpu",
+            )
             self.allocator = sgl.SWATokenToKVPoolAllocator(size, swa_size, 1, DTYPE, "cpu", self.pool, need_sort=False)
             layer_ids = [0, 1, 2]
         self.tree_cache = None if tree is None else self._build_tree(tree)
         self.model = TinyModel(self.pool, layer_ids)
-        self.model_runner = FakeModelRunner(model=self.model, token_to_kv_pool=self.pool,
-                                            req_to_token_pool=self.req_to_token_pool,
-                                            token_to_kv_pool_allocator=self.allocator,
-                                            sliding_window_size=self.window)
-        self.canary: CanaryManager | None = install_into_model_runner(self.model_runner, config,
-                                                                      tree_cache=self.tree_cache)
+        self.model_runner = FakeModelRunner(
+            model=self.model,
+            token_to_kv_pool=self.pool,
+            req_to_token_pool=self.req_to_token_pool,
+            token_to_kv_pool_allocator=self.allocator,
+            sliding_window_size=self.window,
+        )
+        self.canary: CanaryManager | None = install_into_model_runner(
+            self.model_runner, config, tree_cache=self.tree_cache
+        )
 
     def _build_tree(self, kind: str) -> object:
-        params = sgl.CacheInitParams(disable=False, req_to_token_pool=self.req_to_token_pool,
-                                     token_to_kv_pool_allocator=self.allocator, page_size=1,
-                                     sliding_window_size=self.window)
+        params = sgl.CacheInitParams(
+            disable=False,
+            req_to_token_pool=self.req_to_token_pool,
+            token_to_kv_pool_allocator=self.allocator,
+            page_size=1,
+            sliding_window_size=self.window,
+        )
         if kind == "radix":
             if self.mode != "mha":
                 raise ValueError("RadixCache has no SWA tier; use a unified tree for swa")
@@ -124,7 +160,7 @@ class SglangEngine:
             match = self.tree_cache.match_prefix(self.match_params(tokens[:-1]))
             prefix = self.tree_cache.path_device_indices(match.last_device_node)
             request.lock = self.tree_cache.lock(match.last_device_node)
-            self.req_to_token_pool.req_to_token[row, :len(prefix)] = prefix.to(torch.int32)
+            self.req_to_token_pool.req_to_token[row, : len(prefix)] = prefix.to(torch.int32)
             request.kv_len = request.tree_len = len(prefix)
         return request
 
@@ -139,15 +175,24 @@ class SglangEngine:
             raise RuntimeError(f"the real allocator has {self.allocator.available_size()} slots, {sum(extend)} asked")
         input_ids, positions, offset = [], [], 0
         for request, start, count in zip(requests, prefix, extend):
-            self.req_to_token_pool.req_to_token[request.row, start:start + count] = slots[offset:offset + count].to(
-                torch.int32)
+            self.req_to_token_pool.req_to_token[request.row, start : start + count] = slots[offset : offset + count].to(
+                torch.int32
+            )
             offset += count
-            input_ids += request.tokens[start:start + count]
+            input_ids += request.tokens[start : start + count]
             positions += range(start, start + count)
         seq_lens = [p + n for p, n in zip(prefix, extend)]
         decode = all(n == 1 for n in extend) and all(p > 0 for p in prefix)
-        batch = self.forward_batch(decode=decode, rows=[r.row for r in requests], prefix=prefix, extend=extend,
-                                   seq_lens=seq_lens, out_cache_loc=slots, input_ids=input_ids, positions=positions)
+        batch = self.forward_batch(
+            decode=decode,
+            rows=[r.row for r in requests],
+            prefix=prefix,
+            extend=extend,
+            seq_lens=seq_lens,
+            out_cache_loc=slots,
+            input_ids=input_ids,
+            positions=positions,
+        )
         self.model_runner.model.forward(batch.input_ids, batch.positions, batch)
         for request in requests:
             request.kv_len = len(request.tokens)
@@ -155,19 +200,41 @@ class SglangEngine:
             self._release_out_of_window(requests)
 
     @staticmethod
-    def forward_batch(*, decode: bool, rows: list[int], prefix: list[int], extend: list[int], seq_lens: list[int],
-                      out_cache_loc: torch.Tensor, input_ids: list[int], positions: list[int]) -> object:
+    def forward_batch(
+        *,
+        decode: bool,
+        rows: list[int],
+        prefix: list[int],
+        extend: list[int],
+        seq_lens: list[int],
+        out_cache_loc: torch.Tensor,
+        input_ids: list[int],
+        positions: list[int],
+    ) -> object:
         def tensor(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype)
 
-        fields = dict(batch_size=len(rows), input_ids=tensor(input_ids), req_pool_indices=tensor(rows),
-                      seq_lens=tensor(seq_lens), out_cache_loc=out_cache_loc.to(torch.int64),
-                      seq_lens_sum=sum(seq_lens), positions=tensor(positions), seq_lens_cpu=tensor(seq_lens))
+        fields = dict(
+            batch_size=len(rows),
+            input_ids=tensor(input_ids),
+            req_pool_indices=tensor(rows),
+            seq_lens=tensor(seq_lens),
+            out_cache_loc=out_cache_loc.to(torch.int64),
+            seq_lens_sum=sum(seq_lens),
+            positions=tensor(positions),
+            seq_lens_cpu=tensor(seq_lens),
+        )
         if decode:
             return sgl.ForwardBatch(forward_mode=sgl.ForwardMode.DECODE, **fields)
-        return sgl.ForwardBatch(forward_mode=sgl.ForwardMode.EXTEND, extend_prefix_lens=tensor(prefix, torch.int32),
-                                extend_seq_lens=tensor(extend, torch.int32), extend_prefix_lens_cpu=list(prefix),
-                                extend_seq_lens_cpu=list(extend), extend_num_tokens=sum(extend), **fields)
+        return sgl.ForwardBatch(
+            forward_mode=sgl.ForwardMode.EXTEND,
+            extend_prefix_lens=tensor(prefix, torch.int32),
+            extend_seq_lens=tensor(extend, torch.int32),
+            extend_prefix_lens_cpu=list(prefix),
+            extend_seq_lens_cpu=list(extend),
+            extend_num_tokens=sum(extend),
+            **fields,
+        )
 
     def _release_out_of_window(self, requests: list[Request]) -> None:
         """Free the SWA rows of private positions the next forward's window no longer reads."""
@@ -180,13 +247,18 @@ class SglangEngine:
 
     def finish(self, request: Request) -> None:
         """Cache the request's tokens in the tree (or free them), unlock, release its row."""
-        slots = self.slots_of(request)[:request.kv_len].to(torch.int64)
+        slots = self.slots_of(request)[: request.kv_len].to(torch.int64)
         if self.tree_cache is None:
             self._free_private(request, slots, request.tree_len, request.kv_len)
         else:
             evicted = {sgl.ComponentType.SWA: request.swa_released} if self.window is not None else {}
-            result = self.tree_cache.insert(sgl.InsertParams(key=self._key(request.tokens[:request.kv_len]),
-                                                             value=slots.clone(), component_evicted_seqlens=evicted))
+            result = self.tree_cache.insert(
+                sgl.InsertParams(
+                    key=self._key(request.tokens[: request.kv_len]),
+                    value=slots.clone(),
+                    component_evicted_seqlens=evicted,
+                )
+            )
             # Another request cached these tokens first: the tree keeps its slots, these are duplicates.
             self._free_private(request, slots, request.tree_len, result.prefix_len)
             self.tree_cache.unlock(request.lock)
@@ -214,7 +286,7 @@ class SglangEngine:
         return sgl.EvictParams(num_tokens=num_tokens)
 
     def slots_of(self, request: Request) -> torch.Tensor:
-        return self.req_to_token_pool.req_to_token[request.row, :len(request.tokens)]
+        return self.req_to_token_pool.req_to_token[request.row, : len(request.tokens)]
 
     def slot_of(self, request: Request, position: int) -> int:
         return int(self.req_to_token_pool.req_to_token[request.row, position])

@@ -11,8 +11,10 @@ import pytest
 SGLANG_VERSION = "0.5.23"
 
 if importlib.util.find_spec("sglang") is None:
-    pytest.skip(f"sglang {SGLANG_VERSION} is not installed: run .ci/install-sglang (see docs/SGLANG.md)",
-                allow_module_level=True)
+    pytest.skip(
+        f"sglang {SGLANG_VERSION} is not installed: run .ci/install-sglang (see docs/SGLANG.md)",
+        allow_module_level=True,
+    )
 
 from mock_models.engine.torchvision_stub import install_if_missing  # noqa: E402
 
@@ -32,6 +34,21 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMo
 
 assert sglang.__version__ == SGLANG_VERSION, f"these tests pin sglang {SGLANG_VERSION}, found {sglang.__version__}"
 
-__all__ = ["CacheInitParams", "ComponentType", "EvictParams", "ForwardBatch", "ForwardMode", "InsertParams",
-           "KVWriteLoc", "MHATokenToKVPool", "MatchPrefixParams", "RadixCache", "RadixKey", "ReqToTokenPool",
-           "SWAKVPool", "SWATokenToKVPoolAllocator", "TokenToKVPoolAllocator", "UnifiedRadixCache"]
+__all__ = [
+    "CacheInitParams",
+    "ComponentType",
+    "EvictParams",
+    "ForwardBatch",
+    "ForwardMode",
+    "InsertParams",
+    "KVWriteLoc",
+    "MHATokenToKVPool",
+    "MatchPrefixParams",
+    "RadixCache",
+    "RadixKey",
+    "ReqToTokenPool",
+    "SWAKVPool",
+    "SWATokenToKVPoolAllocator",
+    "TokenToKVPoolAllocator",
+    "UnifiedRadixCache",
+]

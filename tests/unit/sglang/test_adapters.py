@@ -16,15 +16,31 @@ PARTIAL = CanaryConfig(real_kv_hash=RealKvHashMode.PARTIAL)
 
 
 def mha_pool(**overrides) -> object:
-    kwargs = dict(size=64, page_size=4, dtype=torch.bfloat16, head_num=2, head_dim=8, layer_num=2, device="cpu",
-                  enable_memory_saver=False)
+    kwargs = dict(
+        size=64,
+        page_size=4,
+        dtype=torch.bfloat16,
+        head_num=2,
+        head_dim=8,
+        layer_num=2,
+        device="cpu",
+        enable_memory_saver=False,
+    )
     return sgl.MHATokenToKVPool(**(kwargs | overrides))
 
 
 def swa_pool(*, full_layers=(0,), swa_layers=(1, 2)) -> object:
-    return sgl.SWAKVPool(size=64, size_swa=32, page_size=1, dtype=torch.bfloat16, head_num=2, head_dim=8,
-                         full_attention_layer_ids=list(full_layers), swa_attention_layer_ids=list(swa_layers),
-                         device="cpu")
+    return sgl.SWAKVPool(
+        size=64,
+        size_swa=32,
+        page_size=1,
+        dtype=torch.bfloat16,
+        head_num=2,
+        head_dim=8,
+        full_attention_layer_ids=list(full_layers),
+        swa_attention_layer_ids=list(swa_layers),
+        device="cpu",
+    )
 
 
 def test_mha_pool_gets_one_record_per_slot_including_the_padding_page():
@@ -56,7 +72,12 @@ def test_swa_pool_shares_the_mapping_its_real_allocator_registered():
     allocator = sgl.SWATokenToKVPoolAllocator(64, 32, 1, torch.bfloat16, "cpu", pool, need_sort=False)
     full, swa = attach_canary_buffers(pool, config=PARTIAL, swa_window=4)
     assert (full.kind, full.num_slots, swa.kind, swa.num_slots, swa.window) == (
-        PoolGroupKind.FULL, 65, PoolGroupKind.SWA, 33, 4)
+        PoolGroupKind.FULL,
+        65,
+        PoolGroupKind.SWA,
+        33,
+        4,
+    )
     assert swa.full_to_swa_index_mapping is allocator.full_to_swa_index_mapping
     assert allocator.full_to_swa_index_mapping.shape[0] == 64 + 1 + 1  # a trailing -1 past the last slot
     assert swa.halves[KvHalf.K].real_kv.layer_words[1].data_ptr() == pool.swa_kv_pool.k_buffer[1].data_ptr()

@@ -15,9 +15,16 @@ PROMPT = list(range(10, 22))
 
 
 def make_engine(*, mode="mha", tree="radix", sweep_interval=0, **engine_args) -> SglangEngine:
-    config = CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0,
-                          verify_capacity=512, write_capacity=256, max_requests_per_forward=8,
-                          real_kv_hash=RealKvHashMode.PARTIAL, sweep_interval=sweep_interval)
+    config = CanaryConfig(
+        backend=KernelBackend.TORCH,
+        stats_interval=0,
+        health_check_interval=0,
+        verify_capacity=512,
+        write_capacity=256,
+        max_requests_per_forward=8,
+        real_kv_hash=RealKvHashMode.PARTIAL,
+        sweep_interval=sweep_interval,
+    )
     return SglangEngine(config, mode=mode, tree=tree, **engine_args)
 
 
@@ -118,7 +125,8 @@ def test_changed_kv_byte_in_the_real_pool_is_caught_by_the_tail_hash():
     flip_first_byte(engine.pool.k_buffer[1][slot])
     engine.forward([third], [[4]])
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.reported()} == {
-        ("TAIL_K_FULL", slot, ("real_kv_hash",))}
+        ("TAIL_K_FULL", slot, ("real_kv_hash",))
+    }
 
 
 def test_changed_kv_byte_of_an_idle_cached_prefix_is_caught_by_the_sweep():
@@ -128,12 +136,16 @@ def test_changed_kv_byte_of_an_idle_cached_prefix_is_caught_by_the_sweep():
     engine.finish(first)  # cached, and no request holds it
     other = engine.add_request([1, 2, 3])
     engine.forward([other])
-    slot = int(engine.tree_cache.path_device_indices(
-        engine.tree_cache.match_prefix(engine.match_params(PROMPT)).last_device_node)[3])
+    slot = int(
+        engine.tree_cache.path_device_indices(
+            engine.tree_cache.match_prefix(engine.match_params(PROMPT)).last_device_node
+        )[3]
+    )
     flip_first_byte(engine.pool.v_buffer[0][slot])
     engine.forward([other], [[4]])
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.reported()} == {
-        ("SWEEP_V_FULL", slot, ("real_kv_hash",))}
+        ("SWEEP_V_FULL", slot, ("real_kv_hash",))
+    }
 
 
 def test_in_window_swa_corruption_is_caught_under_swa_tags():
@@ -144,7 +156,8 @@ def test_in_window_swa_corruption_is_caught_under_swa_tags():
     flip_first_byte(engine.pool.swa_kv_pool.k_buffer[0][swa_slot])
     engine.forward([third], [[9]])
     assert {(v.launch_tag, v.slot_idx, v.fail_reasons) for v in engine.reported()} == {
-        ("TAIL_K_SWA", swa_slot, ("real_kv_hash",))}
+        ("TAIL_K_SWA", swa_slot, ("real_kv_hash",))
+    }
 
 
 def test_remapped_swa_mapping_entry_is_caught_under_swa_tags():

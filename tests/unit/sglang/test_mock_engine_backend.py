@@ -20,18 +20,34 @@ pytestmark = pytest.mark.sglang
 
 
 def engine(mode: str, **overrides) -> Engine:
-    config = EngineConfig(model_mode=mode, mem_backend="sglang", max_total_tokens=160, swa_window=8,
-                          max_running_requests=4, chunked_prefill_size=32, max_context_len=96, **overrides)
-    canary = CanaryConfig(mode=CanaryMode.LOG, backend=KernelBackend.TORCH, sweep_interval=3,
-                          real_kv_hash=RealKvHashMode.PARTIAL, stats_interval=0, health_check_interval=0)
+    config = EngineConfig(
+        model_mode=mode,
+        mem_backend="sglang",
+        max_total_tokens=160,
+        swa_window=8,
+        max_running_requests=4,
+        chunked_prefill_size=32,
+        max_context_len=96,
+        **overrides,
+    )
+    canary = CanaryConfig(
+        mode=CanaryMode.LOG,
+        backend=KernelBackend.TORCH,
+        sweep_interval=3,
+        real_kv_hash=RealKvHashMode.PARTIAL,
+        stats_interval=0,
+        health_check_interval=0,
+    )
     return Engine(config, canary_config=canary)
 
 
 def workload(seed: int = 3) -> tuple[list[list[int]], list[int]]:
     rng = random.Random(seed)
     shared = [rng.randrange(1000) for _ in range(32)]
-    prompts = [shared[:rng.choice([8, 16, 32])] + [rng.randrange(1000) for _ in range(rng.randrange(4, 20))]
-               for _ in range(14)]
+    prompts = [
+        shared[: rng.choice([8, 16, 32])] + [rng.randrange(1000) for _ in range(rng.randrange(4, 20))]
+        for _ in range(14)
+    ]
     return prompts, [rng.randrange(4, 12) for _ in prompts]
 
 
@@ -141,13 +157,17 @@ def flip_cached_kv_byte(current: Engine) -> int:
 
 
 @pytest.mark.parametrize("mode", ["mha", "swa"])
-@pytest.mark.parametrize(("fault", "tags", "reasons", "num_prompts", "at_target_slot"), [
-    (remap_req_to_token, "HEAD_", {"chain_hash", "position"}, 7, False),
-    # SGLang's allocator hands a freed slot out again only after the older free ones: serve longer.
-    (double_free_live_slot, "", {"chain_hash", "position", "token"}, 14, True),
-    (evict_locked_prefix, "", {"chain_hash", "position", "token"}, 7, False),
-    (flip_cached_kv_byte, "", {"real_kv_hash"}, 7, True),
-], ids=["req_to_token_remap", "double_free", "evict_radix_node", "corrupt_kv_bytes"])
+@pytest.mark.parametrize(
+    ("fault", "tags", "reasons", "num_prompts", "at_target_slot"),
+    [
+        (remap_req_to_token, "HEAD_", {"chain_hash", "position"}, 7, False),
+        # SGLang's allocator hands a freed slot out again only after the older free ones: serve longer.
+        (double_free_live_slot, "", {"chain_hash", "position", "token"}, 14, True),
+        (evict_locked_prefix, "", {"chain_hash", "position", "token"}, 7, False),
+        (flip_cached_kv_byte, "", {"real_kv_hash"}, 7, True),
+    ],
+    ids=["req_to_token_remap", "double_free", "evict_radix_node", "corrupt_kv_bytes"],
+)
 def test_faults_planted_in_sglangs_structures_are_detected(mode, fault, tags, reasons, num_prompts, at_target_slot):
     violations, target = run_with_fault(mode, fault, num_prompts=num_prompts)
     assert violations, f"{fault.__name__} went unnoticed"

@@ -14,8 +14,14 @@ from tests.unit.sglang.sglang_engine import SglangEngine
 pytestmark = pytest.mark.sglang
 
 OFF = CanaryConfig(mode=CanaryMode.NONE)
-ON = CanaryConfig(backend=KernelBackend.TORCH, stats_interval=0, health_check_interval=0, verify_capacity=256,
-                  write_capacity=128, max_requests_per_forward=4)
+ON = CanaryConfig(
+    backend=KernelBackend.TORCH,
+    stats_interval=0,
+    health_check_interval=0,
+    verify_capacity=256,
+    write_capacity=128,
+    max_requests_per_forward=4,
+)
 
 
 def runner(mode="mha", tree=None):
@@ -47,9 +53,14 @@ def test_swa_runner_uses_its_sliding_window_size():
 
 def test_tree_cache_is_attached_for_the_sweep():
     model_runner = runner()
-    tree = sgl.RadixCache(sgl.CacheInitParams(disable=False, req_to_token_pool=model_runner.req_to_token_pool,
-                                              token_to_kv_pool_allocator=model_runner.token_to_kv_pool_allocator,
-                                              page_size=1))
+    tree = sgl.RadixCache(
+        sgl.CacheInitParams(
+            disable=False,
+            req_to_token_pool=model_runner.req_to_token_pool,
+            token_to_kv_pool_allocator=model_runner.token_to_kv_pool_allocator,
+            page_size=1,
+        )
+    )
     manager = install_into_model_runner(model_runner, ON.replace(sweep_interval=2), tree_cache=tree)
     assert isinstance(manager.prefix_cache, SglangTreeCache) and manager.prefix_cache.tree_cache is tree
 

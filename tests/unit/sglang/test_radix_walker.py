@@ -23,15 +23,38 @@ def build_tree(kind: str, *, swa: bool = False, is_eagle: bool = False):
     """A tree over a real pool and allocator; ``kind``: "radix", "unified-python" or "unified-rust"."""
     rows = sgl.ReqToTokenPool(size=4, max_context_len=32, device="cpu", enable_memory_saver=False)
     if swa:
-        pool = sgl.SWAKVPool(size=64, size_swa=64, page_size=1, dtype=torch.bfloat16, head_num=1, head_dim=8,
-                             full_attention_layer_ids=[0], swa_attention_layer_ids=[1], device="cpu")
+        pool = sgl.SWAKVPool(
+            size=64,
+            size_swa=64,
+            page_size=1,
+            dtype=torch.bfloat16,
+            head_num=1,
+            head_dim=8,
+            full_attention_layer_ids=[0],
+            swa_attention_layer_ids=[1],
+            device="cpu",
+        )
         allocator = sgl.SWATokenToKVPoolAllocator(64, 64, 1, torch.bfloat16, "cpu", pool, need_sort=False)
     else:
-        pool = sgl.MHATokenToKVPool(size=64, page_size=1, dtype=torch.bfloat16, head_num=1, head_dim=8, layer_num=1,
-                                    device="cpu", enable_memory_saver=False)
+        pool = sgl.MHATokenToKVPool(
+            size=64,
+            page_size=1,
+            dtype=torch.bfloat16,
+            head_num=1,
+            head_dim=8,
+            layer_num=1,
+            device="cpu",
+            enable_memory_saver=False,
+        )
         allocator = sgl.TokenToKVPoolAllocator(64, torch.bfloat16, "cpu", pool, need_sort=False)
-    params = sgl.CacheInitParams(disable=False, req_to_token_pool=rows, token_to_kv_pool_allocator=allocator,
-                                 page_size=1, is_eagle=is_eagle, sliding_window_size=2 if swa else None)
+    params = sgl.CacheInitParams(
+        disable=False,
+        req_to_token_pool=rows,
+        token_to_kv_pool_allocator=allocator,
+        page_size=1,
+        is_eagle=is_eagle,
+        sliding_window_size=2 if swa else None,
+    )
     if kind == "radix":
         return sgl.RadixCache(params), allocator
     params.tree_components = (sgl.ComponentType.FULL,) + ((sgl.ComponentType.SWA,) if swa else ())
@@ -106,8 +129,11 @@ def test_swa_walk_skips_nodes_whose_swa_rows_are_gone(kind):
     # The request's first 4 positions slid out of its window before it finished: their SWA rows are
     # free, and the insert keeps them as an SWA tombstone.
     allocator.free_swa(slots[:4])
-    tree.insert(sgl.InsertParams(key=key([1, 2, 3, 4, 5, 6]), value=slots.clone(),
-                                 component_evicted_seqlens={sgl.ComponentType.SWA: 4}))
+    tree.insert(
+        sgl.InsertParams(
+            key=key([1, 2, 3, 4, 5, 6]), value=slots.clone(), component_evicted_seqlens={sgl.ComponentType.SWA: 4}
+        )
+    )
     full = walk_radix_cache(SglangTreeCache(tree), device="cpu")
     resident = walk_radix_cache(SglangTreeCache(tree), device="cpu", swa_resident_only=True)
     assert sorted(full.slots.tolist()) == slots.tolist()
