@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Literal
 
-InjectionStatus = Literal["scheduled", "applied", "no_target"]
+from kv_canary_contract import INJECTION_STATUSES, InjectionStatus
 
 _LINE = re.compile(
     r"kv_canary_fault fault_id=(?P<fault_id>\d+) kind=(?P<kind>[a-z_]+) "
-    r"status=(?P<status>scheduled|applied|no_target) step=(?P<step>\d+|none) detail=(?P<detail>.*)$"
+    rf"status=(?P<status>{'|'.join(INJECTION_STATUSES)}) step=(?P<step>\d+|none) detail=(?P<detail>.*)$"
 )
 
 

@@ -5,7 +5,7 @@ split), forwards, aborts, cache flushes and, through small pools, eviction and S
 decodes run past the window. After every rule: no violation, no misread (``KvShadow``), every
 finished request equals the token oracle, and the engine's bookkeeping adds up.
 
-``FaultEngineMachine`` does the same and injects one fault of a random DESIGN.md kind before a
+``FaultEngineMachine`` does the same and injects one fault of a random kind of the contract (docs/DESIGN.md) before a
 random forward. The canary must stay silent before it and, if the corruption is ever read (or
 swept), report a violation no later than the first forward that reads (or sweeps) it.
 """
@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import random
 import time
-import typing
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from kv_canary_contract import TARGET_VALUES, Fault, fault_kinds_in_mode
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
-from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, FaultTargetBody
+from mock_models.faults.fault_request import FaultRequestError
 from mock_models.faults.fault_request import resolve as resolve_fault
 from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
 from tests.reliability.kv_shadow import KvShadow
-from tests.reliability.local_faults import FAULT_KINDS_BY_MODE, KV_BYTE_SLOTS, PendingFault, apply_fault
+from tests.reliability.local_faults import KV_BYTE_SLOTS, PendingFault, apply_fault
 from tests.reliability.soak_stats import record_case
 
 PREFIXES = 3
@@ -36,11 +36,6 @@ MAX_NEW_TOKENS = 24
 MAX_CONTEXT = 128
 DRAIN_LIMIT = 2000  # forwards; a case that needs more is stuck
 FILLER_TOKENS = (1001, 1002, 1003, 1004, 1005, 1006)  # outside the prefixes' and suffixes' token ranges
-
-
-TARGET_VALUES = {
-    key: typing.get_args(typing.get_args(field.annotation)[0]) for key, field in FaultTargetBody.model_fields.items()
-}
 
 
 def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[EngineConfig, CanaryConfig]:
@@ -239,7 +234,7 @@ class FaultEngineMachine(CleanEngineMachine):
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(self.mode)), label="kind")
         self.target = (
             data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target") if self.kind == "corrupt_kv_bytes" else None
         )
@@ -363,7 +358,7 @@ class InjectorEngineMachine(FaultEngineMachine):
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(self.mode)), label="kind")
         trigger = data.draw(st.sampled_from(["at_step", "after_warmup_steps", "probability"]), label="trigger")
         body: dict[str, object] = {"kind": self.kind}
         if trigger == "probability":
@@ -405,11 +400,11 @@ class InjectorEngineMachine(FaultEngineMachine):
         if self.injector is not None:
             return
         try:
-            spec = resolve_fault(FaultRequestBody.model_validate(self.body), self.engine.config, canary_installed=True)
+            spec = resolve_fault(Fault.model_validate(self.body), self.engine.config, canary_installed=True)
         except FaultRequestError as refused:  # what the server answers 400: fall back to the defaults
             self.refused, self.target = str(refused), {}
             spec = resolve_fault(
-                FaultRequestBody.model_validate({**self.body, "target": {}}), self.engine.config, canary_installed=True
+                Fault.model_validate({**self.body, "target": {}}), self.engine.config, canary_installed=True
             )
         self.injector = FaultInjector.install(self.engine)
         self.injector.schedule(spec)

@@ -1,4 +1,4 @@
-"""The DESIGN.md fault kinds, applied in process between two forwards of a mock ``Engine``.
+"""The contract's fault kinds (``kv_canary_contract``), applied in process between two forwards of a mock ``Engine``.
 
 A test double of the server's injector, for the stateful reliability machines: each fault is
 applied right before a forward (where a step hook would run), at the current state, with its
@@ -23,22 +23,11 @@ import torch
 
 from kv_canary.launch_tags import Phase, PoolGroupKind
 from kv_canary.records import RecordWord
+from kv_canary_contract import FAULT_KIND_RULES
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import MatchResult
 
-FAULT_KINDS_BY_MODE = {
-    "mha": (
-        "corrupt_kv_bytes",
-        "corrupt_canary",
-        "req_to_token_remap",
-        "evict_radix_node",
-        "double_free",
-        "stale_prefix",
-        "swap_next_token",
-    ),
-}
-FAULT_KINDS_BY_MODE["swa"] = FAULT_KINDS_BY_MODE["dsv4"] = (*FAULT_KINDS_BY_MODE["mha"], "remap_swa_slot")
-KV_BYTE_SLOTS = ("used", "cached_unused", "post_forward")
+KV_BYTE_SLOTS = FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -323,4 +312,4 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
 }
-assert set(_APPLIERS) == set(FAULT_KINDS_BY_MODE["swa"])
+assert set(_APPLIERS) == {kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects}

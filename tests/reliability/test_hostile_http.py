@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from harness.runner import ServerProcess
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from kv_canary import CanaryConfig, CanaryMode
+from kv_canary_contract import FAULT_KINDS, TARGET_VALUES
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector, build_fault_router
@@ -151,24 +152,7 @@ def fault_client() -> Iterator[TestClient]:
 
 
 FAULT_BODIES = st.fixed_dictionaries(
-    {
-        "kind": st.sampled_from(
-            [
-                "none",
-                "corrupt_kv_bytes",
-                "corrupt_canary",
-                "req_to_token_remap",
-                "evict_radix_node",
-                "double_free",
-                "remap_swa_slot",
-                "stale_prefix",
-                "swap_next_token",
-                "flip_all_bits",
-                "",
-            ]
-        )
-        | JSON_SCALARS
-    },
+    {"kind": st.sampled_from([*FAULT_KINDS, "flip_all_bits", ""]) | JSON_SCALARS},
     optional={
         "at_step": st.integers(-2, 50) | JSON_SCALARS,
         "after_warmup_steps": st.integers(-2, 50) | JSON_SCALARS,
@@ -178,23 +162,9 @@ FAULT_BODIES = st.fixed_dictionaries(
         "target": st.fixed_dictionaries(
             {},
             optional={
-                key: st.sampled_from(
-                    [
-                        "full",
-                        "swa",
-                        "running",
-                        "finished",
-                        "used",
-                        "cached_unused",
-                        "post_forward",
-                        "deepest_locked",
-                        "any_unlocked",
-                        "in_window",
-                        "out_of_window",
-                    ]
-                )
+                key: st.sampled_from(sorted({value for values in TARGET_VALUES.values() for value in values}))
                 | JSON_SCALARS
-                for key in ("group", "request", "slot", "node", "position", "colour")
+                for key in (*TARGET_VALUES, "colour")
             },
         )
         | JSON_VALUES,

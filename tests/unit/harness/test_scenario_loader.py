@@ -218,7 +218,7 @@ BAD_SCENARIOS = {
         expect: {detected: true, within_steps: 4}
         """,
         "fault.target.group",
-        "mode mha has no SWA group",
+        "mode mha has no SWA pool",
     ),
     "remap_swa_slot in mha": (
         """\
@@ -312,7 +312,7 @@ BAD_SCENARIOS = {
         expect: {detected: true, within_steps: 4}
         """,
         "fault.probability",
-        "keep one of at_step, probability",
+        "at_step, probability are all set; keep one trigger",
     ),
     "undefined shared prefix": (
         """\
