@@ -1,4 +1,7 @@
-"""What one forward computes, with SGLang's field names (the canary's extractor reads them)."""
+"""What one forward computes, with SGLang's field names (the canary's extractor reads them).
+
+``ForwardBatch`` is the models' ``ForwardInputs`` (``mock_models.models.forward_inputs``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from mock_models.engine.req_to_token_pool import ReqToTokenPool
+from mock_models.engine.memory_protocols import RequestRows
 from mock_models.engine.request import Request
+from mock_models.models.forward_inputs import KvPool
 
 
 class ForwardMode(enum.Enum):
@@ -44,8 +48,8 @@ class ForwardBatch:
     extend_seq_lens_cpu: list[int]
     extend_start_loc_cpu: list[int]  # index of each request's first token in input_ids
     out_cache_loc: torch.Tensor  # int64 [N]: full-pool slots written, one per token
-    req_to_token_pool: ReqToTokenPool
-    token_to_kv_pool: object  # MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool
+    req_to_token_pool: RequestRows
+    token_to_kv_pool: KvPool
 
     @classmethod
     def build(
@@ -54,8 +58,8 @@ class ForwardBatch:
         forward_mode: ForwardMode,
         items: Sequence[tuple[Request, int]],
         out_cache_loc: list[int],
-        req_to_token_pool: ReqToTokenPool,
-        token_to_kv_pool: object,
+        req_to_token_pool: RequestRows,
+        token_to_kv_pool: KvPool,
         device: torch.device,
     ) -> ForwardBatch:
         prefix_lens = [req.kv_len for req, _ in items]

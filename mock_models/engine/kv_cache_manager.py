@@ -20,11 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from mock_models.config import EngineConfig
-from mock_models.engine.allocator import PagedTokenAllocator
-from mock_models.engine.radix_cache import RadixCache
-from mock_models.engine.req_to_token_pool import ReqToTokenPool
+from mock_models.engine.memory_protocols import EnginePrefixCache, FullSlotAllocator, RequestRows, SwaSlotAllocator
 from mock_models.engine.request import Request
-from mock_models.engine.swa_allocator import SWATokenAllocator
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -36,10 +33,10 @@ class KVCacheManager:
         self,
         *,
         config: EngineConfig,
-        req_to_token_pool: ReqToTokenPool,
-        full_allocator: PagedTokenAllocator,
-        swa_allocator: SWATokenAllocator | None,
-        radix_cache: RadixCache,
+        req_to_token_pool: RequestRows,
+        full_allocator: FullSlotAllocator,
+        swa_allocator: SwaSlotAllocator | None,
+        radix_cache: EnginePrefixCache,
     ) -> None:
         self.config = config
         self.page_size = config.page_size

@@ -1,39 +1,27 @@
 """The engine's memory (request rows, KV pool, slot allocators, radix cache), by ``mem_backend``.
 
 ``mock``: the engine's own classes. ``sglang``: SGLang 0.5.23's real classes behind the same
-interfaces (``sglang_memory.py``; needs .ci/install-sglang). The rest of the engine only sees the
-five objects returned here.
+interfaces (``sglang_backend/``; needs .ci/install-sglang). The rest of the engine only sees the
+five objects returned here, through the types of ``memory_protocols.py``.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
 from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
+from mock_models.engine.memory_protocols import EngineMemory
 from mock_models.engine.radix_cache import RadixCache
 from mock_models.engine.req_to_token_pool import ReqToTokenPool
 from mock_models.engine.swa_allocator import SWATokenAllocator
 from mock_models.models.spec import LayerKind, ModelSpec
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class EngineMemory:
-    req_to_token_pool: object
-    token_to_kv_pool: object
-    full_allocator: object
-    swa_allocator: object | None  # swa and dsv4 modes
-    radix_cache: object
-
-
 def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
     if config.mem_backend is MemBackend.SGLANG:
-        from mock_models.engine.sglang_memory import build_sglang_memory  # imports SGLang: only when asked for
-
-        return build_sglang_memory(config, spec)
+        return _build_sglang_memory(config, spec)
     device = torch.device(config.device)
     pool = build_kv_pool(config, spec)
     full_allocator = PagedTokenAllocator(
@@ -65,6 +53,17 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
         swa_allocator=swa_allocator,
         radix_cache=radix_cache,
     )
+
+
+def _build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
+    # SGLang is an optional dependency, imported only when this backend is asked for; beside a CPU
+    # build of torch its imports need torchvision stubbed first (torchvision_stub.py).
+    from mock_models.engine.sglang_backend.torchvision_stub import install_if_missing
+
+    install_if_missing()
+    from mock_models.engine.sglang_backend.build import build_sglang_memory
+
+    return build_sglang_memory(config, spec)
 
 
 def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:

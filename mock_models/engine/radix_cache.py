@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.memory_protocols import InsertResult, MatchResult
 from mock_models.engine.swa_allocator import SWATokenAllocator
 
 _node_ids = itertools.count()
@@ -39,22 +40,6 @@ class TreeNode:
     last_access_time: int = 0  # a tick of the cache's clock: deterministic LRU order
     swa_tombstone: bool = False
     id: int = dataclasses.field(default_factory=lambda: next(_node_ids))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class MatchResult:
-    device_indices: torch.Tensor  # int64 full-pool slots of the matched prefix
-    last_node: TreeNode  # lock this node to keep the prefix
-
-    @property
-    def prefix_len(self) -> int:
-        return self.device_indices.shape[0]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class InsertResult:
-    prefix_len: int  # tokens already in the tree: the caller frees its own slots for them
-    last_node: TreeNode  # the node ending at the inserted key
 
 
 class RadixCache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode
 from mock_models.models.token_oracle import OracleState
 
 
@@ -44,7 +44,7 @@ class Request:
 
     req_pool_idx: int = 0  # 0 until admitted
     cached_tokens: int = 0
-    last_node: TreeNode | None = None
+    last_node: EngineRadixNode | None = None
     kv_len: int = 0
     tree_owned_len: int = 0
     own_start: int = 0

@@ -16,7 +16,7 @@ if importlib.util.find_spec("sglang") is None:
         allow_module_level=True,
     )
 
-from mock_models.engine.torchvision_stub import install_if_missing  # noqa: E402
+from mock_models.engine.sglang_backend.torchvision_stub import install_if_missing  # noqa: E402
 
 install_if_missing()
 
