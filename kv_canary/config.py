@@ -7,6 +7,8 @@ import enum
 import os
 from collections.abc import Mapping
 
+from kv_canary.errors import CanaryConfigError
+
 ENV_PREFIX = "KV_CANARY_"
 
 
@@ -31,10 +33,6 @@ class KernelBackend(enum.Enum):
     AUTO = "auto"  # Triton on CUDA tensors, the torch reference elsewhere
     TRITON = "triton"
     TORCH = "torch"
-
-
-class CanaryConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the setting."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from kv_canary.errors import UnsupportedForwardModeError
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class ForwardRows:
@@ -42,10 +44,6 @@ class ForwardRows:
 
 class ForwardRowsExtractor(Protocol):
     def __call__(self, args: tuple, kwargs: dict, *, capturing: bool) -> ForwardRows: ...
-
-
-class UnsupportedForwardModeError(RuntimeError):
-    """A forward the canary cannot plan (speculative verify, draft extend, dLLM, split prefill)."""
 
 
 # SGLang's ForwardMode names (the mock engine's too). DECODE and IDLE carry no extend lengths: each

@@ -18,13 +18,14 @@ from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.adapters.swa import require_mapping, require_window
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
+from kv_canary.errors import PoolLayoutError
 from kv_canary.launch_tags import PoolGroupKind
 
 
 def attach_dsv4(pool: object, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
     window = require_window(pool, swa_window)
     if getattr(pool, "swa_kv_pool", None) is None:
-        raise ValueError(
+        raise PoolLayoutError(
             f"kv_canary: {type(pool).__name__} keeps its sliding-window KV per request (no "
             "token-indexed swa_kv_pool); only the paged SWA sub-pool is supported"
         )

@@ -40,11 +40,13 @@ class CanaryRaisedError(RuntimeError):
     The step still completed, so the engine stays consistent and serves on. The canary reports a
     violation a step or so after the forward that recorded it, so ``rids`` are the requests of the
     forwards the violations name (by step), not of the forward that surfaced them; a request that
-    finished meanwhile was answered already. ``results`` is what the surfacing step finished.
+    finished meanwhile was answered already. ``results`` is what the surfacing step finished;
+    ``records`` are the canary's ``ViolationRecord``s, ``lines`` their log lines.
     """
 
     def __init__(self, violation: KvCanaryViolationError, *, rids: list[str], results: list[GenerationResult]) -> None:
         super().__init__(str(violation))
+        self.records = violation.records
         self.lines = violation.lines
         self.rids = rids
         self.results = results
@@ -199,7 +201,7 @@ class Engine:
             for req, checksum in zip(finished, checksums)
         ]
         if violation is not None:
-            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.lines), results=results)
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
         return results
 
     def _remember_forward(self, rids: list[str]) -> None:
@@ -207,8 +209,8 @@ class Engine:
         while len(self._recent_forwards) > _RECENT_FORWARDS_KEPT:
             self._recent_forwards.popitem(last=False)
 
-    def _rids_of_steps(self, lines: list[str]) -> list[str]:
-        steps = {record.step for record in map(ViolationRecord.parse, lines) if record is not None}
+    def _rids_of_steps(self, records: Sequence[ViolationRecord]) -> list[str]:
+        steps = {record.step for record in records}
         return list(dict.fromkeys(rid for step in sorted(steps) for rid in self._recent_forwards.get(step, ())))
 
     def run_until_idle(self, *, max_steps: int | None = None) -> dict[str, GenerationResult]:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 
 from kv_canary.config import CanaryConfig
+from kv_canary.errors import KvCanaryError
 from kv_canary.install import install_canary
 from kv_canary.integrations.sglang.tree_cache import attach_tree_cache
 from kv_canary.manager import CanaryManager
 
 
-class KvCanaryInstallError(RuntimeError):
+class KvCanaryInstallError(KvCanaryError, RuntimeError):
     """The model runner is not in a state the canary can be installed into; the message says why."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryViolationError, RealKvHashMode
+from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryError, KvCanaryViolationError, RealKvHashMode
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
 from kv_canary.records import RecordWord
 from tests.unit.canary.devices import DEVICES
@@ -147,6 +147,20 @@ def test_raise_mode_raises_with_the_violation_lines():
     assert raised.value.lines and all(
         line.startswith("kv_canary violation: launch_tag=TAIL_K_FULL") for line in raised.value.lines
     )
+
+
+def test_the_raised_error_carries_the_records_its_lines_format():
+    engine = make_engine(KernelBackend.TORCH, mode=CanaryMode.RAISE)
+    first, _ = serve_shared_prefix_traffic(engine)
+    engine.canary.group(PoolGroupKind.FULL).records(Phase.TAIL, KvHalf.K)[engine.slot_of(first, 0)] = 0
+    engine.forward([first], new_tokens=[[1]])
+    with pytest.raises(KvCanaryError) as raised:
+        engine.forward([first], new_tokens=[[2]])
+    error = raised.value
+    assert isinstance(error, KvCanaryViolationError)
+    assert error.records and {record.launch_tag for record in error.records} == {"TAIL_K_FULL"}
+    assert error.lines == [record.format() for record in error.records]
+    assert list(error.records) == engine.canary.violations[-len(error.records) :]
 
 
 def test_ring_overflow_keeps_the_count_and_says_rows_were_dropped(caplog):
