@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from kv_canary.engine_protocols import RadixNode, RadixTree
 from mock_models.models.forward_inputs import KvPool
 
 
@@ -81,12 +82,11 @@ class SwaSlotAllocator(Protocol):
         ...
 
 
-class EngineRadixNode(Protocol):
-    """A radix node as the engine and the fault injector read it (SGLang's node shape).
-
-    ``key``: token ids, one per slot of ``value`` (int64 full-pool slots); ``lock_ref`` > 0 while
-    a running request holds the node; ``swa_tombstone``: its SWA rows were evicted. The same node
-    is the same object each time it is handed out, so identity comparisons hold.
+class EngineRadixNode(RadixNode, Protocol):
+    """A radix node as the engine and the fault injector read it: the canary's ``RadixNode``
+    (SGLang's shape), with the key a token list, the value always on the device and settable (a
+    fault rewrites it), and the parent, id and LRU time. The same node is the same object each
+    time it is handed out, so identity comparisons hold.
     """
 
     @property
@@ -125,11 +125,11 @@ class InsertResult:
     last_node: EngineRadixNode  # the node ending at the inserted key
 
 
-class EnginePrefixCache(Protocol):
+class EnginePrefixCache(RadixTree, Protocol):
     """The radix cache: page-aligned token keys to full-pool slots, lock refs, LRU eviction.
 
-    The canary's sweep walks it too (``kv_canary.engine_protocols``): through ``root_node``, or
-    through ``radix_walk`` where the cache walks itself.
+    It is the canary's ``RadixTree`` too: the sweep walks it from ``root_node`` (the SGLang
+    backend's cache also walks itself, ``radix_walk``, as SGLang's tree does for the canary).
     """
 
     @property

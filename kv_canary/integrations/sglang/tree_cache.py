@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 
+from kv_canary.engine_protocols import RadixWalk
 from kv_canary.integrations.sglang.node_view import SglangNodeView
 from kv_canary.manager import CanaryManager
 from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN
-from kv_canary.sweep.radix_walker import RadixWalk, walk_radix_cache
+from kv_canary.sweep.radix_walker import walk_radix_cache
 
 
 def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeCache:
@@ -34,7 +35,7 @@ def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeC
 
 
 class SglangTreeCache:
-    """A self-walking prefix cache (``radix_walker.SelfWalkingCache``) over one SGLang tree cache."""
+    """A self-walking prefix cache (``engine_protocols.SelfWalkingCache``) over one SGLang tree cache."""
 
     def __init__(self, tree_cache: object) -> None:
         self.tree_cache = tree_cache

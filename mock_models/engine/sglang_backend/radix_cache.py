@@ -14,8 +14,8 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
 from sglang.srt.mem_cache.unified_cache.components import ComponentType
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
+from kv_canary.engine_protocols import RadixWalk
 from kv_canary.integrations.sglang import SglangNodeView, SglangTreeCache
-from kv_canary.sweep.radix_walker import RadixWalk
 from mock_models.engine.memory_protocols import EngineRadixNode, EvictionRefusedError, InsertResult, MatchResult
 from mock_models.engine.radix_cache import descendants
 from mock_models.engine.sglang_backend.allocators import free_to_front
