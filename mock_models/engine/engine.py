@@ -10,6 +10,7 @@ inside a step hook, ``forward_count`` forwards have run and the coming one is nu
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -198,7 +199,7 @@ class Engine:
                 attention_checksum=checksum,
                 e2e_latency=now - req.submit_time,
             )
-            for req, checksum in zip(finished, checksums)
+            for req, checksum in zip(finished, checksums, strict=True)
         ]
         if violation is not None:
             raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
@@ -226,7 +227,7 @@ class Engine:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[GenerationResult]:
         """Submit every prompt, run until idle, and return the results in prompt order."""
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        rids = [self.submit(prompt, limit) for prompt, limit in zip(prompts, limits)]
+        rids = [self.submit(prompt, limit) for prompt, limit in zip(prompts, limits, strict=True)]
         results = self.run_until_idle()
         return [results[rid] for rid in rids]
 
@@ -243,8 +244,7 @@ class Engine:
     def close(self) -> None:
         """Drain the canary's last reports. Call between forwards, from the thread that steps."""
         if self.canary is not None:
-            try:
+            # Mode raise: the lines are logged already, and there is no one left to tell.
+            with contextlib.suppress(KvCanaryViolationError):
                 self.canary.flush()
-            except KvCanaryViolationError:
-                pass  # mode raise: the lines are logged already, and there is no one left to tell
             self.canary = None

@@ -67,11 +67,11 @@ class ForwardBatch:
         input_ids: list[int] = []
         positions: list[int] = []
         starts: list[int] = []
-        for (req, n), prefix in zip(items, prefix_lens):
+        for (req, n), prefix in zip(items, prefix_lens, strict=True):
             starts.append(len(input_ids))
             input_ids += req.fill_ids[prefix : prefix + n]
             positions += range(prefix, prefix + n)
-        seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens)]
+        seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens, strict=True)]
         rows = [req.req_pool_idx for req, _ in items]
 
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:

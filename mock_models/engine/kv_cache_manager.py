@@ -108,16 +108,18 @@ class KVCacheManager:
     def allocate(self, items: Sequence[tuple[Request, int]]) -> list[int]:
         """Full-pool slots for each request's next ``n`` positions, request after request."""
         per_request = [self._continue_last_page(req, n) for req, n in items]
-        new_pages = [_ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request)]
+        new_pages = [
+            _ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request, strict=True)
+        ]
         self._make_room_full(sum(new_pages))
         out_cache_loc: list[int] = []
-        for (req, n), slots, pages in zip(items, per_request, new_pages):
+        for (req, n), slots, pages in zip(items, per_request, new_pages, strict=True):
             if pages > req.full_pages_reserved:
                 raise RuntimeError(
                     f"request {req.rid} needs {pages} more pages than it reserved "
                     f"({req.full_pages_reserved} left); the admission estimate is wrong"
                 )
-            slots += self.full_allocator.alloc_slots(pages)[: n - len(slots)]
+            slots.extend(self.full_allocator.alloc_slots(pages)[: n - len(slots)])
             req.full_pages_reserved -= pages
             self.reserved_pages -= pages
             req.own_slots += slots

@@ -99,7 +99,7 @@ class SWAKVPool(_SwaIndexMapped):
         self.page_size = page_size
         self.dtype = dtype
         self.device = torch.device(device)
-        common = dict(page_size=page_size, dtype=dtype, head_num=head_num, head_dim=head_dim, device=device)
+        common = {"page_size": page_size, "dtype": dtype, "head_num": head_num, "head_dim": head_dim, "device": device}
         self.full_kv_pool = MHATokenToKVPool(size=size, layer_num=len(full_attention_layer_ids), **common)
         self.swa_kv_pool = MHATokenToKVPool(size=size_swa, layer_num=len(swa_attention_layer_ids), **common)
         self.full_layer_nums = len(full_attention_layer_ids)

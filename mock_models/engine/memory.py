@@ -67,9 +67,12 @@ def _build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
 
 
 def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:
-    common = dict(
-        size=config.max_total_tokens, page_size=config.page_size, dtype=config.torch_kv_dtype, device=config.device
-    )
+    common = {
+        "size": config.max_total_tokens,
+        "page_size": config.page_size,
+        "dtype": config.torch_kv_dtype,
+        "device": config.device,
+    }
     if config.model_mode is ModelMode.MHA:
         return MHATokenToKVPool(head_num=spec.num_heads, head_dim=spec.head_dim, layer_num=spec.num_layers, **common)
     if config.model_mode is ModelMode.SWA:

@@ -106,7 +106,7 @@ def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     needs_swa_slot = in_window_only and target.position != "out_of_window"
     return [
         SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
-        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots))
+        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots, strict=True))
         if swa or not needs_swa_slot
     ]
 
@@ -155,7 +155,11 @@ def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
     written = batch.out_cache_loc.tolist()
     by_request: list[tuple[Request, list[int], int]] = []
     for row, start, n, prefix in zip(
-        batch.req_pool_indices_cpu, batch.extend_start_loc_cpu, batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu
+        batch.req_pool_indices_cpu,
+        batch.extend_start_loc_cpu,
+        batch.extend_seq_lens_cpu,
+        batch.extend_prefix_lens_cpu,
+        strict=True,
     ):
         req = running.get(row)
         if req is not None:

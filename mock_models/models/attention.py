@@ -118,7 +118,7 @@ class CompressedWindowAttention(nn.Module):
         """Pool the latents of every group whose last token this forward computed."""
         rows, group_ends = [], []
         for row, prefix, new in zip(
-            batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu
+            batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu, strict=True
         ):
             first_end = prefix + (self.ratio - 1 - prefix) % self.ratio
             for end in range(first_end, prefix + new, self.ratio):

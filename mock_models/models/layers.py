@@ -110,7 +110,7 @@ class KeySpan:
     @classmethod
     def from_starts(cls, batch: ForwardInputs, starts_cpu: list[int]) -> KeySpan:
         device = batch.input_ids.device
-        longest = max(seq - start for seq, start in zip(batch.seq_lens_cpu.tolist(), starts_cpu))
+        longest = max(seq - start for seq, start in zip(batch.seq_lens_cpu.tolist(), starts_cpu, strict=True))
         starts = torch.tensor(starts_cpu, dtype=torch.int64).to(device)
         return cls.at_positions(batch, starts[:, None] + torch.arange(longest, device=device)[None, :])
 

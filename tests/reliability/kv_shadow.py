@@ -135,6 +135,7 @@ class KvShadow:
             batch.extend_prefix_lens_cpu,
             batch.extend_seq_lens_cpu,
             batch.extend_start_loc_cpu,
+            strict=True,
         ):
             req = by_row[row]
             requests.append((req, prefix))

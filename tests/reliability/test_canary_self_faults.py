@@ -27,7 +27,12 @@ PROMPT = list(range(1, 41))
 
 
 def canary_engine(**canary: object) -> Engine:
-    settings = dict(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, stats_interval=0, health_check_interval=0)
+    settings = {
+        "mode": CanaryMode.LOG,
+        "real_kv_hash": RealKvHashMode.ALL,
+        "stats_interval": 0,
+        "health_check_interval": 0,
+    }
     return Engine(
         EngineConfig(model_mode="mha", max_total_tokens=512, strict_allocator=True),
         canary_config=CanaryConfig(**{**settings, **canary}),

@@ -18,3 +18,5 @@ Supported: modes mha and swa, ``page_size`` 1 (SGLang's paged SWA allocator page
 too, while this engine frees SWA rows per token). SGLang's allocators do not detect double frees,
 so ``double_free_count`` stays 0 and ``strict_allocator`` has no effect.
 """
+
+SGLANG_VERSION = "0.5.23"  # the release whose classes this backend adapts

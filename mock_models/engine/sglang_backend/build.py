@@ -32,14 +32,14 @@ def build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
             enable_memory_saver=False,
         )
     )
-    common: dict[str, Any] = dict(
-        size=config.max_total_tokens,
-        page_size=1,
-        dtype=config.torch_kv_dtype,
-        head_num=spec.num_heads,
-        head_dim=spec.head_dim,
-        device=device,
-    )
+    common: dict[str, Any] = {
+        "size": config.max_total_tokens,
+        "page_size": 1,
+        "dtype": config.torch_kv_dtype,
+        "head_num": spec.num_heads,
+        "head_dim": spec.head_dim,
+        "device": device,
+    }
     if config.model_mode is ModelMode.MHA:
         pool = SglangMHAPool(layer_num=spec.num_layers, enable_memory_saver=False, **common)
         allocator = TokenToKVPoolAllocator(

@@ -13,6 +13,7 @@ Nothing in kv_canary needs it, and a machine with SGLang's full GPU install neve
 from __future__ import annotations
 
 import enum
+import importlib
 import importlib.machinery
 import sys
 import types
@@ -32,8 +33,7 @@ def install_if_missing() -> None:
     if "torchvision" in sys.modules:
         return
     try:
-        import torchvision  # noqa: F401
-
+        importlib.import_module("torchvision")
         return
     except (ImportError, RuntimeError):
         for name in [name for name in sys.modules if name.split(".")[0] == "torchvision"]:

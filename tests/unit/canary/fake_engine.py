@@ -60,7 +60,7 @@ class TinyModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> None:
         self.calls += 1
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
-        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer)):
+        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer, strict=True)):
             k[forward_batch.out_cache_loc] = base + layer + torch.arange(k[0].numel(), device=k.device).view(k[0].shape)
             v[forward_batch.out_cache_loc] = -base - layer
 
@@ -117,7 +117,7 @@ class FakeEngine:
         prefix = [r.cached for r in requests]
         extend = [len(r.tokens) - r.cached for r in requests]
         slots, input_ids, positions = [], [], []
-        for request, start, count in zip(requests, prefix, extend):
+        for request, start, count in zip(requests, prefix, extend, strict=True):
             new = self._allocate_slots(count)
             self.req_pool.req_to_token[request.row, start : start + count] = torch.tensor(
                 new, dtype=torch.int32, device=self.device

@@ -48,7 +48,7 @@ class SwaTinyModel(TinyModel):
         full_slots = forward_batch.out_cache_loc
         swa_slots = self.pool.full_to_swa_index_mapping[full_slots]
         for pool, slots, salt in ((self.pool.full_kv_pool, full_slots, 0), (self.pool.swa_kv_pool, swa_slots, 10)):
-            for layer, (k, v) in enumerate(zip(pool.k_buffer, pool.v_buffer)):
+            for layer, (k, v) in enumerate(zip(pool.k_buffer, pool.v_buffer, strict=True)):
                 k[slots] = base + salt + layer + torch.arange(k[0].numel()).view(k[0].shape)
                 v[slots] = -base - salt - layer
 

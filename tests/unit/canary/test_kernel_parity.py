@@ -114,7 +114,7 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
     for run in first_runs + second_runs:
         for offset, slot in enumerate(run["slots"]):
             chain[slot] = run["pred"] if offset == 0 else run["slots"][offset - 1]
-    written = [slot for slot in chain]
+    written = list(chain)
     if seed % 2:
         rng.shuffle(written)
     plan = VerifyPlan.allocate(256, "cpu")

@@ -18,7 +18,9 @@ from tests.unit.canary.fake_radix import FakeRadixCache
 
 def entries(walk: RadixWalk) -> list[tuple[int, int, int, int]]:
     """(slot, position, prev_slot, token) per walked token."""
-    return list(zip(walk.slots.tolist(), walk.positions.tolist(), walk.prev_slots.tolist(), walk.tokens.tolist()))
+    return list(
+        zip(walk.slots.tolist(), walk.positions.tolist(), walk.prev_slots.tolist(), walk.tokens.tolist(), strict=True)
+    )
 
 
 def branching_cache() -> FakeRadixCache:

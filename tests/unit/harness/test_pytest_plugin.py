@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import harness.pytest_plugin  # noqa: F401  imported here so that pytester's in-process runs reuse it, not re-import
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION, FAKE_SERVER_COMMAND, process_is_gone
 
 pytest_plugins = ["pytester"]

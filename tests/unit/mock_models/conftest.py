@@ -43,7 +43,7 @@ def make_engine() -> Callable[..., Engine]:
     """Engines with strict allocators (a double free is a test failure) and a 16-token window."""
 
     def make(mode: str = "mha", **overrides: object) -> Engine:
-        settings = dict(model_mode=mode, swa_window=16, strict_allocator=True, max_total_tokens=512)
+        settings = {"model_mode": mode, "swa_window": 16, "strict_allocator": True, "max_total_tokens": 512}
         settings.update(overrides)
         return Engine(EngineConfig(**settings))
 

@@ -40,7 +40,9 @@ def run_clean_workload(
     engine.radix_cache.evict = lambda num_tokens: evictions.append(num_tokens) or evict(num_tokens)
     results = engine.generate(prompts, limits)
     oracle = TokenOracle(seed=0, vocab_size=engine.config.vocab_size)
-    assert [list(r.output_ids) for r in results] == [oracle.continuation(p, n) for p, n in zip(prompts, limits)]
+    assert [list(r.output_ids) for r in results] == [
+        oracle.continuation(p, n) for p, n in zip(prompts, limits, strict=True)
+    ]
     engine.canary.flush()
     assert engine.canary.kernels.name == ("triton" if device.startswith("cuda") else "torch")
     assert evictions, "the workload should make the radix cache evict"

@@ -166,7 +166,7 @@ class SglangEngine:
 
     def forward(self, requests: list[Request], new_tokens: list[list[int]] | None = None) -> None:
         """One forward: each request writes its unwritten tokens, after appending ``new_tokens``."""
-        for request, tokens in zip(requests, new_tokens or [[] for _ in requests]):
+        for request, tokens in zip(requests, new_tokens or [[] for _ in requests], strict=True):
             request.tokens += tokens
         prefix = [r.kv_len for r in requests]
         extend = [len(r.tokens) - r.kv_len for r in requests]
@@ -174,14 +174,14 @@ class SglangEngine:
         if slots is None:
             raise RuntimeError(f"the real allocator has {self.allocator.available_size()} slots, {sum(extend)} asked")
         input_ids, positions, offset = [], [], 0
-        for request, start, count in zip(requests, prefix, extend):
+        for request, start, count in zip(requests, prefix, extend, strict=True):
             self.req_to_token_pool.req_to_token[request.row, start : start + count] = slots[offset : offset + count].to(
                 torch.int32
             )
             offset += count
             input_ids += request.tokens[start : start + count]
             positions += range(start, start + count)
-        seq_lens = [p + n for p, n in zip(prefix, extend)]
+        seq_lens = [p + n for p, n in zip(prefix, extend, strict=True)]
         decode = all(n == 1 for n in extend) and all(p > 0 for p in prefix)
         batch = self.forward_batch(
             decode=decode,
@@ -214,16 +214,16 @@ class SglangEngine:
         def tensor(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype)
 
-        fields = dict(
-            batch_size=len(rows),
-            input_ids=tensor(input_ids),
-            req_pool_indices=tensor(rows),
-            seq_lens=tensor(seq_lens),
-            out_cache_loc=out_cache_loc.to(torch.int64),
-            seq_lens_sum=sum(seq_lens),
-            positions=tensor(positions),
-            seq_lens_cpu=tensor(seq_lens),
-        )
+        fields = {
+            "batch_size": len(rows),
+            "input_ids": tensor(input_ids),
+            "req_pool_indices": tensor(rows),
+            "seq_lens": tensor(seq_lens),
+            "out_cache_loc": out_cache_loc.to(torch.int64),
+            "seq_lens_sum": sum(seq_lens),
+            "positions": tensor(positions),
+            "seq_lens_cpu": tensor(seq_lens),
+        }
         if decode:
             return sgl.ForwardBatch(forward_mode=sgl.ForwardMode.DECODE, **fields)
         return sgl.ForwardBatch(

@@ -62,7 +62,9 @@ def test_clean_traffic_on_sglangs_memory_has_no_violations_and_matches_the_oracl
     prompts, limits = workload()
     results = served.generate(prompts, limits)
     oracle = TokenOracle(seed=0, vocab_size=served.config.vocab_size)
-    assert [list(r.output_ids) for r in results] == [oracle.continuation(p, n) for p, n in zip(prompts, limits)]
+    assert [list(r.output_ids) for r in results] == [
+        oracle.continuation(p, n) for p, n in zip(prompts, limits, strict=True)
+    ]
     assert sum(r.cached_tokens for r in results) > 0 and sum(evicted) > 0  # prefixes reused, the tree evicted
     served.canary.flush()
     assert served.canary.violations == []
