@@ -28,13 +28,13 @@ class RealKvSource:
         if mode is RealKvHashMode.NONE or not buffers:
             return None
         views = tuple(_as_words(buffer, index) for index, buffer in enumerate(buffers))
-        row_words = {view.shape[1] for view in views}
-        if len(row_words) != 1:
+        row_sizes = {view.shape[1] for view in views}
+        if len(row_sizes) != 1:
             raise PoolLayoutError(
-                f"real-KV layers have rows of different sizes ({sorted(row_words)} words); "
+                f"real-KV layers have rows of different sizes ({sorted(row_sizes)} words); "
                 "hash each size as its own source"
             )
-        (row_words,) = row_words
+        (row_words,) = row_sizes
         hashed = row_words if mode is RealKvHashMode.ALL else min(row_words, PARTIAL_REAL_KV_BYTES // _WORD_BYTES)
         pointers = torch.tensor([view.data_ptr() for view in views], dtype=torch.int64, device=views[0].device)
         return cls(layer_words=views, layer_pointers=pointers, row_words=row_words, hashed_words=hashed)

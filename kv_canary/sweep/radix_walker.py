@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import typing
+from collections.abc import Sequence, Sized
 
 import torch
 
@@ -75,8 +76,8 @@ def _key_tokens(key: Sequence[int] | TokenIdsKey) -> list[int]:
     """A node key's token ids: one per slot of the node's value."""
     token_ids = getattr(key, "token_ids", None)
     if token_ids is None:
-        return list(key)
-    count = len(key) if hasattr(type(key), "__len__") else len(token_ids)
+        return list(typing.cast(Sequence[int], key))
+    count = len(key) if isinstance(key, Sized) else len(token_ids)
     return [int(token) for token in token_ids[:count]]
 
 

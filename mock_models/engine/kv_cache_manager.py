@@ -126,7 +126,7 @@ class KVCacheManager:
             out_cache_loc += slots
         self._write_req_to_token(items, out_cache_loc)
         if self.swa_allocator is not None:
-            self._make_room_swa(len(out_cache_loc))
+            self._make_room_swa(self.swa_allocator, len(out_cache_loc))
             swa_slots = iter(self.swa_allocator.alloc_for(out_cache_loc))
             for req, n in items:
                 req.own_swa_slots += [next(swa_slots) for _ in range(n)]
@@ -157,8 +157,8 @@ class KVCacheManager:
         if short > 0:
             self.radix_cache.evict(short * self.page_size)
 
-    def _make_room_swa(self, slots: int) -> None:
-        short = slots - self.swa_allocator.available_size()
+    def _make_room_swa(self, swa_allocator: SwaSlotAllocator, slots: int) -> None:
+        short = slots - swa_allocator.available_size()
         if short > 0:
             self.radix_cache.evict_swa(short)
 
@@ -195,7 +195,7 @@ class KVCacheManager:
         value = self.req_to_token_pool.req_to_token[req.req_pool_idx, :end].to(torch.int64)
         result = self.radix_cache.insert(key, value, swa_resident_from=req.swa_released_len)
         self.radix_cache.inc_lock_ref(result.last_node)
-        self.radix_cache.dec_lock_ref(req.last_node)
+        self.radix_cache.dec_lock_ref(req.locked_node)
         req.last_node = result.last_node
         req.tree_owned_len = end
         req.swa_released_len = max(req.swa_released_len, end)
@@ -219,7 +219,7 @@ class KVCacheManager:
         self._retire(req)
 
     def _retire(self, req: Request) -> None:
-        self.radix_cache.dec_lock_ref(req.last_node)
+        self.radix_cache.dec_lock_ref(req.locked_node)
         self.reserved_pages -= req.full_pages_reserved
         self.reserved_swa_slots -= req.swa_slots_reserved
         req.full_pages_reserved = req.swa_slots_reserved = 0

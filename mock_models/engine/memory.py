@@ -7,6 +7,8 @@ five objects returned here, through the types of ``memory_protocols.py``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
@@ -36,6 +38,7 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
             device=device,
             strict=config.strict_allocator,
         )
+        assert isinstance(pool, SWAKVPool | DeepSeekV4TokenToKVPool)  # the modes with an SWA pool
         pool.register_mapping(swa_allocator.full_to_swa_index_mapping)
     radix_cache = RadixCache(
         page_size=config.page_size,
@@ -67,7 +70,7 @@ def _build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
 
 
 def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:
-    common = {
+    common: dict[str, Any] = {
         "size": config.max_total_tokens,
         "page_size": config.page_size,
         "dtype": config.torch_kv_dtype,

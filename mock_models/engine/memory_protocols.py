@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -100,7 +100,7 @@ class EngineRadixNode(RadixNode, Protocol):
     @property
     def swa_tombstone(self) -> bool: ...
     @property
-    def children(self) -> Mapping[object, EngineRadixNode]: ...
+    def children(self) -> Mapping[Any, EngineRadixNode]: ...
     @property
     def parent(self) -> EngineRadixNode | None: ...
     @property

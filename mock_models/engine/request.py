@@ -76,5 +76,12 @@ class Request:
     def is_finished(self) -> bool:
         return len(self.output_ids) >= self.max_new_tokens
 
+    @property
+    def locked_node(self) -> EngineRadixNode:
+        """The radix node whose path this running request locks."""
+        if self.last_node is None:
+            raise RuntimeError(f"request {self.rid} locks no radix node: it is not running")
+        return self.last_node
+
     def own_slot(self, position: int) -> int:
         return self.own_slots[position - self.own_start]

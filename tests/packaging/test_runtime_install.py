@@ -60,7 +60,8 @@ def _installed(report: dict) -> dict[str, list[Requirement]]:
 
 def _needed_by(root: str, installed: dict[str, list[Requirement]], environment: Mapping[str, str]) -> set[str]:
     """Every distribution ``root`` needs, transitively, without extras, under ``environment``."""
-    needed, pending = set(), [root]
+    needed: set[str] = set()
+    pending = [root]
     while pending:
         for requirement in installed.get(pending.pop(), []):
             name = canonicalize_name(requirement.name)

@@ -19,6 +19,7 @@ decodes and would then report every slot they wrote.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kv_canary.config import CanaryConfig
 from kv_canary.errors import KvCanaryError
@@ -58,12 +59,12 @@ def install_into_model_runner(
         swa_window=_swa_window(model_runner, pool),
         logger=logger,
     )
-    if tree_cache is not None:
+    if tree_cache is not None and manager is not None:
         attach_tree_cache(manager, tree_cache)
     return manager
 
 
-def _required(model_runner: object, name: str) -> object:
+def _required(model_runner: object, name: str) -> Any:
     value = getattr(model_runner, name, None)
     if value is None:
         raise KvCanaryInstallError(

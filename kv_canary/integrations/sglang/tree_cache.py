@@ -18,6 +18,8 @@ Three shapes exist:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from kv_canary.engine_protocols import RadixWalk
@@ -27,7 +29,7 @@ from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN
 from kv_canary.sweep.radix_walker import walk_radix_cache
 
 
-def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeCache:
+def attach_tree_cache(manager: CanaryManager, tree_cache: Any) -> SglangTreeCache:
     """Let the canary's periodic sweep walk SGLang's radix cache (``scheduler.tree_cache``)."""
     walker = SglangTreeCache(tree_cache)
     manager.attach_prefix_cache(walker)
@@ -37,8 +39,8 @@ def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeC
 class SglangTreeCache:
     """A self-walking prefix cache (``engine_protocols.SelfWalkingCache``) over one SGLang tree cache."""
 
-    def __init__(self, tree_cache: object) -> None:
-        self.tree_cache = tree_cache
+    def __init__(self, tree_cache: Any) -> None:
+        self.tree_cache = tree_cache  # SGLang's RadixCache (or a subclass) or UnifiedRadixCache: untyped
 
     def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
         tree_core = getattr(self.tree_cache, "tree_core", None)
@@ -67,7 +69,7 @@ class _ViewedTree:
         self.root_node = root_node
 
 
-def _flat_walk(tree_core: object, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
+def _flat_walk(tree_core: Any, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
     walk = tree_core.walk_for_kv_canary(unlocked_only, swa_resident_only)
     slots = walk.slot_indices.to(device=device, dtype=torch.int64)
     prev_slots = walk.prev_slot_indices.to(device=device, dtype=torch.int64)

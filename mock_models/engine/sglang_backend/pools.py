@@ -14,14 +14,14 @@ def _layer(layer_id: int) -> types.SimpleNamespace:
     return types.SimpleNamespace(layer_id=layer_id)
 
 
-class SglangMHAPool(MHATokenToKVPool):  # type: ignore[misc]  # SGLang is untyped
+class SglangMHAPool(MHATokenToKVPool):
     """SGLang's pool; ``set_kv_buffer`` takes the engine's ``(layer_id, loc, k, v)``."""
 
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> None:
         super().set_kv_buffer(_layer(layer_id), loc, cache_k, cache_v)
 
 
-class SglangSWAKVPool(SWAKVPool):  # type: ignore[misc]
+class SglangSWAKVPool(SWAKVPool):
     """SGLang's hybrid pool; the engine passes full-pool slots, translated here as SGLang's backends do."""
 
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> None:

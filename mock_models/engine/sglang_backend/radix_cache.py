@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import typing
 import weakref
 from array import array
 from collections.abc import Iterator, Sequence
@@ -40,20 +41,27 @@ class SglangRadixCache:
 
     # -- nodes --------------------------------------------------------------------------------------
 
-    def view(self, node: Any) -> SglangNodeView:
-        """The view of a tree node or ``NodeId`` (the same view each time)."""
+    def view(self, node: Any) -> EngineRadixNode:
+        """The view of a tree node or ``NodeId`` (the same view each time).
+
+        An engine node's slots are always on the device: SGLang's ``value`` is None only for a node
+        its host cache evicted, and this backend runs SGLang without one.
+        """
         if self.swa_enabled and isinstance(node, int):
             node = self.tree.tree_core.node_by_id(node)
         view = self._views.get(node)
         if view is None:
-            view = self._views[node] = SglangNodeView(node, view_of=self.view)
-        return view
+            view = self._views[node] = SglangNodeView(node, view_of=self._view_of)
+        return typing.cast(EngineRadixNode, view)
+
+    def _view_of(self, node: Any) -> SglangNodeView:
+        return typing.cast(SglangNodeView, self.view(node))
 
     @property
-    def root_node(self) -> SglangNodeView:
+    def root_node(self) -> EngineRadixNode:
         return self.view(self.tree.root_node)
 
-    def nodes(self) -> Iterator[SglangNodeView]:
+    def nodes(self) -> Iterator[EngineRadixNode]:
         """Every node but the root, parents before children."""
         return descendants(self.root_node)
 
@@ -157,7 +165,7 @@ class SglangRadixCache:
     def swa_evictable_size(self) -> int:
         return int(self.tree.swa_evictable_size())
 
-    def _own(self, node: EngineRadixNode) -> SglangNodeView:
+    def _own(self, node: object) -> SglangNodeView:
         if not isinstance(node, SglangNodeView):
             raise TypeError(f"SglangRadixCache: {node!r} is not a node this cache handed out")
         return node

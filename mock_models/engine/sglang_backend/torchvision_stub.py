@@ -46,9 +46,9 @@ def install_if_missing() -> None:
     root, transforms, functional = (
         _module(name) for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
     )
-    root.transforms = transforms
-    transforms.functional = functional
-    transforms.InterpolationMode = functional.InterpolationMode = InterpolationMode
+    vars(root).update(transforms=transforms)
+    vars(transforms).update(functional=functional, InterpolationMode=InterpolationMode)
+    vars(functional).update(InterpolationMode=InterpolationMode)
     sys.modules.update({module.__name__: module for module in (root, transforms, functional)})
 
 
@@ -61,7 +61,7 @@ def _module(name: str) -> types.ModuleType:
             raise AttributeError(attribute)
         return _unavailable(f"{name}.{attribute}")
 
-    module.__getattr__ = __getattr__
+    vars(module)["__getattr__"] = __getattr__  # module-level __getattr__ (PEP 562)
     return module
 
 

@@ -8,6 +8,8 @@ and are handed out again later, as an SGLang-style SWA allocator does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from kv_canary import CanaryConfig
@@ -63,7 +65,7 @@ class FakeSwaEngine(FakeEngine):
         window: int = 4,
         num_swa_slots: int = 48,
         num_slots: int = 256,
-        pool: object | None = None,
+        pool: Any = None,
         model_class: type[TinyModel] = SwaTinyModel,
         **kwargs,
     ) -> None:

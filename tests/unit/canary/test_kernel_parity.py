@@ -51,7 +51,7 @@ def fill_write_plan(plan: WritePlan, runs: list[dict], rng: random.Random, corru
     plan.num_requests[0] = len(runs)
 
 
-def random_runs(rng: random.Random, free: list[int], preds: dict[int, tuple[int, int]] | None) -> list[dict]:
+def random_runs(rng: random.Random, free: list[int], preds: dict[int, int] | None) -> list[dict]:
     """Runs of new slots; with ``preds`` (slot -> position), continue some cached sequences."""
     runs = []
     for _ in range(rng.randint(1, 5)):
