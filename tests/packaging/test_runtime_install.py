@@ -113,13 +113,23 @@ def test_the_runtime_installs_alone_with_torch_and_leaves_pytest_runs_alone(tmp_
     imported = _run(python, "-c", _IMPORT_THE_RUNTIME).stdout.split()
     assert imported == [], f"importing the runtime imported tooling: {imported}"
 
-    # 3. The console script is there (a script cannot depend on an extra) and says what to install.
+    # 3. No entry point of the runtime loads tooling into its host (pytest, SGLang's plugin loader, ...):
+    # each names a kv_canary module, but the console script.
+    entry_points = _run(python, "-c", _LIST_ENTRY_POINTS).stdout.splitlines()
+    loading_tooling = [
+        line
+        for line in entry_points
+        if not line.startswith("console_scripts ") and not line.split()[2].startswith("kv_canary.")
+    ]
+    assert loading_tooling == [], f"entry points of the runtime that load tooling: {loading_tooling}"
+
+    # 4. The console script is there (a script cannot depend on an extra) and says what to install.
     console = subprocess.run(
         [str(venv / "bin" / "kv-canary"), "list"], capture_output=True, text=True, timeout=60, check=False
     )
     assert console.returncode == 2 and "pip install 'kv-canary[harness" in console.stderr, console.stderr
 
-    # 4. A pytest run in that environment: no plugin, no option, no scenario items.
+    # 5. A pytest run in that environment: no plugin, no option, no scenario items.
     _run(python, "-m", "pip", "install", "-q", "pytest")
     project = tmp_path / "engine_project"
     (project / "tests").mkdir(parents=True)
@@ -151,4 +161,10 @@ import kv_canary.integrations.sglang
 from kv_canary import CanaryConfig, install_canary
 tooling = {"fastapi", "uvicorn", "matplotlib", "click", "tqdm", "requests", "pydantic", "yaml"}
 print(" ".join(sorted({name.split(".")[0] for name in sys.modules} & (tooling | {"harness", "mock_models"}))))
+"""
+
+_LIST_ENTRY_POINTS = """
+import importlib.metadata
+for entry_point in importlib.metadata.distribution("kv-canary").entry_points:
+    print(entry_point.group, entry_point.name, entry_point.value)
 """
