@@ -33,7 +33,7 @@ from kv_canary_contract.fault_kinds import (
 )
 from kv_canary_contract.fault_rules import ResolvedTarget, fault_problems, resolve_target
 from kv_canary_contract.injections import INJECTION_STATUSES, InjectionStatus
-from kv_canary_contract.modes import MODEL_MODES, MODES, ModeFacts, ModelMode, PoolGroup
+from kv_canary_contract.modes import MODEL_MODES, MODES, ModeFacts, ModelMode, PoolGroup, model_mode
 from kv_canary_contract.problems import ContractModel, ContractProblem, Location
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "engine_setting_problems",
     "fault_kinds_in_mode",
     "fault_problems",
+    "model_mode",
     "resolve_target",
     "setting_bounds",
     "setting_flag",

@@ -27,29 +27,33 @@ class EngineSettings(ContractModel):
     """Engine settings, each the server flag of the same name; an optional one left out (null) is
     not passed, so the server's own default applies."""
 
-    page_size: int = Field(1, ge=1, le=MAX_PAGE_SIZE, description="Tokens per KV page.")
+    page_size: int = Field(default=1, ge=1, le=MAX_PAGE_SIZE, description="Tokens per KV page.")
     max_total_tokens: int = Field(
-        4096, ge=1, le=MAX_TOKENS, description="KV slots in the full pool; a multiple of page_size."
+        default=4096, ge=1, le=MAX_TOKENS, description="KV slots in the full pool; a multiple of page_size."
     )
     swa_window: int = Field(
-        64,
+        default=64,
         ge=1,
         le=MAX_TOKENS,
         description="Sliding-window size of SWA layers (modes swa, dsv4; in dsv4 at least its compress ratio, 4).",
     )
-    sweep_interval: int = Field(0, ge=0, le=MAX_FORWARDS, description="Forwards between radix sweeps; 0 = no sweep.")
-    real_kv: RealKv = Field("partial", description="How much of each slot's real K/V bytes the TAIL record hashes.")
-    canary_mode: ScenarioCanaryMode = Field("log", description="log: report violations; raise: also error.")
-    max_running_requests: int | None = Field(None, ge=1, le=MAX_REQUESTS, description="Batch size cap.")
-    chunked_prefill_size: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens.")
+    sweep_interval: int = Field(
+        default=0, ge=0, le=MAX_FORWARDS, description="Forwards between radix sweeps; 0 = no sweep."
+    )
+    real_kv: RealKv = Field(
+        default="partial", description="How much of each slot's real K/V bytes the TAIL record hashes."
+    )
+    canary_mode: ScenarioCanaryMode = Field(default="log", description="log: report violations; raise: also error.")
+    max_running_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS, description="Batch size cap.")
+    chunked_prefill_size: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens.")
     seed: int | None = Field(
-        None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the engine's model weights and token sampling."
+        default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the engine's model weights and token sampling."
     )
     stats_interval: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; 0 = off."
+        default=None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; 0 = off."
     )
     swa_divergence_interval: int | None = Field(
-        None,
+        default=None,
         ge=0,
         le=MAX_FORWARDS,
         description="Forwards between kv_canary_swa_divergence lines; 0 = off. The harness passes 1 when a "

@@ -36,19 +36,21 @@ class Fault(ContractModel):
     """When and where to corrupt; sent as-is (``None`` keys dropped) to ``POST /kv_canary/inject``."""
 
     kind: FaultKind
-    at_step: int | None = Field(None, ge=0, le=MAX_FORWARDS, description="Engine forward at which to inject.")
+    at_step: int | None = Field(default=None, ge=0, le=MAX_FORWARDS, description="Engine forward at which to inject.")
     after_warmup_steps: int | None = Field(
-        None, ge=0, le=MAX_FORWARDS, description="Forwards after the engine's warm-up at which to inject."
+        default=None, ge=0, le=MAX_FORWARDS, description="Forwards after the engine's warm-up at which to inject."
     )
-    probability: float | None = Field(None, gt=0, le=1, description="Chance per forward to inject (needs seed).")
+    probability: float | None = Field(
+        default=None, gt=0, le=1, description="Chance per forward to inject (needs seed)."
+    )
     seed: int | None = Field(
-        None,
+        default=None,
         ge=SEED_MIN,
         le=SEED_MAX,
         description="Seeds the probability draws and each application's choices (bits, words, tokens); "
         "default: the fault's id.",
     )
-    count: int = Field(1, ge=1, le=MAX_REQUESTS, description="How many injections.")
+    count: int = Field(default=1, ge=1, le=MAX_REQUESTS, description="How many injections.")
     target: FaultTarget = Field(default_factory=FaultTarget)
 
     @property

@@ -47,3 +47,11 @@ MODES: Mapping[ModelMode, ModeFacts] = MappingProxyType(
         "dsv4": ModeFacts(has_swa_pool=True, guarded=frozenset({("swa", "k")}), compress_ratio=DSV4_COMPRESS_RATIO),
     }
 )
+
+
+def model_mode(name: str) -> ModelMode:
+    """``name`` as a ``ModelMode``; ValueError naming the modes if it is none of them."""
+    for mode in MODEL_MODES:
+        if mode == name:
+            return mode
+    raise ValueError(f"{name!r} is not a model mode; use one of {', '.join(MODEL_MODES)}")

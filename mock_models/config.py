@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 
 import torch
 
@@ -59,10 +60,13 @@ class EngineConfig:
     mem_backend: MemBackend = MemBackend.MOCK
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model_mode, ModelMode):
-            object.__setattr__(self, "model_mode", _enum_value(ModelMode, self.model_mode, "model_mode"))
-        if not isinstance(self.mem_backend, MemBackend):
-            object.__setattr__(self, "mem_backend", _enum_value(MemBackend, self.mem_backend, "mem_backend"))
+        # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
+        model_mode: object = self.model_mode
+        if not isinstance(model_mode, ModelMode):
+            object.__setattr__(self, "model_mode", _enum_value(ModelMode, model_mode, "model_mode"))
+        mem_backend: object = self.mem_backend
+        if not isinstance(mem_backend, MemBackend):
+            object.__setattr__(self, "mem_backend", _enum_value(MemBackend, mem_backend, "mem_backend"))
         if self.mem_backend is MemBackend.SGLANG:
             _require(
                 self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
@@ -128,7 +132,7 @@ class EngineConfig:
         bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
         return min(uncached_tokens + max_new_tokens, bound)
 
-    def replace(self, **changes: object) -> EngineConfig:
+    def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)
 
 

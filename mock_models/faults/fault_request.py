@@ -6,9 +6,8 @@ contract's ``fault_problems`` (answered 400) and fills in the target defaults.
 from __future__ import annotations
 
 import dataclasses
-import typing
 
-from kv_canary_contract import Fault, FaultKind, ModelMode, ResolvedTarget, fault_problems, resolve_target
+from kv_canary_contract import Fault, FaultKind, ResolvedTarget, fault_problems, model_mode, resolve_target
 from mock_models.config import EngineConfig
 
 
@@ -29,7 +28,7 @@ class FaultSpec:
 
 def resolve(body: Fault, config: EngineConfig, *, canary_installed: bool) -> FaultSpec:
     """The spec to schedule, or FaultRequestError listing every problem with the body."""
-    mode = typing.cast(ModelMode, config.model_mode.value)
+    mode = model_mode(config.model_mode.value)
     problems = fault_problems(body, mode=mode, canary_on=canary_installed)
     if problems:
         raise FaultRequestError("; ".join(problem.message for problem in problems))

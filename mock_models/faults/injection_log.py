@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import typing
 
 from kv_canary_contract import INJECTION_STATUSES, InjectionStatus
 
@@ -46,7 +47,7 @@ class FaultLogLine:
         return cls(
             fault_id=int(match["fault_id"]),
             kind=match["kind"],
-            status=match["status"],
+            status=typing.cast(InjectionStatus, match["status"]),  # the pattern admits only the statuses
             step=step,
             detail=match["detail"],
         )

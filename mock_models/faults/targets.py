@@ -25,7 +25,7 @@ import random
 from kv_canary_contract import ResolvedTarget
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode, SwaSlotAllocator
 from mock_models.engine.request import Request
 
 
@@ -49,12 +49,30 @@ class SlotRef:
     swa_slot: int
     position: int
     request: Request | None = None  # the running request reading it
-    node: TreeNode | None = None  # the radix node holding it, for cached slots
+    node: EngineRadixNode | None = None  # the radix node holding it, for cached slots
+
+    @property
+    def reader(self) -> Request:
+        """The running request reading a live slot (``pick_live_slot`` and friends always set it)."""
+        if self.request is None:
+            raise NoTarget(f"{self.describe()} is read by no running request")
+        return self.request
 
     def describe(self) -> str:
-        owner = f"request {self.request.rid[:8]}" if self.request is not None else f"radix node {self.node.id}"
+        owner = (
+            f"request {self.request.rid[:8]}"
+            if self.request is not None
+            else f"radix node {getattr(self.node, 'id', None)}"
+        )
         swa = f", SWA slot {self.swa_slot}" if self.swa_slot else ""
         return f"full slot {self.full_slot}{swa} ({owner}, position {self.position})"
+
+
+def swa_allocator(engine: Engine) -> SwaSlotAllocator:
+    """The engine's SWA allocator, for a target in group swa (the contract refuses those without an SWA pool)."""
+    if engine.swa_allocator is None:
+        raise NoTarget(f"mode {engine.config.model_mode.value} has no SWA pool")
+    return engine.swa_allocator
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -106,7 +124,7 @@ def live_slots(engine: Engine, req: Request, target: ResolvedTarget) -> list[Slo
     needs_swa_slot = in_window_only and target.position != "out_of_window"
     return [
         SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
-        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots))
+        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots, strict=True))
         if swa or not needs_swa_slot
     ]
 
@@ -139,7 +157,7 @@ def decoding_requests(engine: Engine) -> list[Request]:
 
 def _where(target: ResolvedTarget) -> str:
     group = "in the SWA group's window" if target.group == "swa" else f"of the {target.group} group"
-    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position, "")
+    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position or "", "")
     return group + narrowed
 
 
@@ -155,7 +173,11 @@ def pick_post_forward_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     written = batch.out_cache_loc.tolist()
     by_request: list[tuple[Request, list[int], int]] = []
     for row, start, n, prefix in zip(
-        batch.req_pool_indices_cpu, batch.extend_start_loc_cpu, batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu
+        batch.req_pool_indices_cpu,
+        batch.extend_start_loc_cpu,
+        batch.extend_seq_lens_cpu,
+        batch.extend_prefix_lens_cpu,
+        strict=True,
     ):
         req = running.get(row)
         if req is not None:
@@ -174,7 +196,7 @@ def pick_post_forward_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
 # -- the radix cache ----------------------------------------------------------------------------------
 
 
-def node_depth(node: TreeNode) -> int:
+def node_depth(node: EngineRadixNode) -> int:
     """Position of the node's first token: the tokens of its ancestors."""
     depth, parent = 0, node.parent
     while parent is not None:
@@ -183,7 +205,7 @@ def node_depth(node: TreeNode) -> int:
     return depth
 
 
-def swa_resident(engine: Engine, node: TreeNode) -> bool:
+def swa_resident(engine: Engine, node: EngineRadixNode) -> bool:
     return engine.swa_allocator is None or not node.swa_tombstone
 
 
@@ -208,7 +230,7 @@ def pick_cached_unused_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     )
 
 
-def lockers(engine: Engine, node: TreeNode) -> list[Request]:
+def lockers(engine: Engine, node: EngineRadixNode) -> list[Request]:
     """Running requests whose locked path ends at ``node`` or below it."""
     found = []
     for req in engine.scheduler.running:
@@ -220,13 +242,15 @@ def lockers(engine: Engine, node: TreeNode) -> list[Request]:
     return found
 
 
-def match_path(engine: Engine, tokens: list[int]) -> list[tuple[TreeNode, int]]:
+def match_path(engine: Engine, tokens: list[int]) -> list[tuple[EngineRadixNode, int]]:
     """(node, tokens of it matched) along the longest page-aligned match of ``tokens``; changes nothing."""
     cache, page = engine.radix_cache, engine.config.page_size
-    path: list[tuple[TreeNode, int]] = []
+    path: list[tuple[EngineRadixNode, int]] = []
     node, offset, end = cache.root_node, 0, len(tokens) - len(tokens) % page
     while offset < end:
-        child = node.children.get(tuple(tokens[offset : offset + page]))
+        # By first tokens, not by the children's dict keys: each memory backend keys them its own way.
+        first = tokens[offset : offset + page]
+        child = next((child for child in node.children.values() if child.key[:page] == first), None)
         if child is None:
             break
         matched = 0

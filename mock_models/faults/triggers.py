@@ -26,7 +26,8 @@ class Trigger:
         self._spec = spec
         self._registered_at = registered_at
         self._warmup_end: int | None = None
-        self._draws = random.Random(spec.seed) if spec.probability is not None else None
+        # (the draws, the chance each draw must beat) for a probability trigger
+        self._draws = (random.Random(spec.seed), spec.probability) if spec.probability is not None else None
         self._next_step: int | None = spec.at_step
         if not FAULT_KIND_RULES[spec.kind].injects:  # kind none takes no trigger: at the next forward
             self._next_step = registered_at + 1
@@ -47,7 +48,8 @@ class Trigger:
     def due(self, coming: int) -> bool:
         """Whether an application starts right before forward ``coming`` (a probability trigger draws here)."""
         if self._draws is not None:
-            return self._warmup_end is not None and self._draws.random() < self._spec.probability
+            draws, probability = self._draws
+            return self._warmup_end is not None and draws.random() < probability
         return self._next_step is not None and coming >= self._next_step
 
     def resolved(self, step: int) -> None:

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 
 import click
 
+import kv_canary_contract
 from kv_canary import CanaryConfig, CanaryMode
 from kv_canary.config import ENV_PREFIX
 from kv_canary_contract import CANARY_SETTINGS, EngineSettings, engine_setting_problems, setting_bounds, setting_flag
-from kv_canary_contract import ModelMode as ModelModeName
 from mock_models.config import CONTRACT_SETTINGS, EngineConfig, MemBackend, ModelMode
 
 # The canary settings under their CanaryConfig names (a scenario and a flag say real_kv and
@@ -58,7 +58,7 @@ def build_configs(
     """The engine's and the canary's config from the flags (``None``: not given); raises ValueError
     (EngineSettingsError, EngineConfigError, CanaryConfigError) for settings the server cannot use."""
     given = {name: value for name, value in settings.items() if value is not None}
-    problems = engine_setting_problems(given, mode=typing.cast(ModelModeName, model_mode))
+    problems = engine_setting_problems(given, mode=kv_canary_contract.model_mode(model_mode))
     if problems:
         raise EngineSettingsError("; ".join(f"{problem.loc[0]}: {problem.message}" for problem in problems))
     canary_overrides: dict[str, typing.Any] = {

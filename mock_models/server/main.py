@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import sys
+import types
 from collections.abc import Iterator
 
 import click
@@ -24,9 +25,10 @@ import uvicorn
 from kv_canary_contract import MODEL_MODES
 from mock_models.config import MemBackend
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 from mock_models.server.flags import build_configs, engine_setting_options
 
 logger = logging.getLogger("mock_models.server")
@@ -47,7 +49,7 @@ class _Server(uvicorn.Server):
         if self.started:
             print(READY_LINE.format(host=self._host, port=self._port), file=sys.stderr, flush=True)
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         logger.info("signal %s: stopping the engine, then the server", signal.Signals(sig).name)
         self._worker.request_stop()
         super().handle_exit(sig, frame)

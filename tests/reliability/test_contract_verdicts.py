@@ -9,6 +9,8 @@ does (it would have nothing to check).
 
 from __future__ import annotations
 
+import typing
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,10 +42,11 @@ def _around(*edges: int) -> st.SearchStrategy[int]:
     return st.sampled_from(near) | st.integers(min(near), max(near))
 
 
+T = typing.TypeVar("T")
 ODD_SCALARS = st.sampled_from([None, True, "1", 1.5, "", "melt"])
 
 
-def _mostly(usual: st.SearchStrategy[object], odd: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+def _mostly(usual: st.SearchStrategy[T], odd: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
     """``usual`` about nine times in ten, else ``odd``: most bodies get past the shape to the rules."""
     return st.integers(0, 9).flatmap(lambda roll: odd if roll == 9 else usual)  # 0, Hypothesis's favourite: usual
 

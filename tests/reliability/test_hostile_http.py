@@ -21,11 +21,12 @@ from harness.runner import ServerProcess
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from kv_canary import CanaryConfig, CanaryMode
 from kv_canary_contract import FAULT_KINDS, TARGET_VALUES
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 from tests.reliability.conftest import FUZZ_SCALE
 from tests.reliability.process_checks import assert_gone
 
@@ -35,7 +36,7 @@ VOCAB = 1024
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     engine = Engine(
-        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512, max_context_len=256),
+        EngineConfig(model_mode=ModelMode.SWA, swa_window=8, max_total_tokens=512, max_context_len=256),
         canary_config=CanaryConfig(mode=CanaryMode.LOG),
     )
     with TestClient(create_app(EngineWorker(engine)), raise_server_exceptions=False) as test_client:
@@ -142,7 +143,7 @@ def fault_client() -> Iterator[TestClient]:
     """A server with the fault router, as ``serve`` mounts it. Nothing here runs a forward, so the
     faults it accepts are scheduled but never applied."""
     engine = Engine(
-        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
+        EngineConfig(model_mode=ModelMode.SWA, swa_window=8, max_total_tokens=512),
         canary_config=CanaryConfig(mode=CanaryMode.LOG),
     )
     router = build_fault_router(FaultInjector.install(engine))

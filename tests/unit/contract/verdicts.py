@@ -22,11 +22,12 @@ from harness.scenario import ScenarioValidationError
 from harness.scenario.loader import load_scenario_text
 from kv_canary import CanaryConfig, CanaryMode
 from kv_canary_contract import MODEL_MODES, setting_flag
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 from mock_models.server.flags import build_configs
 from mock_models.server.main import serve_command
 
@@ -85,7 +86,7 @@ def inject_clients() -> Iterator[dict[str, TestClient]]:
     clients: dict[str, TestClient] = {}
     for mode in MODEL_MODES:
         engine = Engine(
-            EngineConfig(model_mode=mode, swa_window=8, max_total_tokens=256),
+            EngineConfig(model_mode=ModelMode(mode), swa_window=8, max_total_tokens=256),
             canary_config=CanaryConfig(mode=CanaryMode.LOG),
         )
         app = create_app(EngineWorker(engine), extra_routers=[build_fault_router(FaultInjector.install(engine))])

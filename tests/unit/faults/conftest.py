@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 
 import pytest
 import torch
 
 from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode, ViolationRecord
 from kv_canary_contract import Fault
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
 from mock_models.faults.fault_request import resolve
@@ -65,9 +66,9 @@ def fault_run():
         *,
         sweep_interval: int = 4,
         real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
-        **engine: object,
+        **engine_settings: typing.Any,
     ) -> FaultRun:
-        config = EngineConfig(model_mode=mode, swa_window=WINDOW, max_total_tokens=1024, **engine)
+        config = EngineConfig(model_mode=ModelMode(mode), swa_window=WINDOW, max_total_tokens=1024, **engine_settings)
         canary = CanaryConfig(
             backend=KernelBackend.TORCH,
             sweep_interval=sweep_interval,

@@ -9,13 +9,13 @@ from pydantic import ValidationError
 
 from harness.scenario.model import Scenario
 from kv_canary_contract import FAULT_KINDS, Fault, ResolvedTarget
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.faults.fault_request import FaultRequestError, resolve
-from mock_models.faults.routes import build_fault_router
+from mock_models.server.fault_routes import build_fault_router
 
 
 def resolved(mode: str = "mha", **body: object):
-    return resolve(Fault.model_validate(body), EngineConfig(model_mode=mode), canary_installed=True)
+    return resolve(Fault.model_validate(body), EngineConfig(model_mode=ModelMode(mode)), canary_installed=True)
 
 
 def refusal(mode: str = "mha", **body: object) -> str:
