@@ -31,7 +31,12 @@ class PoolLayoutError(KvCanaryError, ValueError):
 
 
 class UnsupportedForwardModeError(KvCanaryError, RuntimeError):
-    """A forward the canary cannot plan (speculative verify, draft extend, dLLM, split prefill)."""
+    """A forward the canary cannot plan (an EAGLE tree verify, a draft worker's forward, dLLM, split prefill)."""
+
+
+class CanaryAlreadyInstalledError(KvCanaryError, RuntimeError):
+    """A second install on a model or KV pool the canary already guards (a speculative draft worker
+    sharing the target's, a repeated install call): it would write every record twice."""
 
 
 class KvCanaryViolationError(KvCanaryError, RuntimeError):

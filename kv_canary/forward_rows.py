@@ -47,13 +47,6 @@ class ForwardRowsExtractor(Protocol):
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, capturing: bool) -> ForwardRows: ...
 
 
-# SGLang's ForwardMode names (the mock engine's too). DECODE and IDLE carry no extend lengths: each
-# request writes one token after its ``seq_len - 1`` cached ones. EXTEND and MIXED (chunked prefill
-# with decodes folded in) carry them, decodes as runs of length 1.
-_DECODE_MODES = frozenset({"DECODE", "IDLE"})
-_EXTEND_MODES = frozenset({"EXTEND", "MIXED"})
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class SglangForwardRows:
     """Reads ``model.forward(input_ids, positions, forward_batch)`` with SGLang's field names.
@@ -75,46 +68,110 @@ class SglangForwardRows:
             )
         input_ids: Any = kwargs.get("input_ids", args[0] if args else None)
         positions: Any = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        decode = _is_decode(batch)
-        prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
-        extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
-        prefix_host = extend_host = None
-        if not capturing:
-            prefix_host = _host_list(batch, "extend_prefix_lens_cpu")
-            extend_host = _host_list(batch, "extend_seq_lens_cpu")
-            if decode and getattr(batch, "seq_lens_cpu", None) is not None:
-                seq_lens = [int(n) for n in batch.seq_lens_cpu]
-                prefix_host, extend_host = tuple(n - 1 for n in seq_lens), tuple(1 for _ in seq_lens)
+        layout = _layout(batch, capturing=capturing)
         pool = self.req_to_token_pool
         return ForwardRows(
             req_pool_indices=batch.req_pool_indices,
-            prefix_lens=prefix_lens,
-            extend_lens=extend_lens,
+            prefix_lens=layout.prefix_lens,
+            extend_lens=layout.extend_lens,
             out_cache_loc=batch.out_cache_loc,
             input_ids=input_ids,
             positions=positions,
             req_to_token=pool.req_to_token,
             req_token_ids=getattr(pool, "req_token_ids", None),
-            prefix_lens_host=prefix_host,
-            extend_lens_host=extend_host,
-            max_extend_len=1 if decode else None,
+            prefix_lens_host=layout.prefix_host,
+            extend_lens_host=layout.extend_host,
+            max_extend_len=layout.max_extend_len,
         )
 
 
-def _is_decode(batch: object) -> bool:
+# SGLang's ForwardMode names (the mock engine's too). DECODE and IDLE carry no extend lengths: each
+# request writes one token after its ``seq_len - 1`` cached ones. EXTEND and MIXED (chunked prefill
+# with decodes folded in) carry them, decodes as runs of length 1. TARGET_VERIFY (speculative
+# decoding's verify forward on the target model) writes each request's window of
+# ``spec_info.draft_token_num`` tokens after its ``seq_len`` committed ones: there the extend
+# lengths are stale and the positions are the drafts'.
+_DECODE_MODES = frozenset({"DECODE", "IDLE"})
+_EXTEND_MODES = frozenset({"EXTEND", "MIXED"})
+_VERIFY_MODES = frozenset({"TARGET_VERIFY"})
+# Forwards of a speculative draft worker's own model runner, whose pools the canary does not guard.
+_DRAFT_MODES = frozenset({"DRAFT_EXTEND", "DRAFT_EXTEND_V2"})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class _Layout:
+    prefix_lens: torch.Tensor
+    extend_lens: torch.Tensor
+    prefix_host: tuple[int, ...] | None
+    extend_host: tuple[int, ...] | None
+    max_extend_len: int | None
+
+
+def _layout(batch: Any, *, capturing: bool) -> _Layout:
+    mode = _mode_name(batch)
+    if mode in _VERIFY_MODES:
+        return _verify_layout(batch, capturing=capturing)
+    if mode is not None and mode not in _DECODE_MODES | _EXTEND_MODES:
+        raise UnsupportedForwardModeError(_unsupported(mode))
+    decode = mode in _DECODE_MODES if mode is not None else getattr(batch, "extend_prefix_lens", None) is None
+    if not decode:
+        return _Layout(
+            prefix_lens=batch.extend_prefix_lens,
+            extend_lens=batch.extend_seq_lens,
+            prefix_host=None if capturing else _host_list(batch, "extend_prefix_lens_cpu"),
+            extend_host=None if capturing else _host_list(batch, "extend_seq_lens_cpu"),
+            max_extend_len=None,
+        )
+    committed = _host_list(batch, "seq_lens_cpu") if not capturing else None
+    return _Layout(
+        prefix_lens=batch.seq_lens - 1,
+        extend_lens=torch.ones_like(batch.seq_lens),
+        prefix_host=None if committed is None else tuple(n - 1 for n in committed),
+        extend_host=None if committed is None else tuple(1 for _ in committed),
+        max_extend_len=1,
+    )
+
+
+def _verify_layout(batch: Any, *, capturing: bool) -> _Layout:
+    spec_info = getattr(batch, "spec_info", None)
+    window = getattr(spec_info, "draft_token_num", None)
+    if not isinstance(window, int) or window < 1:
+        raise UnsupportedForwardModeError(
+            "kv_canary: a TARGET_VERIFY forward without spec_info.draft_token_num; the canary plans each "
+            "request's verify window from it (SGLang's EagleVerifyInput carries it)"
+        )
+    topk = getattr(spec_info, "topk", 1)
+    if topk != 1:
+        raise UnsupportedForwardModeError(
+            f"kv_canary: speculative verify with topk {topk}: an EAGLE tree writes sibling drafts at one "
+            "position, which one chain of canary records cannot hold; run speculative decoding with "
+            "--speculative-eagle-topk 1 (a chain) while the canary is on"
+        )
+    committed = _host_list(batch, "seq_lens_cpu") if not capturing else None
+    return _Layout(
+        prefix_lens=batch.seq_lens,
+        extend_lens=torch.full_like(batch.seq_lens, window),
+        prefix_host=committed,
+        extend_host=None if committed is None else tuple(window for _ in committed),
+        max_extend_len=window,
+    )
+
+
+def _mode_name(batch: object) -> str | None:
     mode = getattr(batch, "forward_mode", None)
-    if mode is None:
-        return getattr(batch, "extend_prefix_lens", None) is None
-    name = getattr(mode, "name", str(mode))
-    if name in _DECODE_MODES:
-        return True
-    if name in _EXTEND_MODES:
-        return False
-    raise UnsupportedForwardModeError(
-        f"kv_canary: forward mode {name} is not supported "
-        f"(supported: {', '.join(sorted(_DECODE_MODES | _EXTEND_MODES))}); speculative decoding, dLLM and "
-        "split-prefill forwards write KV the canary cannot plan yet, so run the engine without them while the "
-        "canary is on"
+    return None if mode is None else str(getattr(mode, "name", mode))
+
+
+def _unsupported(mode: str) -> str:
+    supported = ", ".join(sorted(_DECODE_MODES | _EXTEND_MODES | _VERIFY_MODES))
+    if mode in _DRAFT_MODES:
+        return (
+            f"kv_canary: forward mode {mode} runs on a speculative draft worker's model runner; the canary "
+            f"guards the target model's pools (supported: {supported}), so install it on the target runner only"
+        )
+    return (
+        f"kv_canary: forward mode {mode} is not supported (supported: {supported}); dLLM and split-prefill "
+        "forwards write KV the canary cannot plan yet, so run the engine without them while the canary is on"
     )
 
 

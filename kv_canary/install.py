@@ -12,11 +12,14 @@ import torch
 from kv_canary.adapters import attach_canary_buffers
 from kv_canary.config import CanaryConfig
 from kv_canary.engine_protocols import ReqToTokenRows
+from kv_canary.errors import CanaryAlreadyInstalledError
 from kv_canary.forward_rows import ForwardRowsExtractor, SglangForwardRows
 from kv_canary.manager import CanaryManager
 from kv_canary.observers.defaults import build_default_observers
 
 LOGGER_NAME = "kv_canary"
+# Set on the model and the KV pool an install guards, to refuse a second one.
+_INSTALLED_ATTRIBUTE = "_kv_canary_manager"
 
 
 def install_canary(
@@ -38,6 +41,13 @@ def install_canary(
     """
     if not config.enabled:
         return None
+    for guarded, what in ((model, "model"), (kv_pool, "KV pool")):
+        if getattr(guarded, _INSTALLED_ATTRIBUTE, None) is not None:
+            raise CanaryAlreadyInstalledError(
+                f"kv_canary is already installed on this {what} ({type(guarded).__name__}); a second install "
+                "would wrap the forward and write every record twice. Install once per model runner, on the "
+                "target model (a speculative draft worker's runner gets none)"
+            )
     groups = attach_canary_buffers(kv_pool, config=config, swa_window=swa_window)
     device = next(iter(groups[0].halves.values())).head.device
     manager = CanaryManager(
@@ -48,6 +58,8 @@ def install_canary(
         req_to_token_pool=req_to_token_pool,
     )
     manager.observers.extend(build_default_observers(manager))
+    for guarded in (model, kv_pool):
+        setattr(guarded, _INSTALLED_ATTRIBUTE, manager)
     _wrap_forward(model, manager, forward_rows or SglangForwardRows(req_to_token_pool=req_to_token_pool))
     return manager
 

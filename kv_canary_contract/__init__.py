@@ -14,12 +14,23 @@ accepts the others accept too, with the same reasons. It depends on pydantic onl
 docs/DESIGN.md is the prose of this contract.
 """
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import (
+    MAX_FORWARDS,
+    MAX_PAGE_SIZE,
+    MAX_REQUESTS,
+    MAX_SPECULATIVE_STEPS,
+    MAX_TOKENS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from kv_canary_contract.engine_settings import (
     CANARY_SETTINGS,
+    FEATURE_SETTINGS,
     EngineSettings,
     engine_setting_problems,
+    feature_enabled,
     setting_bounds,
+    setting_choices,
     setting_flag,
 )
 from kv_canary_contract.fault import TRIGGERS, Fault, FaultTarget
@@ -40,10 +51,12 @@ __all__ = [
     "CANARY_SETTINGS",
     "FAULT_KINDS",
     "FAULT_KIND_RULES",
+    "FEATURE_SETTINGS",
     "INJECTION_STATUSES",
     "MAX_FORWARDS",
     "MAX_PAGE_SIZE",
     "MAX_REQUESTS",
+    "MAX_SPECULATIVE_STEPS",
     "MAX_TOKENS",
     "MODEL_MODES",
     "MODES",
@@ -67,8 +80,10 @@ __all__ = [
     "engine_setting_problems",
     "fault_kinds_in_mode",
     "fault_problems",
+    "feature_enabled",
     "model_mode",
     "resolve_target",
     "setting_bounds",
+    "setting_choices",
     "setting_flag",
 ]

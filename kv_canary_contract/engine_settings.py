@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Literal
 
 import annotated_types
 from pydantic import Field
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import (
+    MAX_FORWARDS,
+    MAX_PAGE_SIZE,
+    MAX_REQUESTS,
+    MAX_SPECULATIVE_STEPS,
+    MAX_TOKENS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from kv_canary_contract.modes import MODES, ModelMode
 from kv_canary_contract.problems import ContractModel, ContractProblem
 
 RealKv = Literal["none", "partial", "all"]
 ScenarioCanaryMode = Literal["log", "raise"]  # a scenario needs the canary on; the server also takes none
+Disaggregation = Literal["none", "prefill_decode"]
 
 
 class EngineSettings(ContractModel):
@@ -59,15 +69,57 @@ class EngineSettings(ContractModel):
         description="Forwards between kv_canary_swa_divergence lines; 0 = off. The harness passes 1 when a "
         "scenario sets expect.swa_divergence and not this.",
     )
+    disaggregation: Disaggregation | None = Field(
+        default=None,
+        description="prefill_decode: a prefill engine computes each prompt and moves its KV and canary records, "
+        "page by page, into slots a decode engine allocated, as SGLang's PD disaggregation does; none: one engine.",
+    )
+    host_tier_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOKENS,
+        description="Host KV slots the radix cache offloads evicted prefixes to, with their canary records, and "
+        "loads back on a prefix hit, as SGLang's hierarchical cache does; 0 = no host tier; a multiple of page_size.",
+    )
+    speculative_num_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SPECULATIVE_STEPS,
+        description="EAGLE-style speculative decoding: draft tokens per round, written into the KV cache by the "
+        "target's verify forward and then accepted or rolled back; 0 = off.",
+    )
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
 CANARY_SETTINGS = ("sweep_interval", "real_kv", "canary_mode", "stats_interval", "swa_divergence_interval")
+# Engine features a fault kind may need (FaultKindRule.needs_setting): each setting's value when the
+# feature is off, and how a message asks for it.
+FEATURE_SETTINGS: Mapping[str, tuple[object, str]] = MappingProxyType(
+    {
+        "disaggregation": ("none", "disaggregation: prefill_decode"),
+        "host_tier_tokens": (0, "host_tier_tokens > 0"),
+        "speculative_num_steps": (0, "speculative_num_steps > 0"),
+    }
+)
+
+
+def feature_enabled(settings: Mapping[str, object], name: str) -> bool:
+    """Whether the engine feature behind setting ``name`` is on (a value left out or None: off)."""
+    off, _ = FEATURE_SETTINGS[name]
+    value = settings.get(name)
+    return value is not None and value != off
 
 
 def setting_flag(name: str) -> str:
     """The server flag of a setting: page_size -> --page-size."""
     return "--" + name.replace("_", "-")
+
+
+def setting_choices(name: str) -> tuple[str, ...]:
+    """The values a string setting takes (its Literal, optional or not); empty for other settings."""
+    annotation = EngineSettings.model_fields[name].annotation
+    literals = [arg for arg in typing.get_args(annotation) if typing.get_origin(arg) is Literal] or [annotation]
+    return tuple(value for literal in literals for value in typing.get_args(literal) if isinstance(value, str))
 
 
 def setting_bounds(name: str) -> tuple[int | None, int | None]:
@@ -129,4 +181,17 @@ def _cross_problems(
             loc=("swa_window",),
             message=f"{swa_window} is less than mode {mode}'s compress ratio ({compress_ratio}): its compressed "
             "pool pools groups of that many tokens from the window, so the window must hold at least that many",
+        )
+    host_tier_tokens = settings.get("host_tier_tokens")
+    if isinstance(host_tier_tokens, int) and host_tier_tokens % page_size:
+        yield ContractProblem(
+            loc=("host_tier_tokens",),
+            message=f"{host_tier_tokens} is not a multiple of page_size ({page_size}): the host tier holds whole pages",
+        )
+    features = [name for name in FEATURE_SETTINGS if feature_enabled(settings, name)]
+    if len(features) > 1:
+        yield ContractProblem(
+            loc=(features[1],),
+            message=f"{' and '.join(FEATURE_SETTINGS[name][1] for name in features)} are set together; the mock "
+            "engine runs one of disaggregation, the host tier and speculative decoding at a time",
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
+from kv_canary_contract.engine_settings import feature_enabled
 from kv_canary_contract.modes import MODES, POOL_GROUPS, ModelMode, PoolGroup
 
 FaultKind = Literal[
@@ -25,6 +26,13 @@ FaultKind = Literal[
     "remap_swa_slot",
     "stale_prefix",
     "swap_next_token",
+    "transfer_drop_group",
+    "transfer_misorder_pages",
+    "transfer_foreign_pages",
+    "restore_wrong_slots",
+    "stale_swa_translation",
+    "host_copy_overwrite",
+    "draft_position_shift",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = typing.get_args(FaultKind)
 
@@ -64,9 +72,15 @@ class FaultKindRule:
     # May take out-of-window positions in group swa: it gives such a position an SWA slot.
     gives_swa_slots: bool = False
     needs_canary: bool = False  # corrupts the canary's own records
+    # The engine setting (kv_canary_contract.FEATURE_SETTINGS) whose feature the kind corrupts:
+    # a KV transfer, the host tier, speculative decoding. None: every engine has what it corrupts.
+    needs_setting: str | None = None
 
-    def runs_in(self, mode: ModelMode) -> bool:
-        return self.injects and (MODES[mode].has_swa_pool or not self.needs_swa_pool)
+    def runs_in(self, mode: ModelMode, engine: Mapping[str, object] | None = None) -> bool:
+        """Whether it injects in ``mode``; with ``engine`` settings, also whether they turn on its feature."""
+        if not self.injects or (self.needs_swa_pool and not MODES[mode].has_swa_pool):
+            return False
+        return engine is None or self.needs_setting is None or feature_enabled(engine, self.needs_setting)
 
 
 _LIVE_SLOT_TARGETS = MappingProxyType(
@@ -99,13 +113,32 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         ),
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+        # A prefill-to-decode KV transfer: one pool group's buffers left out, a group's page list
+        # misordered, or the pages of another request delivered (every group).
+        "transfer_drop_group": FaultKindRule(
+            targets={"group": POOL_GROUPS}, touches_guarded_state=True, needs_setting="disaggregation"
+        ),
+        "transfer_misorder_pages": FaultKindRule(
+            targets={"group": POOL_GROUPS}, touches_guarded_state=True, needs_setting="disaggregation"
+        ),
+        "transfer_foreign_pages": FaultKindRule(targets={}, needs_setting="disaggregation"),
+        # The host tier: a load-back into other slots than the node's, a full-to-SWA translation left
+        # as it was before the offload, a host copy overwritten by another prompt's while offloaded.
+        "restore_wrong_slots": FaultKindRule(targets={}, needs_setting="host_tier_tokens"),
+        "stale_swa_translation": FaultKindRule(
+            targets={"group": ("swa",)}, needs_swa_pool=True, needs_setting="host_tier_tokens"
+        ),
+        "host_copy_overwrite": FaultKindRule(targets={}, needs_setting="host_tier_tokens"),
+        # Speculative decoding: a verify window written at positions off by one.
+        "draft_position_shift": FaultKindRule(targets={"request": ("running",)}, needs_setting="speculative_num_steps"),
     }
 )
 
 
-def fault_kinds_in_mode(mode: ModelMode) -> tuple[FaultKind, ...]:
-    """The kinds that inject something in ``mode`` (``none`` excluded), in contract order."""
-    return tuple(kind for kind, rule in FAULT_KIND_RULES.items() if rule.runs_in(mode))
+def fault_kinds_in_mode(mode: ModelMode, engine: Mapping[str, object] | None = None) -> tuple[FaultKind, ...]:
+    """The kinds that inject something in ``mode`` (``none`` excluded), in contract order; with
+    ``engine`` settings, only those the settings give something to corrupt (their feature on)."""
+    return tuple(kind for kind, rule in FAULT_KIND_RULES.items() if rule.runs_in(mode, engine))
 
 
 def default_group(kind: FaultKind, mode: ModelMode) -> PoolGroup | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+from kv_canary_contract.engine_settings import FEATURE_SETTINGS, feature_enabled
 from kv_canary_contract.fault import TRIGGERS, Fault
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
@@ -35,11 +36,15 @@ class ResolvedTarget:
     position: str | None
 
 
-def fault_problems(fault: Fault, *, mode: ModelMode, canary_on: bool = True) -> list[ContractProblem]:
-    """Every reason ``fault`` cannot be applied in ``mode``; empty when it can."""
+def fault_problems(
+    fault: Fault, *, mode: ModelMode, canary_on: bool = True, engine: Mapping[str, object] | None = None
+) -> list[ContractProblem]:
+    """Every reason ``fault`` cannot be applied in ``mode`` by an engine with settings ``engine``
+    (``EngineSettings`` names; a setting left out is off); empty when it can."""
     problems = [*_trigger_problems(fault), *_target_key_problems(fault)]
     if not problems and fault.injects:
         problems += _mode_problems(fault, resolve_target(fault, mode), mode, canary_on=canary_on)
+        problems += _feature_problems(fault, engine or {})
     return problems
 
 
@@ -147,4 +152,14 @@ def _mode_problems(
         yield ContractProblem(
             loc=("kind",),
             message=f"{fault.kind}: the canary is off (canary mode none), there are no records to corrupt",
+        )
+
+
+def _feature_problems(fault: Fault, engine: Mapping[str, object]) -> Iterator[ContractProblem]:
+    setting = FAULT_KIND_RULES[fault.kind].needs_setting
+    if setting is not None and not feature_enabled(engine, setting):
+        yield ContractProblem(
+            loc=("kind",),
+            message=f"{fault.kind} corrupts what only an engine with {FEATURE_SETTINGS[setting][1]} has; set it "
+            "in the scenario's engine (the server's flag)",
         )

@@ -8,7 +8,15 @@ import typing
 
 import torch
 
-from kv_canary_contract import CANARY_SETTINGS, MODES, EngineSettings, engine_setting_problems
+from kv_canary_contract import (
+    CANARY_SETTINGS,
+    FEATURE_SETTINGS,
+    MODES,
+    EngineSettings,
+    engine_setting_problems,
+    feature_enabled,
+)
+from kv_canary_contract.engine_settings import Disaggregation
 from kv_canary_contract.modes import DSV4_COMPRESS_RATIO
 
 
@@ -58,6 +66,11 @@ class EngineConfig:
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
     mem_backend: MemBackend = MemBackend.MOCK
+    # none | prefill_decode: a prefill engine hands each prompt's KV and canary records to a decode
+    # engine (mock_models/engine/disaggregation/)
+    disaggregation: str = "none"
+    host_tier_tokens: int = 0  # host KV slots evicted radix prefixes are offloaded to (engine/host_tier/)
+    speculative_num_steps: int = 0  # draft tokens per EAGLE-style round (engine/speculative/)
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
@@ -74,6 +87,19 @@ class EngineConfig:
                 f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
                 f"page_size {self.page_size}); use mem_backend mock for the others",
             )
+            _require(
+                not any(feature_enabled(self.contract_settings(), name) for name in FEATURE_SETTINGS),
+                "mem_backend",
+                "= sglang runs without disaggregation, host_tier_tokens and speculative_num_steps (the mock "
+                "engine implements them on its own memory); use mem_backend mock",
+            )
+        if self.device != "cpu":
+            _require(
+                self.disaggregation == "none" and self.host_tier_tokens == 0,
+                "device",
+                f"= {self.device}: disaggregation and host_tier_tokens copy KV bytes by address on the host "
+                "(mock_models/engine/kv_copy.py), so they run on the CPU only",
+            )
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -83,10 +109,14 @@ class EngineConfig:
             _require(getattr(self, name) >= 1, name, f"= {getattr(self, name)}: must be >= 1")
         _require(self.kv_dtype in _KV_DTYPES, "kv_dtype", f"{self.kv_dtype!r}: use one of {', '.join(_KV_DTYPES)}")
         _require(self.vocab_size < 2**31, "vocab_size", "must fit in int32 (records store tokens as int32)")
+        disaggregations = typing.get_args(Disaggregation)
+        _require(
+            self.disaggregation in disaggregations,
+            "disaggregation",
+            f"{self.disaggregation!r}: use one of {', '.join(disaggregations)}",
+        )
         problems = engine_setting_problems(
-            {name: getattr(self, name) for name in CONTRACT_SETTINGS},
-            mode=self.model_mode.value,
-            compress_ratio=self.compress_ratio,
+            self.contract_settings(), mode=self.model_mode.value, compress_ratio=self.compress_ratio
         )
         if problems:
             raise EngineConfigError(
@@ -131,6 +161,10 @@ class EngineConfig:
         """
         bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
         return min(uncached_tokens + max_new_tokens, bound)
+
+    def contract_settings(self) -> dict[str, typing.Any]:
+        """The contract's engine settings this config holds, by their ``EngineSettings`` names."""
+        return {name: getattr(self, name) for name in CONTRACT_SETTINGS}
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)

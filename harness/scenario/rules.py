@@ -41,7 +41,7 @@ def _fault_fits_the_contract(scenario: Scenario) -> Iterator[RuleProblem]:
     if scenario.fault is None:
         return
     for mode in scenario.model_modes:
-        for problem in fault_problems(scenario.fault, mode=mode):
+        for problem in fault_problems(scenario.fault, mode=mode, engine=scenario.engine.model_dump()):
             yield RuleProblem(loc=("fault", *problem.loc), message=problem.message)
 
 

@@ -16,8 +16,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
-from mock_models.config import EngineConfig
+from kv_canary import CanaryConfig, CanaryManager, CanaryMode, KvCanaryViolationError, ViolationRecord
+from kv_canary_contract import FEATURE_SETTINGS, feature_enabled
+from mock_models.config import EngineConfig, EngineConfigError
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
@@ -54,7 +55,25 @@ class CanaryRaisedError(RuntimeError):
 
 
 class Engine:
+    """One serving engine. Subclasses add a feature (``features``: the contract's feature settings an
+    engine class runs; ``mock_models.engine.build.build_engine`` picks the class for a config) by
+    swapping the classes below and the steps they run."""
+
+    features: frozenset[str] = frozenset({"host_tier_tokens"})  # the host tier lives in the radix cache
+    kv_cache_class: type[KVCacheManager] = KVCacheManager
+    scheduler_class: type[Scheduler] = Scheduler
+
     def __init__(self, config: EngineConfig, *, canary_config: CanaryConfig | None = None) -> None:
+        unhandled = [
+            name
+            for name in FEATURE_SETTINGS
+            if feature_enabled(config.contract_settings(), name) and name not in self.features
+        ]
+        if unhandled:
+            raise EngineConfigError(
+                f"EngineConfig.{unhandled[0]}: {type(self).__name__} does not run it; build the engine with "
+                "mock_models.engine.build.build_engine(config), which picks the engine class for the config"
+            )
         self.config = config
         self.model_runner = ModelRunner(config)
         self.model = self.model_runner.model
@@ -63,7 +82,7 @@ class Engine:
         self.full_allocator = self.model_runner.full_allocator
         self.swa_allocator = self.model_runner.swa_allocator
         self.radix_cache = self.model_runner.radix_cache
-        self.kv_cache = KVCacheManager(
+        self.kv_cache = self.kv_cache_class(
             config=config,
             req_to_token_pool=self.req_to_token_pool,
             full_allocator=self.full_allocator,
@@ -71,7 +90,7 @@ class Engine:
             radix_cache=self.radix_cache,
         )
         self.oracle = TokenOracle(seed=config.seed, vocab_size=config.vocab_size)
-        self.scheduler = Scheduler(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
+        self.scheduler = self.scheduler_class(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
         self.canary_config = canary_config or CanaryConfig(mode=CanaryMode.NONE)
         self.canary = self.model_runner.install_canary(self.canary_config, self.radix_cache)
         self.forward_count = 0
@@ -154,8 +173,15 @@ class Engine:
         """
         if not self.scheduler.has_work():
             return []
+        self._run_step_hooks()
+        return self._forward_step()
+
+    def _run_step_hooks(self) -> None:
         for hook in list(self._step_hooks):
             hook(self)
+
+    def _forward_step(self) -> list[GenerationResult]:
+        """Schedule and run one forward, right after the step hooks ran; the work is there."""
         batch = self.scheduler.schedule()
         if batch is None:
             raise RuntimeError(
@@ -168,6 +194,7 @@ class Engine:
             forward_mode=batch.forward_mode,
             items=batch.items,
             out_cache_loc=out_cache_loc,
+            spec_info=batch.spec_info,
             req_to_token_pool=self.req_to_token_pool,
             token_to_kv_pool=self.token_to_kv_pool,
             device=self.model_runner.device,
@@ -185,10 +212,15 @@ class Engine:
         self.forward_count += 1
         self.last_forward_batch = forward_batch
         self._remember_forward([req.rid for req, _ in batch.items])
-        finished = self.scheduler.process_forward(batch)
+        results = self._results(self.scheduler.process_forward(batch))
+        if violation is not None:
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
+        return results
+
+    def _results(self, finished: list[Request]) -> list[GenerationResult]:
         checksums = self.model_runner.read_checksums([req.req_pool_idx for req in finished])
         now = time.perf_counter()
-        results = [
+        return [
             GenerationResult(
                 rid=req.rid,
                 output_ids=tuple(req.output_ids),
@@ -201,9 +233,6 @@ class Engine:
             )
             for req, checksum in zip(finished, checksums, strict=True)
         ]
-        if violation is not None:
-            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
-        return results
 
     def _remember_forward(self, rids: list[str]) -> None:
         self._recent_forwards[self.forward_count] = rids
@@ -240,6 +269,11 @@ class Engine:
         self.radix_cache.reset()
         logger.info("radix cache flushed")
         return True
+
+    @property
+    def canaries(self) -> tuple[CanaryManager, ...]:
+        """Every canary this engine installed (an engine of several model runners has several)."""
+        return () if self.canary is None else (self.canary,)
 
     def close(self) -> None:
         """Drain the canary's last reports. Call between forwards, from the thread that steps."""

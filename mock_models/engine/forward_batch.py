@@ -19,12 +19,37 @@ from mock_models.models.forward_inputs import KvPool
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prompt tokens (a whole prompt or one chunk of it), any number per request
     DECODE = "decode"  # one token per request
+    # speculative decoding: each request's verify window (its last token, then the drafts)
+    TARGET_VERIFY = "target_verify"
 
     def is_extend(self) -> bool:
         return self is ForwardMode.EXTEND
 
     def is_decode(self) -> bool:
         return self is ForwardMode.DECODE
+
+    def is_target_verify(self) -> bool:
+        return self is ForwardMode.TARGET_VERIFY
+
+    def is_generating(self) -> bool:
+        """Requests past their prompts: a decode, or a speculative verify of several tokens."""
+        return self in (ForwardMode.DECODE, ForwardMode.TARGET_VERIFY)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class VerifyInput:
+    """A TARGET_VERIFY forward's speculative input, under SGLang's names (``EagleVerifyInput``).
+
+    Each request verifies ``draft_token_num`` tokens written at positions ``[seq_len, seq_len +
+    draft_token_num)``: its last sampled token, then the drafts (a chain, ``topk`` 1). As in SGLang
+    the forward's ``seq_lens`` are the committed lengths and its positions come from here, where
+    the draft worker put them.
+    """
+
+    draft_token: list[int]  # [B * draft_token_num]: each request's window, request after request
+    positions: list[int]  # [B * draft_token_num]
+    draft_token_num: int
+    topk: int = 1
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -50,6 +75,7 @@ class ForwardBatch:
     out_cache_loc: torch.Tensor  # int64 [N]: full-pool slots written, one per token
     req_to_token_pool: RequestRows
     token_to_kv_pool: KvPool
+    spec_info: VerifyInput | None = None
 
     @classmethod
     def build(
@@ -61,6 +87,7 @@ class ForwardBatch:
         req_to_token_pool: RequestRows,
         token_to_kv_pool: KvPool,
         device: torch.device,
+        spec_info: VerifyInput | None = None,
     ) -> ForwardBatch:
         prefix_lens = [req.kv_len for req, _ in items]
         extend_lens = [n for _, n in items]
@@ -72,6 +99,10 @@ class ForwardBatch:
             input_ids += req.fill_ids[prefix : prefix + n]
             positions += range(prefix, prefix + n)
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens, strict=True)]
+        if spec_info is not None:
+            # SGLang's verify batch: the drafts are fed at the draft worker's positions, and seq_lens
+            # stay the committed lengths (the models read prefix + extend lengths, the same either way).
+            input_ids, positions, seq_lens = list(spec_info.draft_token), list(spec_info.positions), prefix_lens
         rows = [req.req_pool_idx for req, _ in items]
 
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -94,4 +125,5 @@ class ForwardBatch:
             out_cache_loc=on_device(out_cache_loc),
             req_to_token_pool=req_to_token_pool,
             token_to_kv_pool=token_to_kv_pool,
+            spec_info=spec_info,
         )

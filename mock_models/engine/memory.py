@@ -13,6 +13,7 @@ import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.host_tier import HostTieredRadixCache
 from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
 from mock_models.engine.memory_protocols import EngineMemory
 from mock_models.engine.radix_cache import RadixCache
@@ -40,12 +41,17 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
         )
         assert isinstance(pool, SWAKVPool | DeepSeekV4TokenToKVPool)  # the modes with an SWA pool
         pool.register_mapping(swa_allocator.full_to_swa_index_mapping)
-    radix_cache = RadixCache(
-        page_size=config.page_size,
-        device=config.device,
-        full_allocator=full_allocator,
-        swa_allocator=swa_allocator,
-        swa_window=config.swa_window if config.has_swa_pool else None,
+    tree: dict[str, Any] = {
+        "page_size": config.page_size,
+        "device": config.device,
+        "full_allocator": full_allocator,
+        "swa_allocator": swa_allocator,
+        "swa_window": config.swa_window if config.has_swa_pool else None,
+    }
+    radix_cache = (
+        HostTieredRadixCache(pool=pool, host_tokens=config.host_tier_tokens, **tree)
+        if config.host_tier_tokens
+        else RadixCache(**tree)
     )
     return EngineMemory(
         req_to_token_pool=ReqToTokenPool(

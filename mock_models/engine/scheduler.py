@@ -15,7 +15,7 @@ import dataclasses
 import torch
 
 from mock_models.config import EngineConfig
-from mock_models.engine.forward_batch import ForwardMode
+from mock_models.engine.forward_batch import ForwardMode, VerifyInput
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.request import Request
 from mock_models.models.token_oracle import TokenOracle
@@ -26,6 +26,7 @@ class ScheduledBatch:
     forward_mode: ForwardMode
     items: tuple[tuple[Request, int], ...]  # (request, tokens this forward computes for it)
     admitted: tuple[Request, ...]  # requests admitted while scheduling this batch
+    spec_info: VerifyInput | None = None  # a TARGET_VERIFY batch's windows (engine/speculative/)
 
     def sampling_items(self) -> list[tuple[int, Request]]:
         """(index of the token whose hidden state is sampled from, request) for each request that
@@ -127,6 +128,10 @@ class Scheduler:
         # the request locks them, so a later request can share a prefix that ends anywhere in it.
         for req in prefill_done:
             self.kv_cache.cache_unfinished_req(req)
+        return self._retire_finished(batch, finished)
+
+    def _retire_finished(self, batch: ScheduledBatch, finished: list[Request]) -> list[Request]:
+        """Release the window tails of the batch's unfinished requests, then finish the finished."""
         self.kv_cache.release_out_of_window([req for req, _ in batch.items if not req.is_finished])
         for req in finished:
             req.finish_reason = "length"

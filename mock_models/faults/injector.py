@@ -25,12 +25,15 @@ from mock_models.engine.engine import Engine
 from mock_models.faults.canary_records import corrupt_canary
 from mock_models.faults.double_free import double_free
 from mock_models.faults.fault_request import FaultSpec
+from mock_models.faults.host_tier_faults import host_copy_overwrite, restore_wrong_slots, stale_swa_translation
 from mock_models.faults.injection_log import InjectionEntry, InjectionLog
 from mock_models.faults.kv_bytes import corrupt_kv_bytes
 from mock_models.faults.radix_faults import evict_radix_node, stale_prefix
 from mock_models.faults.slot_maps import remap_swa_slot, req_to_token_remap
+from mock_models.faults.speculative_faults import draft_position_shift
 from mock_models.faults.targets import FaultContext, NoTarget
 from mock_models.faults.token_swap import swap_next_token
+from mock_models.faults.transfer_faults import transfer_drop_group, transfer_foreign_pages, transfer_misorder_pages
 from mock_models.faults.triggers import Trigger
 
 logger = logging.getLogger("mock_models.faults")
@@ -54,6 +57,13 @@ APPLIERS: dict[str, Applier] = {
     "remap_swa_slot": remap_swa_slot,
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
+    "transfer_drop_group": transfer_drop_group,
+    "transfer_misorder_pages": transfer_misorder_pages,
+    "transfer_foreign_pages": transfer_foreign_pages,
+    "restore_wrong_slots": restore_wrong_slots,
+    "stale_swa_translation": stale_swa_translation,
+    "host_copy_overwrite": host_copy_overwrite,
+    "draft_position_shift": draft_position_shift,
 }
 
 

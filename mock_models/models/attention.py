@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mock_models.models.forward_inputs import CompressedKvPool, ForwardInputs, WindowKvPool
-from mock_models.models.layers import KeySpan, Linear, QueryLayout, apply_rotary, padded_attention
+from mock_models.models.layers import KeySpan, Linear, QueryLayout, apply_rotary, kv_ends_cpu, padded_attention
 from mock_models.models.spec import ModelSpec
 
 
@@ -143,6 +143,6 @@ class CompressedWindowAttention(nn.Module):
     def _compressed_span(self, batch: ForwardInputs) -> KeySpan:
         """Group end positions ``ratio - 1, 2 * ratio - 1, ...`` of groups complete in each request."""
         device = batch.input_ids.device
-        num_groups = max(1, max(batch.seq_lens_cpu.tolist()) // self.ratio)
+        num_groups = max(1, max(kv_ends_cpu(batch)) // self.ratio)
         ends = torch.arange(num_groups, device=device) * self.ratio + self.ratio - 1
         return KeySpan.at_positions(batch, ends[None, :].expand(batch.batch_size, -1))

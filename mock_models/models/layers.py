@@ -101,8 +101,8 @@ class KeySpan:
 
     @classmethod
     def at_positions(cls, batch: ForwardInputs, positions: torch.Tensor) -> KeySpan:
-        """Positions past a request's ``seq_len`` are padding."""
-        valid = positions < batch.seq_lens[:, None]
+        """Positions past a request's cached and new tokens are padding."""
+        valid = positions < (batch.extend_prefix_lens + batch.extend_seq_lens)[:, None]
         safe_positions = torch.where(valid, positions, 0)
         slots = batch.req_to_token_pool.req_to_token[batch.req_pool_indices[:, None], safe_positions]
         return cls(positions=positions, valid=valid, full_slots=torch.where(valid, slots.to(torch.int64), 0))
@@ -110,7 +110,7 @@ class KeySpan:
     @classmethod
     def from_starts(cls, batch: ForwardInputs, starts_cpu: list[int]) -> KeySpan:
         device = batch.input_ids.device
-        longest = max(seq - start for seq, start in zip(batch.seq_lens_cpu.tolist(), starts_cpu, strict=True))
+        longest = max(end - start for end, start in zip(kv_ends_cpu(batch), starts_cpu, strict=True))
         starts = torch.tensor(starts_cpu, dtype=torch.int64).to(device)
         return cls.at_positions(batch, starts[:, None] + torch.arange(longest, device=device)[None, :])
 
@@ -129,6 +129,15 @@ class KeySpan:
         if window is not None:
             visible &= keys >= queries - window
         return visible
+
+
+def kv_ends_cpu(batch: ForwardInputs) -> list[int]:
+    """Each request's cached plus new tokens: what its attention reads after this forward's writes.
+
+    Read from the extend lengths, not ``seq_lens``, which SGLang's verify forwards (and the mock
+    engine's, that share their layout) leave at the committed length.
+    """
+    return [prefix + new for prefix, new in zip(batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu, strict=True)]
 
 
 def padded_attention(

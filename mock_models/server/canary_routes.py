@@ -18,14 +18,20 @@ async def violations(request: Request) -> dict:
     """Drain the canary (between forwards) and return every violation reported so far."""
 
     def collect(engine: Engine) -> dict:
-        if engine.canary is None:
+        canaries = engine.canaries  # an engine of several model runners (disaggregation) has several
+        if not canaries:
             return {"count": 0, "lines": [], "canary_enabled": False}
-        # Mode raise: the rows were recorded before it raised, and are answered below.
-        with contextlib.suppress(KvCanaryViolationError):
-            engine.canary.flush()
-        lines = [record.format() for record in engine.canary.violations]
-        # Every violation ever recorded, ring rows that overflowed before a drain included.
-        count = engine.canary.stats_snapshot()["violations_total"]
+        lines: list[str] = []
+        count = 0
+        for canary in canaries:
+            # Mode raise: the rows were recorded before it raised, and are answered below.
+            with contextlib.suppress(KvCanaryViolationError):
+                canary.flush()
+            lines += [record.format() for record in canary.violations]
+            # Every violation ever recorded, ring rows that overflowed before a drain included.
+            total = canary.stats_snapshot()["violations_total"]
+            assert isinstance(total, int)  # CanaryManager.stats_snapshot
+            count += total
         return {"count": count, "lines": lines, "canary_enabled": True}
 
     return await run_on_engine(request, collect)

@@ -20,7 +20,14 @@ import click
 import kv_canary_contract
 from kv_canary import CanaryConfig, CanaryMode
 from kv_canary.config import ENV_PREFIX
-from kv_canary_contract import CANARY_SETTINGS, EngineSettings, engine_setting_problems, setting_bounds, setting_flag
+from kv_canary_contract import (
+    CANARY_SETTINGS,
+    EngineSettings,
+    engine_setting_problems,
+    setting_bounds,
+    setting_choices,
+    setting_flag,
+)
 from mock_models.config import CONTRACT_SETTINGS, EngineConfig, MemBackend, ModelMode
 
 # The canary settings under their CanaryConfig names (a scenario and a flag say real_kv and
@@ -85,7 +92,7 @@ def server_default(name: str) -> object:
 def _click_type(name: str) -> click.ParamType:
     # Integers are bounded by engine_setting_problems in build_configs, whose messages name the
     # setting as a scenario does (page_size, not --page-size).
-    choices = [arg for arg in typing.get_args(EngineSettings.model_fields[name].annotation) if isinstance(arg, str)]
+    choices = setting_choices(name)
     return click.Choice([*_SERVER_ONLY_CHOICES.get(name, ()), *choices]) if choices else click.INT
 
 

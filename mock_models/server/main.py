@@ -24,7 +24,7 @@ import uvicorn
 
 from kv_canary_contract import MODEL_MODES
 from mock_models.config import MemBackend
-from mock_models.engine.engine import Engine
+from mock_models.engine.build import build_engine
 from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
@@ -98,7 +98,7 @@ def serve_command(model_mode: str, device: str, host: str, port: int, mem_backen
         )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    engine = Engine(config, canary_config=canary_config)
+    engine = build_engine(config, canary_config=canary_config)
     fault_router = build_fault_router(FaultInjector.install(engine))
     worker = EngineWorker(engine)
     sock = _bind(host, port)

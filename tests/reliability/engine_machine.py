@@ -236,13 +236,18 @@ class FaultEngineMachine(CleanEngineMachine):
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(model_mode(self.mode))), label="kind")
+        self.kind = data.draw(st.sampled_from(self.fault_kinds()), label="kind")
         self.target = (
             data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target") if self.kind == "corrupt_kv_bytes" else None
         )
         self.at_step = data.draw(st.integers(1, 40), label="at_step")
         self.fault_rng = random.Random(data.draw(st.integers(0, 2**16), label="fault_seed"))
         self.fault = None
+
+    def fault_kinds(self) -> tuple[str, ...]:
+        """The contract's kinds a plain engine gives something to corrupt (``engine_settings`` turns no
+        feature on: no transfer, host tier or speculative decoding to fault)."""
+        return fault_kinds_in_mode(model_mode(self.mode), engine={})
 
     @property
     def fault_step(self) -> int | None:
@@ -367,7 +372,7 @@ class InjectorEngineMachine(FaultEngineMachine):
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(model_mode(self.mode))), label="kind")
+        self.kind = data.draw(st.sampled_from(self.fault_kinds()), label="kind")
         trigger = data.draw(st.sampled_from(["at_step", "after_warmup_steps", "probability"]), label="trigger")
         body: dict[str, object] = {"kind": self.kind}
         self.at_step = 0

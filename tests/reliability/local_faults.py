@@ -318,4 +318,7 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
 }
-assert set(_APPLIERS) == {kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects}
+# Every kind a plain engine (no disaggregation, host tier or speculative decoding) can be given.
+assert set(_APPLIERS) == {
+    kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects and rule.needs_setting is None
+}

@@ -8,7 +8,9 @@ What it reads from the runner (all set once ``init_memory_pool`` has run):
 * ``req_to_token_pool``: ``ReqToTokenPool.req_to_token``, each request row's slot per position;
 * ``token_to_kv_pool_allocator``: for hybrid pools, its ``full_to_swa_index_mapping`` must be
   the tensor the pool registered (the canary translates through the pool's);
-* ``sliding_window_size`` (or the DSv4 pool's ``sliding_window``): the SWA layers' window.
+* ``sliding_window_size`` (or the DSv4 pool's ``sliding_window``): the SWA layers' window;
+* ``is_draft_worker``: a speculative draft worker's runner is refused, the canary guards the
+  target's (whose TARGET_VERIFY forwards it plans, ``kv_canary.forward_rows``).
 
 Install before the runner captures CUDA graphs (``ModelRunner.init_cuda_graphs``, called from
 ``Scheduler.init_all_cuda_graphs``): a captured graph replays the forward it recorded without
@@ -47,6 +49,7 @@ def install_into_model_runner(
     config = CanaryConfig.from_env() if config is None else config
     if not config.enabled:
         return None
+    _require_target_runner(model_runner)
     _require_no_captured_graphs(model_runner)
     pool = _required(model_runner, "token_to_kv_pool")
     req_to_token_pool = _required(model_runner, "req_to_token_pool")
@@ -71,6 +74,16 @@ def _required(model_runner: object, name: str) -> Any:
             f"kv_canary: model_runner.{name} is not set; install the canary after ModelRunner.init_memory_pool has run"
         )
     return value
+
+
+def _require_target_runner(model_runner: object) -> None:
+    if getattr(model_runner, "is_draft_worker", False):
+        raise KvCanaryInstallError(
+            "kv_canary: this is a speculative draft worker's model runner (is_draft_worker); its pool holds the "
+            "draft model's KV, written with EAGLE's token/position offset, and it shares req_to_token with the "
+            "target runner. The canary guards the target's pools: install it on the target runner "
+            "(scheduler.tp_worker.model_runner) only"
+        )
 
 
 def _require_no_captured_graphs(model_runner: object) -> None:

@@ -34,10 +34,36 @@ def test_the_target_model_takes_exactly_the_vocabulary():
         assert none is type(None) and typing.get_args(literal) == TARGET_VALUES[key]
 
 
+FEATURE_KINDS = {
+    "disaggregation": ("transfer_drop_group", "transfer_misorder_pages", "transfer_foreign_pages"),
+    "host_tier_tokens": ("restore_wrong_slots", "stale_swa_translation", "host_copy_overwrite"),
+    "speculative_num_steps": ("draft_position_shift",),
+}
+FEATURE_ON = {"disaggregation": "prefill_decode", "host_tier_tokens": 64, "speculative_num_steps": 3}
+
+
 def test_the_design_fault_table_remap_swa_slot_needs_an_swa_pool_every_other_kind_runs_everywhere():
-    injecting = [kind for kind in FAULT_KINDS if kind != "none"]
-    assert fault_kinds_in_mode("swa") == fault_kinds_in_mode("dsv4") == tuple(injecting)
-    assert fault_kinds_in_mode("mha") == tuple(kind for kind in injecting if kind != "remap_swa_slot")
+    # On a plain engine (no feature setting on): the kinds that corrupt what every engine has.
+    injecting = [kind for kind in FAULT_KINDS if kind != "none" and FAULT_KIND_RULES[kind].needs_setting is None]
+    assert fault_kinds_in_mode("swa", engine={}) == fault_kinds_in_mode("dsv4", engine={}) == tuple(injecting)
+    assert fault_kinds_in_mode("mha", engine={}) == tuple(kind for kind in injecting if kind != "remap_swa_slot")
+
+
+def test_a_feature_kind_runs_only_with_its_feature_on_and_names_the_setting_when_off():
+    assert {kind for kinds in FEATURE_KINDS.values() for kind in kinds} == {
+        kind for kind, rule in FAULT_KIND_RULES.items() if rule.needs_setting is not None
+    }
+    for setting, kinds in FEATURE_KINDS.items():
+        engine = {setting: FEATURE_ON[setting]}
+        for kind in kinds:
+            assert FAULT_KIND_RULES[kind].needs_setting == setting
+            modes = [mode for mode in MODEL_MODES if kind in fault_kinds_in_mode(mode, engine=engine)]
+            assert modes == (["swa", "dsv4"] if kind == "stale_swa_translation" else list(MODEL_MODES))
+            assert all(kind not in fault_kinds_in_mode(mode, engine={}) for mode in MODEL_MODES)
+            fault = Fault(kind=kind, at_step=1)
+            (off,) = fault_problems(fault, mode="swa", engine={})
+            assert off.loc == ("kind",) and setting in off.message
+            assert fault_problems(fault, mode="swa", engine=engine) == []
 
 
 def test_the_design_mode_table_full_and_swa_groups_and_dsv4_guards_the_swa_k_half_only():

@@ -4,14 +4,20 @@ flag the server takes, with the same bounds and default, and lands in the engine
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import click
 import pytest
 
 from harness.runner.server_command import server_argv
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from kv_canary_contract import CANARY_SETTINGS, MODEL_MODES, EngineSettings, setting_bounds, setting_flag
+from kv_canary_contract import (
+    CANARY_SETTINGS,
+    MODEL_MODES,
+    EngineSettings,
+    setting_bounds,
+    setting_choices,
+    setting_flag,
+)
 from mock_models.config import CONTRACT_SETTINGS, EngineConfig, EngineConfigError, ModelMode
 from mock_models.server.flags import CANARY_CONFIG_FIELDS, build_configs, server_default
 from mock_models.server.main import serve_command
@@ -32,7 +38,7 @@ def server_refusal(name: str, value: object) -> str | None:
 @pytest.mark.parametrize("name", list(EngineSettings.model_fields))
 def test_every_engine_setting_is_a_server_flag_with_the_same_bounds_or_choices(name):
     assert isinstance(OPTIONS.get(setting_flag(name)), click.Option)
-    choices = [arg for arg in typing.get_args(EngineSettings.model_fields[name].annotation) if isinstance(arg, str)]
+    choices = setting_choices(name)
     if choices:
         # The server takes every value a scenario may write; beyond them only canary mode none
         # (a server with the canary off), which a scenario, needing the canary, never writes.
@@ -96,6 +102,10 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "max_running_requests": 5,
         "chunked_prefill_size": 16,
         "seed": -9,
+        # left out by the scenario: not passed, the server's defaults (features off)
+        "disaggregation": "none",
+        "host_tier_tokens": 0,
+        "speculative_num_steps": 0,
     }
     assert (canary.sweep_interval, canary.real_kv_hash, canary.mode) == (3, RealKvHashMode.ALL, CanaryMode.RAISE)
     assert (canary.stats_interval, canary.swa_divergence_interval) == (7, 2)

@@ -1,0 +1,26 @@
+"""``draft_position_shift``: a speculative verify window fed one position late.
+
+The draft worker hands the target's verify forward the positions its draft steps ran at; this
+fault shifts one decoding request's next window by one (as sglang#25015's draft decode positions
+were), so the target writes the window's K/V and canary records at the wrong positions.
+"""
+
+from __future__ import annotations
+
+from mock_models.engine.speculative.scheduler import SpeculativeScheduler
+from mock_models.faults.targets import FaultContext, NoTarget, decoding_requests
+
+
+def draft_position_shift(context: FaultContext) -> str:
+    engine = context.engine
+    scheduler = engine.scheduler
+    if not isinstance(scheduler, SpeculativeScheduler):
+        raise NoTarget("the engine does not decode speculatively (speculative_num_steps 0)")
+    if any(req.needs_prefill for req in scheduler.running):
+        raise NoTarget("the next forward prefills; no verify window is written before it")
+    reqs = decoding_requests(engine)
+    if not reqs:
+        raise NoTarget("no request is decoding")
+    req = reqs[0]
+    scheduler.draft_worker.shift_next_window(req)
+    return f"request {req.rid[:8]}'s next verify window (from position {req.kv_len}) is fed one position late"
