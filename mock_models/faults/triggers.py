@@ -2,7 +2,8 @@
 
 * ``at_step: N``: right before forward N (at the next forward if N has passed when it is registered);
 * ``after_warmup_steps: N``: the warm-up ends with the first DECODE forward after registration
-  (forward W: the engine then has prompts cached and requests decoding); the fault is due right
+  (a TARGET_VERIFY forward, under speculative decoding; forward W: the engine then has prompts
+  cached and requests decoding); the fault is due right
   before forward W + N + 1, i.e. N forwards after the warm-up have run;
 * ``probability: p`` with ``seed``: every forward after the warm-up draws, from ``random.Random(seed)``.
 
@@ -33,12 +34,12 @@ class Trigger:
             self._next_step = registered_at + 1
 
     def observe(self, engine: Engine) -> None:
-        """Before each forward: note the end of the warm-up once a DECODE forward has run."""
+        """Before each forward: note the end of the warm-up once a DECODE (or verify) forward has run."""
         batch = engine.last_forward_batch
         if (
             self._warmup_end is None
             and batch is not None
-            and batch.forward_mode.is_decode()
+            and batch.forward_mode.is_generating()
             and engine.forward_count > self._registered_at
         ):
             self._warmup_end = engine.forward_count

@@ -29,7 +29,7 @@ from mock_models.config import EngineConfig
 from mock_models.engine.disaggregation.decode import DecodeKVCacheManager
 from mock_models.engine.disaggregation.prefill import PrefillEngine
 from mock_models.engine.disaggregation.transfer import KvTransfer, TransferPlan
-from mock_models.engine.engine import Engine
+from mock_models.engine.engine import CanaryRaisedError, Engine
 from mock_models.engine.request import GenerationResult, Request
 
 
@@ -108,7 +108,11 @@ class DisaggregatedEngine(Engine):
         self._run_step_hooks()
         results = self._transfer_ready()
         if self.scheduler.has_work():
-            results += self._forward_step()
+            try:
+                results += self._forward_step()
+            except CanaryRaisedError as raised:
+                raised.results = results + raised.results  # requests a transfer finished are answered too
+                raise
         return results
 
     def _bootstrap(self) -> None:
