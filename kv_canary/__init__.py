@@ -2,6 +2,7 @@
 
 from kv_canary.config import CanaryConfig, CanaryMode, KernelBackend, RealKvHashMode
 from kv_canary.errors import (
+    CanaryAlreadyInstalledError,
     CanaryConfigError,
     KvCanaryError,
     KvCanaryHealthError,
@@ -15,6 +16,7 @@ from kv_canary.log_lines import CanaryStatsLog, SwaDivergenceLog, ViolationRecor
 from kv_canary.manager import CanaryManager
 
 __all__ = [
+    "CanaryAlreadyInstalledError",
     "CanaryConfig",
     "CanaryConfigError",
     "CanaryManager",

@@ -13,12 +13,15 @@ import math
 
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import RadixCache
+from mock_models.engine.request import Request
 from mock_models.engine.req_to_token_pool import PADDING_ROW, ReqToTokenPool
 
 
 def check_engine_invariants(engine: Engine) -> None:
     config = engine.config
     running = list(engine.scheduler.running)
+    # A disaggregated decode engine also holds the slots it pre-allocated for prompts being prefilled.
+    held = running + list(getattr(engine, "preallocated", ()))
     tree = engine.radix_cache
     assert isinstance(tree, RadixCache)  # the engine's own memory backend: its sizes are checked here
     nodes = list(tree.nodes())
@@ -26,7 +29,7 @@ def check_engine_invariants(engine: Engine) -> None:
 
     assert all(len(node.key) % page_size == 0 for node in nodes), "a radix node is not page-aligned"
     tree_pages = sum(len(node.key) for node in nodes) // page_size
-    own_pages = sum(math.ceil((req.kv_len - req.tree_owned_len) / page_size) for req in running)
+    own_pages = sum(math.ceil((_allocated_len(req) - req.tree_owned_len) / page_size) for req in held)
     free_pages = engine.full_allocator.available_pages()
     assert free_pages + tree_pages + own_pages == config.num_pages, (
         f"full pages leak or are handed out twice: free {free_pages} + radix {tree_pages} + requests' own "
@@ -35,7 +38,7 @@ def check_engine_invariants(engine: Engine) -> None:
 
     if engine.swa_allocator is not None:
         resident = tree.swa_resident_size()
-        own_swa = sum(req.kv_len - max(req.swa_released_len, req.tree_owned_len) for req in running)
+        own_swa = sum(_allocated_len(req) - max(req.swa_released_len, req.tree_owned_len) for req in held)
         free_swa = engine.swa_allocator.available_size()
         assert free_swa + resident + own_swa == config.swa_pool_size, (
             f"SWA slots leak or are handed out twice: free {free_swa} + radix-resident {resident} + requests' "
@@ -53,13 +56,13 @@ def check_engine_invariants(engine: Engine) -> None:
     assert not wrong, f"lock refs (have, expected) differ from the running requests' locks: {wrong}"
 
     kv_cache = engine.kv_cache
-    assert kv_cache.reserved_pages == sum(req.full_pages_reserved for req in running) >= 0
-    assert kv_cache.reserved_swa_slots == sum(req.swa_slots_reserved for req in running) >= 0
+    assert kv_cache.reserved_pages == sum(req.full_pages_reserved for req in held) >= 0
+    assert kv_cache.reserved_swa_slots == sum(req.swa_slots_reserved for req in held) >= 0
     rows = engine.req_to_token_pool
     assert isinstance(rows, ReqToTokenPool)
-    held = sorted(req.req_pool_idx for req in running)
-    assert PADDING_ROW not in held and len(set(held)) == len(held)
-    assert sorted(rows.free_rows + held) == list(range(1, rows.size + 1)), "request rows leak"
+    held_rows = sorted(req.req_pool_idx for req in held)
+    assert PADDING_ROW not in held_rows and len(set(held_rows)) == len(held_rows)
+    assert sorted(rows.free_rows + held_rows) == list(range(1, rows.size + 1)), "request rows leak"
 
 
 def check_engine_idle(engine: Engine) -> None:
@@ -68,6 +71,11 @@ def check_engine_idle(engine: Engine) -> None:
     check_engine_invariants(engine)
     assert all(node.lock_ref == 0 for node in engine.radix_cache.nodes())
     assert engine.kv_cache.reserved_pages == 0 and engine.kv_cache.reserved_swa_slots == 0
+
+
+def _allocated_len(req: Request) -> int:
+    """Positions the request holds a slot for: ``kv_len``, or a pre-allocated prompt not computed yet."""
+    return req.own_start + len(req.own_slots)
 
 
 def _check_windows_resident(engine: Engine, running: list) -> None:

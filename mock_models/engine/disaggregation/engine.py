@@ -90,6 +90,11 @@ class DisaggregatedEngine(Engine):
         return len(self._bootstrapping) + len(self._in_prefill)
 
     @property
+    def preallocated(self) -> list[Request]:
+        """Decode-side requests holding their prompt's slots while the prefill engine computes it."""
+        return list(self._in_prefill.values())
+
+    @property
     def ready_transfers(self) -> list[tuple[Request, Request]]:
         """(prefill request, decode request) of every prompt whose KV waits to be transferred."""
         return [(req, self._in_prefill[req.rid]) for req in self.prefill.parking.parked]

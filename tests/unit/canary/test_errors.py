@@ -39,6 +39,7 @@ def test_the_errors_are_exported_and_keep_their_builtin_bases():
         "UnsupportedPoolError",
         "PoolLayoutError",
         "UnsupportedForwardModeError",
+        "CanaryAlreadyInstalledError",
         "KvCanaryViolationError",
         "KvCanaryHealthError",
     }

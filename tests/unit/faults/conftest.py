@@ -12,6 +12,7 @@ import torch
 from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode, ViolationRecord
 from kv_canary_contract import Fault
 from mock_models.config import EngineConfig, ModelMode
+from mock_models.engine.build import build_engine
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
 from mock_models.faults.fault_request import resolve
@@ -68,7 +69,8 @@ def fault_run():
         real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
         **engine_settings: typing.Any,
     ) -> FaultRun:
-        config = EngineConfig(model_mode=ModelMode(mode), swa_window=WINDOW, max_total_tokens=1024, **engine_settings)
+        settings: dict[str, typing.Any] = {"swa_window": WINDOW, "max_total_tokens": 1024, **engine_settings}
+        config = EngineConfig(model_mode=ModelMode(mode), **settings)
         canary = CanaryConfig(
             backend=KernelBackend.TORCH,
             sweep_interval=sweep_interval,
@@ -79,7 +81,7 @@ def fault_run():
             write_capacity=1024,
             max_requests_per_forward=32,
         )
-        engine = Engine(config, canary_config=canary)
+        engine = build_engine(config, canary_config=canary)
         return FaultRun(engine=engine, injector=FaultInjector.install(engine))
 
     return make
