@@ -100,9 +100,10 @@ class ForwardBatch:
             positions += range(prefix, prefix + n)
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens, strict=True)]
         if spec_info is not None:
-            # SGLang's verify batch: the drafts are fed at the draft worker's positions, and seq_lens
+            # SGLang's verify batch: the windows are fed at the draft worker's positions, and seq_lens
             # stay the committed lengths (the models read prefix + extend lengths, the same either way).
             input_ids, positions, seq_lens = list(spec_info.draft_token), list(spec_info.positions), prefix_lens
+            starts = [spec_info.draft_token_num * index for index in range(len(items))]
         rows = [req.req_pool_idx for req, _ in items]
 
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:

@@ -13,8 +13,8 @@ import math
 
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import RadixCache
-from mock_models.engine.request import Request
 from mock_models.engine.req_to_token_pool import PADDING_ROW, ReqToTokenPool
+from mock_models.engine.request import Request
 
 
 def check_engine_invariants(engine: Engine) -> None:

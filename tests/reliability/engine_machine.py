@@ -21,6 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from kv_canary_contract import TARGET_VALUES, Fault, fault_kinds_in_mode, model_mode
 from mock_models.config import EngineConfig, ModelMode
+from mock_models.engine.build import build_engine
+from mock_models.engine.disaggregation import DisaggregatedEngine
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
 from mock_models.faults.fault_request import FaultRequestError
@@ -94,8 +96,11 @@ class CleanEngineMachine(RuleBasedStateMachine):
             st.composite(lambda draw: engine_settings(draw, self.mode, faults=self.machine != "clean"))(),
             label="settings",
         )
-        self.engine = Engine(engine_config, canary_config=canary_config)
-        self.shadow = KvShadow(self.engine)
+        engine_config = engine_config.replace(**self.draw_feature(data, engine_config))
+        self.engine = build_engine(engine_config, canary_config=canary_config)
+        # The shadow follows forwards: a feature that moves KV outside them (a transfer, a load-back
+        # from the host) is judged by the canary, the oracle and the bookkeeping alone.
+        self.shadow = KvShadow(self.engine) if self.shadowed(engine_config) else None
         rng = random.Random(prefix_seed)
         # Prefix tokens from a small range and suffix tokens from a tiny one: requests often share
         # more than the prefix they were built on, which splits radix nodes at odd places.
@@ -108,6 +113,15 @@ class CleanEngineMachine(RuleBasedStateMachine):
             return evict(num_tokens)
 
         self.engine.radix_cache.evict = counting_evict
+
+    def draw_feature(self, data: st.DataObject, config: EngineConfig) -> dict[str, object]:
+        """Engine-feature settings for this case (none: a plain engine)."""
+        del data, config
+        return {}
+
+    @staticmethod
+    def shadowed(config: EngineConfig) -> bool:
+        return config.disaggregation == "none" and config.host_tier_tokens == 0
 
     # -- rules --------------------------------------------------------------------------------------
 
@@ -166,11 +180,22 @@ class CleanEngineMachine(RuleBasedStateMachine):
     def nothing_is_corrupt(self) -> None:
         if self.engine is None or not self.judging_as_clean():
             return
-        assert self.shadow.events == [], f"the engine misread its KV cache: {self.shadow.events[:5]}"
-        stats = self.engine.canary.stats_snapshot()
-        assert stats["violations_total"] == 0, [record.format() for record in self.engine.canary.violations]
-        assert stats["plan_overflow_entries"] == 0
-        check_engine_invariants(self.engine)
+        assert self.misreads == [], f"the engine misread its KV cache: {self.misreads[:5]}"
+        for canary in self.engine.canaries:
+            stats = canary.stats_snapshot()
+            assert stats["violations_total"] == 0, [record.format() for record in canary.violations]
+            assert stats["plan_overflow_entries"] == 0
+        for engine in self.engines:
+            check_engine_invariants(engine)
+
+    @property
+    def misreads(self) -> list:
+        return [] if self.shadow is None else self.shadow.events
+
+    @property
+    def engines(self) -> list[Engine]:
+        """The engine and, disaggregated, its prefill engine."""
+        return [self.engine, *([self.engine.prefill] if isinstance(self.engine, DisaggregatedEngine) else [])]
 
     def judging_as_clean(self) -> bool:
         return True
@@ -198,11 +223,13 @@ class CleanEngineMachine(RuleBasedStateMachine):
         if self.engine is None:
             return
         self.drain()
-        check_engine_idle(self.engine)
-        self.engine.canary.flush()
+        for engine in self.engines:
+            check_engine_idle(engine)
+        for canary in self.engine.canaries:
+            canary.flush()
         self.nothing_is_corrupt()
         assert not self.live
-        record_case(self.case_figures(violations=len(self.engine.canary.violations)))
+        record_case(self.case_figures(violations=sum(len(canary.violations) for canary in self.engine.canaries)))
 
     def case_figures(self, **extra: object) -> dict[str, object]:
         config = self.engine.config
@@ -212,13 +239,38 @@ class CleanEngineMachine(RuleBasedStateMachine):
             "page_size": config.page_size,
             "real_kv": self.engine.canary_config.real_kv_hash.value,
             "forwards": self.engine.forward_count,
-            "misreads": self.shadow.num_events,
-            "reads_checked": self.shadow.reads_checked,
+            "misreads": None if self.shadow is None else self.shadow.num_events,
+            "reads_checked": None if self.shadow is None else self.shadow.reads_checked,
+            "feature": _feature(config),
             "evictions": self.evictions,
             "seconds": round(time.perf_counter() - self.started, 3),
             **self.counts,
             **extra,
         }
+
+
+class CleanFeatureMachine(CleanEngineMachine):
+    """The clean machine with one engine feature on per case: speculative decoding (drafts accepted
+    and rolled back), the host tier (offload and load-back cycles) or disaggregation (transfers)."""
+
+    machine = "clean_feature"
+
+    def draw_feature(self, data: st.DataObject, config: EngineConfig) -> dict[str, object]:
+        feature = data.draw(st.sampled_from(["speculative", "host_tier", "disaggregation"]), label="feature")
+        if feature == "speculative":  # below the chunk (8 at least): the window's SWA rows are in the budget
+            return {"speculative_num_steps": data.draw(st.sampled_from([1, 2, 4]), label="speculative_num_steps")}
+        if feature == "host_tier":
+            pages = data.draw(st.sampled_from([8, 32, 128]), label="host_tier_pages")
+            return {"host_tier_tokens": pages * config.page_size}
+        return {"disaggregation": "prefill_decode"}
+
+
+def _feature(config: EngineConfig) -> str:
+    if config.disaggregation != "none":
+        return "disaggregation"
+    if config.host_tier_tokens:
+        return "host_tier"
+    return "speculative" if config.speculative_num_steps else "none"
 
 
 class FaultEngineMachine(CleanEngineMachine):

@@ -128,6 +128,8 @@ class KvShadow:
         mapping = self._mapping()
         by_row = {req.req_pool_idx: req for req in engine.scheduler.running}
         out_cache_loc = batch.out_cache_loc.tolist()
+        # What the forward feeds (a speculative verify feeds its drafts, which no fill_ids hold yet).
+        input_ids = batch.input_ids.tolist()
         new_swa = mapping[batch.out_cache_loc].tolist() if mapping is not None else []
         written: dict[PoolGroupKind, list[int]] = {kind: [] for kind in self.groups}
         requests = []
@@ -141,7 +143,8 @@ class KvShadow:
             req = by_row[row]
             requests.append((req, prefix))
             recorded = req.token_ids
-            fed_hashes = sequence_hashes(req.fill_ids[: prefix + count])
+            fed = req.fill_ids[:prefix] + input_ids[start : start + count]
+            fed_hashes = sequence_hashes(fed)
             for offset in range(count):
                 position = prefix + offset
                 identity = (position, fed_hashes[position])
@@ -151,7 +154,7 @@ class KvShadow:
                 for kind in self.groups:
                     self.identity[kind][slots[kind]] = identity
                     written[kind].append(slots[kind])
-                if req.fill_ids[position] != recorded[position]:
+                if position < len(recorded) and fed[position] != recorded[position]:  # drafts: nothing recorded
                     self._record(
                         ReadEvent(
                             forward=step,
@@ -159,7 +162,7 @@ class KvShadow:
                             group=self.groups[0].value,
                             slot=slots[self.groups[0]],
                             position=position,
-                            detail=f"fed {req.fill_ids[position]}, recorded {recorded[position]}",
+                            detail=f"fed {fed[position]}, recorded {recorded[position]}",
                         )
                     )
         # The model writes this forward's K/V before it reads, so reads are judged after the writes.

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.reliability.engine_machine import CleanEngineMachine, FaultEngineMachine, InjectorEngineMachine
+from tests.reliability.engine_machine import (
+    CleanEngineMachine,
+    CleanFeatureMachine,
+    FaultEngineMachine,
+    InjectorEngineMachine,
+)
 
-MACHINES = {"Clean": CleanEngineMachine, "Fault": FaultEngineMachine, "Injector": InjectorEngineMachine}
+MACHINES = {
+    "Clean": CleanEngineMachine,
+    "CleanFeature": CleanFeatureMachine,
+    "Fault": FaultEngineMachine,
+    "Injector": InjectorEngineMachine,
+}
 MODES = {"Mha": "mha", "Swa": "swa", "Dsv4": "dsv4"}
 
 # pytest collects module-level ``Test*`` names; ``-k TestFaultSwa`` selects one machine in one mode.

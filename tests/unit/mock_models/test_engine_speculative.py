@@ -55,14 +55,21 @@ def test_a_verify_forward_is_laid_out_as_sglangs_target_verify():
     assert rid not in {r.rid for r in engine.scheduler.running} and violations(engine) == []
 
 
-def test_the_window_shrinks_to_the_tokens_a_batch_has_left_and_the_forwards_are_fewer():
-    plain = feature_engine("swa")
-    speculative = feature_engine("swa", speculative_num_steps=4)
+@pytest.mark.parametrize("mode", MODES)
+def test_the_model_computes_what_plain_decoding_computes_in_fewer_forwards(mode):
+    """Each accepted row's hidden state is the one plain decoding samples from at that position:
+    the windows of a batch are laid out request by request, and read the right K/V."""
     prompts = prompts_on_shared_prefixes(seed=3, count=4)
-    for engine in (plain, speculative):
-        run_checked(engine, prompts, [9, 10, 11, 12])
+    results = {}
+    for steps in (0, 4):
+        engine = feature_engine(mode, speculative_num_steps=steps)
+        results[steps] = engine.generate(prompts, [9, 10, 11, 12])
         assert violations(engine) == []
-    assert speculative.forward_count < plain.forward_count
+        results[steps, "forwards"] = engine.forward_count
+    assert results[4, "forwards"] < results[0, "forwards"]
+    for plain, speculative in zip(results[0], results[4], strict=True):
+        assert plain.output_ids == speculative.output_ids
+        assert speculative.attention_checksum == pytest.approx(plain.attention_checksum, rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.parametrize("mode", MODES)
