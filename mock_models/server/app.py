@@ -109,9 +109,12 @@ def _consume(future: asyncio.Future) -> None:
 @core_router.get("/health")
 async def health(request: Request) -> JSONResponse:
     worker = worker_of(request)
-    if worker.is_alive:
-        return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "unavailable", "detail": worker.stopped_reason}, status_code=503)
+    if not worker.is_alive:
+        return JSONResponse({"status": "unavailable", "detail": worker.stopped_reason}, status_code=503)
+    stuck = worker.stuck()
+    if stuck is not None:
+        return JSONResponse({"status": "stuck", "detail": stuck}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @core_router.post("/flush_cache")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 
 import click
@@ -30,16 +32,22 @@ from mock_models.server.engine_worker import EngineWorker
 logger = logging.getLogger("mock_models.server")
 
 READY_LINE = "kv_canary_server listening on http://{host}:{port}"
+# After SIGTERM/SIGINT the engine thread has this long to finish its forward and stop; one that
+# does not is stuck, and the process exits without it (status EXIT_ENGINE_STUCK).
+ENGINE_STOP_GRACE_S = 5.0
+EXIT_ENGINE_STUCK = 1
 _DEFAULTS = EngineConfig()
 
 
 class _Server(uvicorn.Server):
     """uvicorn, plus: the ready line, and a signal that first stops the engine (pending requests
-    get 503 at once) and ends in a clean exit instead of uvicorn's re-raised signal."""
+    get 503 at once) and ends in a clean exit instead of uvicorn's re-raised signal; if the engine
+    thread is stuck and does not stop, the process exits without it."""
 
     def __init__(self, config: uvicorn.Config, *, worker: EngineWorker, host: str, port: int) -> None:
         super().__init__(config)
         self._worker, self._host, self._port = worker, host, port
+        self._watchdog: threading.Thread | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -47,9 +55,24 @@ class _Server(uvicorn.Server):
             print(READY_LINE.format(host=self._host, port=self._port), file=sys.stderr, flush=True)
 
     def handle_exit(self, sig: int, frame: object) -> None:
-        logger.info("signal %s: stopping the engine, then the server", signal.Signals(sig).name)
         self._worker.request_stop()
         super().handle_exit(sig, frame)
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._exit_if_the_engine_hangs, name="stop-watchdog", daemon=True)
+            self._watchdog.start()
+        # Logged last: a busy engine thread may hold the log handler's lock for a long while.
+        logger.info("signal %s: stopping the engine, then the server", signal.Signals(sig).name)
+
+    def _exit_if_the_engine_hangs(self) -> None:
+        if self._worker.join(ENGINE_STOP_GRACE_S):
+            return
+        # os.write and os._exit: no lock the stuck thread could hold (logging's, stderr's) is needed.
+        os.write(
+            sys.stderr.fileno(),
+            f"kv_canary_server: the engine thread did not stop within {ENGINE_STOP_GRACE_S:.0f} s of the "
+            f"signal (it is {self._worker.activity() or 'busy'}); exiting without it\n".encode(),
+        )
+        os._exit(EXIT_ENGINE_STUCK)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
