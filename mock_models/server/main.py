@@ -24,10 +24,10 @@ import uvicorn
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig, MemBackend, ModelMode
-from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector, build_fault_router
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.startup import ServeError, bind, build_engine, check_device
 
 logger = logging.getLogger("mock_models.server")
 
@@ -85,15 +85,6 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
-
-
 @click.command("serve")
 @click.option("--model-mode", type=click.Choice([mode.value for mode in ModelMode]), default="mha", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -137,6 +128,7 @@ def serve_command(
 ) -> None:
     """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_device(device)
     if device == "cpu":
         torch.set_num_threads(1)  # the model's ops are tiny: extra threads only add hand-off cost
     overrides = {
@@ -164,11 +156,11 @@ def serve_command(
             mem_backend=MemBackend(mem_backend),
         )
     except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-    engine = Engine(config, canary_config=canary_config)
+        raise ServeError(str(error)) from None
+    sock = bind(host, port)
+    engine = build_engine(config, canary_config)
     fault_router = build_fault_router(FaultInjector.install(engine))
     worker = EngineWorker(engine)
-    sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     logger.info("engine ready: %s, canary mode %s", config, canary_config.mode.value)
     app = create_app(worker, extra_routers=[fault_router])

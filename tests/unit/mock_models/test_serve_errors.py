@@ -1,0 +1,54 @@
+"""``kv-canary serve`` with a setting it cannot run with: one line that names the flag, exit status 2."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mock_models.server.main import serve_command
+
+
+def refused(*args: str) -> str:
+    result = CliRunner().invoke(serve_command, list(args), catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_a_port_outside_the_tcp_range(port):
+    assert refused("--port", port) == f"Error: --port {port}: a TCP port is 0..65535 (0 picks a free one)"
+
+
+def test_a_host_that_does_not_resolve():
+    assert refused("--host", "no-such-host.invalid", "--port", "0").startswith(
+        "Error: --host no-such-host.invalid: cannot be resolved ("
+    )
+
+
+def test_a_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert refused("--port", str(port)).startswith(f"Error: --port {port}: address already in use on 127.0.0.1")
+
+
+def test_pools_that_do_not_fit_in_memory():
+    line = refused("--port", "0", "--max-total-tokens", "1000000000000000")
+    assert line.startswith("Error: --max-total-tokens 1000000000000000: the engine's pools do not fit in cpu memory")
+    assert line.endswith("; lower --max-total-tokens")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_cuda_where_there_is_none():
+    assert refused("--port", "0", "--device", "cuda").startswith("Error: --device cuda: no CUDA device is available")
+
+
+def test_an_engine_setting_the_config_refuses():
+    assert refused("--port", "0", "--model-mode", "dsv4", "--mem-backend", "sglang").startswith(
+        "Error: EngineConfig.mem_backend = sglang runs model modes mha and swa"
+    )
