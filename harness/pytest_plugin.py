@@ -207,7 +207,7 @@ class ScenarioFailed(Exception):
 
 
 class ScenarioItem(pytest.Item):
-    def __init__(self, *, loaded: LoadedScenario, mode: str, parent: pytest.Collector, **kwargs: object) -> None:
+    def __init__(self, *, loaded: LoadedScenario, mode: str, parent: pytest.Collector, **kwargs: Any) -> None:
         super().__init__(parent=parent, nodeid=_parametrized_id(parent, loaded.scenario.name, mode), **kwargs)
         self.loaded = loaded
         self.mode = mode
@@ -229,7 +229,7 @@ class ScenarioItem(pytest.Item):
         return self.path, None, f"scenario {self.name}"
 
 
-def _parametrized_id(parent: pytest.Collector, name: str, mode: str) -> object:
+def _parametrized_id(parent: pytest.Collector, name: str, mode: str) -> Any:
     """``<file>::<name>[<mode>]`` with the mode as the id's parameters. pytest 9.2 compares structured
     ids, and parses the ids ``--lf`` caches that way; an older pytest (ids are strings) computes it."""
     parent_id = getattr(parent, "id", None)

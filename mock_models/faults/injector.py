@@ -122,7 +122,8 @@ class FaultInjector:
         self._faults = [fault for fault in self._faults if fault.next_entry is not None]
 
     def _try_apply(self, fault: _ScheduledFault, step: int, batch: ScheduledBatch | None) -> None:
-        entry = fault.next_entry
+        entry, since = fault.next_entry, fault.retrying_since
+        assert entry is not None and since is not None, "only a due fault with an application to come is tried"
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
         context = FaultContext(
             engine=self.engine,
@@ -135,13 +136,13 @@ class FaultInjector:
             detail = APPLIERS[fault.spec.kind](context)
         except NoTarget as missing:
             fault.last_reason = str(missing)
-            if step - fault.retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
+            if step - since + 1 < NO_TARGET_RETRY_FORWARDS:
                 return
             self.log.resolve(
                 entry,
                 "no_target",
                 step=None,
-                detail=(f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"),
+                detail=f"no valid target right before forwards {since}..{step}: {fault.last_reason}",
             )
         else:
             self.log.resolve(entry, "applied", step=step, detail=detail)
