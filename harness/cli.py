@@ -16,12 +16,10 @@ from pathlib import Path
 import click
 
 from harness.report import (
-    PlannedScenario,
     RenderedReport,
     RunDirectory,
     RunDirectoryError,
     RunPlan,
-    file_sha256,
     incomplete_summary,
     render_report,
     terminal_table,
@@ -202,28 +200,16 @@ def _new_run(
 ) -> tuple[RunDirectory, RunPlan, dict[str, LoadedScenario]]:
     argv = _server_argv(server_command)
     loaded = _load_or_exit(scenarios)
-    planned = [
-        PlannedScenario(
-            name=item.scenario.name,
-            path=str(item.path.resolve()),
-            sha256=file_sha256(item.path),
-            modes=tuple(mode for mode in item.scenario.model_modes if model_mode in ("all", mode)),
-        )
-        for item in loaded
-    ]
-    skipped = [item.name for item in planned if not item.modes]
-    if len(skipped) == len(planned):
+    plan = RunPlan.for_scenarios(
+        loaded, model_mode=model_mode, device=device, server_command=argv, run_timeout_s=run_timeout_s
+    )
+    planned = {item.name for item in plan.scenarios}
+    skipped = [item.scenario.name for item in loaded if item.scenario.name not in planned]
+    if not planned:
         click.echo(f"none of the {len(loaded)} scenario(s) lists mode {model_mode}; nothing to run.", err=True)
         sys.exit(EXIT_BAD_INPUT)
     if skipped:
         click.echo(f"skipping {len(skipped)} scenario(s) without mode {model_mode}: {', '.join(skipped)}", err=True)
-    plan = RunPlan(
-        scenarios=tuple(item for item in planned if item.modes),
-        model_mode=model_mode,
-        device=device,
-        server_command=argv,
-        run_timeout_s=run_timeout_s,
-    )
     run_dir = RunDirectory(report_dir or Path("runs") / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ"))
     try:
         run_dir.start(plan)
@@ -263,11 +249,11 @@ def _resumed_run(
     except ServerCommandError as error:
         raise BadInput(f"{error} (recorded in {run_dir.plan_path})") from None
     loaded = _load_or_exit(tuple(Path(item.path) for item in plan.scenarios))
-    for item in plan.scenarios:
-        if file_sha256(Path(item.path)) != item.sha256:
-            raise BadInput(
-                f"{item.path} changed since the run started; its results would not match. Start a new run instead."
-            )
+    changed = plan.changed_files()
+    if changed:
+        raise BadInput(
+            f"{', '.join(changed)} changed since the run started; its results would not match. Start a new run instead."
+        )
     return run_dir, plan, {item.scenario.name: item for item in loaded}
 
 

@@ -3,7 +3,7 @@
 from harness.report.render import RenderedReport, incomplete_summary, render_report
 from harness.report.rows import terminal_table
 from harness.report.run_directory import RunDirectory, RunDirectoryError
-from harness.report.run_plan import PlannedScenario, RunPlan, file_sha256
+from harness.report.run_plan import PlannedScenario, RunPlan
 
 __all__ = [
     "PlannedScenario",
@@ -11,7 +11,6 @@ __all__ = [
     "RunDirectory",
     "RunDirectoryError",
     "RunPlan",
-    "file_sha256",
     "incomplete_summary",
     "render_report",
     "terminal_table",

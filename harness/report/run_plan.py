@@ -9,12 +9,14 @@ hash) and the same settings, so the finished report is the one an uninterrupted 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from harness.run_result import RunResult
+from harness.scenario.loader import LoadedScenario
 
 PLAN_FILE = "run.json"
 
@@ -37,6 +39,38 @@ class RunPlan(_Frozen):
     device: str
     server_command: tuple[str, ...]
     run_timeout_s: float
+
+    @classmethod
+    def for_scenarios(
+        cls,
+        loaded: Sequence[LoadedScenario],
+        *,
+        model_mode: str,
+        device: str,
+        server_command: tuple[str, ...],
+        run_timeout_s: float,
+    ) -> RunPlan:
+        """Every (scenario, mode) pair ``model_mode`` (all, or one mode) selects; scenarios with none are left out."""
+        planned = (
+            PlannedScenario(
+                name=item.scenario.name,
+                path=str(item.path.resolve()),
+                sha256=file_sha256(item.path),
+                modes=tuple(mode for mode in item.scenario.model_modes if model_mode in ("all", mode)),
+            )
+            for item in loaded
+        )
+        return cls(
+            scenarios=tuple(item for item in planned if item.modes),
+            model_mode=model_mode,
+            device=device,
+            server_command=server_command,
+            run_timeout_s=run_timeout_s,
+        )
+
+    def changed_files(self) -> list[str]:
+        """The scenario files whose content is not what the run started with."""
+        return [item.path for item in self.scenarios if file_sha256(Path(item.path)) != item.sha256]
 
     def pairs(self) -> list[tuple[str, str]]:
         """(scenario, mode) of every planned pair, in run order."""
