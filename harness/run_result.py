@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from harness.expectations import ExpectationResult
 from harness.injections import Injection
@@ -69,7 +70,7 @@ class RunResult:
         }
 
     @classmethod
-    def from_json(cls, payload: dict) -> RunResult:
+    def from_json(cls, payload: dict[str, Any]) -> RunResult:
         check = payload["check"]
         return cls(
             scenario=payload["scenario"],

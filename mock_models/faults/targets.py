@@ -27,7 +27,7 @@ import random
 
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode
 from mock_models.engine.request import Request
 from mock_models.engine.scheduler import ScheduledBatch
 from mock_models.faults.fault_request import Target
@@ -54,7 +54,7 @@ class SlotRef:
     swa_slot: int
     position: int
     request: Request | None = None  # the running request reading it
-    node: TreeNode | None = None  # the radix node holding it, for cached slots
+    node: EngineRadixNode | None = None  # the radix node holding it, for cached slots
 
     def describe(self) -> str:
         owner = f"request {self.request.rid[:8]}" if self.request is not None else f"radix node {self.node.id}"
@@ -106,7 +106,7 @@ def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     needs_swa_slot = in_window_only and target.position != "out_of_window"
     return [
         SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
-        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots))
+        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots, strict=True))
         if swa or not needs_swa_slot
     ]
 
@@ -179,7 +179,7 @@ def pick_post_forward_slot(context: FaultContext) -> SlotRef:
 # -- the radix cache ----------------------------------------------------------------------------------
 
 
-def node_depth(node: TreeNode) -> int:
+def node_depth(node: EngineRadixNode) -> int:
     """Position of the node's first token: the tokens of its ancestors."""
     depth, parent = 0, node.parent
     while parent is not None:
@@ -188,7 +188,7 @@ def node_depth(node: TreeNode) -> int:
     return depth
 
 
-def swa_resident(engine: Engine, node: TreeNode) -> bool:
+def swa_resident(engine: Engine, node: EngineRadixNode) -> bool:
     return engine.swa_allocator is None or not node.swa_tombstone
 
 
@@ -213,7 +213,7 @@ def pick_cached_unused_slot(engine: Engine, target: Target) -> SlotRef:
     )
 
 
-def lockers(context: FaultContext, node: TreeNode) -> list[Request]:
+def lockers(context: FaultContext, node: EngineRadixNode) -> list[Request]:
     """Requests of the coming forward whose locked path ends at ``node`` or below it."""
     found = []
     for req in next_forward_requests(context):
@@ -225,13 +225,15 @@ def lockers(context: FaultContext, node: TreeNode) -> list[Request]:
     return found
 
 
-def match_path(engine: Engine, tokens: list[int]) -> list[tuple[TreeNode, int]]:
+def match_path(engine: Engine, tokens: list[int]) -> list[tuple[EngineRadixNode, int]]:
     """(node, tokens of it matched) along the longest page-aligned match of ``tokens``; changes nothing."""
     cache, page = engine.radix_cache, engine.config.page_size
-    path: list[tuple[TreeNode, int]] = []
+    path: list[tuple[EngineRadixNode, int]] = []
     node, offset, end = cache.root_node, 0, len(tokens) - len(tokens) % page
     while offset < end:
-        child = node.children.get(tuple(tokens[offset : offset + page]))
+        # By first tokens, not by the children's dict keys: each memory backend keys them its own way.
+        first = tokens[offset : offset + page]
+        child = next((child for child in node.children.values() if child.key[:page] == first), None)
         if child is None:
             break
         matched = 0
