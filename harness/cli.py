@@ -313,7 +313,7 @@ def list_scenarios(scenario_dir: Path) -> None:
             (
                 item.scenario.name,
                 ",".join(item.scenario.model_modes),
-                item.scenario.fault.kind if item.scenario.injects_fault else "none",
+                item.scenario.fault.kind if item.scenario.fault is not None and item.scenario.injects_fault else "none",
                 "detected" if item.scenario.expects_detection else "clean",
             )
             for item in loaded

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -40,6 +40,9 @@ from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationErro
 from harness.scenario.loader import SCENARIO_SUFFIXES
 from harness.scenario.model import EngineSettings
 from harness.scenario.problems import ScenarioProblem
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr, TracebackStyle  # the types of pytest's own repr_failure
 
 _E2E_MARKER = "e2e: end-to-end runs against a mock server (selected with -m e2e)"
 _RUN_DIR = pytest.StashKey[Path]()
@@ -120,13 +123,13 @@ def _refuse_scenario_dir_in_two_words(config: pytest.Config) -> None:
 
 
 def _session_run_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--kv-canary-run-dir")
+    chosen: Path | None = config.getoption("--kv-canary-run-dir")
     if chosen is not None:
         return chosen
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     if cache is None:
         return Path(tempfile.mkdtemp(prefix="kv-canary-"))
-    run_dir = cache.mkdir("kv-canary")
+    run_dir: Path = cache.mkdir("kv-canary")
     for entry in run_dir.iterdir():  # the last session's results only: earlier ones would mix into its report
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     return run_dir
@@ -194,10 +197,14 @@ class ScenarioFile(pytest.File):
                 item.add_marker(pytest.mark.e2e)
                 yield item
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: TracebackStyle | None = None,  # Node's signature; a collector's report takes no style
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, ScenarioValidationError):
             return f"invalid scenario file:\n{excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return super().repr_failure(excinfo)
 
 
 class ScenarioFailed(Exception):
@@ -220,7 +227,9 @@ class ScenarioItem(pytest.Item):
         if not result.passed:
             raise ScenarioFailed(result)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, ScenarioFailed):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
@@ -330,7 +339,7 @@ def _run_dir(config: pytest.Config) -> Path:
 
 
 def _scenario_dir(config: pytest.Config) -> Path:
-    chosen = config.getoption("--scenario-dir")
+    chosen: Path | None = config.getoption("--scenario-dir")
     if chosen is None:
         return config.rootpath / "scenarios"
     return chosen if chosen.is_absolute() else config.invocation_params.dir / chosen
@@ -347,7 +356,7 @@ def _e2e_in_markexpr(config: pytest.Config) -> tuple[bool, bool]:
     """Whether ``-m`` names ``e2e`` other than as ``not e2e``, and whether it names ``not e2e``."""
     tokens = re.findall(r"[\w-]+|[()]", config.getoption("markexpr") or "")
     negated = [token == "e2e" and index > 0 and tokens[index - 1] == "not" for index, token in enumerate(tokens)]
-    return (any(token == "e2e" and not neg for token, neg in zip(tokens, negated)), any(negated))
+    return (any(token == "e2e" and not neg for token, neg in zip(tokens, negated, strict=True)), any(negated))
 
 
 def _given_explicitly(path: Path, config: pytest.Config) -> bool:

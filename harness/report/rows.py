@@ -41,7 +41,7 @@ def _cells(result: RunResult) -> tuple[str, ...]:
         "-" if check is None else check.detected_text(),
         "-" if row["latency_steps"] is None else str(row["latency_steps"]),
         "-" if row["violation_count"] is None else str(row["violation_count"]),
-        ",".join(row["reasons_seen"]) or "-",
+        ",".join(check.fail_reasons_seen if check is not None else ()) or "-",
         f"{result.wall_time_s:.1f}",
     )
 

@@ -207,7 +207,7 @@ class Engine:
                 prompt_tokens=req.prompt_len,
                 completion_tokens=len(req.output_ids),
                 cached_tokens=req.cached_tokens,
-                finish_reason=req.finish_reason,
+                finish_reason=req.finish_reason or "length",  # process_forward sets it on every finished request
                 attention_checksum=checksum,
                 e2e_latency=now - req.submit_time,
             )

@@ -171,7 +171,7 @@ class EngineWorker:
                         # Answered by _deliver when the request finishes.
                         input_ids, max_new_tokens, rid = job.generate
                         self._pending[self.engine.submit(input_ids, max_new_tokens, rid=rid)] = future
-                    else:
+                    elif job.call is not None:
                         future.set_result(job.call(self.engine))
                 except Exception as error:  # the job's own error goes to its caller
                     future.set_exception(error)

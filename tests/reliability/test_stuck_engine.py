@@ -24,13 +24,14 @@ from fastapi.testclient import TestClient
 
 from harness.runner import ServerProcess
 from kv_canary import CanaryConfig, CanaryMode
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.faults.fault_request import FaultRequestBody, resolve
 from mock_models.faults.injection_log import FaultLogLine
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 from mock_models.server.main import ENGINE_STOP_GRACE_S, EXIT_ENGINE_STUCK
 from tests.reliability.process_checks import assert_gone
 
@@ -38,7 +39,9 @@ HUGE_COUNT = 12 * 10**28
 
 
 def _engine() -> Engine:
-    return Engine(EngineConfig(model_mode="mha", max_total_tokens=512), canary_config=CanaryConfig(mode=CanaryMode.LOG))
+    return Engine(
+        EngineConfig(model_mode=ModelMode.MHA, max_total_tokens=512), canary_config=CanaryConfig(mode=CanaryMode.LOG)
+    )
 
 
 def test_a_fault_with_a_huge_count_is_registered_at_once_with_one_entry(caplog):
