@@ -5,7 +5,8 @@
   the run names no paths (``pytest -n 2 --model-mode all``: unit tests and the scenario matrix
   in one run) or selects ``-m e2e``; a run naming paths (``pytest tests/unit/canary``) or
   deselecting ``-m "not e2e"`` leaves the library out. A YAML file or library folder named on
-  the command line is collected in any case.
+  the command line is collected in any case; another folder of scenarios gets a hint to name it
+  with ``--scenario-dir=DIR``. Scenario names must be unique, as ``kv-canary validate`` demands.
 * Fixtures for hand-written e2e tests: ``kv_canary_mode`` (parametrized over the selected modes),
   ``kv_canary_server`` (one server per module and mode), ``kv_canary_server_factory`` (servers
   per test, with chosen engine settings), ``kv_canary_run_dir`` and ``kv_canary_run_options``
