@@ -111,19 +111,21 @@ class FaultInjector:
     def _apply_due(self, engine: Engine, *, batch: ScheduledBatch | None) -> None:
         step = engine.forward_count + 1
         for fault in self._faults:
-            if (fault.spec.kind in APPLIED_BEFORE_SCHEDULING) != (batch is None):
+            entry = fault.next_entry
+            if entry is None or (fault.spec.kind in APPLIED_BEFORE_SCHEDULING) != (batch is None):
                 continue
             fault.trigger.observe(engine)
             if fault.retrying_since is None:
                 if not fault.trigger.due(step):
                     continue
                 fault.retrying_since = step
-            self._try_apply(fault, step, batch)
+            self._try_apply(fault, entry, step=step, since=fault.retrying_since, batch=batch)
         self._faults = [fault for fault in self._faults if fault.next_entry is not None]
 
-    def _try_apply(self, fault: _ScheduledFault, step: int, batch: ScheduledBatch | None) -> None:
-        entry, since = fault.next_entry, fault.retrying_since
-        assert entry is not None and since is not None, "only a due fault with an application to come is tried"
+    def _try_apply(
+        self, fault: _ScheduledFault, entry: InjectionEntry, *, step: int, since: int, batch: ScheduledBatch | None
+    ) -> None:
+        """Apply ``entry``, tried first right before forward ``since``, now right before ``step``."""
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
         context = FaultContext(
             engine=self.engine,

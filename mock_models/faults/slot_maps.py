@@ -8,14 +8,14 @@ successor no longer matches.
 
 from __future__ import annotations
 
-from mock_models.faults.targets import FaultContext, NoTarget, other_live_slot, pick_live_slot
+from mock_models.faults.targets import FaultContext, NoTarget, other_live_slot, pick_live_slot, swa_allocator
 
 
 def req_to_token_remap(context: FaultContext) -> str:
     engine = context.engine
     ref = pick_live_slot(context)
     replacement = other_live_slot(context, avoid=ref)
-    engine.req_to_token_pool.req_to_token[ref.request.req_pool_idx, ref.position] = replacement.full_slot
+    engine.req_to_token_pool.req_to_token[ref.reader.req_pool_idx, ref.position] = replacement.full_slot
     return f"req_to_token of {ref.describe()} now points at {replacement.describe()}"
 
 
@@ -25,7 +25,7 @@ def remap_swa_slot(context: FaultContext) -> str:
     replacement = other_live_slot(context, avoid=ref)
     if replacement.swa_slot == ref.swa_slot:
         raise NoTarget(f"{ref.describe()} and {replacement.describe()} share their SWA slot")
-    engine.swa_allocator.full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot
+    swa_allocator(engine).full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot
     return (
         f"full_to_swa_index_mapping[{ref.full_slot}] was {ref.swa_slot}, now {replacement.swa_slot}: "
         f"{ref.describe()} reads the SWA slot of {replacement.describe()}"
