@@ -8,7 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from kv_canary import CanaryConfig, CanaryMode
+from mock_models.config import EngineConfig
+from mock_models.server import startup
 from mock_models.server.main import serve_command
+from mock_models.server.startup import ServeError, build_engine
 
 
 def refused(*args: str) -> str:
@@ -37,10 +41,42 @@ def test_a_port_in_use():
         assert refused("--port", str(port)).startswith(f"Error: --port {port}: address already in use on 127.0.0.1")
 
 
-def test_pools_that_do_not_fit_in_memory():
-    line = refused("--port", "0", "--max-total-tokens", "1000000000000000")
-    assert line.startswith("Error: --max-total-tokens 1000000000000000: the engine's pools do not fit in cpu memory")
-    assert line.endswith("; lower --max-total-tokens")
+def test_an_absurd_pool_size():
+    assert refused("--port", "0", "--max-total-tokens", "1000000000000000").startswith(
+        "Error: max_total_tokens: 1000000000000000 is too large"
+    )
+
+
+CPU_ALLOCATION_FAILURE = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 536870912 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize(
+    "failure", [RuntimeError(CPU_ALLOCATION_FAILURE), torch.OutOfMemoryError("CUDA out of memory"), MemoryError()]
+)
+def test_pools_that_do_not_fit_in_memory(monkeypatch, failure):
+    # The contract's bounds keep the pools to a size that fits a usual machine; one short of memory still fails.
+    def allocate(*_args: object, **_kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(startup, "Engine", allocate)
+    with pytest.raises(ServeError) as refusal:
+        build_engine(EngineConfig(max_total_tokens=1 << 20), CanaryConfig(mode=CanaryMode.NONE))
+    assert refusal.value.exit_code == 2
+    message = refusal.value.message
+    assert message.startswith("--max-total-tokens 1048576: the engine's pools do not fit in cpu memory (")
+    assert message.endswith("; lower --max-total-tokens")
+
+
+def test_an_engine_error_that_is_not_about_memory_is_not_hidden(monkeypatch):
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(startup, "Engine", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        build_engine(EngineConfig(), CanaryConfig(mode=CanaryMode.NONE))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
