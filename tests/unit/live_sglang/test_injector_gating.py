@@ -77,7 +77,7 @@ def service():
 
     thread = threading.Thread(target=scheduler_loop, name="scheduler")
     thread.start()
-    yield InjectorService(injector, tasks, canary=lambda: object()), injector
+    yield InjectorService(injector, tasks, canary=object), injector
     stop.set()
     thread.join()
 
