@@ -5,7 +5,9 @@ triggers (``Trigger``), the same retry bound for a fault that finds no target, t
 log and ``kv_canary_fault`` lines; only the appliers differ (``live_faults``). Steps count the
 canary's forwards (``CanaryManager.forward_count``, restarted when the server starts serving), so
 that an injection's step and the violations' steps are on one scale: a fault applied before
-forward N and reported at forward N is detected with latency 0.
+forward N and reported at forward N is detected with latency 0. An applier that fails with
+anything but ``NoTarget`` is logged with its traceback and resolved ``no_target``: a bug of the
+injector must not stop the server under test.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class LiveFaultInjector:
                 return
             detail = f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"
             self.log.resolve(entry, "no_target", step=None, detail=detail)
+        except Exception as error:
+            # A bug of the injector must not stop the server it tests; the run then fails on no_target.
+            logger.exception("kv_canary fault injector: applying fault %d failed", fault.fault_id)
+            self.log.resolve(entry, "no_target", step=None, detail=f"the injector failed: {error!r}")
         else:
             self.log.resolve(entry, "applied", step=step, detail=detail)
         fault.retrying_since = None

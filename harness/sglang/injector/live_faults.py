@@ -14,8 +14,9 @@ radix tree, KV pool and the batch about to run:
   canary must catch is the same: slots handed out again while requests still read them.
   ``any_unlocked`` asks SGLang's own eviction for a node's worth of tokens (a control);
 * ``remap_swa_slot``: a live ``full_to_swa_index_mapping`` entry points at another SWA slot;
-* ``swap_next_token``: a decoding request is fed another token than the one it sampled (the
-  batch's ``input_ids``; its ``output_ids``, which the token snapshot reads, keep the sampled one).
+* ``swap_next_token``: a decoding request is fed another token than the one it sampled (the token
+  SGLang relays to the forward; its ``output_ids``, which the token snapshot reads, keep the
+  sampled one).
 
 ``stale_prefix`` is not implemented here.
 """
@@ -164,14 +165,25 @@ def swap_next_token(context: LiveFaultContext) -> str:
     if not is_decode(batch):
         raise NoTarget(f"the batch about to run is {batch.forward_mode.name}, not a decode that feeds a sampled token")
     vocab_size = context.server.model_runner.model_config.vocab_size
-    request = next(iter(sorted(range(len(batch.reqs)), key=lambda i: -len(batch.reqs[i].output_ids))))
-    req = batch.reqs[request]
+    index = max(range(len(batch.reqs)), key=lambda i: len(batch.reqs[i].output_ids))
+    req, row = batch.reqs[index], int(batch.req_pool_indices[index])
     sampled = int(req.output_ids[-1])
     fed = (sampled + 1 + context.rng.randrange(vocab_size - 1)) % vocab_size
-    input_ids = batch.input_ids.clone()  # prepare_for_decode may share it with output_ids
-    input_ids[request] = fed
-    batch.input_ids = input_ids
-    return f"request {str(req.rid)[:8]} position {req.seqlen - 1}: feeds token {fed} instead of the sampled {sampled}"
+    future_map = getattr(context.server.scheduler, "future_map", None)
+    if batch.input_ids is None and future_map is not None:
+        # 0.5.23 relays each request's last sampled token through the future map; run_batch
+        # gathers this forward's input_ids from it (overlap_utils.resolve_forward_inputs).
+        future_map.output_tokens_buf[row] = fed
+        where = "the token the future map relays to this forward"
+    else:
+        input_ids = batch.input_ids.clone()  # may be shared with the last forward's output
+        input_ids[index] = fed
+        batch.input_ids = input_ids
+        where = "the batch's input_ids"
+    return (
+        f"request {str(req.rid)[:8]} position {req.seqlen - 1}: feeds token {fed} instead of the sampled "
+        f"{sampled} ({where}; its output_ids keep the sampled one)"
+    )
 
 
 LIVE_APPLIERS: dict[str, LiveApplier] = {
