@@ -8,9 +8,10 @@
 # Writes under $OUT (or /tmp/live-out): summary.txt (versions, each round's results),
 # report-graphs-off.md, report-graphs-on.md, live-logs.tgz (every server log, result, model).
 #
-# LIVE_DEVICE=cpu runs the same on this project's CPU machines, for checking the script: the
-# project's .venv instead of the carried wheels, the graphs-off round only, and the scenarios
-# one after another (LIVE_SCENARIOS="a b" picks them; default: all of them).
+# LIVE_GRAPHS=off|on runs one round only (default: both). LIVE_SCENARIOS="a b" picks the scenarios
+# (default: the 14 below). LIVE_DEVICE=cpu runs the same on this project's CPU machines, for
+# checking the script: the project's .venv instead of the carried wheels, the graphs-off round
+# only, the scenarios one after another.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-/tmp/live-out}"
@@ -27,7 +28,11 @@ if [ "$device" = cuda ]; then
     export LIVE_SITE="$site"
     # Never NVLink multicast on these hosts (KINDS.md); harmless on one GPU.
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-    rounds=("graphs-off --no-cuda-graphs" "graphs-on --cuda-graphs")
+    case "${LIVE_GRAPHS:-both}" in
+        off) rounds=("graphs-off --no-cuda-graphs") ;;
+        on) rounds=("graphs-on --cuda-graphs") ;;
+        *) rounds=("graphs-off --no-cuda-graphs" "graphs-on --cuda-graphs") ;;
+    esac
 else
     python=.venv/bin/python
     rounds=("graphs-off --no-cuda-graphs")
