@@ -14,7 +14,9 @@ stats, SWA divergence). What the environment around the harness already holds pa
 * ``SGLANG_USE_CPU_ENGINE=1`` on ``--device cpu`` (SGLang's switch for its CPU engine);
 * the fault injector's port and the run's token.
 
-The server always runs with ``--disable-overlap-schedule`` (faults land between forwards) and
+On the CPU, mode swa sizes the SWA pool like the full one (``--swa-full-tokens-ratio 1``): SGLang's
+torch-native backend reads SWA layers at full-pool slots, see ``server_argv``. The server always
+runs with ``--disable-overlap-schedule`` (faults land between forwards) and
 ``--skip-tokenizer-init`` (requests carry ``input_ids``); CUDA graphs are on or off per target.
 """
 
@@ -49,7 +51,7 @@ class SglangLaunch:
         return f"sglang-{self.device}-graphs-{'on' if self.cuda_graphs else 'off'}"
 
 
-def server_argv(launch: SglangLaunch, engine: EngineSettings, *, model_dir: Path, port: int) -> list[str]:
+def server_argv(launch: SglangLaunch, engine: EngineSettings, *, mode: str, model_dir: Path, port: int) -> list[str]:
     argv = [
         launch.python,
         "-m",
@@ -75,6 +77,11 @@ def server_argv(launch: SglangLaunch, engine: EngineSettings, *, model_dir: Path
     ]
     if launch.device == "cpu":
         argv += ["--device", "cpu", "--attention-backend", "torch_native", "--disable-cuda-graph"]
+        if mode == "swa":
+            # SGLang 0.5.23's torch-native backend writes SWA layers at translated slots but reads
+            # them at full-pool slots (_run_sdpa_forward_extend indexes the SWA buffer with
+            # req_to_token); an SWA pool smaller than the full one is then indexed past its end.
+            argv += ["--swa-full-tokens-ratio", "1"]
     else:
         argv += ["--attention-backend", "triton", "--mem-fraction-static", "0.5"]
         if launch.cuda_graphs:

@@ -48,7 +48,7 @@ class SglangTarget:
         model_dir = write_model(log_path.with_suffix(".model"), mode, swa_window=engine.swa_window)
         token, injector_port = secrets.token_hex(32), free_port(LOOPBACK)
         return LiveServerProcess(
-            argv_for_port=lambda port: server_argv(self.launch, engine, model_dir=model_dir, port=port),
+            argv_for_port=lambda port: server_argv(self.launch, engine, mode=mode, model_dir=model_dir, port=port),
             log_path=log_path,
             startup_timeout_s=STARTUP_TIMEOUT_S,
             stop_timeout_s=STOP_TIMEOUT_S,

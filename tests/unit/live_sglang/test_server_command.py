@@ -25,7 +25,7 @@ def flag(argv: list[str], name: str) -> str:
 
 
 def test_engine_settings_become_sglang_flags(tmp_path):
-    argv = server_argv(SglangLaunch(device="cuda"), ENGINE, model_dir=tmp_path, port=4321)
+    argv = server_argv(SglangLaunch(device="cuda"), ENGINE, mode="mha", model_dir=tmp_path, port=4321)
     assert argv[1:3] == ["-m", "sglang.launch_server"]
     assert flag(argv, "--max-total-tokens") == "1024"
     assert flag(argv, "--chunked-prefill-size") == "64"
@@ -37,15 +37,18 @@ def test_engine_settings_become_sglang_flags(tmp_path):
 
 
 def test_cuda_graphs_on_bound_the_captured_sizes_instead_of_disabling_them(tmp_path):
-    argv = server_argv(SglangLaunch(device="cuda", cuda_graphs=True), ENGINE, model_dir=tmp_path, port=1)
+    argv = server_argv(SglangLaunch(device="cuda", cuda_graphs=True), ENGINE, mode="swa", model_dir=tmp_path, port=1)
     assert "--disable-cuda-graph" not in argv
     assert flag(argv, "--cuda-graph-max-bs-decode") == "8"
 
 
 def test_the_cpu_runs_sglangs_cpu_engine_with_torch_native_attention(tmp_path):
     launch = SglangLaunch(device="cpu")
-    argv = server_argv(launch, ENGINE, model_dir=tmp_path, port=1)
+    argv = server_argv(launch, ENGINE, mode="mha", model_dir=tmp_path, port=1)
     assert flag(argv, "--device") == "cpu" and flag(argv, "--attention-backend") == "torch_native"
+    assert "--swa-full-tokens-ratio" not in argv
+    swa = server_argv(launch, ENGINE, mode="swa", model_dir=tmp_path, port=1)
+    assert flag(swa, "--swa-full-tokens-ratio") == "1"  # the torch-native backend reads SWA layers at full slots
     assert (
         server_env(launch, ENGINE, injector_port=2, token="t", swa_divergence_interval=None)["SGLANG_USE_CPU_ENGINE"]
         == "1"
