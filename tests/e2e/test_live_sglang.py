@@ -73,6 +73,7 @@ def test_a_live_server_installs_the_canary_by_plugin_and_catches_a_remapped_req_
         "corrupt-kv-bytes-used-swa",
         "corrupt-kv-bytes-cached-unused-swa",
         "swap-next-token-swa",
+        "remap-swa-slot-swa",
     ],
 )
 def test_live_cpu_scenario(tmp_path, scenario):

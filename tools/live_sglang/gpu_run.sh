@@ -9,7 +9,7 @@
 # report-graphs-off.md, report-graphs-on.md, live-logs.tgz (every server log, result, model).
 #
 # LIVE_GRAPHS=off|on runs one round only (default: both). LIVE_SCENARIOS="a b" picks the scenarios
-# (default: the 14 below). LIVE_DEVICE=cpu runs the same on this project's CPU machines, for
+# (default: the 15 below). LIVE_DEVICE=cpu runs the same on this project's CPU machines, for
 # checking the script: the project's .venv instead of the carried wheels, the graphs-off round
 # only, the scenarios one after another.
 set -uo pipefail
@@ -52,7 +52,7 @@ print("plugins:", sorted(ep.name for ep in entry_points(group="sglang.srt.plugin
 read -r -a scenarios <<< "${LIVE_SCENARIOS:-baseline-mha req-to-token-remap-mha double-free-mha \
 evict-locked-radix-node-mha corrupt-kv-bytes-used-mha corrupt-kv-bytes-cached-unused-mha swap-next-token-mha \
 baseline-swa req-to-token-remap-swa double-free-swa evict-locked-radix-node-swa corrupt-kv-bytes-used-swa \
-corrupt-kv-bytes-cached-unused-swa swap-next-token-swa}"
+corrupt-kv-bytes-cached-unused-swa swap-next-token-swa remap-swa-slot-swa}"
 
 run_pair() {  # name dir flags...
     local name="$1" dir="$2"
