@@ -65,7 +65,7 @@ class FailReason(enum.IntFlag):
     WRITE_POSITION = 32
 
     def log_names(self) -> list[str]:
-        return [reason.name.lower() for reason in FailReason if reason & self]
+        return [reason.name.lower() for reason in FailReason if reason & self and reason.name is not None]
 
     @classmethod
     def from_log_names(cls, names: list[str]) -> FailReason:

@@ -12,6 +12,7 @@ import torch
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
 from kv_canary.device_state import CanaryDeviceState
+from kv_canary.engine_protocols import PrefixCache, ReqToTokenRows
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.plan_reference import verify_entries_needed
 from kv_canary.kernels.select import select_kernels
@@ -57,7 +58,7 @@ class CanaryManager:
         groups: tuple[CanaryBufferGroup, ...],
         device: torch.device,
         logger: logging.Logger,
-        req_to_token_pool: object | None = None,
+        req_to_token_pool: ReqToTokenRows | None = None,
     ) -> None:
         self.config = config
         self.groups = groups
@@ -80,7 +81,7 @@ class CanaryManager:
         )
         self.observers: list[HostObserver] = []
         self._verify_plan_hooks: list[VerifyPlanHook] = []
-        self.prefix_cache: object | None = None
+        self.prefix_cache: PrefixCache | None = None
         self.forward_count = 0
 
     # --- wiring -----------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class CanaryManager:
         """Call ``hook.on_verify_plan_built`` in every forward's pre-ops, after each group's verify plan."""
         self._verify_plan_hooks.append(hook)
 
-    def attach_prefix_cache(self, prefix_cache: object) -> None:
+    def attach_prefix_cache(self, prefix_cache: PrefixCache) -> None:
         """The radix cache the periodic sweep walks; engines call this once it exists."""
         self.prefix_cache = prefix_cache
 

@@ -8,17 +8,10 @@ import torch
 
 from kv_canary.config import CanaryMode
 from kv_canary.device_state import CanaryDeviceState, RingField
+from kv_canary.errors import KvCanaryViolationError
 from kv_canary.launch_tags import FailReason, LaunchTag
 from kv_canary.log_lines import ViolationRecord
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler, DeviceSnapshot
-
-
-class KvCanaryViolationError(RuntimeError):
-    """Raised in mode ``raise``; ``lines`` holds the violation lines that triggered it."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(f"kv_canary detected {len(lines)} KV-cache violation(s):\n" + "\n".join(lines))
-        self.lines = lines
 
 
 class ViolationReporter:
@@ -71,15 +64,15 @@ class ViolationReporter:
                 write_index,
             )
         rows = snapshot["rows"]
-        lines = []
+        records = []
         for index in range(first, write_index):
             record = _to_record(rows[index % capacity])
-            self.records.append(record)
-            lines.append(record.format())
-            self._logger.error("%s", lines[-1])
+            records.append(record)
+            self._logger.error("%s", record.format())
+        self.records.extend(records)
         self._reported_upto = write_index
         if self._mode is CanaryMode.RAISE:
-            raise KvCanaryViolationError(lines)
+            raise KvCanaryViolationError(records)
 
     def _report_plan_overflow(self, total: int) -> None:
         # Entries beyond a plan's capacity are neither verified nor written (a dropped write leaves

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from kv_canary.engine_protocols import RadixWalk
 from kv_canary.launch_tags import Phase, PoolGroupKind
-from kv_canary.sweep.radix_walker import RadixWalk, walk_radix_cache
+from kv_canary.sweep.radix_walker import walk_radix_cache
 from kv_canary.sweep.sweep_plan import build_sweep_plan
 
 if TYPE_CHECKING:

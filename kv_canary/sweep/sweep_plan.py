@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
+from kv_canary.engine_protocols import RadixWalk
 from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, VerifyPlan
-from kv_canary.sweep.radix_walker import RadixWalk
 
 
 def build_sweep_plan(walk: RadixWalk, group: CanaryBufferGroup) -> VerifyPlan:

@@ -51,7 +51,7 @@ def fill_write_plan(plan: WritePlan, runs: list[dict], rng: random.Random, corru
     plan.num_requests[0] = len(runs)
 
 
-def random_runs(rng: random.Random, free: list[int], preds: dict[int, tuple[int, int]] | None) -> list[dict]:
+def random_runs(rng: random.Random, free: list[int], preds: dict[int, int] | None) -> list[dict]:
     """Runs of new slots; with ``preds`` (slot -> position), continue some cached sequences."""
     runs = []
     for _ in range(rng.randint(1, 5)):
@@ -114,7 +114,7 @@ def test_write_then_verify_match_byte_for_byte(seed, mode, device):
     for run in first_runs + second_runs:
         for offset, slot in enumerate(run["slots"]):
             chain[slot] = run["pred"] if offset == 0 else run["slots"][offset - 1]
-    written = [slot for slot in chain]
+    written = list(chain)
     if seed % 2:
         rng.shuffle(written)
     plan = VerifyPlan.allocate(256, "cpu")

@@ -57,9 +57,13 @@ def random_forward(
             requests.append(
                 (rng.randrange(1, POOL_ROWS), prefix, min(rng.choice([1, 1, 2, 9, 50, 140]), MAX_CONTEXT - prefix))
             )
-    row_ids, prefix_lens, extend_lens = (list(column) for column in zip(*requests)) if requests else ([], [], [])
+    row_ids, prefix_lens, extend_lens = (
+        (list(column) for column in zip(*requests, strict=True)) if requests else ([], [], [])
+    )
     new_tokens = sum(extend_lens)
-    positions = [prefix + offset for prefix, extend in zip(prefix_lens, extend_lens) for offset in range(extend)]
+    positions = [
+        prefix + offset for prefix, extend in zip(prefix_lens, extend_lens, strict=True) for offset in range(extend)
+    ]
     length_dtype = rng.choice([torch.int32, torch.int64])
     window = rng.choice([1, 3, 64, 200]) if swa else None
     mapping = None
