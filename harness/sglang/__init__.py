@@ -5,5 +5,7 @@ its plugin, driven over SGLang's HTTP API, with faults injected inside its sched
 * ``server``: the server command, environment and readiness for one (engine settings, mode);
 * ``client``: generation through SGLang's ``/generate``, the rest through the injector;
 * ``target``: the two together, as the runner's ``EngineTarget``;
-* ``injector/``: the fault injector inside the scheduler process (a test tool; off unless enabled).
+* ``injector_entry_point``: the fault injector's plugin entry point, given to each server it starts.
+
+The fault injector itself, inside the scheduler process, is ``sglang_faults/`` (a test tool).
 """

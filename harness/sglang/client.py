@@ -11,7 +11,7 @@ class LiveSglangClient(EngineClient):
         super().__init__(injector_url, timeout_s=timeout_s, headers={"Authorization": f"Bearer {token}"})
         self._generate = EngineClient(sglang_url, timeout_s=timeout_s)
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict[str, object]:
         # ignore_eos: a dummy-weight model samples its EOS token at random, which would cut requests short
         # of the forwards a scenario plans for.
         return self._generate._call(

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from harness.scenario.model import EngineSettings
-from harness.sglang.injector.settings import LOOPBACK, PORT_VARIABLE, TOKEN_VARIABLE
+from sglang_faults.settings import LOOPBACK, PORT_VARIABLE, TOKEN_VARIABLE
 
 READY_LINE = "The server is fired up and ready to roll!"
 CUDA_GRAPH_MAX_DECODE_BATCH = 8

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from harness.runner.errors import RunnerError
 from harness.runner.ports import free_port
 from harness.runner.server_process import ServerProcess
 from harness.scenario.model import EngineSettings
 from harness.sglang.client import LiveSglangClient
-from harness.sglang.injector.settings import LOOPBACK
+from harness.sglang.injector_entry_point import write_entry_point
 from harness.sglang.model_configs import LIVE_MODES, write_model
 from harness.sglang.server import READY_LINE, SglangLaunch, server_argv, server_env
+from sglang_faults.settings import LOOPBACK
 
 STARTUP_TIMEOUT_S = 420.0  # SGLang's own start-up: about a minute on a GPU machine, more on a busy CPU
 STOP_TIMEOUT_S = 20.0
@@ -22,7 +25,7 @@ STOP_TIMEOUT_S = 20.0
 class LiveServerProcess(ServerProcess):
     """A ``ServerProcess`` that also knows where its fault injector listens and the run's token."""
 
-    def __init__(self, *, injector_port: int, token: str, **kwargs) -> None:
+    def __init__(self, *, injector_port: int, token: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.injector_url = f"http://{LOOPBACK}:{injector_port}"
         self.token = token
@@ -47,19 +50,22 @@ class SglangTarget:
             raise RunnerError(f"engine.page_size {engine.page_size}: the live target runs page_size 1 only")
         model_dir = write_model(log_path.with_suffix(".model"), mode, swa_window=engine.swa_window)
         token, injector_port = secrets.token_hex(32), free_port(LOOPBACK)
+        plugins = write_entry_point(log_path.with_suffix(".plugins"))
+        env = server_env(
+            self.launch,
+            engine,
+            injector_port=injector_port,
+            token=token,
+            swa_divergence_interval=swa_divergence_interval,
+        )
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
         return LiveServerProcess(
             argv_for_port=lambda port: server_argv(self.launch, engine, mode=mode, model_dir=model_dir, port=port),
             log_path=log_path,
             startup_timeout_s=STARTUP_TIMEOUT_S,
             stop_timeout_s=STOP_TIMEOUT_S,
             ready_line=READY_LINE,
-            env=server_env(
-                self.launch,
-                engine,
-                injector_port=injector_port,
-                token=token,
-                swa_divergence_interval=swa_divergence_interval,
-            ),
+            env=env,
             injector_port=injector_port,
             token=token,
         )

@@ -28,6 +28,8 @@ import dataclasses
 import logging
 import os
 import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -61,7 +63,7 @@ def installed_canary(model_runner: object) -> ServerCanary | None:
     return _INSTALLED.get(model_runner)
 
 
-def plugin_config(environ: dict[str, str] | os._Environ[str] | None = None) -> CanaryConfig | None:
+def plugin_config(environ: Mapping[str, str] | None = None) -> CanaryConfig | None:
     """The config to install with, or None: the plugin stays out unless ``KV_CANARY_MODE`` turns it on."""
     environ = os.environ if environ is None else environ
     if environ.get(MODE_VARIABLE, "").strip().lower() in ("", "none"):
@@ -81,8 +83,8 @@ def register() -> None:
     HookRegistry.register(f"{_MODEL_RUNNER}.forward", _forward_with_host_step, HookType.AROUND)
 
 
-def _install_before_capture(config: CanaryConfig):
-    def init_all_cuda_graphs(original, scheduler, *args, **kwargs):
+def _install_before_capture(config: CanaryConfig) -> Callable[..., Any]:
+    def init_all_cuda_graphs(original: Callable[..., Any], scheduler: Any, *args: Any, **kwargs: Any) -> Any:
         model_runner = scheduler.tp_worker.model_runner
         tokens = RequestTokenTable(model_runner.req_to_token_pool.req_to_token)
         manager = install_into_model_runner(model_runner, config, token_table=tokens, engine_runs_host_step=True)
@@ -103,7 +105,7 @@ def _install_before_capture(config: CanaryConfig):
     return init_all_cuda_graphs
 
 
-def _attach_tree_cache(_result, scheduler, *args, **kwargs) -> None:
+def _attach_tree_cache(_result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
     canary = installed_canary(scheduler.tp_worker.model_runner)
     if canary is not None:
         attach_tree_cache(canary.manager, scheduler.tree_cache)
@@ -111,7 +113,9 @@ def _attach_tree_cache(_result, scheduler, *args, **kwargs) -> None:
         logger.info("kv_canary: sweep attached to %s; counting forwards from here", type(scheduler.tree_cache).__name__)
 
 
-def _forward_with_host_step(original, model_runner, forward_batch, *args, **kwargs):
+def _forward_with_host_step(
+    original: Callable[..., Any], model_runner: Any, forward_batch: Any, *args: Any, **kwargs: Any
+) -> Any:
     canary = installed_canary(model_runner)
     if canary is None or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         return original(model_runner, forward_batch, *args, **kwargs)

@@ -15,6 +15,8 @@ requests to the device, once per forward; positions past a request's length are 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from kv_canary.plans import TOKEN_UNKNOWN
@@ -29,7 +31,7 @@ class RequestTokenTable:
         )
         self.updates = 0  # forwards whose batch carried a snapshot
 
-    def update(self, forward_batch: object) -> None:
+    def update(self, forward_batch: Any) -> None:
         """Write the batch's token snapshot into its requests' rows; nothing when it carries none."""
         flat = getattr(forward_batch, "req_all_ids_flat", None)
         lens = getattr(forward_batch, "req_all_ids_lens", None)

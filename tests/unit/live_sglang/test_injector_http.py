@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from harness.runner.ports import free_port
-from harness.sglang.injector.http_api import MAX_BODY_BYTES, HttpError, InjectorHttpServer, _Handler
-from harness.sglang.injector.settings import (
+from sglang_faults.http_api import MAX_BODY_BYTES, HttpError, InjectorHttpServer, _Handler
+from sglang_faults.settings import (
     MIN_TOKEN_LENGTH,
     PORT_VARIABLE,
     TOKEN_VARIABLE,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -10,13 +12,20 @@ from click.testing import CliRunner
 from harness.cli import EXIT_BAD_INPUT, cli
 from harness.runner.errors import RunnerError
 from harness.scenario.model import EngineSettings
-from harness.sglang.injector.settings import PORT_VARIABLE, TOKEN_VARIABLE
 from harness.sglang.model_configs import model_config, write_model
 from harness.sglang.server import SglangLaunch, server_argv, server_env
 from harness.sglang.target import SglangTarget
+from sglang_faults.settings import PORT_VARIABLE, TOKEN_VARIABLE
 
-ENGINE = EngineSettings(
-    max_total_tokens=1024, swa_window=32, sweep_interval=4, real_kv="all", chunked_prefill_size=64, seed=3
+ENGINE = EngineSettings.model_validate(
+    {
+        "max_total_tokens": 1024,
+        "swa_window": 32,
+        "sweep_interval": 4,
+        "real_kv": "all",
+        "chunked_prefill_size": 64,
+        "seed": 3,
+    }
 )
 
 
@@ -87,6 +96,24 @@ def test_each_server_gets_its_own_token_and_injector_port(tmp_path):
     assert first.injector_url.startswith("http://127.0.0.1:")
     client = target.client(first, timeout_s=5)
     assert client.headers == {"Authorization": f"Bearer {first.token}"} and client.base_url == first.injector_url
+
+
+def test_only_the_servers_the_harness_starts_get_the_injectors_entry_point(tmp_path):
+    server = SglangTarget(launch=SglangLaunch()).server(
+        ENGINE, "mha", log_path=tmp_path / "a.log", swa_divergence_interval=None
+    )
+    plugins = server._env["PYTHONPATH"].split(os.pathsep)[0]
+    found = [
+        (entry_point.name, entry_point.value)
+        for distribution in importlib.metadata.distributions(path=[plugins])
+        for entry_point in distribution.entry_points
+        if entry_point.group == "sglang.srt.plugins"
+    ]
+    assert found == [("kv_canary_fault_injector", "sglang_faults.plugin:register")]
+    ours = importlib.metadata.distribution("kv-canary").entry_points
+    assert [ep.value for ep in ours if ep.group == "sglang.srt.plugins"] == [
+        "kv_canary.integrations.sglang.plugin:register"
+    ]
 
 
 def test_modes_and_page_sizes_the_live_target_cannot_run_are_refused(tmp_path):

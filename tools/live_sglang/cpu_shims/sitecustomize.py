@@ -2,7 +2,7 @@
 is first on PYTHONPATH; tools/live_sglang/env.sh cpu). Two CPU-only stand-ins, test tooling only:
 
 * torchvision: PyPI's wheels need a CUDA torch, and SGLang imports it on the way to its memory
-  pools; the mock engine's stub (mock_models/engine/torchvision_stub.py) serves;
+  pools; the mock engine's stub (mock_models/engine/sglang_backend/torchvision_stub.py) serves;
 * pinned memory: SGLang asks for pinned host tensors (its token snapshot among them), which a
   CPU-only torch refuses ("pin_memory=True requires a CUDA or other accelerator backend"); here a
   pin request is dropped, which changes nothing where host and device memory are the same.
@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from mock_models.engine.torchvision_stub import install_if_missing
+from mock_models.engine.sglang_backend.torchvision_stub import install_if_missing
 
 install_if_missing()
 

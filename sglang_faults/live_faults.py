@@ -25,7 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness.sglang.injector.live_targets import (
+from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
+from kv_canary.records import RecordWord
+from mock_models.faults.kv_bytes import CORRUPTED_BYTES, flip_sign_bits
+from sglang_faults.live_targets import (
     LiveFaultContext,
     NoTarget,
     SlotRef,
@@ -40,9 +43,6 @@ from harness.sglang.injector.live_targets import (
     swa_allocator,
     swa_slots_of,
 )
-from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
-from kv_canary.records import RecordWord
-from mock_models.faults.kv_bytes import CORRUPTED_BYTES, flip_sign_bits
 
 LiveApplier = Callable[[LiveFaultContext], str]
 
@@ -153,7 +153,10 @@ def remap_swa_slot(context: LiveFaultContext) -> str:
     replacement = other_live_slot(context, avoid=ref)
     if replacement.swa_slot in (0, ref.swa_slot):
         raise NoTarget(f"{replacement.describe()} has no SWA slot of its own to point {ref.describe()} at")
-    context.server.full_to_swa[ref.full_slot] = replacement.swa_slot
+    mapping = context.server.full_to_swa
+    if mapping is None:
+        raise NoTarget("this server has no SWA pool, so no full_to_swa_index_mapping")
+    mapping[ref.full_slot] = replacement.swa_slot
     return (
         f"full_to_swa_index_mapping[{ref.full_slot}] was {ref.swa_slot}, now {replacement.swa_slot}: "
         f"{ref.describe()} reads the SWA slot of {replacement.describe()}"

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pydantic
 
-from harness.sglang.injector.fault_schedule import LiveFaultInjector
-from harness.sglang.injector.http_api import HttpError
-from harness.sglang.injector.live_faults import LIVE_APPLIERS
-from harness.sglang.injector.scheduler_tasks import SchedulerBusyError, SchedulerTasks
 from kv_canary import KvCanaryViolationError
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, resolve
+from sglang_faults.fault_schedule import LiveFaultInjector
+from sglang_faults.http_api import HttpError
+from sglang_faults.live_faults import LIVE_APPLIERS
+from sglang_faults.scheduler_tasks import SchedulerBusyError, SchedulerTasks
 
 TASK_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 class InjectorService:
-    def __init__(self, injector: LiveFaultInjector, tasks: SchedulerTasks, *, canary) -> None:
+    def __init__(self, injector: LiveFaultInjector, tasks: SchedulerTasks, *, canary: Callable[[], Any]) -> None:
         self._injector = injector
         self._tasks = tasks
         self._canary = canary  # () -> the installed ServerCanary, or None
@@ -59,7 +62,7 @@ class InjectorService:
 
     def server_info(self) -> dict:
         def info() -> dict:
-            scheduler = self._injector.server.scheduler
+            scheduler: Any = self._injector.server.scheduler
             canary = self._canary()
             return {
                 "model_mode": self._mode.value,
@@ -73,7 +76,7 @@ class InjectorService:
 
         return self._on_scheduler(info)
 
-    def _on_scheduler(self, task):
+    def _on_scheduler(self, task: Callable[[], T]) -> T:
         try:
             return self._tasks.submit(task, timeout_s=TASK_TIMEOUT_S)
         except SchedulerBusyError as error:

@@ -17,13 +17,15 @@ import itertools
 import logging
 import random
 import types
+from collections.abc import Callable
+from typing import Any
 
-from harness.sglang.injector.live_faults import LIVE_APPLIERS
-from harness.sglang.injector.live_targets import LiveFaultContext, LiveServer, NoTarget
 from mock_models.faults.fault_request import FaultSpec
 from mock_models.faults.injection_log import InjectionEntry, InjectionLog
 from mock_models.faults.injector import NO_TARGET_RETRY_FORWARDS
 from mock_models.faults.triggers import Trigger
+from sglang_faults.live_faults import LIVE_APPLIERS
+from sglang_faults.live_targets import LiveFaultContext, LiveServer, NoTarget
 
 logger = logging.getLogger("kv_canary.fault_injector")
 
@@ -45,13 +47,13 @@ class _ScheduledFault:
 class LiveFaultInjector:
     """Runs on the scheduler thread only: ``schedule`` and ``before_forward`` change SGLang's state."""
 
-    def __init__(self, server: LiveServer, forward_count) -> None:
+    def __init__(self, server: LiveServer, forward_count: Callable[[], int]) -> None:
         self.server = server
         self._forward_count = forward_count  # () -> forwards run so far, on the canary's scale
         self.log = InjectionLog(logger)
         self._faults: list[_ScheduledFault] = []
         self._fault_ids = itertools.count(1)
-        self._last_batch: object | None = None
+        self._last_batch: Any = None
 
     @property
     def forward_count(self) -> int:
@@ -69,14 +71,14 @@ class LiveFaultInjector:
         self._faults.append(_ScheduledFault(fault_id=fault_id, spec=spec, trigger=trigger, entries=entries))
         return fault_id
 
-    def before_forward(self, batch: object) -> None:
+    def before_forward(self, batch: Any) -> None:
         """Apply what is due right before ``batch`` runs (forward ``forward_count + 1``)."""
         step = self.forward_count + 1
         progress = types.SimpleNamespace(last_forward_batch=self._last_batch, forward_count=step - 1)
         for fault in self._faults:
             if fault.next_entry is None:
                 continue
-            fault.trigger.observe(progress)
+            fault.trigger.observe(progress)  # type: ignore[arg-type]  # reads only these two of the engine
             if fault.retrying_since is None:
                 if not fault.trigger.due(step):
                     continue
@@ -84,11 +86,14 @@ class LiveFaultInjector:
             self._try_apply(fault, batch, step)
         self._faults = [fault for fault in self._faults if fault.next_entry is not None]
 
-    def after_forward(self, batch: object) -> None:
+    def after_forward(self, batch: Any) -> None:
         self._last_batch = batch
 
-    def _try_apply(self, fault: _ScheduledFault, batch: object, step: int) -> None:
+    def _try_apply(self, fault: _ScheduledFault, batch: Any, step: int) -> None:
         entry = fault.next_entry
+        retrying_since = fault.retrying_since
+        if entry is None or retrying_since is None:
+            return
         index = fault.entries.index(entry)
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
         context = LiveFaultContext(
@@ -102,9 +107,9 @@ class LiveFaultInjector:
             detail = LIVE_APPLIERS[fault.spec.kind](context)
         except NoTarget as missing:
             fault.last_reason = str(missing)
-            if step - fault.retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
+            if step - retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
                 return
-            detail = f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"
+            detail = f"no valid target right before forwards {retrying_since}..{step}: {fault.last_reason}"
             self.log.resolve(entry, "no_target", step=None, detail=detail)
         except Exception as error:
             # A bug of the injector must not stop the server it tests; the run then fails on no_target.

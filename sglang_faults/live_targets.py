@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import torch
 
@@ -32,11 +33,11 @@ class NoTarget(Exception):
 class LiveServer:
     """The SGLang objects of one scheduler that faults reach."""
 
-    scheduler: object
+    scheduler: Any  # sglang.srt.managers.scheduler.Scheduler (untyped)
     window: int | None  # the SWA layers' window in tokens; None without an SWA pool
 
     @property
-    def model_runner(self) -> object:
+    def model_runner(self) -> Any:
         return self.scheduler.tp_worker.model_runner
 
     @property
@@ -44,11 +45,11 @@ class LiveServer:
         return self.scheduler.req_to_token_pool.req_to_token
 
     @property
-    def kv_pool(self) -> object:
+    def kv_pool(self) -> Any:
         return self.model_runner.token_to_kv_pool
 
     @property
-    def allocator(self) -> object:
+    def allocator(self) -> Any:
         return self.scheduler.token_to_kv_pool_allocator
 
     @property
@@ -60,7 +61,7 @@ class LiveServer:
 class BatchRequest:
     """A request of the batch about to run: its ``req_to_token`` row and the KV it has before the forward."""
 
-    req: object
+    req: Any  # sglang.srt.managers.schedule_batch.Req
     index: int  # its place in the batch
     row: int
     kv_len: int
@@ -76,7 +77,7 @@ class BatchRequest:
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class LiveFaultContext:
     server: LiveServer
-    batch: object  # the ScheduleBatch the fault precedes
+    batch: Any  # the ScheduleBatch the fault precedes
     target: Target
     rng: random.Random
     step: int
@@ -99,11 +100,11 @@ class SlotRef:
 # -- the batch about to run ---------------------------------------------------------------------------
 
 
-def is_decode(batch: object) -> bool:
-    return batch.forward_mode.is_decode()
+def is_decode(batch: Any) -> bool:
+    return bool(batch.forward_mode.is_decode())
 
 
-def batch_requests(batch: object) -> list[BatchRequest]:
+def batch_requests(batch: Any) -> list[BatchRequest]:
     """The batch's requests, most tokens left first."""
     rows = batch.req_pool_indices.tolist()
     if is_decode(batch):
@@ -178,7 +179,7 @@ def _where(target: Target) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class CachedNode:
-    node: object
+    node: Any
     id: int
     depth: int  # position of its first token
     slots: torch.Tensor  # full-pool slots, one per token
@@ -191,7 +192,7 @@ class CachedNode:
         return f"radix node {self.id} (positions [{self.depth}, {self.depth + len(self.slots)}))"
 
 
-def cached_nodes(tree_cache: object) -> list[CachedNode]:
+def cached_nodes(tree_cache: Any) -> list[CachedNode]:
     """Every node of the tree but the root, parents first."""
     unified = getattr(tree_cache, "tree_core", None) is not None
     if unified:
@@ -269,15 +270,15 @@ def node_readers(context: LiveFaultContext, node: CachedNode) -> list[BatchReque
 # -- the allocators ------------------------------------------------------------------------------------
 
 
-def full_allocator(server: LiveServer) -> object:
+def full_allocator(server: LiveServer) -> Any:
     return getattr(server.allocator, "full_attn_allocator", server.allocator)
 
 
-def swa_allocator(server: LiveServer) -> object:
+def swa_allocator(server: LiveServer) -> Any:
     return server.allocator.swa_attn_allocator
 
 
-def free_to_front(allocator: object, slots: list[int]) -> None:
+def free_to_front(allocator: Any, slots: list[int]) -> None:
     """Put ``slots`` first in the allocator's free list, so the next allocations hand them out.
 
     SGLang's ``free`` appends to the back, and in a roomy pool a slot freed there is handed out

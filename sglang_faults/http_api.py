@@ -16,7 +16,7 @@ import json
 import threading
 from typing import Protocol
 
-from harness.sglang.injector.settings import LOOPBACK, InjectorSettings
+from sglang_faults.settings import LOOPBACK, InjectorSettings
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -47,7 +47,8 @@ class InjectorHttpServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self._server.server_address[:2]
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     def start(self) -> None:
         self._thread.start()

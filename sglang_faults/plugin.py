@@ -11,13 +11,15 @@ forward still runs, so a fault would land in the middle of it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from harness.sglang.injector.settings import InjectorSettings
+from sglang_faults.settings import InjectorSettings
 
 logger = logging.getLogger("kv_canary.fault_injector")
 
 _SCHEDULER = "sglang.srt.managers.scheduler.Scheduler"
-_RUNNING: dict[str, object] = {}  # "injector", "tasks": one scheduler per process
+_RUNNING: dict[str, Any] = {}  # "injector", "tasks", "http": one scheduler per process
 
 
 def register() -> None:
@@ -31,18 +33,18 @@ def register() -> None:
     HookRegistry.register(f"{_SCHEDULER}.on_idle", _on_idle, HookType.AROUND)
 
 
-def _start(settings: InjectorSettings):
-    def start_injector(_result, scheduler, *args, **kwargs) -> None:
-        from harness.sglang.injector.fault_schedule import LiveFaultInjector
-        from harness.sglang.injector.http_api import InjectorHttpServer
-        from harness.sglang.injector.live_targets import LiveServer
-        from harness.sglang.injector.scheduler_tasks import SchedulerTasks
-        from harness.sglang.injector.service import InjectorService
+def _start(settings: InjectorSettings) -> Callable[..., None]:
+    def start_injector(_result: Any, scheduler: Any, *args: Any, **kwargs: Any) -> None:
         from kv_canary.integrations.sglang.plugin import installed_canary
+        from sglang_faults.fault_schedule import LiveFaultInjector
+        from sglang_faults.http_api import InjectorHttpServer
+        from sglang_faults.live_targets import LiveServer
+        from sglang_faults.scheduler_tasks import SchedulerTasks
+        from sglang_faults.service import InjectorService
 
         model_runner = scheduler.tp_worker.model_runner
 
-        def canary():
+        def canary() -> Any:
             return installed_canary(model_runner)
 
         def forward_count() -> int:
@@ -64,10 +66,11 @@ def _start(settings: InjectorSettings):
     return start_injector
 
 
-def _run_batch(original, scheduler, batch, *args, **kwargs):
-    injector, tasks = _RUNNING.get("injector"), _RUNNING.get("tasks")
+def _run_batch(original: Callable[..., Any], scheduler: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    injector = _RUNNING.get("injector")
     if injector is None:
         return original(scheduler, batch, *args, **kwargs)
+    tasks = _RUNNING["tasks"]
     tasks.run_pending()
     injector.before_forward(batch)
     result = original(scheduler, batch, *args, **kwargs)
@@ -75,7 +78,7 @@ def _run_batch(original, scheduler, batch, *args, **kwargs):
     return result
 
 
-def _on_idle(original, scheduler, *args, **kwargs):
+def _on_idle(original: Callable[..., Any], scheduler: Any, *args: Any, **kwargs: Any) -> Any:
     tasks = _RUNNING.get("tasks")
     if tasks is not None:
         tasks.run_pending()
