@@ -7,8 +7,8 @@ It exists only when a test run enables it. No installed distribution declares it
 ``KV_CANARY_FAULT_INJECTOR_PORT`` and ``KV_CANARY_FAULT_INJECTOR_TOKEN`` are set (``settings``). It
 then listens on 127.0.0.1 only and answers only requests that carry the run's token
 (``http_api``). The canary's runtime (``kv_canary/``) never imports it. It reuses the mock
-engine's fault machinery (``mock_models.faults``: the fault body and its checks, triggers,
-injection log); it is a package of its own because the harness must not import the mock engine.
+engine's fault machinery (``mock_models.faults``: the contract's ``Fault`` resolved for a mode,
+triggers, injection log); it is a package of its own because the harness must not import the mock engine.
 
 * ``settings``: the two variables, checked;
 * ``http_api``: the loopback HTTP server, its refusals, its routes (the mock server's shapes);

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mock_models.faults.fault_request import Target
+from kv_canary_contract import ResolvedTarget as Target
 
 
 class NoTarget(Exception):

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 import pydantic
 
 from kv_canary import KvCanaryViolationError
+from kv_canary_contract import Fault
 from mock_models.config import EngineConfig, ModelMode
-from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, resolve
+from mock_models.faults.fault_request import FaultRequestError, resolve
 from sglang_faults.fault_schedule import LiveFaultInjector
 from sglang_faults.http_api import HttpError
 from sglang_faults.live_faults import LIVE_APPLIERS
@@ -29,7 +30,7 @@ class InjectorService:
 
     def inject(self, body: dict) -> dict:
         try:
-            request = FaultRequestBody.model_validate(body)
+            request = Fault.model_validate(body)
         except pydantic.ValidationError as error:
             raise HttpError(422, error.errors(include_url=False, include_context=False)) from None
         if request.kind not in LIVE_APPLIERS:
