@@ -26,6 +26,7 @@ from harness.report import (
 )
 from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
 from harness.runner.safety_net import termination_signals_exit
+from harness.runner.scenario_run import EngineTarget
 from harness.runner.server_program import ServerCommandError, check_server_program, split_server_command
 from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenarios
 from harness.scenario.json_schema import SCHEMA_FILE, render_json_schema
@@ -91,6 +92,20 @@ class BadInput(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
 
+def _target_or_exit(name: str, *, device: str, cuda_graphs: bool) -> EngineTarget | None:
+    if name == "mock":
+        if cuda_graphs:
+            raise BadInput("--cuda-graphs applies to --target sglang only; nothing was run.")
+        return None
+    from harness.sglang.server import SglangLaunch
+    from harness.sglang.target import SglangTarget
+
+    try:
+        return SglangTarget(launch=SglangLaunch(device=device, cuda_graphs=cuda_graphs))
+    except ValueError as error:
+        raise BadInput(f"--target sglang: {error}; nothing was run.") from None
+
+
 def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
     try:
         return load_scenarios(paths)
@@ -133,6 +148,21 @@ def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
     help="Wall-clock budget per (scenario, mode) in seconds.",
 )
 @click.option(
+    "--target",
+    "target_name",
+    type=click.Choice(["mock", "sglang"]),
+    default="mock",
+    show_default=True,
+    help="mock: the mock server (--server-command). sglang: a live SGLang 0.5.23 server per pair, the canary "
+    "installed through its plugin and faults injected in its scheduler (docs/SGLANG.md; modes mha and swa).",
+)
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=False,
+    show_default=True,
+    help="With --target sglang --device cuda: let SGLang capture and replay CUDA graphs.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Finish the run recorded in --report DIR: run its pairs that have no result yet, with the scenario "
@@ -147,9 +177,12 @@ def run(
     report_dir: Path | None,
     server_command: str,
     run_timeout_s: float,
+    target_name: str,
+    cuda_graphs: bool,
     resume: bool,
 ) -> None:
-    """Run SCENARIO files (or directories of them) against the mock server and judge every expectation.
+    """Run SCENARIO files (or directories of them) against the mock server (or a live SGLang server) and
+    judge every expectation.
 
     The run directory records the plan first and the report after every pair, so a run that stops
     early leaves a report naming the pairs that never ran; `run --resume --report DIR` runs those.
@@ -159,12 +192,23 @@ def run(
     else:
         if not scenarios:
             raise BadInput("give the SCENARIOS to run (files or directories), or --resume --report DIR")
-        run_dir, plan, by_name = _new_run(scenarios, model_mode, device, report_dir, server_command, run_timeout_s)
+        _target_or_exit(target_name, device=device, cuda_graphs=cuda_graphs)  # refused before anything is written
+        run_dir, plan, by_name = _new_run(
+            scenarios,
+            model_mode=model_mode,
+            device=device,
+            report_dir=report_dir,
+            server_command=server_command,
+            run_timeout_s=run_timeout_s,
+            target=target_name,
+            cuda_graphs=cuda_graphs,
+        )
     options = RunOptions(
         log_dir=run_dir.logs_dir,
         device=plan.device,
         server_command=plan.server_command,
         run_timeout_s=plan.run_timeout_s,
+        target=_target_or_exit(plan.target, device=plan.device, cuda_graphs=plan.cuda_graphs),
     )
     pairs = [(by_name[name], mode) for name, mode in plan.not_run(run_dir.read_results(required=False))]
     finished = 0
@@ -192,16 +236,25 @@ def run(
 
 def _new_run(
     scenarios: tuple[Path, ...],
+    *,
     model_mode: str,
     device: str,
     report_dir: Path | None,
     server_command: str,
     run_timeout_s: float,
+    target: str,
+    cuda_graphs: bool,
 ) -> tuple[RunDirectory, RunPlan, dict[str, LoadedScenario]]:
     argv = _server_argv(server_command)
     loaded = _load_or_exit(scenarios)
     plan = RunPlan.for_scenarios(
-        loaded, model_mode=model_mode, device=device, server_command=argv, run_timeout_s=run_timeout_s
+        loaded,
+        model_mode=model_mode,
+        device=device,
+        server_command=argv,
+        run_timeout_s=run_timeout_s,
+        target=target,
+        cuda_graphs=cuda_graphs,
     )
     planned = {item.name for item in plan.scenarios}
     skipped = [item.scenario.name for item in loaded if item.scenario.name not in planned]
@@ -226,7 +279,7 @@ def _resumed_run(
     given = [
         param.opts[0]
         for param in ctx.command.params
-        if param.name in ("model_mode", "device", "server_command", "run_timeout_s")
+        if param.name in ("model_mode", "device", "server_command", "run_timeout_s", "target_name", "cuda_graphs")
         and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
     ]
     if scenarios or given:

@@ -39,6 +39,8 @@ class RunPlan(_Frozen):
     device: str
     server_command: tuple[str, ...]
     run_timeout_s: float
+    target: str = "mock"  # --target: mock, or sglang
+    cuda_graphs: bool = False
 
     @classmethod
     def for_scenarios(
@@ -49,6 +51,8 @@ class RunPlan(_Frozen):
         device: str,
         server_command: tuple[str, ...],
         run_timeout_s: float,
+        target: str = "mock",
+        cuda_graphs: bool = False,
     ) -> RunPlan:
         """Every (scenario, mode) pair ``model_mode`` (all, or one mode) selects; scenarios with none are left out."""
         planned = (
@@ -66,6 +70,8 @@ class RunPlan(_Frozen):
             device=device,
             server_command=server_command,
             run_timeout_s=run_timeout_s,
+            target=target,
+            cuda_graphs=cuda_graphs,
         )
 
     def changed_files(self) -> list[str]:
