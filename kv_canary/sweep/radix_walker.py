@@ -35,21 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from kv_canary.plans import PREV_SEQUENCE_START
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class RadixWalk:
-    """One entry per cached token, in depth-first order; every tensor is int64 [num_tokens]."""
-
-    slots: torch.Tensor  # full-pool slot
-    positions: torch.Tensor  # depth from the root
-    prev_slots: torch.Tensor  # full-pool slot of the previous token, PREV_SEQUENCE_START at position 0
-    tokens: torch.Tensor  # token id from the radix key
-
-    @property
-    def num_tokens(self) -> int:
-        return self.slots.shape[0]
+from kv_canary.plans import PREV_SEQUENCE_START, RadixWalk
 
 
 @runtime_checkable

@@ -1,0 +1,189 @@
+"""Launch the sweep's Triton kernel over a slice: one launch for every group, K/V half and phase.
+
+A slice of radix-node segments becomes an int64 segment table built on the host (a few ints and
+addresses per node, no per-token work) and copied to the device without a sync; the kernel then
+reads each node's slots, token ids and predecessor in place. A self-walking cache's flat walk is
+one segment with explicit positions and predecessors, launched once per group when the SWA groups
+walk only the SWA-resident tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from kv_canary.buffer_group import CanaryBufferGroup
+from kv_canary.device_state import CanaryDeviceState
+from kv_canary.kernels.launch_cache import LaunchCache
+from kv_canary.kernels.layout_triton import launch_tag_base
+from kv_canary.kernels.real_kv_table import RealKvTable
+from kv_canary.kernels.settings import KernelSettings
+from kv_canary.kernels.sweep_triton import _sweep_kernel
+from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
+from kv_canary.plans import RadixWalk, SegmentField, SweepSegment, SweepSlice
+
+_MIN_BLOCK, _MAX_BLOCK = 32, 256
+_BLOCK_WITH_REAL_KV, _WARPS_WITH_REAL_KV = 64, 2
+_TARGET_PROGRAMS = 2048
+_LAUNCHES = LaunchCache(_sweep_kernel)
+
+
+class TritonSweep:
+    def __init__(
+        self,
+        *,
+        groups: tuple[CanaryBufferGroup, ...],
+        state: CanaryDeviceState,
+        settings: KernelSettings,
+        real_kv: RealKvTable,
+    ) -> None:
+        self._groups = groups
+        self._state = state
+        self._settings = settings
+        self._real_kv = real_kv
+        self._device = state.step.device
+        swa = next((group for group in groups if group.kind is PoolGroupKind.SWA), None)
+        self._mapping = swa.full_to_swa_index_mapping if swa is not None else state.step
+        placeholder = state.step
+        # (group 0 HEAD K, HEAD V, TAIL K, TAIL V, group 1 ...): the kernel's parameter order
+        self._records = tuple(
+            (
+                groups[index].records(phase, half)
+                if index < len(groups) and half in groups[index].halves
+                else placeholder
+            )
+            for index in range(2)
+            for phase in (Phase.HEAD, Phase.TAIL)
+            for half in (KvHalf.K, KvHalf.V)
+        )
+        self._tags = tuple(launch_tag_base(Phase.SWEEP, group.kind) for group in groups) + (0,) * (2 - len(groups))
+        self._placeholder = placeholder
+
+    def verify(self, sweep: SweepSlice, *, verify: object = None) -> None:
+        """Verify a slice in one launch (a self-walking cache's walks: one per group)."""
+        if not sweep.is_walked:
+            table, longest, tokens = _segment_table(sweep.segments, self._device)
+            self._launch(table, len(sweep.segments) or 1, longest, tokens, groups=(True, True))
+            return
+        for index, group in enumerate(self._groups):
+            walk = sweep.swa_walk if group.kind is PoolGroupKind.SWA else sweep.walk
+            if walk is None:
+                raise ValueError(f"kv_canary: the sweep slice has no walk for the {group.kind.value} group")
+            # The table holds only addresses: the tensors it points into live until the launch is made
+            # (after that the caching allocator keeps their memory for the stream until the kernel ran).
+            table, (_, _, positions, pred_slots) = _walk_table(walk, self._device)
+            self._launch(
+                table,
+                1,
+                walk.num_tokens,
+                walk.num_tokens,
+                groups=(index == 0, index == 1),
+                explicit=(positions, pred_slots),
+            )
+
+    def _launch(
+        self,
+        table: torch.Tensor,
+        num_segments: int,
+        longest: int,
+        num_tokens: int,
+        *,
+        groups: tuple[bool, bool],
+        explicit: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        mean = num_tokens // max(num_segments, 1)
+        block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(max(mean, 1))))
+        warps = max(1, min(8, block // 32))
+        if self._real_kv.hashes:
+            block, warps = min(block, _BLOCK_WITH_REAL_KV), min(warps, _WARPS_WITH_REAL_KV)
+        blocks = triton.cdiv(max(longest, 1), block)
+        splits = blocks if explicit is not None else max(1, min(blocks, _TARGET_PROGRAMS // num_segments))
+        positions, pred_slots = explicit if explicit is not None else (self._placeholder, self._placeholder)
+        state, settings = self._state, self._settings
+        _LAUNCHES.launch(
+            (num_segments * splits,),
+            (
+                table,
+                positions,
+                pred_slots,
+                self._mapping,
+                *self._records,
+                self._real_kv.table,
+                state.ring.rows,
+                state.ring.write_index,
+                state.kernel_run_counters,
+                state.slot_run_counters,
+                state.step,
+            ),
+            (state.ring.capacity, splits, num_tokens if explicit is not None else 0),
+            num_warps=warps,
+            EXPLICIT=explicit is not None,
+            VERIFY_GROUP_0=groups[0],
+            VERIFY_GROUP_1=groups[1] and len(self._groups) == 2,
+            GROUP_0_SWA=self._groups[0].kind is PoolGroupKind.SWA,
+            NUM_HALVES=len(self._groups[0].halves),
+            TAG_0=self._tags[0],
+            TAG_1=self._tags[1],
+            CHECK_TOKENS=settings.check_tokens,
+            RECORD_VIOLATIONS=settings.record_violations,
+            HASH_REAL_KV=self._real_kv.hashes,
+            LAYER_BLOCK=self._real_kv.layer_block,
+            WORD_CHUNK=self._real_kv.word_chunk,
+            BLOCK=block,
+        )
+
+
+def _stride(values: torch.Tensor) -> int:
+    """int32 words from one slot value to the next."""
+    return values.element_size() // 4
+
+
+def _segment_table(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """(the table on the device, the longest segment, tokens in all)."""
+    rows = []
+    longest = tokens = 0
+    for segment in segments:
+        length = segment.length
+        pred = segment.pred_values
+        rows.append(
+            (
+                segment.slots.data_ptr(),
+                _stride(segment.slots),
+                0 if segment.tokens is None else segment.tokens.data_ptr(),
+                length,
+                segment.first_position,
+                0 if pred is None else pred.data_ptr() + segment.pred_index * pred.element_size(),
+                1 if pred is None else _stride(pred),
+                int(segment.swa_resident),
+            )
+        )
+        longest = max(longest, length)
+        tokens += length
+    if not rows:
+        rows.append((0,) * len(SegmentField))
+    return _on_device(torch.tensor(rows, dtype=torch.int64), device), longest, tokens
+
+
+def _walk_table(walk: RadixWalk, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A one-segment table over a flat walk, and (slots, tokens, positions, predecessors) it refers to."""
+    slots = walk.slots.to(device=device, dtype=torch.int64).contiguous()
+    tokens = walk.tokens.to(device=device, dtype=torch.int32).contiguous()
+    row = [0] * len(SegmentField)
+    row[SegmentField.SLOTS] = slots.data_ptr()
+    row[SegmentField.SLOT_STRIDE] = _stride(slots)
+    row[SegmentField.TOKENS] = tokens.data_ptr()
+    row[SegmentField.LENGTH] = walk.num_tokens
+    row[SegmentField.PRED_STRIDE] = 2
+    row[SegmentField.SWA_RESIDENT] = 1
+    positions = walk.positions.to(device=device, dtype=torch.int64).contiguous()
+    pred_slots = walk.prev_slots.to(device=device, dtype=torch.int64).contiguous()
+    return _on_device(torch.tensor([row], dtype=torch.int64), device), (slots, tokens, positions, pred_slots)
+
+
+def _on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # A pageable host-to-device copy waits for the compute stream; a pinned one does not, so the
+    # sweep never stalls the engine. The caching host allocator keeps the pinned buffer alive
+    # until the copy has run.
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)

@@ -1,0 +1,105 @@
+"""The sweep in torch: the reference the Triton sweep launch (``sweep_launch``) is tested against.
+
+A slice's segments are flattened into one walk (slot, position, predecessor, token per cached
+token); per pool group the walk becomes a verify plan (``sweep/sweep_plan.py``), and per K/V half
+the HEAD records (no real K/V: they carry none) and the TAIL records (with the real-K/V hash) are
+verified under the half's ``SWEEP_*`` tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kv_canary.buffer_group import CanaryBufferGroup
+from kv_canary.device_state import CanaryDeviceState
+from kv_canary.kernels.settings import KernelSettings
+from kv_canary.kernels.verify_reference import verify_canaries
+from kv_canary.launch_tags import Phase, PoolGroupKind
+from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN, RadixWalk, SweepSegment, SweepSlice
+from kv_canary.sweep.sweep_plan import build_sweep_plan
+
+
+class ReferenceSweep:
+    def __init__(
+        self,
+        *,
+        groups: tuple[CanaryBufferGroup, ...],
+        state: CanaryDeviceState,
+        settings: KernelSettings,
+        device: torch.device,
+    ) -> None:
+        self._groups, self._state, self._settings, self._device = groups, state, settings, device
+
+    def verify(self, sweep: SweepSlice, *, verify: Callable[..., None] | None) -> None:
+        """``verify`` runs one launch tag's records (``verify_reference.verify_canaries``)."""
+        if verify is None:
+            raise ValueError("kv_canary: the torch sweep composes the reference verify kernel; pass it")
+        verify_sweep(
+            sweep=sweep,
+            groups=self._groups,
+            state=self._state,
+            settings=self._settings,
+            device=self._device,
+            verify=verify,
+        )
+
+
+def verify_sweep(
+    *,
+    sweep: SweepSlice,
+    groups: tuple[CanaryBufferGroup, ...],
+    state: CanaryDeviceState,
+    settings: KernelSettings,
+    device: torch.device,
+    verify: Callable[..., None] = verify_canaries,
+) -> None:
+    swa_resident = None
+    if not sweep.is_walked:
+        segments_walk, swa_resident = flatten_segments(sweep.segments, device)
+    for group in groups:
+        swa = group.kind is PoolGroupKind.SWA
+        walk = (sweep.swa_walk if swa else sweep.walk) if sweep.is_walked else segments_walk
+        if walk is None:
+            raise ValueError(f"kv_canary: the sweep slice has no walk for the {group.kind.value} group")
+        plan = build_sweep_plan(walk, group, swa_resident if swa else None)
+        for half, buffers in group.halves.items():
+            for phase, real_kv in ((Phase.HEAD, None), (Phase.TAIL, buffers.real_kv)):
+                verify(
+                    records=group.records(phase, half),
+                    plan=plan,
+                    launch_tag=group.launch_tag(Phase.SWEEP, half),
+                    state=state,
+                    real_kv=real_kv,
+                    check_tokens=settings.check_tokens,
+                    record_violations=settings.record_violations,
+                    num_entries=walk.num_tokens,
+                )
+
+
+def flatten_segments(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[RadixWalk, torch.Tensor]:
+    """The segments as one walk, and per token whether its segment is SWA-resident."""
+
+    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
+
+    slots, positions, prev_slots, tokens, resident = [], [], [], [], []
+    for segment in segments:
+        values = segment.slots.to(device=device, dtype=torch.int64)
+        pred = (
+            torch.full((1,), PREV_SEQUENCE_START, dtype=torch.int64, device=device)
+            if segment.pred_values is None
+            else segment.pred_values[segment.pred_index : segment.pred_index + 1].to(device=device, dtype=torch.int64)
+        )
+        slots.append(values)
+        positions.append(torch.arange(segment.length, device=device) + segment.first_position)
+        prev_slots.append(torch.cat([pred, values[:-1]]))
+        tokens.append(
+            torch.full_like(values, TOKEN_UNKNOWN)
+            if segment.tokens is None
+            else segment.tokens.to(device=device, dtype=torch.int64)
+        )
+        resident.append(torch.full_like(values, segment.swa_resident, dtype=torch.bool))
+    walk = RadixWalk(slots=cat(slots), positions=cat(positions), prev_slots=cat(prev_slots), tokens=cat(tokens))
+    return walk, cat(resident).to(torch.bool)
