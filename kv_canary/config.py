@@ -59,6 +59,10 @@ class CanaryConfig:
     health_check_interval: int = 100  # forwards between kernel-run-counter checks; 0 = off
     health_check_warmup: int = 100
     swa_divergence_interval: int = 0  # forwards between kv_canary_swa_divergence lines; 0 = off
+    # Per interval of this many forwards, the first violation of each (slot, launch tag, reasons) is
+    # logged in full and its repeats are counted into one kv_canary violation_repeats line; 0 logs
+    # every violation. Mode raise always logs and raises every violation.
+    violation_repeat_interval: int = 100
     assert_write_inputs: bool = True  # write side: written token/position against expected
     verify_tokens: bool = True  # verify side: stored token against the expected token, when known
     # Mark every new slot's real K/V rows before the model runs and report rows it left marked (a lost
@@ -85,6 +89,7 @@ class CanaryConfig:
             "health_check_interval",
             "health_check_warmup",
             "swa_divergence_interval",
+            "violation_repeat_interval",
         ):
             _require(getattr(self, name) >= 0, name, "must be >= 0 (0 turns it off)")
 

@@ -52,7 +52,11 @@ class CanaryManager:
         )
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.reporter = ViolationReporter(
-            state=self.state, mode=config.mode, logger=logger, handler=self.new_delayed_handler()
+            state=self.state,
+            mode=config.mode,
+            logger=logger,
+            handler=self.new_delayed_handler(),
+            repeat_interval=config.violation_repeat_interval,
         )
         self.observers: list[HostObserver] = []
         self.prefix_cache: object | None = None
@@ -119,6 +123,7 @@ class CanaryManager:
             "violations_reported": len(self.reporter.records),
             "violations_total": int(self.state.ring.write_index.item()),
             "ring_rows_dropped": self.reporter.dropped_rows,
+            "violations_repeated": self.reporter.repeats_suppressed,
             "plan_overflow_entries": int(self.state.plan_overflow.item()),
             "kernel_runs": {tag.name: kernel_runs[tag] for tag in self.active_launch_tags},
             "slots_verified": {tag.name: slot_runs[tag] for tag in self.active_launch_tags},

@@ -33,7 +33,7 @@ from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
 _VERIFY_SHAPES = ((4096, 32, 1), (1 << 19, 128, 4), (1 << 62, 256, 8))
 _BLOCK_WITH_REAL_KV, _WARPS_WITH_REAL_KV = 64, 2
 _MIN_WRITE_BLOCK, _MAX_WRITE_BLOCK = 16, 1024
-_MAX_REQUEST_BLOCK = 1024  # a program reads the batch's lengths in vectors of up to this many requests
+_REQUEST_BLOCK = 256  # a program reads the batch's lengths in vectors of this many requests
 _TARGET_PROGRAMS = 2048  # an H200's 132 SMs about sixteen times over
 _LAUNCHES = LaunchCache(_forward_kernel)
 
@@ -84,12 +84,22 @@ class TritonForward:
         """HEAD write (advancing the step counter), then HEAD verify: two launches, ordered by the stream.
 
         ``verify`` and ``write`` (the torch backend's per-tag kernels) play no part here."""
-        write_block = self._write_block(rows)
-        self._launch(rows, Phase.HEAD, verify=False, write_block=write_block, opens_forward=True)
-        self._launch(rows, Phase.HEAD, verify=True, write_block=write_block, opens_forward=False)
+        self.write_head(rows)
+        self.verify_head(rows)
 
     def after_forward(self, rows: ForwardRows, *, verify: object = None, write: object = None) -> None:
-        """TAIL verify and write in one launch."""
+        self.tail(rows)
+
+    def write_head(self, rows: ForwardRows) -> None:
+        """Launch 1: write the new slots' HEAD records (and mark their rows for the lost-write check)."""
+        self._launch(rows, Phase.HEAD, verify=False, write_block=self._write_block(rows), opens_forward=True)
+
+    def verify_head(self, rows: ForwardRows) -> None:
+        """Launch 2: verify the HEAD records of every slot the forward's attention reads."""
+        self._launch(rows, Phase.HEAD, verify=True, write_block=_MIN_WRITE_BLOCK, opens_forward=False)
+
+    def tail(self, rows: ForwardRows) -> None:
+        """Launch 3, after the model: verify the read slots' TAIL records and write the new slots' ones."""
         self._launch(rows, Phase.TAIL, verify=True, write_block=self._write_block(rows), opens_forward=False)
 
     def _launch(self, rows: ForwardRows, phase: Phase, *, verify: bool, write_block: int, opens_forward: bool) -> None:
@@ -97,6 +107,7 @@ class TritonForward:
         write = phase is Phase.TAIL or not verify
         hashes = phase is Phase.TAIL and self._real_kv.hashes
         batch_size = rows.batch_size
+        # A launch without verify programs keeps the smallest verify block, so that it compiles once.
         verify_block, warps, splits = self._verify_shape(rows, hashes) if verify else (32, 1, 1)
         if not verify:
             warps = max(1, min(4, write_block // 32))
@@ -133,13 +144,13 @@ class TritonForward:
                 1 if token_ids is None else token_ids.shape[1],
                 verify_programs,
                 splits,
+                int(rows.is_decode),
             ),
             num_warps=warps,
             VERIFY=verify,
             WRITE=write,
             TAIL=phase is Phase.TAIL,
             OPENS_FORWARD=opens_forward,
-            DECODE=rows.is_decode,
             **self._constexprs,
             TAG_0=tags[0],
             TAG_1=tags[1],
@@ -151,7 +162,7 @@ class TritonForward:
             LOST_WRITES=settings.check_lost_writes if phase is Phase.TAIL else settings.poison_new_slots,
             LAYER_BLOCK=self._real_kv.layer_block,
             WORD_CHUNK=self._real_kv.word_chunk,
-            REQUEST_BLOCK=min(_MAX_REQUEST_BLOCK, triton.next_power_of_2(max(batch_size, 32))),
+            REQUEST_BLOCK=_REQUEST_BLOCK,
             VERIFY_BLOCK=verify_block,
             WRITE_BLOCK=write_block,
             WRITE_BLOCK_LOG2=write_block.bit_length() - 1,

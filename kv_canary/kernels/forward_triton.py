@@ -89,6 +89,7 @@ def _tag_of(group: tl.constexpr, half: tl.constexpr, TAG_0: tl.constexpr, TAG_1:
         "token_ids_width",
         "verify_programs",
         "splits",
+        "decode",
     ]
 )
 def _forward_kernel(
@@ -124,11 +125,11 @@ def _forward_kernel(
     token_ids_width,
     verify_programs,
     splits,
+    decode,  # 1: a decode batch given by seq_lens (prefix_len_ptr), one new token each; extend_len_ptr unread
     VERIFY: tl.constexpr,
     WRITE: tl.constexpr,
     TAIL: tl.constexpr,
     OPENS_FORWARD: tl.constexpr,
-    DECODE: tl.constexpr,
     NUM_GROUPS: tl.constexpr,
     FIRST_GROUP_SWA: tl.constexpr,
     NUM_HALVES: tl.constexpr,
@@ -164,8 +165,7 @@ def _forward_kernel(
                     index = first_request + tl.arange(0, REQUEST_BLOCK)
                     in_batch = index < batch_size
                     prefix = tl.load(prefix_len_ptr + index, mask=in_batch, other=0).to(tl.int64)
-                    if DECODE:
-                        prefix = tl.where(in_batch, prefix - 1, 0)  # seq_lens
+                    prefix = tl.where(in_batch, prefix - decode, 0)  # a decode batch gives seq_lens
                     prefix_total += prefix
                     window_total += tl.minimum(prefix, window)
                 for group in tl.static_range(NUM_GROUPS):
@@ -177,9 +177,7 @@ def _forward_kernel(
         if (pid < verify_programs) & (request < batch_size):
             split = pid % splits
             row = tl.load(req_pool_index_ptr + request).to(tl.int64)
-            prefix = tl.load(prefix_len_ptr + request).to(tl.int64)
-            if DECODE:
-                prefix -= 1  # seq_lens
+            prefix = tl.load(prefix_len_ptr + request).to(tl.int64) - decode
             swa_first = tl.maximum(prefix - window, 0)
             first = swa_first
             if not FIRST_GROUP_SWA:
@@ -261,21 +259,15 @@ def _forward_kernel(
     if WRITE:
         request = pid - verify_programs
         if (request >= 0) & (request < batch_size):
-            before = tl.zeros([REQUEST_BLOCK], tl.int64)  # new tokens of the requests before this one
-            if DECODE:
-                start = request.to(tl.int64)
-            else:
-                for first_request in range(0, batch_size, REQUEST_BLOCK):
-                    index = first_request + tl.arange(0, REQUEST_BLOCK)
-                    before += tl.load(extend_len_ptr + index, mask=index < request, other=0).to(tl.int64)
-                start = tl.sum(before, axis=0)
+            # The request's run starts after the new tokens of the requests before it (one each in decode).
+            before = tl.zeros([REQUEST_BLOCK], tl.int64)
+            for first_request in range(0, batch_size * (1 - decode), REQUEST_BLOCK):
+                index = first_request + tl.arange(0, REQUEST_BLOCK)
+                before += tl.load(extend_len_ptr + index, mask=index < request, other=0).to(tl.int64)
+            start = tl.sum(before, axis=0) + request * decode
             row = tl.load(req_pool_index_ptr + request).to(tl.int64)
-            prefix = tl.load(prefix_len_ptr + request).to(tl.int64)
-            if DECODE:
-                prefix -= 1  # seq_lens
-                extend = tl.full([], 1, tl.int64)
-            else:
-                extend = tl.load(extend_len_ptr + request).to(tl.int64)
+            prefix = tl.load(prefix_len_ptr + request).to(tl.int64) - decode
+            extend = tl.load(extend_len_ptr + request, mask=decode == 0, other=1).to(tl.int64)
             count = tl.maximum(tl.minimum(extend, num_new_tokens - start), 0)  # past out_cache_loc: counted
             if extend > count:
                 tl.atomic_add(plan_overflow_ptr, extend - count)

@@ -137,7 +137,11 @@ def poison_rows(table_ptr, index, slot, stores, LAYER_BLOCK: tl.constexpr):
         bases = tl.load(layers + layer, mask=in_layers, other=0).to(tl.pointer_type(tl.int64))
         mask = stores[:, None] & in_layers[None, :]
         tl.store(bases[None, :] + rows, tl.zeros_like(rows) + POISON_0, mask=mask)
-        tl.store(bases[None, :] + rows + 1, tl.zeros_like(rows) + POISON_1, mask=mask & ((tl.zeros_like(rows) + row_words) > 1))
+        tl.store(
+            bases[None, :] + rows + 1,
+            tl.zeros_like(rows) + POISON_1,
+            mask=mask & ((tl.zeros_like(rows) + row_words) > 1),
+        )
 
 
 @triton.jit

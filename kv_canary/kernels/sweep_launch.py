@@ -9,6 +9,8 @@ walk only the SWA-resident tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 
@@ -26,6 +28,14 @@ _MIN_BLOCK, _MAX_BLOCK = 32, 256
 _BLOCK_WITH_REAL_KV, _WARPS_WITH_REAL_KV = 64, 2
 _TARGET_PROGRAMS = 2048
 _LAUNCHES = LaunchCache(_sweep_kernel)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class PreparedSegments:
+    table: torch.Tensor  # int64 [segments, len(SegmentField)] on the device
+    num_segments: int
+    longest: int
+    num_tokens: int
 
 
 class TritonSweep:
@@ -62,8 +72,7 @@ class TritonSweep:
     def verify(self, sweep: SweepSlice, *, verify: object = None) -> None:
         """Verify a slice in one launch (a self-walking cache's walks: one per group)."""
         if not sweep.is_walked:
-            table, longest, tokens = _segment_table(sweep.segments, self._device)
-            self._launch(table, len(sweep.segments) or 1, longest, tokens, groups=(True, True))
+            self.launch_segments(self.prepare_segments(sweep.segments))
             return
         for index, group in enumerate(self._groups):
             walk = sweep.swa_walk if group.kind is PoolGroupKind.SWA else sweep.walk
@@ -80,6 +89,15 @@ class TritonSweep:
                 groups=(index == 0, index == 1),
                 explicit=(positions, pred_slots),
             )
+
+    def prepare_segments(self, segments: tuple[SweepSegment, ...]) -> PreparedSegments:
+        """The host's part of a segment launch: the table, on its way to the device."""
+        table, longest, tokens = _segment_table(segments, self._device)
+        return PreparedSegments(table=table, num_segments=len(segments) or 1, longest=longest, num_tokens=tokens)
+
+    def launch_segments(self, prepared: PreparedSegments) -> None:
+        """The device's part; the segments' tensors must still be alive when this is called."""
+        self._launch(prepared.table, prepared.num_segments, prepared.longest, prepared.num_tokens, groups=(True, True))
 
     def _launch(
         self,

@@ -75,12 +75,32 @@ class _KeyTokens:
         self._device = device
         self._entries: dict[int, tuple[object, torch.Tensor, int]] = {}  # id(key) -> (key, tokens, round)
 
-    def get(self, key: object, length: int, round_index: int) -> torch.Tensor:
+    def lookup(self, key: object, length: int, round_index: int) -> torch.Tensor | None:
         entry = self._entries.pop(id(key), None)
         if entry is None or entry[0] is not key or entry[1].shape[0] != length:
-            entry = (key, _device_tokens(key, length, self._device), round_index)
+            return None
         self._entries[id(key)] = (key, entry[1], round_index)  # reinserted: most recently used last
         return entry[1]
+
+    def convert(self, keys: list[tuple[object, int]], round_index: int) -> list[torch.Tensor]:
+        """The token ids of ``(key, length)``s met for the first time, in one host-to-device copy."""
+        if not keys:
+            return []
+        host = array.array("i")
+        for key, length in keys:
+            # array.array converts a list of ints about five times faster than torch.tensor does.
+            host.extend(getattr(key, "token_ids", key)[:length])  # type: ignore[index]
+        tokens = _to_device(
+            torch.frombuffer(host, dtype=torch.int32) if host else torch.zeros(0, dtype=torch.int32), self._device
+        )
+        converted = []
+        start = 0
+        for key, length in keys:
+            view = tokens[start : start + length]
+            self._entries[id(key)] = (key, view, round_index)
+            converted.append(view)
+            start += length
+        return converted
 
     def forget_older_than(self, round_index: int, limit: int) -> None:
         """Drop up to ``limit`` of the least recently used keys not met since ``round_index`` began."""
@@ -88,6 +108,19 @@ class _KeyTokens:
             if self._entries[key_id][2] >= round_index:
                 return
             del self._entries[key_id]
+
+
+@dataclasses.dataclass(slots=True)
+class _Listed:
+    """A node listed in this slice, its token ids looked up or pending conversion."""
+
+    value: torch.Tensor
+    key: object
+    length: int
+    first_position: int
+    pred_values: torch.Tensor | None
+    swa_resident: bool
+    tokens: torch.Tensor | None
 
 
 class RadixCursor:
@@ -102,9 +135,9 @@ class RadixCursor:
         root = cache.root_node
         if root is not self._root or not self._stack:
             self._start_round(root)
-        segments: list[SweepSegment] = []
+        listed: list[_Listed] = []
         tokens = 0
-        while self._stack and len(segments) < max_nodes and (tokens < max_tokens or not segments):
+        while self._stack and len(listed) < max_nodes and (tokens < max_tokens or not listed):
             frame = self._stack[-1]
             if frame.next_index == len(frame.keys):
                 self._stack.pop()
@@ -114,30 +147,33 @@ class RadixCursor:
             child = frame.parent.children.get(key)
             if child is None:
                 continue  # evicted since the parent was listed, with everything below it
-            segment = self._segment(child, frame)
-            if segment is None:
+            node = self._list(child, frame)
+            if node is None:
                 continue  # its K/V is not on the device: skip it and everything below it
-            segments.append(segment)
-            tokens += segment.length
+            listed.append(node)
+            tokens += node.length
             if child.children:
                 self._stack.append(
                     _Frame(
                         parent=child,
                         keys=list(child.children),
                         next_index=0,
-                        depth=frame.depth + segment.length,
+                        depth=frame.depth + node.length,
                         has_slots=True,
                     )
                 )
+        while self._stack and self._stack[-1].next_index == len(self._stack[-1].keys):
+            self._stack.pop()  # so that a slice that listed the round's last node completes it
+        segments = self._segments(listed)
         self._tokens.forget_older_than(self.rounds_started, 2 * max(len(segments), 1))
-        return CursorSlice(segments=tuple(segments), round_completed=not self._stack)
+        return CursorSlice(segments=segments, round_completed=not self._stack)
 
     def _start_round(self, root: RadixNode) -> None:
         self._root = root
         self._stack = [_Frame(parent=root, keys=list(root.children), next_index=0, depth=0, has_slots=False)]
         self.rounds_started += 1
 
-    def _segment(self, node: RadixNode, frame: _Frame) -> SweepSegment | None:
+    def _list(self, node: RadixNode, frame: _Frame) -> _Listed | None:
         value = node.value
         if value is None:
             return None
@@ -149,14 +185,31 @@ class RadixCursor:
             )
         if value.device != self._device or value.dtype not in (torch.int32, torch.int64) or value.stride(0) != 1:
             value = value.to(device=self._device, dtype=torch.int64).contiguous()
-        pred_values = frame.parent.value if frame.has_slots else None
-        return SweepSegment(
-            slots=value,
-            tokens=self._tokens.get(node.key, length, self.rounds_started),
+        return _Listed(
+            value=value,
+            key=node.key,
+            length=length,
             first_position=frame.depth,
-            pred_values=pred_values,
-            pred_index=0 if pred_values is None else pred_values.shape[0] - 1,
+            pred_values=frame.parent.value if frame.has_slots else None,
             swa_resident=not getattr(node, "swa_tombstone", False),
+            tokens=self._tokens.lookup(node.key, length, self.rounds_started),
+        )
+
+    def _segments(self, listed: list[_Listed]) -> tuple[SweepSegment, ...]:
+        missing = [node for node in listed if node.tokens is None]
+        converted = self._tokens.convert([(node.key, node.length) for node in missing], self.rounds_started)
+        for node, tokens in zip(missing, converted):
+            node.tokens = tokens
+        return tuple(
+            SweepSegment(
+                slots=node.value,
+                tokens=node.tokens,
+                first_position=node.first_position,
+                pred_values=node.pred_values,
+                pred_index=0 if node.pred_values is None else node.pred_values.shape[0] - 1,
+                swa_resident=node.swa_resident,
+            )
+            for node in listed
         )
 
 
@@ -169,12 +222,10 @@ def _key_length(key: object) -> int:
     return len(token_ids)
 
 
-def _device_tokens(key: object, length: int, device: torch.device) -> torch.Tensor:
-    token_ids = getattr(key, "token_ids", key)
-    # array.array converts a list of ints about five times faster than torch.tensor does.
-    host = torch.frombuffer(array.array("i", token_ids[:length]), dtype=torch.int32) if length else None
-    if host is None:
-        return torch.zeros(0, dtype=torch.int32, device=device)
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # A pageable host-to-device copy waits for the compute stream; a pinned one does not, so the
+    # sweep never stalls the engine. The caching host allocator keeps the pinned buffer alive
+    # until the copy has run.
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
-    return host.clone()
+    return host.clone().to(device)

@@ -239,7 +239,9 @@ def test_random_forwards_match_the_reference_byte_for_byte(mode, real_kv, device
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("mode", MODES)
 def test_many_random_forwards_match_the_reference_byte_for_byte(mode, seed, device):
-    run_case(mode, [RealKvHashMode.NONE, RealKvHashMode.PARTIAL, RealKvHashMode.ALL][seed % 3], seed, device, forwards=8)
+    run_case(
+        mode, [RealKvHashMode.NONE, RealKvHashMode.PARTIAL, RealKvHashMode.ALL][seed % 3], seed, device, forwards=8
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
