@@ -9,10 +9,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from harness.injections import Injection
 from harness.scenario.comparison import Comparison
-from harness.scenario.model import Fault, Scenario, ViolationPattern
+from harness.scenario.model import Fault, Scenario, SwaDivergenceExpectation, ViolationPattern
 from harness.scenario.modes import mode_has_full_and_swa_groups
 from harness.scenario.patterns import matches
 from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
@@ -36,7 +37,7 @@ class ExpectationOutcome:
         }
 
     @classmethod
-    def from_json(cls, payload: dict) -> ExpectationOutcome:
+    def from_json(cls, payload: dict[str, Any]) -> ExpectationOutcome:
         return cls(
             expectation=payload["expectation"],
             held=payload["held"],
@@ -70,7 +71,7 @@ class ExpectationResult:
         return payload
 
     @classmethod
-    def from_json(cls, payload: dict) -> ExpectationResult:
+    def from_json(cls, payload: dict[str, Any]) -> ExpectationResult:
         return cls(
             outcomes=tuple(ExpectationOutcome.from_json(item) for item in payload["outcomes"]),
             injection_step=payload["injection_step"],
@@ -88,24 +89,24 @@ def check_expectations(
     violations = ViolationRecord.find_all(log_text)
     outcomes: list[ExpectationOutcome] = []
     injection_step: int | None = None
-    if scenario.injects_fault:
+    if scenario.fault is not None and scenario.injects_fault:
         applied, injection_step = _fault_applied(scenario.fault, injections)
         outcomes.append(applied)
     after = [v for v in violations if injection_step is not None and v.step >= injection_step]
     if scenario.expects_detection:
-        outcomes.extend(_detection(scenario, violations, injection_step))
-        bound = scenario.expect.within_steps
-        detected = any(v.step <= injection_step + bound for v in after)
+        bound = _latency_bound(scenario)
+        outcomes.extend(_detection(scenario, violations, injection_step, bound))
+        detected = injection_step is not None and any(v.step <= injection_step + bound for v in after)
     else:
         outcomes.append(_stays_clean(violations))
         detected = bool(after) if scenario.injects_fault else bool(violations)
     if scenario.expect.swa_divergence is not None and mode_has_full_and_swa_groups(mode):
-        outcomes.extend(_swa_divergence(scenario, log_text))
+        outcomes.extend(_swa_divergence(scenario.expect.swa_divergence, log_text))
     return ExpectationResult(
         outcomes=tuple(outcomes),
         injection_step=injection_step,
         detected=detected,
-        latency_steps=after[0].step - injection_step if after else None,
+        latency_steps=after[0].step - injection_step if after and injection_step is not None else None,
         violation_count=len(violations),
         launch_tags_seen=tuple(sorted({v.launch_tag for v in violations})),
         fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
@@ -141,16 +142,25 @@ def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[Expec
                     "never reached its trigger"
                 ),
             ), None
-    steps = sorted(injection.step for injection in injections)
+    steps = sorted(injection.step for injection in injections if injection.step is not None)  # all, as checked
     return ExpectationOutcome(
         expectation=expectation, held=True, reason=f"applied at step {', '.join(map(str, steps))}"
     ), steps[0]
 
 
-def _detection(
-    scenario: Scenario, violations: Sequence[ViolationRecord], injection_step: int | None
-) -> list[ExpectationOutcome]:
+def _latency_bound(scenario: Scenario) -> int:
     bound = scenario.expect.within_steps
+    if bound is None:
+        raise ValueError(
+            f"scenario {scenario.name} expects detection without expect.within_steps; validate it "
+            "(kv-canary validate) before checking a run against it"
+        )
+    return bound
+
+
+def _detection(
+    scenario: Scenario, violations: Sequence[ViolationRecord], injection_step: int | None, bound: int
+) -> list[ExpectationOutcome]:
     expectation = f"detected within {bound} steps"
     if injection_step is None:
         return [
@@ -225,8 +235,7 @@ def _stays_clean(violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
     )
 
 
-def _swa_divergence(scenario: Scenario, log_text: str) -> list[ExpectationOutcome]:
-    expected = scenario.expect.swa_divergence
+def _swa_divergence(expected: SwaDivergenceExpectation, log_text: str) -> list[ExpectationOutcome]:
     last = SwaDivergenceLog.find_last(log_text)
     if last is None:
         return [

@@ -1,4 +1,4 @@
-"""kv-canary's pytest plugin (entry point ``pytest11: kv_canary``; without installing: ``-p harness.pytest_plugin``).
+"""kv-canary's pytest plugin, loaded only when asked for: ``-p harness.pytest_plugin`` (this repository's conftest.py).
 
 * Every scenario YAML under ``--scenario-dir`` is collected as one test item (marked ``e2e``) per
   selected mode (``--model-mode mha|swa|dsv4|all``), with ids ``<file>::<name>[<mode>]``, when

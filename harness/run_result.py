@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from harness.expectations import ExpectationResult
 from harness.injections import Injection
@@ -64,7 +65,7 @@ class RunResult:
         }
 
     @classmethod
-    def from_json(cls, payload: dict) -> RunResult:
+    def from_json(cls, payload: dict[str, Any]) -> RunResult:
         check = payload["check"]
         return cls(
             scenario=payload["scenario"],

@@ -6,6 +6,9 @@ import dataclasses
 import enum
 import os
 from collections.abc import Mapping
+from typing import Any
+
+from kv_canary.errors import CanaryConfigError
 
 ENV_PREFIX = "KV_CANARY_"
 
@@ -31,10 +34,6 @@ class KernelBackend(enum.Enum):
     AUTO = "auto"  # Triton on CUDA tensors, the torch reference elsewhere
     TRITON = "triton"
     TORCH = "torch"
-
-
-class CanaryConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the setting."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,14 +96,14 @@ class CanaryConfig:
     def enabled(self) -> bool:
         return self.mode is not CanaryMode.NONE
 
-    def replace(self, **changes: object) -> CanaryConfig:
+    def replace(self, **changes: Any) -> CanaryConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> CanaryConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CanaryConfig:
         """Build the config from ``KV_CANARY_<FIELD>`` variables; explicit overrides win."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             key = ENV_PREFIX + field.name.upper()
             if key in environ:
@@ -128,7 +127,7 @@ class CanaryConfig:
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _parse_field(field: dataclasses.Field, raw: str, key: str) -> object:
+def _parse_field(field: dataclasses.Field[Any], raw: str, key: str) -> object:
     default = field.default
     text = raw.strip()
     if isinstance(default, enum.Enum):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+
+from kv_canary.engine_protocols import ReqToTokenRows
+from kv_canary.errors import UnsupportedForwardModeError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,11 +70,7 @@ class ForwardRows:
 
 
 class ForwardRowsExtractor(Protocol):
-    def __call__(self, args: tuple, kwargs: dict, *, capturing: bool) -> ForwardRows: ...
-
-
-class UnsupportedForwardModeError(RuntimeError):
-    """A forward the canary cannot plan (speculative verify, draft extend, dLLM, split prefill)."""
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, capturing: bool) -> ForwardRows: ...
 
 
 # SGLang's ForwardMode names (the mock engine's too). DECODE and IDLE carry no extend lengths: each
@@ -90,17 +89,18 @@ class SglangForwardRows:
     ``forward_mode`` is read as decode when it has no ``extend_prefix_lens``.
     """
 
-    req_to_token_pool: object
+    req_to_token_pool: ReqToTokenRows
 
-    def __call__(self, args: tuple, kwargs: dict, *, capturing: bool = False) -> ForwardRows:
-        batch = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, capturing: bool = False) -> ForwardRows:
+        # What the engine passed to model.forward: read by SGLang's names (engine_protocols.ForwardBatchView).
+        batch: Any = kwargs.get("forward_batch", args[2] if len(args) > 2 else None)
         if batch is None:
             raise TypeError(
                 "kv_canary: the wrapped forward was called without a forward_batch argument; "
                 "pass a forward_rows extractor to install_canary for this engine"
             )
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        input_ids: Any = kwargs.get("input_ids", args[0] if args else None)
+        positions: Any = kwargs.get("positions", args[1] if len(args) > 1 else None)
         decode = _is_decode(batch)
         prefix_lens = extend_lens = None
         if not (decode and capturing):  # a captured decode reads seq_lens: no tensor ops in the graph

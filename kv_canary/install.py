@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from typing import Any
 
 import torch
 
 from kv_canary.adapters import attach_canary_buffers
 from kv_canary.config import CanaryConfig
+from kv_canary.engine_protocols import ReqToTokenRows
 from kv_canary.forward_rows import ForwardRowsExtractor, SglangForwardRows
 from kv_canary.manager import CanaryManager
 from kv_canary.observers.defaults import build_default_observers
@@ -21,7 +23,7 @@ def install_canary(
     *,
     model: torch.nn.Module,
     kv_pool: object,
-    req_to_token_pool: object,
+    req_to_token_pool: ReqToTokenRows,
     config: CanaryConfig,
     swa_window: int | None = None,
     forward_rows: ForwardRowsExtractor | None = None,
@@ -55,7 +57,7 @@ def _wrap_forward(model: torch.nn.Module, manager: CanaryManager, forward_rows: 
     nesting = threading.local()
 
     @functools.wraps(original)
-    def forward_with_canary(*args, **kwargs):
+    def forward_with_canary(*args: Any, **kwargs: Any) -> Any:
         # Models may call their own forward (draft heads, sub-modules sharing the method): only
         # the outermost call is a forward of the engine, so only it is bracketed.
         if getattr(nesting, "depth", 0):

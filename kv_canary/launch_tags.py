@@ -66,7 +66,7 @@ class FailReason(enum.IntFlag):
     LOST_WRITE = 64  # a new slot's real K/V still holds the poison written before the model ran
 
     def log_names(self) -> list[str]:
-        return [reason.name.lower() for reason in FailReason if reason & self]
+        return [reason.name.lower() for reason in FailReason if reason & self and reason.name is not None]
 
     @classmethod
     def from_log_names(cls, names: list[str]) -> FailReason:

@@ -11,6 +11,7 @@ import torch
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
 from kv_canary.device_state import CanaryDeviceState
+from kv_canary.engine_protocols import PrefixCache, ReqToTokenRows
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.select import select_kernels
 from kv_canary.kernels.settings import KernelSettings
@@ -34,7 +35,7 @@ class CanaryManager:
         groups: tuple[CanaryBufferGroup, ...],
         device: torch.device,
         logger: logging.Logger,
-        req_to_token_pool: object | None = None,
+        req_to_token_pool: ReqToTokenRows | None = None,
     ) -> None:
         self.config = config
         self.groups = groups
@@ -59,7 +60,7 @@ class CanaryManager:
             repeat_interval=config.violation_repeat_interval,
         )
         self.observers: list[HostObserver] = []
-        self.prefix_cache: object | None = None
+        self.prefix_cache: PrefixCache | None = None
         self.forward_count = 0
         # The rows of the forward in flight (between before_forward and after_forward), then of the
         # last one: under graph capture, the static tensors the replays refill.
@@ -70,7 +71,7 @@ class CanaryManager:
     def new_delayed_handler(self) -> DelayedDeviceHostHandler:
         return DelayedDeviceHostHandler(self.device, self.side_stream)
 
-    def attach_prefix_cache(self, prefix_cache: object) -> None:
+    def attach_prefix_cache(self, prefix_cache: PrefixCache) -> None:
         """The radix cache the periodic sweep walks; engines call this once it exists."""
         self.prefix_cache = prefix_cache
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kv_canary.engine_protocols import RadixWalk
 
 # prev_slot values besides a real slot index (> 0)
 PREV_SEQUENCE_START = 0  # the slot holds position 0: its prev_hash must be CHAIN_ANCHOR
@@ -93,20 +97,6 @@ class WritePlan:
     @property
     def request_capacity(self) -> int:
         return self.entry_starts.shape[0]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class RadixWalk:
-    """Cached tokens of a radix cache, one entry per token in depth-first order; int64 [num_tokens] each."""
-
-    slots: torch.Tensor  # full-pool slot
-    positions: torch.Tensor  # depth from the root
-    prev_slots: torch.Tensor  # full-pool slot of the previous token, PREV_SEQUENCE_START at position 0
-    tokens: torch.Tensor  # token id from the radix key, TOKEN_UNKNOWN where the cache keeps none
-
-    @property
-    def num_tokens(self) -> int:
-        return self.slots.shape[0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from kv_canary.config import PARTIAL_REAL_KV_BYTES, RealKvHashMode
+from kv_canary.errors import PoolLayoutError
 
 _WORD_BYTES = 8
 
@@ -27,13 +28,13 @@ class RealKvSource:
         if mode is RealKvHashMode.NONE or not buffers:
             return None
         views = tuple(_as_words(buffer, index) for index, buffer in enumerate(buffers))
-        row_words = {view.shape[1] for view in views}
-        if len(row_words) != 1:
-            raise ValueError(
-                f"real-KV layers have rows of different sizes ({sorted(row_words)} words); "
+        row_sizes = {view.shape[1] for view in views}
+        if len(row_sizes) != 1:
+            raise PoolLayoutError(
+                f"real-KV layers have rows of different sizes ({sorted(row_sizes)} words); "
                 "hash each size as its own source"
             )
-        (row_words,) = row_words
+        (row_words,) = row_sizes
         hashed = row_words if mode is RealKvHashMode.ALL else min(row_words, PARTIAL_REAL_KV_BYTES // _WORD_BYTES)
         pointers = torch.tensor([view.data_ptr() for view in views], dtype=torch.int64, device=views[0].device)
         return cls(layer_words=views, layer_pointers=pointers, row_words=row_words, hashed_words=hashed)
@@ -41,11 +42,11 @@ class RealKvSource:
 
 def _as_words(buffer: torch.Tensor, layer: int) -> torch.Tensor:
     if not buffer.is_contiguous():
-        raise ValueError(f"real-KV layer {layer}: the buffer must be contiguous to be hashed in place")
+        raise PoolLayoutError(f"real-KV layer {layer}: the buffer must be contiguous to be hashed in place")
     num_slots = buffer.shape[0]
     row_bytes = buffer[0].numel() * buffer.element_size() if num_slots else 0
     if row_bytes % _WORD_BYTES or buffer.data_ptr() % _WORD_BYTES:
-        raise ValueError(
+        raise PoolLayoutError(
             f"real-KV layer {layer}: rows of {row_bytes} bytes are not whole, aligned 8-byte "
             "words; use real_kv_hash=none for this pool"
         )

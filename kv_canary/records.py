@@ -19,7 +19,6 @@ class RecordWord(enum.IntEnum):
 
 
 RECORD_WORDS = len(RecordWord)
-PADDING_SLOT = 0  # the engine's padding slot: never written, never verified
 
 
 def allocate_records(num_slots: int, device: torch.device | str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from kv_canary.adapters.mha import attach_mha
 from kv_canary.adapters.swa import attach_swa
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
+from kv_canary.errors import UnsupportedPoolError
 
 PoolAdapter = Callable[..., tuple[CanaryBufferGroup, ...]]
 
@@ -19,10 +20,6 @@ _POOL_ADAPTERS: dict[str, PoolAdapter] = {
     "SWAKVPool": attach_swa,
     "DeepSeekV4TokenToKVPool": attach_dsv4,
 }
-
-
-class UnsupportedPoolError(TypeError):
-    pass
 
 
 def register_pool_adapter(class_name: str, adapter: PoolAdapter) -> None:

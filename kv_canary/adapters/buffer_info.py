@@ -8,6 +8,7 @@ travel with the K/V they describe, so a transferred slot verifies on the other s
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from kv_canary.buffer_group import CanaryBufferGroup
 
@@ -18,7 +19,7 @@ def report_canary_buffers(pool: object, method_name: str, group: CanaryBufferGro
         return
 
     @functools.wraps(original)
-    def with_canary_buffers(*args, **kwargs):
+    def with_canary_buffers(*args: Any, **kwargs: Any) -> tuple[list[int], list[int], list[int]]:
         pointers, lengths, item_lengths = (list(values) for values in original(*args, **kwargs))
         for half in group.halves.values():
             for records in (half.head, half.tail):

@@ -18,17 +18,22 @@ from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.adapters.swa import require_mapping, require_window
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
+from kv_canary.engine_protocols import DeepSeekV4KvPool
+from kv_canary.errors import PoolLayoutError
 from kv_canary.launch_tags import PoolGroupKind
 
 
-def attach_dsv4(pool: object, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
+def attach_dsv4(
+    pool: DeepSeekV4KvPool, *, config: CanaryConfig, swa_window: int | None
+) -> tuple[CanaryBufferGroup, ...]:
     window = require_window(pool, swa_window)
-    if getattr(pool, "swa_kv_pool", None) is None:
-        raise ValueError(
+    swa_kv_pool = getattr(pool, "swa_kv_pool", None)
+    if swa_kv_pool is None:
+        raise PoolLayoutError(
             f"kv_canary: {type(pool).__name__} keeps its sliding-window KV per request (no "
             "token-indexed swa_kv_pool); only the paged SWA sub-pool is supported"
         )
-    layers = read_pool_layers(pool.swa_kv_pool, what="the SWA sub-pool", k_names=("k_buffer", "kv_buffer"), v_name=None)
+    layers = read_pool_layers(swa_kv_pool, what="the SWA sub-pool", k_names=("k_buffer", "kv_buffer"), v_name=None)
     group = build_group(
         kind=PoolGroupKind.SWA,
         layers=layers,

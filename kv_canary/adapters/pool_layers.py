@@ -13,6 +13,8 @@ import dataclasses
 
 import torch
 
+from kv_canary.errors import PoolLayoutError
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class PoolLayers:
@@ -27,7 +29,7 @@ def read_pool_layers(
     """``k_names``: attribute names to try for the K (or latent) buffers, first present wins."""
     k_buffers = next((getattr(pool, name) for name in k_names if getattr(pool, name, None) is not None), None)
     if k_buffers is None:
-        raise ValueError(
+        raise PoolLayoutError(
             f"kv_canary: {what} ({type(pool).__name__}) has no {' or '.join(k_names)} yet; install "
             "the canary after the pool has allocated its buffers"
         )

@@ -13,22 +13,24 @@ from kv_canary.adapters.group_builder import build_group
 from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.config import CanaryConfig
+from kv_canary.engine_protocols import DeepSeekV4KvPool, HybridSwaKvPool
+from kv_canary.errors import PoolLayoutError
 from kv_canary.launch_tags import PoolGroupKind
 
 
 def require_window(pool: object, swa_window: int | None) -> int:
     if swa_window is None or swa_window < 1:
-        raise ValueError(
+        raise PoolLayoutError(
             f"kv_canary: {type(pool).__name__} has a sliding-window sub-pool; pass "
             "install_canary(swa_window=...) with the model's window in tokens"
         )
     return swa_window
 
 
-def require_mapping(pool: object) -> torch.Tensor:
-    mapping = getattr(pool, "full_to_swa_index_mapping", None)
+def require_mapping(pool: HybridSwaKvPool | DeepSeekV4KvPool) -> torch.Tensor:
+    mapping: torch.Tensor | None = getattr(pool, "full_to_swa_index_mapping", None)  # None until registered
     if mapping is None:
-        raise ValueError(
+        raise PoolLayoutError(
             f"kv_canary: {type(pool).__name__}.full_to_swa_index_mapping is not set yet; the SWA "
             "allocator registers it (SGLang: SWATokenToKVPoolAllocator calls register_mapping), so "
             "install the canary after the allocator exists"
@@ -36,7 +38,7 @@ def require_mapping(pool: object) -> torch.Tensor:
     return mapping
 
 
-def attach_swa(pool: object, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
+def attach_swa(pool: HybridSwaKvPool, *, config: CanaryConfig, swa_window: int | None) -> tuple[CanaryBufferGroup, ...]:
     window = require_window(pool, swa_window)
     mapping = require_mapping(pool)
     full = read_pool_layers(pool.full_kv_pool, what="the full sub-pool")
@@ -54,5 +56,5 @@ def attach_swa(pool: object, *, config: CanaryConfig, swa_window: int | None) ->
         report_canary_buffers(pool, "get_state_buf_infos", swa_group, page_size)
         groups.append(swa_group)
     if not groups:
-        raise ValueError(f"kv_canary: {type(pool).__name__} has no layers in either sub-pool to guard")
+        raise PoolLayoutError(f"kv_canary: {type(pool).__name__} has no layers in either sub-pool to guard")
     return tuple(groups)

@@ -21,6 +21,7 @@ import triton
 
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.device_state import CanaryDeviceState
+from kv_canary.errors import KvCanaryError
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.forward_triton import _forward_kernel
 from kv_canary.kernels.launch_cache import LaunchCache
@@ -38,7 +39,7 @@ _TARGET_PROGRAMS = 2048  # an H200's 132 SMs about sixteen times over
 _LAUNCHES = LaunchCache(_forward_kernel)
 
 
-class UnsupportedGroupLayoutError(ValueError):
+class UnsupportedGroupLayoutError(KvCanaryError, ValueError):
     """The install's pool groups are not a layout the fused kernel handles."""
 
 

@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 import triton
 
+from kv_canary.errors import KvCanaryError
+
 _ALIGNMENT = 16  # bytes: Triton specializes a pointer argument on being a multiple of it
 
 
@@ -32,7 +34,7 @@ class _Runner(Protocol):
     def __call__(self, *args: object) -> None: ...
 
 
-class TritonLauncherChangedError(RuntimeError):
+class TritonLauncherChangedError(KvCanaryError, RuntimeError):
     """The installed Triton no longer launches a compiled kernel the way this cache relies on."""
 
 

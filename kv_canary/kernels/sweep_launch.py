@@ -22,7 +22,8 @@ from kv_canary.kernels.real_kv_table import RealKvTable
 from kv_canary.kernels.settings import KernelSettings
 from kv_canary.kernels.sweep_triton import _sweep_kernel
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
-from kv_canary.plans import RadixWalk, SegmentField, SweepSegment, SweepSlice
+from kv_canary.engine_protocols import RadixWalk
+from kv_canary.plans import SegmentField, SweepSegment, SweepSlice
 
 _MIN_BLOCK, _MAX_BLOCK = 32, 256
 _BLOCK_WITH_REAL_KV, _WARPS_WITH_REAL_KV = 64, 2

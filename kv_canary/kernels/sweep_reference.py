@@ -1,7 +1,7 @@
 """The sweep in torch: the reference the Triton sweep launch (``sweep_launch``) is tested against.
 
 A slice's segments are flattened into one walk (slot, position, predecessor, token per cached
-token); per pool group the walk becomes a verify plan (``sweep/sweep_plan.py``), and per K/V half
+token); per pool group the walk becomes a verify plan (``sweep_plan_reference``), and per K/V half
 the HEAD records (no real K/V: they carry none) and the TAIL records (with the real-K/V hash) are
 verified under the half's ``SWEEP_*`` tag.
 """
@@ -17,8 +17,9 @@ from kv_canary.device_state import CanaryDeviceState
 from kv_canary.kernels.settings import KernelSettings
 from kv_canary.kernels.verify_reference import verify_canaries
 from kv_canary.launch_tags import Phase, PoolGroupKind
-from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN, RadixWalk, SweepSegment, SweepSlice
-from kv_canary.sweep.sweep_plan import build_sweep_plan
+from kv_canary.engine_protocols import RadixWalk
+from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN, SweepSegment, SweepSlice
+from kv_canary.kernels.sweep_plan_reference import build_sweep_plan
 
 
 class ReferenceSweep:

@@ -23,19 +23,12 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING
 
+from kv_canary.errors import KvCanaryHealthError
 from kv_canary.launch_tags import LaunchTag, Phase
 from kv_canary.observers.delayed_transfer import DeviceSnapshot
 
 if TYPE_CHECKING:
     from kv_canary.manager import CanaryManager
-
-
-class KvCanaryHealthError(RuntimeError):
-    """Raised when a launch tag's kernel-run counter stalled; ``stalled_tags`` names them."""
-
-    def __init__(self, message: str, stalled_tags: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.stalled_tags = stalled_tags
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

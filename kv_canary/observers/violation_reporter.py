@@ -19,19 +19,12 @@ import torch
 
 from kv_canary.config import CanaryMode
 from kv_canary.device_state import CanaryDeviceState, RingField
+from kv_canary.errors import KvCanaryViolationError
 from kv_canary.launch_tags import FailReason, LaunchTag
 from kv_canary.log_lines import RepeatedViolation, ViolationRecord, ViolationRepeatsLog
 from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler, DeviceSnapshot
 
 _TOP_REPEATED = 5  # keys named on a repeats line
-
-
-class KvCanaryViolationError(RuntimeError):
-    """Raised in mode ``raise``; ``lines`` holds the violation lines that triggered it."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(f"kv_canary detected {len(lines)} KV-cache violation(s):\n" + "\n".join(lines))
-        self.lines = lines
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,17 +102,17 @@ class ViolationReporter:
                 write_index,
             )
         rows = snapshot["rows"]
-        lines = []
+        logged: list[ViolationRecord] = []
         for index in range(first, write_index):
             record = _to_record(rows[index % capacity])
             self.records.append(record)
             if self._is_repeat(record):
                 continue
-            lines.append(record.format())
-            self._logger.error("%s", lines[-1])
+            logged.append(record)
+            self._logger.error("%s", record.format())
         self._reported_upto = write_index
-        if self._mode is CanaryMode.RAISE:
-            raise KvCanaryViolationError(lines)
+        if self._mode is CanaryMode.RAISE:  # every violation is logged in this mode
+            raise KvCanaryViolationError(logged)
 
     def _is_repeat(self, record: ViolationRecord) -> bool:
         if not self._repeat_interval:

@@ -33,24 +33,12 @@ from __future__ import annotations
 
 import array
 import dataclasses
-from collections.abc import Hashable, Mapping
-from typing import Protocol
+from collections.abc import Hashable
 
 import torch
 
+from kv_canary.engine_protocols import RadixNode, RadixTree
 from kv_canary.plans import SweepSegment
-
-
-class RadixNode(Protocol):
-    """The node shape the cursor reads (SGLang's ``TreeNode``; see ``radix_walker`` for ``key``)."""
-
-    children: Mapping[Hashable, RadixNode]
-    key: object
-    value: torch.Tensor | None
-
-
-class RadixCache(Protocol):
-    root_node: RadixNode
 
 
 @dataclasses.dataclass(slots=True)
@@ -131,7 +119,7 @@ class RadixCursor:
         self._tokens = _KeyTokens(device)
         self.rounds_started = 0
 
-    def next_slice(self, cache: RadixCache, *, max_nodes: int, max_tokens: int) -> CursorSlice:
+    def next_slice(self, cache: RadixTree, *, max_nodes: int, max_tokens: int) -> CursorSlice:
         root = cache.root_node
         if root is not self._root or not self._stack:
             self._start_round(root)

@@ -1,46 +1,24 @@
 """Walk a radix (prefix) cache into flat per-token tensors: slot, position, previous slot, token.
 
-The cache protocol is SGLang's node shape, read by duck typing so that kv_canary never imports
-an engine:
-
-* ``cache.root_node``: the root; its own key is empty and it is never yielded;
-* ``node.children``: a dict of child nodes (its keys are ignored);
-* ``node.key``: the node's token ids, a list (or any sequence) of ints, or an object with a
-  ``token_ids`` sequence (SGLang's ``RadixKey``). Such a key's ``len()``, when it has one, is its
-  token count: SGLang 0.5.23's ``RadixKey`` may cap ``token_ids`` (``limit``) or, for EAGLE,
-  hold one raw token more than its entries (bigram keys, entry ``i`` = tokens ``i`` and
-  ``i + 1``; slot ``i`` holds token ``i``);
-* ``node.value``: an int tensor of the full-pool slots of those tokens, one per token; None
-  when the node's K/V is not on the device (SGLang's host-cache eviction), which skips the node
-  and everything below it;
-* ``node.lock_ref``: an int, > 0 while a running request holds the node;
-* ``node.swa_tombstone`` (optional, default False): the node's SWA sub-pool rows were evicted
-  while its full-pool slots stay.
-
-A token's position is its depth from the root, and its previous slot is the slot of the token
-before it on the path from the root (``PREV_SEQUENCE_START`` = 0 for the first token of the
-tree). The filters drop a node's own tokens but still walk through it, so positions and
-previous slots of the nodes below stay exact.
-
-A cache whose nodes are not Python objects (SGLang's Rust radix tree) can walk itself instead:
-an object with a ``radix_walk(*, device, unlocked_only, swa_resident_only)`` method returning a
-``RadixWalk`` is asked directly.
+The cache is a ``kv_canary.engine_protocols.PrefixCache``: a ``RadixTree`` of ``RadixNode``s
+(SGLang's node shape, read by duck typing so that kv_canary never imports an engine), or a
+``SelfWalkingCache`` that is asked to walk itself. A token's position is its depth from the
+root, and its previous slot is the slot of the token before it on the path from the root
+(``PREV_SEQUENCE_START`` = 0 for the first token of the tree). The filters drop a node's own
+tokens but still walk through it, so positions and previous slots of the nodes below stay exact.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Protocol, runtime_checkable
+import typing
+from collections.abc import Sequence, Sized
 
 import torch
 
-from kv_canary.plans import PREV_SEQUENCE_START, RadixWalk
-
-
-@runtime_checkable
-class SelfWalkingCache(Protocol):
-    def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk: ...
+from kv_canary.engine_protocols import PrefixCache, RadixNode, RadixWalk, SelfWalkingCache, TokenIdsKey
+from kv_canary.plans import PREV_SEQUENCE_START
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -52,7 +30,7 @@ class _NodeSpan:
 
 
 def walk_radix_cache(
-    cache: object, *, device: torch.device | str, unlocked_only: bool = False, swa_resident_only: bool = False
+    cache: PrefixCache, *, device: torch.device | str, unlocked_only: bool = False, swa_resident_only: bool = False
 ) -> RadixWalk:
     """Flatten every cached token of ``cache``, optionally only unlocked or only SWA-resident nodes.
 
@@ -94,16 +72,16 @@ def walk_radix_cache(
     return _gather(values, kept, keys, device)
 
 
-def _key_tokens(key: object) -> list[int]:
+def _key_tokens(key: Sequence[int] | TokenIdsKey) -> list[int]:
     """A node key's token ids: one per slot of the node's value."""
     token_ids = getattr(key, "token_ids", None)
     if token_ids is None:
-        return list(key)
-    count = len(key) if hasattr(type(key), "__len__") else len(token_ids)
+        return list(typing.cast(Sequence[int], key))
+    count = len(key) if isinstance(key, Sized) else len(token_ids)
     return [int(token) for token in token_ids[:count]]
 
 
-def _keeps(node: object, *, unlocked_only: bool, swa_resident_only: bool) -> bool:
+def _keeps(node: RadixNode, *, unlocked_only: bool, swa_resident_only: bool) -> bool:
     if unlocked_only and node.lock_ref > 0:
         return False
     return not (swa_resident_only and getattr(node, "swa_tombstone", False))

@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from kv_canary.engine_protocols import RadixTree, SelfWalkingCache
 from kv_canary.launch_tags import PoolGroupKind
 from kv_canary.plans import SweepSlice
-from kv_canary.sweep.radix_cursor import RadixCache, RadixCursor
-from kv_canary.sweep.radix_walker import SelfWalkingCache
+from kv_canary.sweep.radix_cursor import RadixCursor
 
 if TYPE_CHECKING:
     from kv_canary.manager import CanaryManager
@@ -86,7 +86,7 @@ class SweepOrchestrator:
             )
 
 
-def _as_radix_cache(cache: object) -> RadixCache:
+def _as_radix_cache(cache: object) -> RadixTree:
     if not hasattr(cache, "root_node"):
         raise TypeError(
             f"kv_canary: the attached prefix cache {type(cache).__qualname__} has neither root_node (a radix "

@@ -46,7 +46,7 @@ class FreeList:
     def pop(self, n: int) -> list[int]:
         if n > self._num_free:
             raise OutOfSlotsError(f"asked for {n} {self.what}s, {self._num_free} free of {self.count}")
-        taken = []
+        taken: list[int] = []
         while len(taken) < n:
             index = heapq.heappop(self._heap)
             if self._is_free[index]:  # else a stale heap entry left by free_unchecked

@@ -10,6 +10,7 @@ inside a step hook, ``forward_count`` forwards have run and the coming one is nu
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -40,11 +41,13 @@ class CanaryRaisedError(RuntimeError):
     The step still completed, so the engine stays consistent and serves on. The canary reports a
     violation a step or so after the forward that recorded it, so ``rids`` are the requests of the
     forwards the violations name (by step), not of the forward that surfaced them; a request that
-    finished meanwhile was answered already. ``results`` is what the surfacing step finished.
+    finished meanwhile was answered already. ``results`` is what the surfacing step finished;
+    ``records`` are the canary's ``ViolationRecord``s, ``lines`` their log lines.
     """
 
     def __init__(self, violation: KvCanaryViolationError, *, rids: list[str], results: list[GenerationResult]) -> None:
         super().__init__(str(violation))
+        self.records = violation.records
         self.lines = violation.lines
         self.rids = rids
         self.results = results
@@ -196,10 +199,10 @@ class Engine:
                 attention_checksum=checksum,
                 e2e_latency=now - req.submit_time,
             )
-            for req, checksum in zip(finished, checksums)
+            for req, checksum in zip(finished, checksums, strict=True)
         ]
         if violation is not None:
-            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.lines), results=results)
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
         return results
 
     def _remember_forward(self, rids: list[str]) -> None:
@@ -207,8 +210,8 @@ class Engine:
         while len(self._recent_forwards) > _RECENT_FORWARDS_KEPT:
             self._recent_forwards.popitem(last=False)
 
-    def _rids_of_steps(self, lines: list[str]) -> list[str]:
-        steps = {record.step for record in map(ViolationRecord.parse, lines) if record is not None}
+    def _rids_of_steps(self, records: Sequence[ViolationRecord]) -> list[str]:
+        steps = {record.step for record in records}
         return list(dict.fromkeys(rid for step in sorted(steps) for rid in self._recent_forwards.get(step, ())))
 
     def run_until_idle(self, *, max_steps: int | None = None) -> dict[str, GenerationResult]:
@@ -224,7 +227,7 @@ class Engine:
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int]) -> list[GenerationResult]:
         """Submit every prompt, run until idle, and return the results in prompt order."""
         limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        rids = [self.submit(prompt, limit) for prompt, limit in zip(prompts, limits)]
+        rids = [self.submit(prompt, limit) for prompt, limit in zip(prompts, limits, strict=True)]
         results = self.run_until_idle()
         return [results[rid] for rid in rids]
 
@@ -241,8 +244,7 @@ class Engine:
     def close(self) -> None:
         """Drain the canary's last reports. Call between forwards, from the thread that steps."""
         if self.canary is not None:
-            try:
+            # Mode raise: the lines are logged already, and there is no one left to tell.
+            with contextlib.suppress(KvCanaryViolationError):
                 self.canary.flush()
-            except KvCanaryViolationError:
-                pass  # mode raise: the lines are logged already, and there is no one left to tell
             self.canary = None

@@ -1,4 +1,7 @@
-"""What one forward computes, with SGLang's field names (the canary's extractor reads them)."""
+"""What one forward computes, with SGLang's field names (the canary's extractor reads them).
+
+``ForwardBatch`` is the models' ``ForwardInputs`` (``mock_models.models.forward_inputs``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from mock_models.engine.req_to_token_pool import ReqToTokenPool
+from mock_models.engine.memory_protocols import RequestRows
 from mock_models.engine.request import Request
+from mock_models.models.forward_inputs import KvPool
 
 
 class ForwardMode(enum.Enum):
@@ -44,8 +48,8 @@ class ForwardBatch:
     extend_seq_lens_cpu: list[int]
     extend_start_loc_cpu: list[int]  # index of each request's first token in input_ids
     out_cache_loc: torch.Tensor  # int64 [N]: full-pool slots written, one per token
-    req_to_token_pool: ReqToTokenPool
-    token_to_kv_pool: object  # MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool
+    req_to_token_pool: RequestRows
+    token_to_kv_pool: KvPool
 
     @classmethod
     def build(
@@ -54,8 +58,8 @@ class ForwardBatch:
         forward_mode: ForwardMode,
         items: Sequence[tuple[Request, int]],
         out_cache_loc: list[int],
-        req_to_token_pool: ReqToTokenPool,
-        token_to_kv_pool: object,
+        req_to_token_pool: RequestRows,
+        token_to_kv_pool: KvPool,
         device: torch.device,
     ) -> ForwardBatch:
         prefix_lens = [req.kv_len for req, _ in items]
@@ -63,11 +67,11 @@ class ForwardBatch:
         input_ids: list[int] = []
         positions: list[int] = []
         starts: list[int] = []
-        for (req, n), prefix in zip(items, prefix_lens):
+        for (req, n), prefix in zip(items, prefix_lens, strict=True):
             starts.append(len(input_ids))
             input_ids += req.fill_ids[prefix : prefix + n]
             positions += range(prefix, prefix + n)
-        seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens)]
+        seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens, strict=True)]
         rows = [req.req_pool_idx for req, _ in items]
 
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:

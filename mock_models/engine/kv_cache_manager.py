@@ -20,11 +20,8 @@ from collections.abc import Sequence
 import torch
 
 from mock_models.config import EngineConfig
-from mock_models.engine.allocator import PagedTokenAllocator
-from mock_models.engine.radix_cache import RadixCache
-from mock_models.engine.req_to_token_pool import ReqToTokenPool
+from mock_models.engine.memory_protocols import EnginePrefixCache, FullSlotAllocator, RequestRows, SwaSlotAllocator
 from mock_models.engine.request import Request
-from mock_models.engine.swa_allocator import SWATokenAllocator
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -36,10 +33,10 @@ class KVCacheManager:
         self,
         *,
         config: EngineConfig,
-        req_to_token_pool: ReqToTokenPool,
-        full_allocator: PagedTokenAllocator,
-        swa_allocator: SWATokenAllocator | None,
-        radix_cache: RadixCache,
+        req_to_token_pool: RequestRows,
+        full_allocator: FullSlotAllocator,
+        swa_allocator: SwaSlotAllocator | None,
+        radix_cache: EnginePrefixCache,
     ) -> None:
         self.config = config
         self.page_size = config.page_size
@@ -111,23 +108,25 @@ class KVCacheManager:
     def allocate(self, items: Sequence[tuple[Request, int]]) -> list[int]:
         """Full-pool slots for each request's next ``n`` positions, request after request."""
         per_request = [self._continue_last_page(req, n) for req, n in items]
-        new_pages = [_ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request)]
+        new_pages = [
+            _ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request, strict=True)
+        ]
         self._make_room_full(sum(new_pages))
         out_cache_loc: list[int] = []
-        for (req, n), slots, pages in zip(items, per_request, new_pages):
+        for (req, n), slots, pages in zip(items, per_request, new_pages, strict=True):
             if pages > req.full_pages_reserved:
                 raise RuntimeError(
                     f"request {req.rid} needs {pages} more pages than it reserved "
                     f"({req.full_pages_reserved} left); the admission estimate is wrong"
                 )
-            slots += self.full_allocator.alloc_slots(pages)[: n - len(slots)]
+            slots.extend(self.full_allocator.alloc_slots(pages)[: n - len(slots)])
             req.full_pages_reserved -= pages
             self.reserved_pages -= pages
             req.own_slots += slots
             out_cache_loc += slots
         self._write_req_to_token(items, out_cache_loc)
         if self.swa_allocator is not None:
-            self._make_room_swa(len(out_cache_loc))
+            self._make_room_swa(self.swa_allocator, len(out_cache_loc))
             swa_slots = iter(self.swa_allocator.alloc_for(out_cache_loc))
             for req, n in items:
                 req.own_swa_slots += [next(swa_slots) for _ in range(n)]
@@ -158,8 +157,8 @@ class KVCacheManager:
         if short > 0:
             self.radix_cache.evict(short * self.page_size)
 
-    def _make_room_swa(self, slots: int) -> None:
-        short = slots - self.swa_allocator.available_size()
+    def _make_room_swa(self, swa_allocator: SwaSlotAllocator, slots: int) -> None:
+        short = slots - swa_allocator.available_size()
         if short > 0:
             self.radix_cache.evict_swa(short)
 
@@ -196,7 +195,7 @@ class KVCacheManager:
         value = self.req_to_token_pool.req_to_token[req.req_pool_idx, :end].to(torch.int64)
         result = self.radix_cache.insert(key, value, swa_resident_from=req.swa_released_len)
         self.radix_cache.inc_lock_ref(result.last_node)
-        self.radix_cache.dec_lock_ref(req.last_node)
+        self.radix_cache.dec_lock_ref(req.locked_node)
         req.last_node = result.last_node
         req.tree_owned_len = end
         req.swa_released_len = max(req.swa_released_len, end)
@@ -220,7 +219,7 @@ class KVCacheManager:
         self._retire(req)
 
     def _retire(self, req: Request) -> None:
-        self.radix_cache.dec_lock_ref(req.last_node)
+        self.radix_cache.dec_lock_ref(req.locked_node)
         self.reserved_pages -= req.full_pages_reserved
         self.reserved_swa_slots -= req.swa_slots_reserved
         req.full_pages_reserved = req.swa_slots_reserved = 0

@@ -8,6 +8,8 @@ SWA allocator owns and registers here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 BufInfos = tuple[list[int], list[int], list[int]]  # data_ptrs, nbytes, item_lens (bytes of one page)
@@ -75,7 +77,13 @@ class _SwaIndexMapped:
         self.full_to_swa_index_mapping = full_to_swa_index_mapping
 
     def translate_loc_from_full_to_swa(self, loc: torch.Tensor) -> torch.Tensor:
-        return self.full_to_swa_index_mapping[loc]
+        mapping = self.full_to_swa_index_mapping
+        if mapping is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: no full_to_swa_index_mapping yet; the SWA allocator registers it "
+                "(register_mapping) before the first forward"
+            )
+        return mapping[loc]
 
 
 class SWAKVPool(_SwaIndexMapped):
@@ -99,7 +107,13 @@ class SWAKVPool(_SwaIndexMapped):
         self.page_size = page_size
         self.dtype = dtype
         self.device = torch.device(device)
-        common = dict(page_size=page_size, dtype=dtype, head_num=head_num, head_dim=head_dim, device=device)
+        common: dict[str, Any] = {
+            "page_size": page_size,
+            "dtype": dtype,
+            "head_num": head_num,
+            "head_dim": head_dim,
+            "device": device,
+        }
         self.full_kv_pool = MHATokenToKVPool(size=size, layer_num=len(full_attention_layer_ids), **common)
         self.swa_kv_pool = MHATokenToKVPool(size=size_swa, layer_num=len(swa_attention_layer_ids), **common)
         self.full_layer_nums = len(full_attention_layer_ids)

@@ -1,39 +1,29 @@
 """The engine's memory (request rows, KV pool, slot allocators, radix cache), by ``mem_backend``.
 
 ``mock``: the engine's own classes. ``sglang``: SGLang 0.5.23's real classes behind the same
-interfaces (``sglang_memory.py``; needs .ci/install-sglang). The rest of the engine only sees the
-five objects returned here.
+interfaces (``sglang_backend/``; needs .ci/install-sglang). The rest of the engine only sees the
+five objects returned here, through the types of ``memory_protocols.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
 from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
+from mock_models.engine.memory_protocols import EngineMemory
 from mock_models.engine.radix_cache import RadixCache
 from mock_models.engine.req_to_token_pool import ReqToTokenPool
 from mock_models.engine.swa_allocator import SWATokenAllocator
 from mock_models.models.spec import LayerKind, ModelSpec
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class EngineMemory:
-    req_to_token_pool: object
-    token_to_kv_pool: object
-    full_allocator: object
-    swa_allocator: object | None  # swa and dsv4 modes
-    radix_cache: object
-
-
 def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
     if config.mem_backend is MemBackend.SGLANG:
-        from mock_models.engine.sglang_memory import build_sglang_memory  # imports SGLang: only when asked for
-
-        return build_sglang_memory(config, spec)
+        return _build_sglang_memory(config, spec)
     device = torch.device(config.device)
     pool = build_kv_pool(config, spec)
     full_allocator = PagedTokenAllocator(
@@ -48,6 +38,7 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
             device=device,
             strict=config.strict_allocator,
         )
+        assert isinstance(pool, SWAKVPool | DeepSeekV4TokenToKVPool)  # the modes with an SWA pool
         pool.register_mapping(swa_allocator.full_to_swa_index_mapping)
     radix_cache = RadixCache(
         page_size=config.page_size,
@@ -67,10 +58,24 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
     )
 
 
+def _build_sglang_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
+    # SGLang is an optional dependency, imported only when this backend is asked for; beside a CPU
+    # build of torch its imports need torchvision stubbed first (torchvision_stub.py).
+    from mock_models.engine.sglang_backend.torchvision_stub import install_if_missing
+
+    install_if_missing()
+    from mock_models.engine.sglang_backend.build import build_sglang_memory
+
+    return build_sglang_memory(config, spec)
+
+
 def build_kv_pool(config: EngineConfig, spec: ModelSpec) -> MHATokenToKVPool | SWAKVPool | DeepSeekV4TokenToKVPool:
-    common = dict(
-        size=config.max_total_tokens, page_size=config.page_size, dtype=config.torch_kv_dtype, device=config.device
-    )
+    common: dict[str, Any] = {
+        "size": config.max_total_tokens,
+        "page_size": config.page_size,
+        "dtype": config.torch_kv_dtype,
+        "device": config.device,
+    }
     if config.model_mode is ModelMode.MHA:
         return MHATokenToKVPool(head_num=spec.num_heads, head_dim=spec.head_dim, layer_num=spec.num_layers, **common)
     if config.model_mode is ModelMode.SWA:

@@ -15,7 +15,7 @@ from kv_canary import CanaryConfig, CanaryManager, install_canary
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.memory import build_memory
-from mock_models.engine.radix_cache import RadixCache
+from mock_models.engine.memory_protocols import EnginePrefixCache
 from mock_models.models.dsv4 import dsv4_spec
 from mock_models.models.mha import mha_spec
 from mock_models.models.swa import swa_spec
@@ -42,7 +42,7 @@ class ModelRunner:
         self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64, device=self.device)
         self.canary: CanaryManager | None = None
 
-    def install_canary(self, canary_config: CanaryConfig, radix_cache: RadixCache) -> CanaryManager | None:
+    def install_canary(self, canary_config: CanaryConfig, radix_cache: EnginePrefixCache) -> CanaryManager | None:
         """Install the KV canary after the pools exist; returns its manager, or None when it is off."""
         swa_window = self.config.swa_window if self.config.has_swa_pool else None
         self.canary = install_canary(

@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import typing
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import torch
 
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.memory_protocols import EngineRadixNode, InsertResult, MatchResult
 from mock_models.engine.swa_allocator import SWATokenAllocator
 
 _node_ids = itertools.count()
@@ -39,22 +42,6 @@ class TreeNode:
     last_access_time: int = 0  # a tick of the cache's clock: deterministic LRU order
     swa_tombstone: bool = False
     id: int = dataclasses.field(default_factory=lambda: next(_node_ids))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class MatchResult:
-    device_indices: torch.Tensor  # int64 full-pool slots of the matched prefix
-    last_node: TreeNode  # lock this node to keep the prefix
-
-    @property
-    def prefix_len(self) -> int:
-        return self.device_indices.shape[0]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class InsertResult:
-    prefix_len: int  # tokens already in the tree: the caller frees its own slots for them
-    last_node: TreeNode  # the node ending at the inserted key
 
 
 class RadixCache:
@@ -160,11 +147,13 @@ class RadixCache:
 
     def _window_resident_prefix(self, path: list[TreeNode]) -> list[TreeNode]:
         """Cut ``path`` to the longest prefix whose last ``swa_window`` tokens all have SWA rows."""
+        window = self.swa_window
+        assert window is not None  # only called with an SWA pool, which comes with its window
         starts = list(itertools.accumulate((len(node.key) for node in path), initial=0))
         keep = len(path)
         while keep > 0:
             end = starts[keep]
-            window_start = max(0, end - self.swa_window)
+            window_start = max(0, end - window)
             hole = next(
                 (i for i in range(keep - 1, -1, -1) if path[i].swa_tombstone and starts[i + 1] > window_start), None
             )
@@ -174,7 +163,7 @@ class RadixCache:
         return path[:keep]
 
     def _split(self, child: TreeNode, at: int) -> TreeNode:
-        parent = child.parent
+        parent = _parent_of(child)
         head = TreeNode(
             key=child.key[:at],
             value=child.value[:at],
@@ -203,20 +192,22 @@ class RadixCache:
 
     # -- locks ----------------------------------------------------------------------------------
 
-    def inc_lock_ref(self, node: TreeNode) -> None:
-        while node is not self.root_node and node is not None:
-            node.lock_ref += 1
-            node = node.parent
+    def inc_lock_ref(self, node: EngineRadixNode) -> None:
+        walk: TreeNode | None = _own(node)
+        while walk is not self.root_node and walk is not None:
+            walk.lock_ref += 1
+            walk = walk.parent
 
-    def dec_lock_ref(self, node: TreeNode) -> None:
-        while node is not self.root_node and node is not None:
-            if node.lock_ref <= 0:
+    def dec_lock_ref(self, node: EngineRadixNode) -> None:
+        walk: TreeNode | None = _own(node)
+        while walk is not self.root_node and walk is not None:
+            if walk.lock_ref <= 0:
                 raise RuntimeError(
-                    f"RadixCache.dec_lock_ref: node {node.id} is not locked (lock_ref "
-                    f"{node.lock_ref}); a request unlocked a prefix it did not lock"
+                    f"RadixCache.dec_lock_ref: node {walk.id} is not locked (lock_ref "
+                    f"{walk.lock_ref}); a request unlocked a prefix it did not lock"
                 )
-            node.lock_ref -= 1
-            node = node.parent
+            walk.lock_ref -= 1
+            walk = walk.parent
 
     # -- eviction -------------------------------------------------------------------------------
 
@@ -240,13 +231,19 @@ class RadixCache:
         freed = 0
         while freed < num_tokens and candidates:
             node = heapq.heappop(candidates)[-1]
-            self.swa_allocator.free_swa(node.value)
+            self._swa_allocator().free_swa(node.value)
             node.swa_tombstone = True
             freed += len(node.key)
         return freed
 
-    def evict_node(self, node: TreeNode, *, force: bool = False) -> None:
+    def _swa_allocator(self) -> SWATokenAllocator:
+        if self.swa_allocator is None:
+            raise RuntimeError("RadixCache: SWA eviction asked of a cache without an SWA sub-pool")
+        return self.swa_allocator
+
+    def evict_node(self, node: EngineRadixNode, *, force: bool = False) -> None:
         """Free one leaf now. ``force`` evicts it even while locked: a fault, never the engine."""
+        node = _own(node)
         if node.children:
             raise ValueError(f"RadixCache.evict_node: node {node.id} has children; evict a leaf")
         if node.lock_ref > 0 and not force:
@@ -255,12 +252,12 @@ class RadixCache:
 
     def _remove_leaf(self, node: TreeNode) -> TreeNode:
         self._free_slots(node)
-        parent = node.parent
+        parent = _parent_of(node)
         parent.children.pop(self._child_key(node.key, 0), None)
         return parent
 
     def _free_slots(self, node: TreeNode) -> None:
-        if self.swa_enabled and not node.swa_tombstone:
+        if self.swa_allocator is not None and not node.swa_tombstone:
             self.swa_allocator.free_swa(node.value)
         # Host read of the node's slots: only on eviction, never per token.
         self.full_allocator.free(node.value.tolist())
@@ -306,10 +303,29 @@ class RadixCache:
         return self._align(matched)
 
 
-def descendants(root: object) -> Iterator:
-    """Every node below ``root`` (anything with a ``children`` mapping), parents before children."""
-    stack = list(root.children.values())
+def _own(node: EngineRadixNode) -> TreeNode:
+    if not isinstance(node, TreeNode):
+        raise TypeError(f"RadixCache: {node!r} is not a node of this cache")
+    return node
+
+
+def _parent_of(node: TreeNode) -> TreeNode:
+    if node.parent is None:
+        raise ValueError(f"RadixCache: node {node.id} has no parent; the root is never split or evicted")
+    return node.parent
+
+
+NodeT = TypeVar("NodeT", bound=EngineRadixNode)
+
+
+def descendants(root: NodeT) -> Iterator[NodeT]:
+    """Every node below ``root``, parents before children."""
+    stack = _children(root)
     while stack:
         node = stack.pop()
         yield node
-        stack.extend(node.children.values())
+        stack.extend(_children(node))
+
+
+def _children(node: NodeT) -> list[NodeT]:
+    return typing.cast(list[NodeT], list(node.children.values()))  # a tree's children are nodes of its kind

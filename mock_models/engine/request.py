@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode
 from mock_models.models.token_oracle import OracleState
 
 
@@ -44,7 +44,7 @@ class Request:
 
     req_pool_idx: int = 0  # 0 until admitted
     cached_tokens: int = 0
-    last_node: TreeNode | None = None
+    last_node: EngineRadixNode | None = None
     kv_len: int = 0
     tree_owned_len: int = 0
     own_start: int = 0
@@ -75,6 +75,13 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return len(self.output_ids) >= self.max_new_tokens
+
+    @property
+    def locked_node(self) -> EngineRadixNode:
+        """The radix node whose path this running request locks."""
+        if self.last_node is None:
+            raise RuntimeError(f"request {self.rid} locks no radix node: it is not running")
+        return self.last_node
 
     def own_slot(self, position: int) -> int:
         return self.own_slots[position - self.own_start]

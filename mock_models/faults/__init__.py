@@ -8,11 +8,12 @@ so the harness can prove the KV canary catches every kind of corruption (docs/FA
 * one module per fault family: ``kv_bytes``, ``canary_records``, ``slot_maps``, ``double_free``,
   ``radix_faults``, ``token_swap``;
 * ``injection_log``: the injections list and the ``kv_canary_fault`` log line;
-* ``injector``: the step hook that applies due faults, retries them, records them;
-* ``routes``: the HTTP router.
+* ``injector``: the step hook that applies due faults, retries them, records them.
+
+The HTTP routes that drive it are the server's (``mock_models/server/fault_routes.py``): this
+package knows the engine, never the web server.
 """
 
 from mock_models.faults.injector import FaultInjector
-from mock_models.faults.routes import build_fault_router
 
-__all__ = ["FaultInjector", "build_fault_router"]
+__all__ = ["FaultInjector"]

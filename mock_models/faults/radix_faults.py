@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from mock_models.engine.engine import Engine
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode, EvictionRefusedError
 from mock_models.faults.targets import (
     FaultContext,
     NoTarget,
@@ -56,13 +56,16 @@ def evict_radix_node(context: FaultContext) -> str:
     # Deepest first. Where only the window sees it: the largest share of the node in the window
     # first. Freed slots are handed out again lowest first, a few per forward, so the node's oldest
     # positions are overwritten first, and they must still be in the window then.
-    def window_share(node: TreeNode) -> float:
+    def window_share(node: EngineRadixNode) -> float:
         return _tokens_in_a_lockers_window(engine, node) / len(node.key) if window_only else 0.0
 
     node = max(locked, key=lambda node: (window_share(node), node_depth(node) + len(node.key), node.id))
     holders = ", ".join(req.rid[:8] for req in lockers(engine, node))
     span, lock_ref = _span(node), node.lock_ref
-    engine.radix_cache.evict_node(node, force=True)
+    try:
+        engine.radix_cache.evict_node(node, force=True)
+    except EvictionRefusedError as refused:
+        raise NoTarget(str(refused)) from None
     return (
         f"force-evicted radix node {node.id} ({span}, lock_ref {lock_ref}, locked by requests {holders}): "
         "its slots are free while they still read them"
@@ -86,12 +89,12 @@ def stale_prefix(context: FaultContext) -> str:
     return f"radix node {stale.id}: positions [{start}, {start + k}) now map to the slots of {donor} ({read})"
 
 
-def _span(node: TreeNode) -> str:
+def _span(node: EngineRadixNode) -> str:
     depth = node_depth(node)
     return f"positions [{depth}, {depth + len(node.key)})"
 
 
-def _tokens_in_a_lockers_window(engine: Engine, node: TreeNode) -> int:
+def _tokens_in_a_lockers_window(engine: Engine, node: EngineRadixNode) -> int:
     """The most of the node's tokens inside the window of one request locking it."""
     start, end, window = node_depth(node), node_depth(node) + len(node.key), engine.config.swa_window
     return max(
@@ -99,10 +102,10 @@ def _tokens_in_a_lockers_window(engine: Engine, node: TreeNode) -> int:
     )
 
 
-def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
+def _node_to_make_stale(engine: Engine) -> tuple[EngineRadixNode, int, object]:
     """(node, how many of its tokens to consider, the waiting request that will match it or None)."""
 
-    def usable(node: TreeNode) -> bool:
+    def usable(node: EngineRadixNode) -> bool:
         return node.lock_ref == 0 and swa_resident(engine, node)
 
     for req in engine.scheduler.waiting:
@@ -120,7 +123,7 @@ def _node_to_make_stale(engine: Engine) -> tuple[TreeNode, int, object]:
     return node, len(node.key), None
 
 
-def _donor_slots(engine: Engine, stale: TreeNode, matched: int) -> tuple[torch.Tensor, str]:
+def _donor_slots(engine: Engine, stale: EngineRadixNode, matched: int) -> tuple[torch.Tensor, str]:
     """Slots of another sequence for the last positions of ``stale``'s matched tokens."""
     tokens = stale.key[:matched]
     donors = [

@@ -24,7 +24,7 @@ import random
 
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.engine.radix_cache import TreeNode
+from mock_models.engine.memory_protocols import EngineRadixNode
 from mock_models.engine.request import Request
 from mock_models.faults.fault_request import Target
 
@@ -49,7 +49,7 @@ class SlotRef:
     swa_slot: int
     position: int
     request: Request | None = None  # the running request reading it
-    node: TreeNode | None = None  # the radix node holding it, for cached slots
+    node: EngineRadixNode | None = None  # the radix node holding it, for cached slots
 
     def describe(self) -> str:
         owner = f"request {self.request.rid[:8]}" if self.request is not None else f"radix node {self.node.id}"
@@ -106,7 +106,7 @@ def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     needs_swa_slot = in_window_only and target.position != "out_of_window"
     return [
         SlotRef(full_slot=full, swa_slot=swa, position=lo + offset, request=req)
-        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots))
+        for offset, (full, swa) in enumerate(zip(full_slots, swa_slots, strict=True))
         if swa or not needs_swa_slot
     ]
 
@@ -155,7 +155,11 @@ def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
     written = batch.out_cache_loc.tolist()
     by_request: list[tuple[Request, list[int], int]] = []
     for row, start, n, prefix in zip(
-        batch.req_pool_indices_cpu, batch.extend_start_loc_cpu, batch.extend_seq_lens_cpu, batch.extend_prefix_lens_cpu
+        batch.req_pool_indices_cpu,
+        batch.extend_start_loc_cpu,
+        batch.extend_seq_lens_cpu,
+        batch.extend_prefix_lens_cpu,
+        strict=True,
     ):
         req = running.get(row)
         if req is not None:
@@ -174,7 +178,7 @@ def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
 # -- the radix cache ----------------------------------------------------------------------------------
 
 
-def node_depth(node: TreeNode) -> int:
+def node_depth(node: EngineRadixNode) -> int:
     """Position of the node's first token: the tokens of its ancestors."""
     depth, parent = 0, node.parent
     while parent is not None:
@@ -183,7 +187,7 @@ def node_depth(node: TreeNode) -> int:
     return depth
 
 
-def swa_resident(engine: Engine, node: TreeNode) -> bool:
+def swa_resident(engine: Engine, node: EngineRadixNode) -> bool:
     return engine.swa_allocator is None or not node.swa_tombstone
 
 
@@ -208,7 +212,7 @@ def pick_cached_unused_slot(engine: Engine, target: Target) -> SlotRef:
     )
 
 
-def lockers(engine: Engine, node: TreeNode) -> list[Request]:
+def lockers(engine: Engine, node: EngineRadixNode) -> list[Request]:
     """Running requests whose locked path ends at ``node`` or below it."""
     found = []
     for req in engine.scheduler.running:
@@ -220,13 +224,15 @@ def lockers(engine: Engine, node: TreeNode) -> list[Request]:
     return found
 
 
-def match_path(engine: Engine, tokens: list[int]) -> list[tuple[TreeNode, int]]:
+def match_path(engine: Engine, tokens: list[int]) -> list[tuple[EngineRadixNode, int]]:
     """(node, tokens of it matched) along the longest page-aligned match of ``tokens``; changes nothing."""
     cache, page = engine.radix_cache, engine.config.page_size
-    path: list[tuple[TreeNode, int]] = []
+    path: list[tuple[EngineRadixNode, int]] = []
     node, offset, end = cache.root_node, 0, len(tokens) - len(tokens) % page
     while offset < end:
-        child = node.children.get(tuple(tokens[offset : offset + page]))
+        # By first tokens, not by the children's dict keys: each memory backend keys them its own way.
+        first = tokens[offset : offset + page]
+        child = next((child for child in node.children.values() if child.key[:page] == first), None)
         if child is None:
             break
         matched = 0

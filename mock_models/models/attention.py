@@ -6,11 +6,12 @@ so corrupted K/V in the cache changes what the layer computes.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import torch
 from torch import nn
 
-from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.models.forward_inputs import CompressedKvPool, ForwardInputs, WindowKvPool
 from mock_models.models.layers import KeySpan, Linear, QueryLayout, apply_rotary, padded_attention
 from mock_models.models.spec import ModelSpec
 
@@ -19,7 +20,7 @@ from mock_models.models.spec import ModelSpec
 class AttentionContext:
     """Per-forward layouts, built once and shared by every layer."""
 
-    batch: ForwardBatch
+    batch: ForwardInputs
     queries: QueryLayout
     whole_sequence: KeySpan | None = None
     window: KeySpan | None = None
@@ -44,7 +45,9 @@ class FullAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         batch = context.batch
-        pool = batch.token_to_kv_pool
+        # The engine builds the pool for the same model mode as the layers: full layers get a pool
+        # with K and V (and, for window layers, the full-to-SWA map).
+        pool = typing.cast(WindowKvPool, batch.token_to_kv_pool)
         shape = (hidden.shape[0], self.num_heads, self.head_dim)
         q = apply_rotary(self.q_proj(hidden).view(shape), positions, self.rope_theta)
         k = apply_rotary(self.k_proj(hidden).view(shape), positions, self.rope_theta)
@@ -87,7 +90,7 @@ class CompressedWindowAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, context: AttentionContext) -> torch.Tensor:
         batch = context.batch
-        pool = batch.token_to_kv_pool
+        pool = typing.cast(CompressedKvPool, batch.token_to_kv_pool)  # dsv4 layers run on the dsv4 pool
         latents = self.latent_proj(hidden).view(hidden.shape[0], 1, self.latent_dim)
         pool.set_k_buffer(self.layer_id, batch.out_cache_loc, latents)
         self._write_completed_groups(batch)
@@ -111,11 +114,11 @@ class CompressedWindowAttention(nn.Module):
         out = padded_attention(context.queries.pad(q), keys, keys, visible)
         return self.o_proj(context.queries.unpad(out).flatten(1))
 
-    def _write_completed_groups(self, batch: ForwardBatch) -> None:
+    def _write_completed_groups(self, batch: ForwardInputs) -> None:
         """Pool the latents of every group whose last token this forward computed."""
         rows, group_ends = [], []
         for row, prefix, new in zip(
-            batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu
+            batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, batch.extend_seq_lens_cpu, strict=True
         ):
             first_end = prefix + (self.ratio - 1 - prefix) % self.ratio
             for end in range(first_end, prefix + new, self.ratio):
@@ -124,7 +127,7 @@ class CompressedWindowAttention(nn.Module):
         if not group_ends:
             return
         device = batch.input_ids.device
-        pool = batch.token_to_kv_pool
+        pool = typing.cast(CompressedKvPool, batch.token_to_kv_pool)
         rows_t = torch.tensor(rows, dtype=torch.int64).to(device)[:, None]
         members = (
             torch.tensor(group_ends, dtype=torch.int64).to(device)[:, None]
@@ -137,7 +140,7 @@ class CompressedWindowAttention(nn.Module):
             member_latents.to(torch.float32).mean(dim=1).to(pool.dtype)
         )
 
-    def _compressed_span(self, batch: ForwardBatch) -> KeySpan:
+    def _compressed_span(self, batch: ForwardInputs) -> KeySpan:
         """Group end positions ``ratio - 1, 2 * ratio - 1, ...`` of groups complete in each request."""
         device = batch.input_ids.device
         num_groups = max(1, max(batch.seq_lens_cpu.tolist()) // self.ratio)

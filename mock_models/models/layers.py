@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.models.forward_inputs import ForwardInputs
 
 _MASKED = -1.0e30  # not -inf: a padded query row with no visible key must not produce NaN
 
@@ -70,7 +70,7 @@ class QueryLayout:
     cell_of_token: torch.Tensor  # int64 [N]: flat index b * Tq + t of each token, to un-pad outputs
 
     @classmethod
-    def build(cls, batch: ForwardBatch) -> QueryLayout:
+    def build(cls, batch: ForwardInputs) -> QueryLayout:
         device = batch.input_ids.device
         max_new = max(batch.extend_seq_lens_cpu)
         steps = torch.arange(max_new, device=device)
@@ -100,7 +100,7 @@ class KeySpan:
     full_slots: torch.Tensor  # int64 [B, Lk]: req_to_token entries; 0 (padding slot) where not valid
 
     @classmethod
-    def at_positions(cls, batch: ForwardBatch, positions: torch.Tensor) -> KeySpan:
+    def at_positions(cls, batch: ForwardInputs, positions: torch.Tensor) -> KeySpan:
         """Positions past a request's ``seq_len`` are padding."""
         valid = positions < batch.seq_lens[:, None]
         safe_positions = torch.where(valid, positions, 0)
@@ -108,18 +108,18 @@ class KeySpan:
         return cls(positions=positions, valid=valid, full_slots=torch.where(valid, slots.to(torch.int64), 0))
 
     @classmethod
-    def from_starts(cls, batch: ForwardBatch, starts_cpu: list[int]) -> KeySpan:
+    def from_starts(cls, batch: ForwardInputs, starts_cpu: list[int]) -> KeySpan:
         device = batch.input_ids.device
-        longest = max(seq - start for seq, start in zip(batch.seq_lens_cpu.tolist(), starts_cpu))
+        longest = max(seq - start for seq, start in zip(batch.seq_lens_cpu.tolist(), starts_cpu, strict=True))
         starts = torch.tensor(starts_cpu, dtype=torch.int64).to(device)
         return cls.at_positions(batch, starts[:, None] + torch.arange(longest, device=device)[None, :])
 
     @classmethod
-    def whole_sequence(cls, batch: ForwardBatch) -> KeySpan:
+    def whole_sequence(cls, batch: ForwardInputs) -> KeySpan:
         return cls.from_starts(batch, [0] * batch.batch_size)
 
     @classmethod
-    def window(cls, batch: ForwardBatch, window: int) -> KeySpan:
+    def window(cls, batch: ForwardInputs, window: int) -> KeySpan:
         return cls.from_starts(batch, [max(0, prefix - window) for prefix in batch.extend_prefix_lens_cpu])
 
     def visible_from(self, query_positions: torch.Tensor, window: int | None) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.models.attention import AttentionContext, CompressedWindowAttention, FullAttention
+from mock_models.models.forward_inputs import ForwardInputs
 from mock_models.models.layers import MLP, QueryLayout, RMSNorm, seeded_normal
 from mock_models.models.spec import LayerKind, ModelSpec
 
@@ -47,7 +47,7 @@ class TinyDecoderModel(nn.Module):
         self.to(device)
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardInputs) -> torch.Tensor:
         context = AttentionContext(batch=forward_batch, queries=QueryLayout.build(forward_batch))
         hidden = self.embed_tokens[input_ids]
         for layer in self.layers:

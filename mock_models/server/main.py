@@ -23,9 +23,10 @@ import uvicorn
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 
 logger = logging.getLogger("mock_models.server")
 

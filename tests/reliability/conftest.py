@@ -14,13 +14,18 @@ this folder (or a file in it) on the command line, as above.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from hypothesis import HealthCheck, settings
 
 # The tiny models' ops are too small for intra-op threads to pay off; on 2 cores they thrash.
 torch.set_num_threads(1)
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
 settings.register_profile("default", max_examples=6, stateful_step_count=20, derandomize=True, **_COMMON)
 settings.register_profile("ci", max_examples=25, stateful_step_count=30, print_blob=True, database=None, **_COMMON)
 settings.register_profile("soak", max_examples=2_000, stateful_step_count=50, print_blob=True, **_COMMON)

@@ -12,13 +12,15 @@ import collections
 import math
 
 from mock_models.engine.engine import Engine
-from mock_models.engine.req_to_token_pool import PADDING_ROW
+from mock_models.engine.radix_cache import RadixCache
+from mock_models.engine.req_to_token_pool import PADDING_ROW, ReqToTokenPool
 
 
 def check_engine_invariants(engine: Engine) -> None:
     config = engine.config
     running = list(engine.scheduler.running)
     tree = engine.radix_cache
+    assert isinstance(tree, RadixCache)  # the engine's own memory backend: its sizes are checked here
     nodes = list(tree.nodes())
     page_size = config.page_size
 
@@ -54,6 +56,7 @@ def check_engine_invariants(engine: Engine) -> None:
     assert kv_cache.reserved_pages == sum(req.full_pages_reserved for req in running) >= 0
     assert kv_cache.reserved_swa_slots == sum(req.swa_slots_reserved for req in running) >= 0
     rows = engine.req_to_token_pool
+    assert isinstance(rows, ReqToTokenPool)
     held = sorted(req.req_pool_idx for req in running)
     assert PADDING_ROW not in held and len(set(held)) == len(held)
     assert sorted(rows.free_rows + held) == list(range(1, rows.size + 1)), "request rows leak"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -135,6 +136,7 @@ class KvShadow:
             batch.extend_prefix_lens_cpu,
             batch.extend_seq_lens_cpu,
             batch.extend_start_loc_cpu,
+            strict=True,
         ):
             req = by_row[row]
             requests.append((req, prefix))
@@ -178,6 +180,7 @@ class KvShadow:
         if FULL in self.groups:
             reads[FULL] = list(enumerate(full_slots.tolist()))
         if SWA in self.groups:
+            assert mapping is not None  # an SWA group comes with its map
             first = max(0, prefix - self.window)
             swa_slots = mapping[full_slots[first:]].tolist()
             reads[SWA] = [(first + index, slot) for index, slot in enumerate(swa_slots)]
@@ -279,7 +282,7 @@ class KvShadow:
             self.events.append(event)
 
 
-def _walk_paths(cache) -> Iterable[tuple[object, int, list[int]]]:
+def _walk_paths(cache) -> Iterable[tuple[Any, int, list[int]]]:
     """(node, position of its first token, sequence hash at each of its tokens), parents first."""
     stack = [(child, 0, 0x5EED) for child in cache.root_node.children.values()]
     while stack:

@@ -24,7 +24,7 @@ import torch
 from kv_canary.launch_tags import Phase, PoolGroupKind
 from kv_canary.records import RecordWord
 from mock_models.engine.engine import Engine
-from mock_models.engine.radix_cache import MatchResult
+from mock_models.engine.memory_protocols import MatchResult
 
 FAULT_KINDS_BY_MODE = {
     "mha": (

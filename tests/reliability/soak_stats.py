@@ -73,7 +73,7 @@ def summarize(cases: list[dict]) -> str:
                 ),
             )
         )
-    fault_rows = [
+    fault_rows: list[tuple[object, ...]] = [
         (
             "mode",
             "fault source",
@@ -113,7 +113,9 @@ def summarize(cases: list[dict]) -> str:
                 sum(1 for case in injected if case.get("engine_error")),
             )
         )
-    kind_rows = [("mode", "kind", "injected", "read", "detected in bound", "latency worst", "engine broke after")]
+    kind_rows: list[tuple[object, ...]] = [
+        ("mode", "kind", "injected", "read", "detected in bound", "latency worst", "engine broke after")
+    ]
     kinds = collections.defaultdict(list)
     for case in cases:
         if case["machine"] != "clean" and case.get("fault_step") is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,18 +19,24 @@ from fastapi.testclient import TestClient
 from kv_canary import CanaryConfig, CanaryMode, CanaryStatsLog, KvCanaryViolationError, RealKvHashMode
 from kv_canary.launch_tags import Phase
 from kv_canary.observers.health_checker import HealthChecker
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import CanaryRaisedError, Engine
+from mock_models.engine.kv_pools import MHATokenToKVPool
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 
 PROMPT = list(range(1, 41))
 
 
-def canary_engine(**canary: object) -> Engine:
-    settings = dict(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, stats_interval=0, health_check_interval=0)
+def canary_engine(**canary: Any) -> Engine:
+    settings: dict[str, Any] = {
+        "mode": CanaryMode.LOG,
+        "real_kv_hash": RealKvHashMode.ALL,
+        "stats_interval": 0,
+        "health_check_interval": 0,
+    }
     return Engine(
-        EngineConfig(model_mode="mha", max_total_tokens=512, strict_allocator=True),
+        EngineConfig(model_mode=ModelMode.MHA, max_total_tokens=512, strict_allocator=True),
         canary_config=CanaryConfig(**{**settings, **canary}),
     )
 
@@ -38,7 +45,9 @@ def corrupt_prompt_kv(engine: Engine) -> None:
     """Damage the K bytes of every prompt position of the running request: each forward re-reads them."""
     (req,) = engine.scheduler.running
     slots = engine.req_to_token_pool.req_to_token[req.req_pool_idx, : len(PROMPT)].long()
-    engine.token_to_kv_pool.k_buffer[0][slots] += 1.0
+    pool = engine.token_to_kv_pool
+    assert isinstance(pool, MHATokenToKVPool)
+    pool.k_buffer[0][slots] += 1.0
 
 
 def skip_host_observers(engine: Engine, forwards: int) -> None:
@@ -99,8 +108,10 @@ def test_the_violations_endpoint_counts_rows_the_ring_dropped():
         client.post("/generate", json={"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 1}})
 
         def corrupt_cached_kv(engine: Engine) -> None:
+            pool = engine.token_to_kv_pool
+            assert isinstance(pool, MHATokenToKVPool)
             for node in engine.radix_cache.nodes():
-                engine.token_to_kv_pool.k_buffer[0][node.value] += 1.0
+                pool.k_buffer[0][node.value] += 1.0
 
         engine.add_step_hook(corrupt_cached_kv)
         client.post("/generate", json={"input_ids": PROMPT + [5], "sampling_params": {"max_new_tokens": 3}})

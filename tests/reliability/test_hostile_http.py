@@ -22,9 +22,10 @@ from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from kv_canary import CanaryConfig, CanaryMode
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
-from mock_models.faults import FaultInjector, build_fault_router
+from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
+from mock_models.server.fault_routes import build_fault_router
 from tests.reliability.conftest import FUZZ_SCALE
 from tests.reliability.process_checks import assert_gone
 

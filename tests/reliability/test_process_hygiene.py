@@ -161,7 +161,6 @@ def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
     """)
     )
     (tmp_path / "conftest.py").write_text("")
-    plugin = [] if _plugin_installed() else ["-p", "harness.pytest_plugin"]
     done = subprocess.run(
         [
             sys.executable,
@@ -171,7 +170,8 @@ def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
             "2",
             "-p",
             "xdist",
-            *plugin,
+            "-p",
+            "harness.pytest_plugin",  # loaded only when asked for, as everywhere outside this repository
             "-p",
             "no:cacheprovider",
             "--rootdir",
@@ -184,6 +184,7 @@ def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert "test_dies_with_a_server" in done.stdout and ("crashed" in done.stdout or "node down" in done.stdout), (
@@ -191,12 +192,6 @@ def test_a_dying_xdist_worker_takes_its_server_with_it(tmp_path):
     )
     pid, port = map(int, record.read_text().split())
     assert_gone(pid, port)
-
-
-def _plugin_installed() -> bool:
-    import importlib.metadata
-
-    return bool(importlib.metadata.entry_points(group="pytest11", name="kv_canary"))
 
 
 def _fake_flags(port: int) -> list[str]:

@@ -2,6 +2,13 @@
 sweep walk the scheduler's radix cache. See docs/SGLANG.md."""
 
 from kv_canary.integrations.sglang.model_runner import KvCanaryInstallError, install_into_model_runner
+from kv_canary.integrations.sglang.node_view import SglangNodeView
 from kv_canary.integrations.sglang.tree_cache import SglangTreeCache, attach_tree_cache
 
-__all__ = ["KvCanaryInstallError", "SglangTreeCache", "attach_tree_cache", "install_into_model_runner"]
+__all__ = [
+    "KvCanaryInstallError",
+    "SglangNodeView",
+    "SglangTreeCache",
+    "attach_tree_cache",
+    "install_into_model_runner",
+]

@@ -19,14 +19,16 @@ decodes and would then report every slot they wrote.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kv_canary.config import CanaryConfig
+from kv_canary.errors import KvCanaryError
 from kv_canary.install import install_canary
 from kv_canary.integrations.sglang.tree_cache import attach_tree_cache
 from kv_canary.manager import CanaryManager
 
 
-class KvCanaryInstallError(RuntimeError):
+class KvCanaryInstallError(KvCanaryError, RuntimeError):
     """The model runner is not in a state the canary can be installed into; the message says why."""
 
 
@@ -57,12 +59,12 @@ def install_into_model_runner(
         swa_window=_swa_window(model_runner, pool),
         logger=logger,
     )
-    if tree_cache is not None:
+    if tree_cache is not None and manager is not None:
         attach_tree_cache(manager, tree_cache)
     return manager
 
 
-def _required(model_runner: object, name: str) -> object:
+def _required(model_runner: object, name: str) -> Any:
     value = getattr(model_runner, name, None)
     if value is None:
         raise KvCanaryInstallError(

@@ -8,7 +8,7 @@ Three shapes exist:
 * ``UnifiedRadixCache`` (the default tree, for full and hybrid-SWA models) on its Python tree
   core: ``UnifiedTreeNode`` objects keep the full-pool slots and lock of each component in
   ``component_data[ComponentType]``; an SWA tombstone is a node whose SWA component value is None.
-  They are read through a small view with the walker's node shape;
+  They are read through ``SglangNodeView`` (``node_view.py``), in the walker's node shape;
 * ``UnifiedRadixCache`` on its Rust tree core (SGLang's default backend): its nodes live in Rust
   (``root_node`` raises NotImplementedError), so the tree core's own flat walk
   (``walk_for_kv_canary``: slot, position, previous slot) is used. It carries no tokens, so the
@@ -18,14 +18,18 @@ Three shapes exist:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from kv_canary.engine_protocols import RadixWalk
+from kv_canary.integrations.sglang.node_view import SglangNodeView
 from kv_canary.manager import CanaryManager
 from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN
-from kv_canary.sweep.radix_walker import RadixWalk, walk_radix_cache
+from kv_canary.sweep.radix_walker import walk_radix_cache
 
 
-def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeCache:
+def attach_tree_cache(manager: CanaryManager, tree_cache: Any) -> SglangTreeCache:
     """Let the canary's periodic sweep walk SGLang's radix cache (``scheduler.tree_cache``)."""
     walker = SglangTreeCache(tree_cache)
     manager.attach_prefix_cache(walker)
@@ -33,10 +37,10 @@ def attach_tree_cache(manager: CanaryManager, tree_cache: object) -> SglangTreeC
 
 
 class SglangTreeCache:
-    """A self-walking prefix cache (``radix_walker.SelfWalkingCache``) over one SGLang tree cache."""
+    """A self-walking prefix cache (``engine_protocols.SelfWalkingCache``) over one SGLang tree cache."""
 
-    def __init__(self, tree_cache: object) -> None:
-        self.tree_cache = tree_cache
+    def __init__(self, tree_cache: Any) -> None:
+        self.tree_cache = tree_cache  # SGLang's RadixCache (or a subclass) or UnifiedRadixCache: untyped
 
     def radix_walk(self, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
         tree_core = getattr(self.tree_cache, "tree_core", None)
@@ -50,63 +54,22 @@ class SglangTreeCache:
             return _flat_walk(
                 tree_core, device=device, unlocked_only=unlocked_only, swa_resident_only=swa_resident_only
             )
-        components = _component_types()
-        has_swa = components.SWA in getattr(self.tree_cache, "components", {})
         return walk_radix_cache(
-            _UnifiedTree(_UnifiedNodeView(root, components, has_swa)),
+            _ViewedTree(SglangNodeView(root)),
             device=device,
             unlocked_only=unlocked_only,
             swa_resident_only=swa_resident_only,
         )
 
 
-def _component_types():
-    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
-
-    return ComponentType
-
-
-class _UnifiedTree:
+class _ViewedTree:
     __slots__ = ("root_node",)
 
-    def __init__(self, root_node: _UnifiedNodeView) -> None:
+    def __init__(self, root_node: SglangNodeView) -> None:
         self.root_node = root_node
 
 
-class _UnifiedNodeView:
-    """One ``UnifiedTreeNode`` in the walker's node shape: the FULL component's slots and lock."""
-
-    __slots__ = ("_components", "_has_swa", "_node")
-
-    def __init__(self, node: object, components: type, has_swa: bool) -> None:
-        self._node = node
-        self._components = components
-        self._has_swa = has_swa
-
-    @property
-    def key(self) -> object:
-        return self._node.key
-
-    @property
-    def value(self) -> torch.Tensor | None:
-        return self._node.component_data[self._components.FULL].value
-
-    @property
-    def lock_ref(self) -> int:
-        return self._node.component_data[self._components.FULL].lock_ref
-
-    @property
-    def swa_tombstone(self) -> bool:
-        return self._has_swa and self._node.component_data[self._components.SWA].value is None
-
-    @property
-    def children(self) -> dict[object, _UnifiedNodeView]:
-        return {
-            key: _UnifiedNodeView(child, self._components, self._has_swa) for key, child in self._node.children.items()
-        }
-
-
-def _flat_walk(tree_core: object, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
+def _flat_walk(tree_core: Any, *, device: torch.device, unlocked_only: bool, swa_resident_only: bool) -> RadixWalk:
     walk = tree_core.walk_for_kv_canary(unlocked_only, swa_resident_only)
     slots = walk.slot_indices.to(device=device, dtype=torch.int64)
     prev_slots = walk.prev_slot_indices.to(device=device, dtype=torch.int64)

@@ -8,6 +8,7 @@ can be planted precisely; the full engine lives in ``mock_models``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -43,8 +44,8 @@ class ForwardBatch:
     seq_lens: torch.Tensor
     extend_prefix_lens: torch.Tensor
     extend_seq_lens: torch.Tensor
-    extend_prefix_lens_cpu: list[int]
-    extend_seq_lens_cpu: list[int]
+    extend_prefix_lens_cpu: list[int] | None  # None: no host copy, as under graph capture
+    extend_seq_lens_cpu: list[int] | None
     out_cache_loc: torch.Tensor
     req_to_token_pool: ReqToTokenPool
 
@@ -52,7 +53,7 @@ class ForwardBatch:
 class TinyModel(torch.nn.Module):
     """Writes K/V that depend on token, position and layer, like a real first layer would."""
 
-    def __init__(self, pool: MHATokenToKVPool) -> None:
+    def __init__(self, pool: Any) -> None:
         super().__init__()
         self.pool = pool
         self.calls = 0
@@ -60,7 +61,7 @@ class TinyModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> None:
         self.calls += 1
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
-        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer)):
+        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer, strict=True)):
             k[forward_batch.out_cache_loc] = base + layer + torch.arange(k[0].numel(), device=k.device).view(k[0].shape)
             v[forward_batch.out_cache_loc] = -base - layer
 
@@ -84,7 +85,7 @@ class FakeEngine:
         rows: int = 16,
         max_context: int = 128,
         model_class: type[TinyModel] = TinyModel,
-        pool: object | None = None,
+        pool: Any = None,
         swa_window: int | None = None,
     ) -> None:
         self.device = device  # None: torch's default device, which the GPU tests set to CUDA
@@ -116,8 +117,10 @@ class FakeEngine:
                 request.tokens.append(token)
         prefix = [r.cached for r in requests]
         extend = [len(r.tokens) - r.cached for r in requests]
-        slots, input_ids, positions = [], [], []
-        for request, start, count in zip(requests, prefix, extend):
+        slots: list[int] = []
+        input_ids: list[int] = []
+        positions: list[int] = []
+        for request, start, count in zip(requests, prefix, extend, strict=True):
             new = self._allocate_slots(count)
             self.req_pool.req_to_token[request.row, start : start + count] = torch.tensor(
                 new, dtype=torch.int32, device=self.device

@@ -8,6 +8,8 @@ and are handed out again later, as an SGLang-style SWA allocator does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from kv_canary import CanaryConfig
@@ -48,7 +50,7 @@ class SwaTinyModel(TinyModel):
         full_slots = forward_batch.out_cache_loc
         swa_slots = self.pool.full_to_swa_index_mapping[full_slots]
         for pool, slots, salt in ((self.pool.full_kv_pool, full_slots, 0), (self.pool.swa_kv_pool, swa_slots, 10)):
-            for layer, (k, v) in enumerate(zip(pool.k_buffer, pool.v_buffer)):
+            for layer, (k, v) in enumerate(zip(pool.k_buffer, pool.v_buffer, strict=True)):
                 k[slots] = base + salt + layer + torch.arange(k[0].numel()).view(k[0].shape)
                 v[slots] = -base - salt - layer
 
@@ -63,7 +65,7 @@ class FakeSwaEngine(FakeEngine):
         window: int = 4,
         num_swa_slots: int = 48,
         num_slots: int = 256,
-        pool: object | None = None,
+        pool: Any = None,
         model_class: type[TinyModel] = SwaTinyModel,
         **kwargs,
     ) -> None:

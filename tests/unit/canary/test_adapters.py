@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode
-from kv_canary.adapters import UnsupportedPoolError, attach_canary_buffers
+from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode, UnsupportedPoolError
+from kv_canary.adapters import attach_canary_buffers
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
 from kv_canary.records import RecordWord
 from tests.unit.canary.fake_engine import TinyModel

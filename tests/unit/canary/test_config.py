@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from kv_canary.config import CanaryConfigError
+from kv_canary import CanaryConfig, CanaryConfigError, CanaryMode, RealKvHashMode
 
 
 def test_config_reads_its_variables_once_from_the_environment():

@@ -37,7 +37,7 @@ def test_captured_decode_replays_clean_and_catches_a_corrupted_record():
     def prepare_decode(tokens: list[int]) -> None:
         """Host-side scheduling for one decode step, written into the graph's static inputs."""
         slots = []
-        for request, token in zip(requests, tokens):
+        for request, token in zip(requests, tokens, strict=True):
             position = len(request.tokens)
             slot = engine.free_slots.pop(0)
             engine.req_pool.req_to_token[request.row, position] = slot

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryViolationError, RealKvHashMode
+from kv_canary import CanaryConfig, CanaryMode, KernelBackend, KvCanaryError, KvCanaryViolationError, RealKvHashMode
 from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
 from kv_canary.records import RecordWord
 from tests.unit.canary.devices import DEVICES
@@ -94,7 +94,7 @@ def test_remapped_req_to_token_entry_breaks_the_chain(backend, device):
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
 def test_live_slot_reused_by_another_request_is_caught(backend, device):
     engine = make_engine(backend, device)
-    first, second = serve_shared_prefix_traffic(engine)
+    first, _second = serve_shared_prefix_traffic(engine)
     victim = engine.slot_of(first, 8)  # first's own (unshared) slot
     engine.free_slots.insert(0, victim)  # a double free: the allocator hands it out again
     third = engine.add_request([5, 6, 7])
@@ -139,7 +139,7 @@ def test_swapped_input_token_is_caught_on_the_write_side():
 
 def test_raise_mode_raises_with_the_violation_lines():
     engine = make_engine(KernelBackend.TORCH, mode=CanaryMode.RAISE)
-    first, second = serve_shared_prefix_traffic(engine)
+    first, _second = serve_shared_prefix_traffic(engine)
     engine.canary.group(PoolGroupKind.FULL).records(Phase.TAIL, KvHalf.K)[engine.slot_of(first, 0)] = 0
     engine.forward([first], new_tokens=[[1]])  # detected here, reported one step later
     with pytest.raises(KvCanaryViolationError) as raised:
@@ -147,6 +147,20 @@ def test_raise_mode_raises_with_the_violation_lines():
     assert raised.value.lines and all(
         line.startswith("kv_canary violation: launch_tag=TAIL_K_FULL") for line in raised.value.lines
     )
+
+
+def test_the_raised_error_carries_the_records_its_lines_format():
+    engine = make_engine(KernelBackend.TORCH, mode=CanaryMode.RAISE)
+    first, _ = serve_shared_prefix_traffic(engine)
+    engine.canary.group(PoolGroupKind.FULL).records(Phase.TAIL, KvHalf.K)[engine.slot_of(first, 0)] = 0
+    engine.forward([first], new_tokens=[[1]])
+    with pytest.raises(KvCanaryError) as raised:
+        engine.forward([first], new_tokens=[[2]])
+    error = raised.value
+    assert isinstance(error, KvCanaryViolationError)
+    assert error.records and {record.launch_tag for record in error.records} == {"TAIL_K_FULL"}
+    assert error.lines == [record.format() for record in error.records]
+    assert list(error.records) == engine.canary.violations[-len(error.records) :]
 
 
 def test_ring_overflow_keeps_the_count_and_says_rows_were_dropped(caplog):
@@ -163,7 +177,7 @@ def test_ring_overflow_keeps_the_count_and_says_rows_were_dropped(caplog):
 
 def test_self_test_switch_blinds_verify_but_not_the_kernels():
     engine = make_engine(KernelBackend.TORCH, self_test_disable_verify=True)
-    first, second = serve_shared_prefix_traffic(engine)
+    first, _second = serve_shared_prefix_traffic(engine)
     engine.canary.group(PoolGroupKind.FULL).records(Phase.HEAD, KvHalf.K)[engine.slot_of(first, 1)] = 0
     engine.forward([first], new_tokens=[[1]])
     assert reported(engine) == []

@@ -66,7 +66,7 @@ def test_a_stalled_kernel_run_counter_raises_naming_the_tags():
     decode(engine, request, 3)  # forwards 2 and 4 are check points; 4's is read at forward 5
     unwire_phase(engine, Phase.TAIL)
     decode(engine, request, 2)  # forwards 5, 6: no TAIL kernel runs; 6 is a check point
-    with pytest.raises(KvCanaryHealthError, match="TAIL_K_FULL, TAIL_V_FULL did not run in forwards 5..6") as raised:
+    with pytest.raises(KvCanaryHealthError, match=r"TAIL_K_FULL, TAIL_V_FULL did not run in forwards 5\.\.6") as raised:
         decode(engine, request, 1)  # the check point of forward 6 is read here
     assert raised.value.stalled_tags == ("TAIL_K_FULL", "TAIL_V_FULL")
     assert "silently unwired" in str(raised.value)

@@ -78,7 +78,7 @@ def log_text(caplog):
     return lambda: caplog.text
 
 
-def last_line(state: HandBuiltSwaState, log_text) -> SwaDivergenceLog:
+def last_line(state: HandBuiltSwaState, log_text) -> SwaDivergenceLog | None:
     state.canary.flush()
     return SwaDivergenceLog.find_last(log_text())
 

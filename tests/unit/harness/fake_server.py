@@ -85,8 +85,8 @@ class Engine:
         interval = self.args.swa_divergence_interval
         if interval and step % interval == 0:
             self.log(
-                'kv_canary_swa_divergence={"forward_ct":%d,"verify_full":%d,"verify_swa":%d,'
-                '"swa_full_idx_divergence":2,"swa_out_of_window_tokens":3}' % (step, 10 * step, 4 * step)
+                f'kv_canary_swa_divergence={{"forward_ct":{step},"verify_full":{10 * step},"verify_swa":{4 * step},'
+                '"swa_full_idx_divergence":2,"swa_out_of_window_tokens":3}'
             )
         if self.args.stats_interval and step % self.args.stats_interval == 0:
             self.log(

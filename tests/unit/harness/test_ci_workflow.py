@@ -22,3 +22,11 @@ def test_the_unit_job_installs_sglang_and_leaves_out_only_e2e_slow_and_gpu() -> 
     steps = [step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["unit"]["steps"]]
     assert "bash .ci/install-sglang" in steps
     assert any('-m "not e2e and not slow and not gpu"' in command for command in steps)
+
+
+def test_the_static_checks_run_in_hosted_ci_as_in_ci_run() -> None:
+    steps = [step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["check"]["steps"]]
+    assert "bash .ci/check" in steps
+    ci_run = (WORKFLOW.parents[2] / ".ci" / "run").read_text().splitlines()
+    assert "bash .ci/check" in ci_run
+    assert ci_run.index("bash .ci/check") < next(i for i, line in enumerate(ci_run) if "pytest" in line)

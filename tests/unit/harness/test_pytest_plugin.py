@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import harness.pytest_plugin  # noqa: F401  imported here so that pytester's in-process runs reuse it, not re-import
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION, FAKE_SERVER_COMMAND, process_is_gone
 
 pytest_plugins = ["pytester"]
@@ -18,9 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _plugin_args() -> list[str]:
-    # Once the package is installed, its pytest11 entry point loads the plugin; `-p` would register it twice.
-    installed = importlib.metadata.entry_points(group="pytest11", name="kv_canary")
-    return [] if installed else ["-p", "harness.pytest_plugin"]
+    # The sandbox has no conftest that loads the plugin, and installing kv-canary registers none.
+    return ["-p", "harness.pytest_plugin"]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -42,8 +43,13 @@ def shared_prefix_workload() -> Workload:
 def make_engine() -> Callable[..., Engine]:
     """Engines with strict allocators (a double free is a test failure) and a 16-token window."""
 
-    def make(mode: str = "mha", **overrides: object) -> Engine:
-        settings = dict(model_mode=mode, swa_window=16, strict_allocator=True, max_total_tokens=512)
+    def make(mode: str = "mha", **overrides: Any) -> Engine:
+        settings: dict[str, Any] = {
+            "model_mode": mode,
+            "swa_window": 16,
+            "strict_allocator": True,
+            "max_total_tokens": 512,
+        }
         settings.update(overrides)
         return Engine(EngineConfig(**settings))
 

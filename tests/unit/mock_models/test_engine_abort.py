@@ -3,7 +3,7 @@
 import pytest
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.models.token_oracle import TokenOracle
 from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
@@ -17,7 +17,7 @@ def running(engine: Engine, rid: str):
 
 def canary_engine(mode: str, page_size: int = 1) -> Engine:
     config = EngineConfig(
-        model_mode=mode,
+        model_mode=ModelMode(mode),
         swa_window=8,
         page_size=page_size,
         max_total_tokens=256,

@@ -3,7 +3,7 @@
 import pytest
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import CanaryRaisedError, Engine
 from mock_models.models.token_oracle import TokenOracle
 from tests.unit.canary.devices import DEVICES
@@ -12,7 +12,7 @@ MODES = ["mha", "swa", "dsv4"]
 
 
 def canary_engine(mode: str, device: str = "cpu", **settings) -> Engine:
-    config = EngineConfig(model_mode=mode, device=device, swa_window=16, strict_allocator=True, **settings)
+    config = EngineConfig(model_mode=ModelMode(mode), device=device, swa_window=16, strict_allocator=True, **settings)
     return Engine(config, canary_config=CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL))
 
 
@@ -35,12 +35,19 @@ def run_clean_workload(
         chunked_prefill_size=32,
         **swa,
     )
-    evictions = []
+    evictions: list[int] = []
     evict = engine.radix_cache.evict
-    engine.radix_cache.evict = lambda num_tokens: evictions.append(num_tokens) or evict(num_tokens)
+
+    def counted_evict(num_tokens: int) -> int:
+        evictions.append(num_tokens)
+        return evict(num_tokens)
+
+    engine.radix_cache.evict = counted_evict
     results = engine.generate(prompts, limits)
     oracle = TokenOracle(seed=0, vocab_size=engine.config.vocab_size)
-    assert [list(r.output_ids) for r in results] == [oracle.continuation(p, n) for p, n in zip(prompts, limits)]
+    assert [list(r.output_ids) for r in results] == [
+        oracle.continuation(p, n) for p, n in zip(prompts, limits, strict=True)
+    ]
     engine.canary.flush()
     assert engine.canary.kernels.name == ("triton" if device.startswith("cuda") else "torch")
     assert evictions, "the workload should make the radix cache evict"
@@ -98,7 +105,7 @@ def test_corrupting_the_window_of_a_running_request_is_reported(mode, device):
 
 def test_in_raise_mode_the_step_that_surfaces_a_violation_raises_and_the_engine_carries_on():
     engine = Engine(
-        EngineConfig(model_mode="mha", strict_allocator=True, max_total_tokens=256),
+        EngineConfig(model_mode=ModelMode.MHA, strict_allocator=True, max_total_tokens=256),
         canary_config=CanaryConfig(mode=CanaryMode.RAISE, real_kv_hash=RealKvHashMode.ALL),
     )
     damaged = engine.submit(list(range(30)), 6)

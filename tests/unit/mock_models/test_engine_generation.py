@@ -12,7 +12,7 @@ MODES = ["mha", "swa", "dsv4"]
 
 def pressured(mode: str, page_size: int) -> dict:
     """Pools small enough that twelve requests force radix eviction (and SWA tombstoning)."""
-    settings = dict(page_size=page_size, max_total_tokens=320, max_running_requests=6, chunked_prefill_size=32)
+    settings = {"page_size": page_size, "max_total_tokens": 320, "max_running_requests": 6, "chunked_prefill_size": 32}
     if mode != "mha":
         settings["swa_max_total_tokens"] = 160
     return settings
@@ -35,11 +35,11 @@ def check_swa_window_is_resident(engine, batch) -> None:
     mapping = engine.swa_allocator.full_to_swa_index_mapping
     window = engine.config.swa_window
     live_full, live_swa = set(), set()
-    for row, prefix in zip(batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu):
+    for row, prefix in zip(batch.req_pool_indices_cpu, batch.extend_prefix_lens_cpu, strict=True):
         full = engine.req_to_token_pool.req_to_token[row, max(0, prefix - window) : prefix].to(torch.int64)
         swa = mapping[full]
         assert (swa != 0).all(), f"row {row}: prefix {prefix} has non-resident window positions"
-        for full_slot, swa_slot in zip(full.tolist(), swa.tolist()):
+        for full_slot, swa_slot in zip(full.tolist(), swa.tolist(), strict=True):
             live_full.add(full_slot)
             live_swa.add(swa_slot)
     assert len(live_swa) == len(live_full), "two live full slots share an SWA slot"
@@ -71,7 +71,7 @@ def test_concurrent_shared_prefix_requests_under_memory_pressure_match_the_oracl
     results = engine.generate(workload.prompts, workload.max_new_tokens)
 
     oracle = TokenOracle(seed=0, vocab_size=engine.config.vocab_size)
-    for prompt, limit, result in zip(workload.prompts, workload.max_new_tokens, results):
+    for prompt, limit, result in zip(workload.prompts, workload.max_new_tokens, results, strict=True):
         assert list(result.output_ids) == oracle.continuation(prompt, limit)
         assert result.finish_reason == "length" and result.completion_tokens == limit
     assert sum(result.cached_tokens for result in results) > 0, "no prefix was reused"
@@ -83,7 +83,7 @@ def test_concurrent_shared_prefix_requests_under_memory_pressure_match_the_oracl
     # The attention really read the right K/V: the same request alone, in a roomy engine with
     # nothing shared or evicted, computes the same hidden states (up to float rounding).
     solo = make_engine(mode, page_size=page_size)
-    for prompt, limit, result in list(zip(workload.prompts, workload.max_new_tokens, results))[:3]:
+    for prompt, limit, result in list(zip(workload.prompts, workload.max_new_tokens, results, strict=True))[:3]:
         solo.flush_cache()
         (alone,) = solo.generate([prompt], limit)
         assert alone.attention_checksum == pytest.approx(result.attention_checksum, abs=1e-3)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.app import create_app
@@ -28,7 +28,7 @@ ORACLE = TokenOracle(seed=0, vocab_size=1024)
 
 def make_client(canary_mode: CanaryMode = CanaryMode.NONE, **extra) -> TestClient:
     engine = Engine(
-        EngineConfig(model_mode="swa", swa_window=16, max_total_tokens=512),
+        EngineConfig(model_mode=ModelMode.SWA, swa_window=16, max_total_tokens=512),
         canary_config=CanaryConfig(mode=canary_mode, real_kv_hash=RealKvHashMode.ALL),
     )
     return TestClient(create_app(EngineWorker(engine), **extra))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from array import array
+from typing import Any
 
 import torch
 
@@ -28,12 +29,12 @@ TREE_KINDS = ("radix", "unified-python", "unified-rust")
 
 
 class TinyModel(torch.nn.Module):
-    def __init__(self, pool: object, layer_ids: list[int]) -> None:
+    def __init__(self, pool: Any, layer_ids: list[int]) -> None:
         super().__init__()
         self.pool = pool
         self.layer_ids = layer_ids
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: object) -> None:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: Any) -> None:
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
         pattern = torch.arange(HEADS * HEAD_DIM, dtype=torch.float32).view(HEADS, HEAD_DIM) / 64
         loc = forward_batch.out_cache_loc
@@ -70,7 +71,7 @@ class Request:
     kv_len: int = 0  # tokens whose K/V has been written
     tree_len: int = 0  # leading tokens whose slots the radix cache owns
     swa_released: int = 0  # leading tokens whose SWA rows are freed (SWA pools)
-    lock: object = None  # the TreeLock this request holds on its prefix's last node
+    lock: Any = None  # the TreeLock this request holds on its prefix's last node
 
 
 class SglangEngine:
@@ -133,7 +134,7 @@ class SglangEngine:
             self.model_runner, config, tree_cache=self.tree_cache
         )
 
-    def _build_tree(self, kind: str) -> object:
+    def _build_tree(self, kind: str) -> Any:
         params = sgl.CacheInitParams(
             disable=False,
             req_to_token_pool=self.req_to_token_pool,
@@ -166,22 +167,24 @@ class SglangEngine:
 
     def forward(self, requests: list[Request], new_tokens: list[list[int]] | None = None) -> None:
         """One forward: each request writes its unwritten tokens, after appending ``new_tokens``."""
-        for request, tokens in zip(requests, new_tokens or [[] for _ in requests]):
+        for request, tokens in zip(requests, new_tokens or [[] for _ in requests], strict=True):
             request.tokens += tokens
         prefix = [r.kv_len for r in requests]
         extend = [len(r.tokens) - r.kv_len for r in requests]
         slots = self.allocator.alloc(sum(extend))
         if slots is None:
             raise RuntimeError(f"the real allocator has {self.allocator.available_size()} slots, {sum(extend)} asked")
-        input_ids, positions, offset = [], [], 0
-        for request, start, count in zip(requests, prefix, extend):
+        input_ids: list[int] = []
+        positions: list[int] = []
+        offset = 0
+        for request, start, count in zip(requests, prefix, extend, strict=True):
             self.req_to_token_pool.req_to_token[request.row, start : start + count] = slots[offset : offset + count].to(
                 torch.int32
             )
             offset += count
             input_ids += request.tokens[start : start + count]
             positions += range(start, start + count)
-        seq_lens = [p + n for p, n in zip(prefix, extend)]
+        seq_lens = [p + n for p, n in zip(prefix, extend, strict=True)]
         decode = all(n == 1 for n in extend) and all(p > 0 for p in prefix)
         batch = self.forward_batch(
             decode=decode,
@@ -210,20 +213,20 @@ class SglangEngine:
         out_cache_loc: torch.Tensor,
         input_ids: list[int],
         positions: list[int],
-    ) -> object:
+    ) -> Any:
         def tensor(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype)
 
-        fields = dict(
-            batch_size=len(rows),
-            input_ids=tensor(input_ids),
-            req_pool_indices=tensor(rows),
-            seq_lens=tensor(seq_lens),
-            out_cache_loc=out_cache_loc.to(torch.int64),
-            seq_lens_sum=sum(seq_lens),
-            positions=tensor(positions),
-            seq_lens_cpu=tensor(seq_lens),
-        )
+        fields = {
+            "batch_size": len(rows),
+            "input_ids": tensor(input_ids),
+            "req_pool_indices": tensor(rows),
+            "seq_lens": tensor(seq_lens),
+            "out_cache_loc": out_cache_loc.to(torch.int64),
+            "seq_lens_sum": sum(seq_lens),
+            "positions": tensor(positions),
+            "seq_lens_cpu": tensor(seq_lens),
+        }
         if decode:
             return sgl.ForwardBatch(forward_mode=sgl.ForwardMode.DECODE, **fields)
         return sgl.ForwardBatch(
@@ -238,6 +241,7 @@ class SglangEngine:
 
     def _release_out_of_window(self, requests: list[Request]) -> None:
         """Free the SWA rows of private positions the next forward's window no longer reads."""
+        assert self.window is not None  # only called with a sliding window
         for request in requests:
             start = max(request.tree_len, request.swa_released)
             end = len(request.tokens) - self.window
@@ -275,14 +279,14 @@ class SglangEngine:
     # -- helpers ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _key(tokens: list[int]) -> object:
+    def _key(tokens: list[int]) -> Any:
         return sgl.RadixKey(array("q", tokens))
 
-    def match_params(self, tokens: list[int]) -> object:
+    def match_params(self, tokens: list[int]) -> Any:
         return sgl.MatchPrefixParams(key=self._key(tokens))
 
     @staticmethod
-    def evict_params(*, num_tokens: int) -> object:
+    def evict_params(*, num_tokens: int) -> Any:
         return sgl.EvictParams(num_tokens=num_tokens)
 
     def slots_of(self, request: Request) -> torch.Tensor:

@@ -16,16 +16,16 @@ PARTIAL = CanaryConfig(real_kv_hash=RealKvHashMode.PARTIAL)
 
 
 def mha_pool(**overrides) -> object:
-    kwargs = dict(
-        size=64,
-        page_size=4,
-        dtype=torch.bfloat16,
-        head_num=2,
-        head_dim=8,
-        layer_num=2,
-        device="cpu",
-        enable_memory_saver=False,
-    )
+    kwargs = {
+        "size": 64,
+        "page_size": 4,
+        "dtype": torch.bfloat16,
+        "head_num": 2,
+        "head_dim": 8,
+        "layer_num": 2,
+        "device": "cpu",
+        "enable_memory_saver": False,
+    }
     return sgl.MHATokenToKVPool(**(kwargs | overrides))
 
 
@@ -61,13 +61,13 @@ def test_page_major_hnd_layout_is_guarded_without_real_kv_and_refuses_to_hash(mo
     assert pool.kv_cache_layout == "hnd" and pool.k_buffer[0].shape[0] == (64 + 4) // 4  # pages, not slots
     (group,) = attach_canary_buffers(pool, config=CanaryConfig(real_kv_hash=RealKvHashMode.NONE), swa_window=None)
     assert group.num_slots == 68 and group.halves[KvHalf.K].real_kv is None
-    with pytest.raises(ValueError, match="page-major layout.*real_kv_hash=none"):
+    with pytest.raises(ValueError, match=r"page-major layout.*real_kv_hash=none"):
         attach_canary_buffers(mha_pool(), config=PARTIAL, swa_window=None)
 
 
 def test_swa_pool_shares_the_mapping_its_real_allocator_registered():
     pool = swa_pool()
-    with pytest.raises(ValueError, match="full_to_swa_index_mapping is not set yet.*after the allocator"):
+    with pytest.raises(ValueError, match=r"full_to_swa_index_mapping is not set yet.*after the allocator"):
         attach_canary_buffers(pool, config=PARTIAL, swa_window=4)
     allocator = sgl.SWATokenToKVPoolAllocator(64, 32, 1, torch.bfloat16, "cpu", pool, need_sort=False)
     full, swa = attach_canary_buffers(pool, config=PARTIAL, swa_window=4)

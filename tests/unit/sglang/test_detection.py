@@ -83,7 +83,7 @@ def test_remapped_req_to_token_entry_breaks_the_chain():
 
 def test_slot_double_freed_through_the_real_allocator_and_reallocated_is_caught():
     engine = make_engine(size=64)
-    second, third = shared_prefix_traffic(engine)
+    _second, third = shared_prefix_traffic(engine)
     victim = engine.slot_of(third, 7)  # third's own, uncached slot
     engine.allocator.free(torch.tensor([victim]))  # a double free: third still holds it
     # A long request takes every free slot, the double-freed one (last in the free list) included.
@@ -150,7 +150,7 @@ def test_changed_kv_byte_of_an_idle_cached_prefix_is_caught_by_the_sweep():
 
 def test_in_window_swa_corruption_is_caught_under_swa_tags():
     engine = make_engine(mode="swa", tree=None)
-    second, third = shared_prefix_traffic(engine, decode_steps=6)
+    _second, third = shared_prefix_traffic(engine, decode_steps=6)
     full_slot = engine.slot_of(third, len(third.tokens) - 2)  # inside the window the next forward reads
     swa_slot = int(engine.pool.full_to_swa_index_mapping[full_slot])
     flip_first_byte(engine.pool.swa_kv_pool.k_buffer[0][swa_slot])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kv_canary.forward_rows import SglangForwardRows, UnsupportedForwardModeError
+from kv_canary import UnsupportedForwardModeError
+from kv_canary.forward_rows import SglangForwardRows
 from tests.unit.sglang import sglang_imports as sgl
 from tests.unit.sglang.sglang_engine import SglangEngine
 

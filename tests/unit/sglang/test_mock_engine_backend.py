@@ -4,13 +4,14 @@ traffic under memory pressure stays clean and matches the token oracle."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, RealKvHashMode
-from mock_models.config import EngineConfig, EngineConfigError
+from mock_models.config import EngineConfig, EngineConfigError, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.main import serve_command
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.sglang
 
 def engine(mode: str, **overrides) -> Engine:
     config = EngineConfig(
-        model_mode=mode,
-        mem_backend="sglang",
+        model_mode=ModelMode(mode),
+        mem_backend=MemBackend.SGLANG,
         max_total_tokens=160,
         swa_window=8,
         max_running_requests=4,
@@ -62,7 +63,9 @@ def test_clean_traffic_on_sglangs_memory_has_no_violations_and_matches_the_oracl
     prompts, limits = workload()
     results = served.generate(prompts, limits)
     oracle = TokenOracle(seed=0, vocab_size=served.config.vocab_size)
-    assert [list(r.output_ids) for r in results] == [oracle.continuation(p, n) for p, n in zip(prompts, limits)]
+    assert [list(r.output_ids) for r in results] == [
+        oracle.continuation(p, n) for p, n in zip(prompts, limits, strict=True)
+    ]
     assert sum(r.cached_tokens for r in results) > 0 and sum(evicted) > 0  # prefixes reused, the tree evicted
     served.canary.flush()
     assert served.canary.violations == []
@@ -100,7 +103,7 @@ def run_with_fault(mode: str, fault, *, at_forward: int = 8, num_prompts: int = 
 
     Returns the violations and what the fault returned (its target)."""
     served = engine(mode)
-    applied = []
+    applied: list[object] = []
 
     def hook(current: Engine) -> None:
         if current.forward_count + 1 == at_forward and not applied and current.scheduler.running:
@@ -135,13 +138,13 @@ def double_free_live_slot(current: Engine) -> int:
     return slot
 
 
-def evict_locked_prefix(current: Engine) -> int:
+def evict_locked_prefix(current: Engine) -> int | None:
     """Drop a running request's tree lock and evict: its cached prefix goes back to the allocator."""
     cache = current.radix_cache
     req = next((r for r in current.scheduler.running if r.tree_owned_len > 0), None)
     if req is None:
         return None
-    cache.dec_lock_ref(req.last_node)
+    cache.dec_lock_ref(req.locked_node)
     cache.inc_lock_ref(cache.root_node)  # so the request's own unlock at finish still pairs with a lock
     req.last_node = cache.root_node
     return cache.evict(current.config.max_total_tokens)
@@ -150,7 +153,7 @@ def evict_locked_prefix(current: Engine) -> int:
 def flip_cached_kv_byte(current: Engine) -> int:
     req = longest_running(current)
     slot = int(current.req_to_token_pool.req_to_token[req.req_pool_idx, 1])
-    pool = current.token_to_kv_pool
+    pool: Any = current.token_to_kv_pool  # mha: SGLang's MHA pool; swa: its hybrid pool
     full = pool if isinstance(pool, sgl.MHATokenToKVPool) else pool.full_kv_pool
     full.k_buffer[0][slot].view(torch.uint8).view(-1)[0] ^= 1
     return slot

@@ -47,7 +47,7 @@ def test_config_defaults_to_the_environment(monkeypatch):
 
 def test_swa_runner_uses_its_sliding_window_size():
     manager = install_into_model_runner(runner(mode="swa"), ON)
-    full, swa = manager.groups
+    _full, swa = manager.groups
     assert swa.window == 4 and swa.full_to_swa_index_mapping is not None
 
 
@@ -68,14 +68,14 @@ def test_tree_cache_is_attached_for_the_sweep():
 def test_captured_cuda_graphs_refuse_the_install():
     model_runner = runner()
     model_runner.decode_cuda_graph_runner = object()
-    with pytest.raises(KvCanaryInstallError, match="captured CUDA graphs.*before ModelRunner.init_cuda_graphs"):
+    with pytest.raises(KvCanaryInstallError, match=r"captured CUDA graphs.*before ModelRunner\.init_cuda_graphs"):
         install_into_model_runner(model_runner, ON)
 
 
 def test_runner_without_pools_is_refused():
     model_runner = runner()
     model_runner.token_to_kv_pool = None
-    with pytest.raises(KvCanaryInstallError, match="token_to_kv_pool is not set.*init_memory_pool"):
+    with pytest.raises(KvCanaryInstallError, match=r"token_to_kv_pool is not set.*init_memory_pool"):
         install_into_model_runner(model_runner, ON)
 
 

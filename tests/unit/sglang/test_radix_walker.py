@@ -72,7 +72,9 @@ def branching(tree, allocator):
 
 
 def entries(walk) -> list[tuple[int, int, int, int]]:
-    return sorted(zip(walk.slots.tolist(), walk.positions.tolist(), walk.prev_slots.tolist(), walk.tokens.tolist()))
+    return sorted(
+        zip(walk.slots.tolist(), walk.positions.tolist(), walk.prev_slots.tolist(), walk.tokens.tolist(), strict=True)
+    )
 
 
 def expected(first, second, tokens=True):
@@ -91,7 +93,7 @@ def test_walk_of_a_split_tree_gives_every_slot_its_depth_predecessor_and_token(k
 def test_rust_tree_core_walks_itself_without_tokens():
     tree, allocator = build_tree("unified-rust")
     with pytest.raises(NotImplementedError):
-        tree.root_node  # noqa: B018 - the nodes live in Rust
+        _ = tree.root_node  # the nodes live in Rust
     first, second = branching(tree, allocator)
     walk = walk_radix_cache(SglangTreeCache(tree), device="cpu")
     assert entries(walk) == expected(first, second, tokens=False)

@@ -13,6 +13,7 @@ Nothing in kv_canary needs it, and a machine with SGLang's full GPU install neve
 from __future__ import annotations
 
 import enum
+import importlib
 import importlib.machinery
 import sys
 import types
@@ -32,8 +33,7 @@ def install_if_missing() -> None:
     if "torchvision" in sys.modules:
         return
     try:
-        import torchvision  # noqa: F401
-
+        importlib.import_module("torchvision")
         return
     except (ImportError, RuntimeError):
         for name in [name for name in sys.modules if name.split(".")[0] == "torchvision"]:
@@ -46,9 +46,9 @@ def install_if_missing() -> None:
     root, transforms, functional = (
         _module(name) for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
     )
-    root.transforms = transforms
-    transforms.functional = functional
-    transforms.InterpolationMode = functional.InterpolationMode = InterpolationMode
+    vars(root).update(transforms=transforms)
+    vars(transforms).update(functional=functional, InterpolationMode=InterpolationMode)
+    vars(functional).update(InterpolationMode=InterpolationMode)
     sys.modules.update({module.__name__: module for module in (root, transforms, functional)})
 
 
@@ -61,7 +61,7 @@ def _module(name: str) -> types.ModuleType:
             raise AttributeError(attribute)
         return _unavailable(f"{name}.{attribute}")
 
-    module.__getattr__ = __getattr__
+    vars(module)["__getattr__"] = __getattr__  # module-level __getattr__ (PEP 562)
     return module
 
 

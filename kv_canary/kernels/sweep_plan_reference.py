@@ -1,11 +1,12 @@
-"""Turn a radix walk into a verify plan for one pool group (the torch reference's sweep input)."""
+"""Turn a radix walk into a verify plan for one pool group: the torch reference sweep's input."""
 
 from __future__ import annotations
 
 import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
-from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, RadixWalk, VerifyPlan
+from kv_canary.engine_protocols import RadixWalk
+from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, VerifyPlan
 
 
 def build_sweep_plan(walk: RadixWalk, group: CanaryBufferGroup, swa_resident: torch.Tensor | None = None) -> VerifyPlan:
