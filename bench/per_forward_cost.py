@@ -7,7 +7,9 @@ without them, a decode batch given by its seq_lens, as SGLang captures decode). 
 run: the figures are the canary's alone. Real-KV hashing reads 4 layers of Llama-8B-shaped rows
 (8 KV heads x 128 x bf16); without it the rows are 16 bytes, so 16M-slot pools stay small.
 `partial+lw` adds the lost-write check (each new slot's rows marked before the model, looked at
-after it). `host` is what the host-side observers add per forward (drain, stats), measured once.
+after it): with no model to overwrite the marks, every new slot is reported as a lost write, so
+its violations column counts them (and its figures include their ring rows), as the check should.
+The host-side observers (drain, stats) are measured apart, once.
 
     python -m bench.per_forward_cost [--json out.json] [--quick]
 """
@@ -19,6 +21,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Any
 
 import torch
 import triton
@@ -26,6 +29,7 @@ import triton
 from bench.fixtures import MHATokenToKVPool, SWAKVPool, batch_rows, manager_for, random_rows
 from bench.timing import time_eager_us, time_graph_us
 from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode
+from kv_canary.forward_rows import ForwardRows
 from kv_canary.manager import CanaryManager
 from kv_canary.observers.defaults import build_default_observers
 
@@ -54,63 +58,87 @@ class Case:
         return self.batch * (self.prefix + self.new_tokens) + 1
 
 
+QUICK_DECODE = ((1, 0), (1, 1024), (1, 4096), (32, 0), (32, 1024), (32, 4096), (256, 4096), (1024, 1024))
+QUICK_ALL = {"decode bs=32 prefix=1024 new=32", "extend bs=4 prefix=1024 new=512"}  # `all` hashes every byte
+
+
 def cases(quick: bool) -> list[Case]:
-    decode = [
-        Case(kind="decode", batch=b, prefix=p, new_tokens=1) for b in (1, 32, 256, 1024) for p in (0, 1024, 4096, 16384)
-    ]
     extend = [
         Case(kind="extend", batch=4, prefix=1024, new_tokens=128),
         Case(kind="extend", batch=4, prefix=1024, new_tokens=1024),
     ]
     if quick:
-        return [c for c in decode if c.batch * c.prefix <= 256 * 4096] + extend
+        return [Case(kind="decode", batch=b, prefix=p, new_tokens=1) for b, p in QUICK_DECODE] + extend
+    decode = [
+        Case(kind="decode", batch=b, prefix=p, new_tokens=1) for b in (1, 32, 256, 1024) for p in (0, 1024, 4096, 16384)
+    ]
     return decode + extend
 
 
-def build(case: Case, mode: str, real_kv: str, device: str) -> tuple[CanaryManager, object, object]:
-    """A canary over a pool whose records the case's prefix has written, and its eager and captured rows."""
-    hash_mode = RealKvHashMode(real_kv.split("+")[0])
+def settings(quick: bool) -> list[tuple[Case, str, str]]:
+    """(case, mode, real KV) of every measurement."""
+    chosen = []
+    for case in cases(quick):
+        for mode in MODES:
+            for real_kv in REAL_KV:
+                if real_kv != "none" and case.slots > MAX_SLOTS_WITH_REAL_KV:
+                    continue
+                if quick and real_kv == "all" and case.label not in QUICK_ALL:
+                    continue
+                chosen.append((case, mode, real_kv))
+    return chosen
+
+
+def build(
+    case: Case, mode: str, real_kv: str, device: str, *, verify_capacity: int | None = None
+) -> tuple[CanaryManager, ForwardRows, ForwardRows]:
+    """A canary over a pool whose records the case's prefix has written, and its eager and captured rows.
+
+    ``verify_capacity`` (default: the case's verify entries) sizes the captured launch."""
+    hash_mode = RealKvHashMode(real_kv.split("+", maxsplit=1)[0])
     hashed = hash_mode is not RealKvHashMode.NONE
     layers, row = (REAL_KV_LAYERS, 8 * 128) if hashed else (1, 8)
+    swa_pool = None
     if mode == "mha":
-        pool: object = MHATokenToKVPool(case.slots, layers, row, device)
+        pool: MHATokenToKVPool | SWAKVPool = MHATokenToKVPool(case.slots, layers, row, device)
     else:
         swa_slots = case.batch * (min(case.prefix, SWA_WINDOW) + case.new_tokens) + 1
-        pool = SWAKVPool(case.slots, swa_slots, layers, row, device)
+        pool = swa_pool = SWAKVPool(case.slots, swa_slots, layers, row, device)
     config = CanaryConfig(
         backend=KernelBackend.AUTO,
         real_kv_hash=hash_mode,
         check_lost_writes=real_kv.endswith("+lw"),
         stats_interval=0,
         health_check_interval=0,
-        verify_capacity=max(case.batch * case.prefix, 1),
+        verify_capacity=verify_capacity or max(case.batch * case.prefix, 1),
     )
     manager = manager_for(pool, config, swa_window=SWA_WINDOW, device=device)
     length = case.prefix + case.new_tokens
     req_to_token, tokens = random_rows(batch=case.batch, length=length, pool_slots=case.slots, device=device)
-    if mode == "swa":
+    if swa_pool is not None:
         in_window = torch.arange(length, device=device) >= case.prefix - SWA_WINDOW
         resident = req_to_token[1:, in_window].flatten().to(torch.int64)
-        pool.full_to_swa_index_mapping[resident] = torch.arange(1, resident.numel() + 1, device=device)
+        swa_pool.full_to_swa_index_mapping[resident] = torch.arange(1, resident.numel() + 1, device=device)
     if case.prefix:  # the prefix's records, written once
         manager.before_forward(
             batch_rows(req_to_token, tokens, batch=case.batch, prefix=0, new=case.prefix, hints=True)
         )
         manager.after_forward()
-    shape = {"batch": case.batch, "prefix": case.prefix, "new": case.new_tokens}
-    eager = batch_rows(req_to_token, tokens, hints=True, **shape)
-    captured = batch_rows(req_to_token, tokens, hints=False, decode_form=True, **shape)
+    batch, prefix, new = case.batch, case.prefix, case.new_tokens
+    eager = batch_rows(req_to_token, tokens, batch=batch, prefix=prefix, new=new, hints=True)
+    captured = batch_rows(req_to_token, tokens, batch=batch, prefix=prefix, new=new, hints=False, decode_form=True)
     return manager, eager, captured
 
 
-def measure(case: Case, mode: str, real_kv: str, device: str) -> dict[str, object]:
+def measure(case: Case, mode: str, real_kv: str, device: str) -> dict[str, Any]:
     manager, eager_rows, graph_rows = build(case, mode, real_kv, device)
 
-    def forward(rows) -> None:
+    def forward(rows: ForwardRows) -> None:
         manager.before_forward(rows)
         manager.after_forward()
 
-    # The same step is repeated: its writes rewrite identical records, so it stays clean.
+    # The same step is repeated: its writes rewrite identical records, so it stays clean (but for the
+    # lost-write check, which sees every new slot unwritten: no model runs here).
     eager_us = time_eager_us(lambda: forward(eager_rows), iterations=20, warmup=10)
     graph_us = time_graph_us(lambda: forward(graph_rows), launches_per_graph=1, replays=20)
     return {
@@ -124,6 +152,24 @@ def measure(case: Case, mode: str, real_kv: str, device: str) -> dict[str, objec
         "graph_us": graph_us,
         "violations": int(manager.state.ring.write_index),
     }
+
+
+def warm(quick: bool, shard: int, shards: int, device: str) -> None:
+    """Compile this shard's share of the kernel variants the measurements launch, into Triton's cache.
+
+    A variant depends on the launch shape, not on the sizes: a one-request copy of each case whose
+    captured launch is sized for the case's entries compiles what the case will, in little memory."""
+    for index, (case, mode, real_kv) in enumerate(settings(quick)):
+        if index % shards != shard:
+            continue
+        small = Case(kind=case.kind, batch=1, prefix=min(case.prefix, 8), new_tokens=case.new_tokens)
+        manager, eager_rows, graph_rows = build(
+            small, mode, real_kv, device, verify_capacity=max(case.batch * case.prefix, 1)
+        )
+        for rows in (graph_rows, eager_rows):
+            manager.before_forward(rows)
+            manager.after_forward()
+    torch.cuda.synchronize()
 
 
 def host_observer_us(device: str) -> float:
@@ -145,26 +191,27 @@ def host_observer_us(device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path)
-    parser.add_argument("--quick", action="store_true", help="skip the 16M-entry cases")
+    parser.add_argument("--quick", action="store_true", help="fewer cases: the goals' and a few around them")
+    parser.add_argument("--warm", metavar="SHARD/SHARDS", help="only compile this shard's kernel variants")
     args = parser.parse_args()
     device = "cuda"
+    if args.warm:
+        shard, shards = (int(part) for part in args.warm.split("/"))
+        warm(args.quick, shard, shards, device)
+        return
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     print("| case | mode | real KV | eager us | graph us | violations |")
     print("|---|---|---|---|---|---|")
     results = []
-    for case in cases(args.quick):
-        for mode in MODES:
-            for real_kv in REAL_KV:
-                if real_kv != "none" and case.slots > MAX_SLOTS_WITH_REAL_KV:
-                    continue
-                row = measure(case, mode, real_kv, device)
-                results.append(row)
-                print(
-                    f"| {case.label} | {mode} | {real_kv} | {row['eager_us']:.1f} | {row['graph_us']:.1f} | "
-                    f"{row['violations']} |",
-                    flush=True,
-                )
-                torch.cuda.empty_cache()
+    for case, mode, real_kv in settings(args.quick):
+        row = measure(case, mode, real_kv, device)
+        results.append(row)
+        print(
+            f"| {case.label} | {mode} | {real_kv} | {row['eager_us']:.1f} | {row['graph_us']:.1f} | "
+            f"{row['violations']} |",
+            flush=True,
+        )
+        torch.cuda.empty_cache()
     host_us = host_observer_us(device)
     print(f"\nhost-side observers per forward (drain + stats, eager, bs=32): {host_us:.1f} us")
     print_goals(results)
@@ -173,7 +220,7 @@ def main() -> None:
         args.json.write_text(json.dumps(payload, indent=2))
 
 
-def print_goals(results: list[dict[str, object]]) -> None:
+def print_goals(results: list[dict[str, Any]]) -> None:
     """Each per-forward goal of issue 16 with the figures of this run that it judges."""
     print("\n| goal | figures | worst / goal | held |")
     print("|---|---|---|---|")

@@ -21,6 +21,7 @@ import math
 import pathlib
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ def round_step_times(orchestrator: SweepOrchestrator, device: str) -> list[float
     return times
 
 
-def measure(slots: int, step_nodes: int, device: str) -> dict[str, object]:
+def measure(slots: int, step_nodes: int, device: str) -> dict[str, Any]:
     swept = swept_cache(slots, RealKvHashMode.NONE, device, step_nodes=step_nodes, step_tokens=1 << 40)
     orchestrator = SweepOrchestrator(manager=swept.manager)
     cold = round_step_times(orchestrator, device)

@@ -17,7 +17,7 @@ from kv_canary.kernels.select import select_kernels
 from kv_canary.kernels.settings import KernelSettings
 from kv_canary.launch_tags import LaunchTag, Phase, PoolGroupKind
 from kv_canary.log_lines import ViolationRecord
-from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler
+from kv_canary.observers.delayed_transfer import DelayedDeviceHostHandler, new_stream
 from kv_canary.observers.violation_reporter import ViolationReporter
 
 
@@ -51,7 +51,7 @@ class CanaryManager:
             device=device,
             logger=logger,
         )
-        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.side_stream = new_stream(device) if device.type == "cuda" else None
         self.reporter = ViolationReporter(
             state=self.state,
             mode=config.mode,

@@ -19,16 +19,13 @@ from __future__ import annotations
 import torch
 import triton
 
-from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.device_state import CanaryDeviceState
-from kv_canary.errors import KvCanaryError
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.kernels.forward_triton import _forward_kernel
+from kv_canary.kernels.group_layout import GroupLayout
 from kv_canary.kernels.launch_cache import LaunchCache
-from kv_canary.kernels.layout_triton import launch_tag_base
-from kv_canary.kernels.real_kv_table import RealKvTable
 from kv_canary.kernels.settings import KernelSettings
-from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
+from kv_canary.launch_tags import Phase
 
 # (entries up to, block, warps), tuned on an H100 for the verify kernel this one folds in.
 _VERIFY_SHAPES = ((4096, 32, 1), (1 << 19, 128, 4), (1 << 62, 256, 8))
@@ -39,46 +36,16 @@ _TARGET_PROGRAMS = 2048  # an H200's 132 SMs about sixteen times over
 _LAUNCHES = LaunchCache(_forward_kernel)
 
 
-class UnsupportedGroupLayoutError(KvCanaryError, ValueError):
-    """The install's pool groups are not a layout the fused kernel handles."""
-
-
 class TritonForward:
-    def __init__(
-        self,
-        *,
-        groups: tuple[CanaryBufferGroup, ...],
-        state: CanaryDeviceState,
-        settings: KernelSettings,
-        real_kv: RealKvTable,
-    ) -> None:
-        kinds = tuple(group.kind for group in groups)
-        halves = {tuple(group.halves) for group in groups}
-        if kinds not in ((PoolGroupKind.FULL,), (PoolGroupKind.SWA,), (PoolGroupKind.FULL, PoolGroupKind.SWA)) or (
-            halves not in ({(KvHalf.K,)}, {(KvHalf.K, KvHalf.V)})
-        ):
-            raise UnsupportedGroupLayoutError(
-                f"kv_canary: the Triton kernels guard a FULL group, an SWA group, or both (in that order), with "
-                f"the same K/V halves each; got groups {[kind.value for kind in kinds]} with halves "
-                f"{[[half.value for half in group.halves] for group in groups]}. Use KV_CANARY_BACKEND=torch"
-            )
-        self._groups = groups
+    def __init__(self, *, layout: GroupLayout, state: CanaryDeviceState, settings: KernelSettings) -> None:
+        self._layout = layout
         self._state = state
         self._settings = settings
-        swa = next((group for group in groups if group.kind is PoolGroupKind.SWA), None)
-        self._mapping = swa.full_to_swa_index_mapping if swa is not None else state.step
-        self._window = (swa.window or 0) if swa is not None else 0
-        self._real_kv = real_kv
         self._departures = torch.zeros(1, dtype=torch.int64, device=state.step.device)
-        self._records = {phase: _records(groups, phase, state.step) for phase in (Phase.HEAD, Phase.TAIL)}
-        self._tags = {
-            phase: tuple(launch_tag_base(phase, group.kind) for group in groups) + (0,) * (2 - len(groups))
-            for phase in (Phase.HEAD, Phase.TAIL)
-        }
         self._constexprs = {
-            "NUM_GROUPS": len(groups),
-            "FIRST_GROUP_SWA": kinds[0] is PoolGroupKind.SWA,
-            "NUM_HALVES": len(groups[0].halves),
+            "NUM_GROUPS": len(layout.groups),
+            "FIRST_GROUP_SWA": layout.first_group_swa,
+            "NUM_HALVES": layout.num_halves,
         }
 
     def before_forward(self, rows: ForwardRows, *, verify: object = None, write: object = None) -> None:
@@ -106,7 +73,8 @@ class TritonForward:
     def _launch(self, rows: ForwardRows, phase: Phase, *, verify: bool, write_block: int, opens_forward: bool) -> None:
         settings = self._settings
         write = phase is Phase.TAIL or not verify
-        hashes = phase is Phase.TAIL and self._real_kv.hashes
+        layout = self._layout
+        hashes = phase is Phase.TAIL and layout.real_kv.hashes
         batch_size = rows.batch_size
         # A launch without verify programs keeps the smallest verify block, so that it compiles once.
         verify_block, warps, splits = self._verify_shape(rows, hashes) if verify else (32, 1, 1)
@@ -115,16 +83,19 @@ class TritonForward:
         verify_programs = max(batch_size, 1) * splits if verify else 0
         write_programs = batch_size if write else 0
         token_ids = rows.req_token_ids
-        engine = _engine_tensors(rows, self._mapping, self._state.step.device)
+        engine = _engine_tensors(rows, layout.full_to_swa, self._state.step.device)
         state = self._state
-        records = self._records[phase]
-        tags = self._tags[phase]
+        tail = phase is Phase.TAIL
+        lost_writes = settings.check_lost_writes if tail else settings.poison_new_slots and write
+        # Constexprs a launch does not use are given one value, so that each launch kind compiles few
+        # variants: the HEAD verify hashes and marks nothing, the HEAD write hashes nothing.
+        reads_real_kv = hashes or lost_writes
         _LAUNCHES.launch(
             (max(verify_programs + write_programs, 1),),
             (
                 *engine,
-                *records,
-                self._real_kv.table,
+                *layout.records(phase),
+                layout.real_kv.table,
                 state.ring.rows,
                 state.ring.write_index,
                 state.kernel_run_counters,
@@ -138,7 +109,7 @@ class TritonForward:
                 batch_size,
                 rows.num_new_tokens,
                 state.ring.capacity,
-                self._window,
+                layout.window,
                 rows.req_to_token.stride(0),
                 rows.req_to_token.shape[1],
                 0 if token_ids is None else token_ids.stride(0),
@@ -150,30 +121,30 @@ class TritonForward:
             num_warps=warps,
             VERIFY=verify,
             WRITE=write,
-            TAIL=phase is Phase.TAIL,
+            TAIL=tail,
             OPENS_FORWARD=opens_forward,
             **self._constexprs,
-            TAG_0=tags[0],
-            TAG_1=tags[1],
+            TAG_0=layout.tags(phase)[0],
+            TAG_1=layout.tags(phase)[1],
             HAS_TOKEN_IDS=token_ids is not None,
-            CHECK_TOKENS=settings.check_tokens,
-            RECORD_VIOLATIONS=settings.record_violations,
-            ASSERT_INPUTS=settings.assert_inputs,
-            HASH_REAL_KV=self._real_kv.hashes,
-            LOST_WRITES=settings.check_lost_writes if phase is Phase.TAIL else settings.poison_new_slots,
-            LAYER_BLOCK=self._real_kv.layer_block,
-            WORD_CHUNK=self._real_kv.word_chunk,
+            CHECK_TOKENS=settings.check_tokens and verify,
+            RECORD_VIOLATIONS=settings.record_violations and verify,
+            ASSERT_INPUTS=settings.assert_inputs and write,
+            HASH_REAL_KV=reads_real_kv,
+            LOST_WRITES=lost_writes,
+            LAYER_BLOCK=layout.real_kv.layer_block if reads_real_kv else 1,
+            WORD_CHUNK=layout.real_kv.word_chunk if hashes else 1,
             REQUEST_BLOCK=_REQUEST_BLOCK,
             VERIFY_BLOCK=verify_block,
-            WRITE_BLOCK=write_block,
-            WRITE_BLOCK_LOG2=write_block.bit_length() - 1,
+            WRITE_BLOCK=write_block if write else _MIN_WRITE_BLOCK,
+            WRITE_BLOCK_LOG2=(write_block if write else _MIN_WRITE_BLOCK).bit_length() - 1,
         )
 
     def _verify_shape(self, rows: ForwardRows, hashes_real_kv: bool) -> tuple[int, int, int]:
         """(block, warps, splits per request) for the verify programs."""
-        whole_prefix = self._groups[0].kind is PoolGroupKind.FULL
+        whole_prefix = not self._layout.first_group_swa
         if rows.prefix_lens_host is not None:
-            reads = [n if whole_prefix else min(n, self._window) for n in rows.prefix_lens_host]
+            reads = [n if whole_prefix else min(n, self._layout.window) for n in rows.prefix_lens_host]
             entries, longest = sum(reads), max(reads, default=0)
         else:
             entries = longest = self._settings.verify_capacity
@@ -188,27 +159,16 @@ class TritonForward:
         longest = rows.longest_run
         if longest is None:
             longest = _MAX_WRITE_BLOCK
-        return min(_MAX_WRITE_BLOCK, max(_MIN_WRITE_BLOCK, triton.next_power_of_2(max(longest, 1))))
-
-
-def _records(
-    groups: tuple[CanaryBufferGroup, ...], phase: Phase, placeholder: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """The record buffers of (group 0 K, group 0 V, group 1 K, group 1 V), a placeholder where none."""
-    buffers = []
-    for index in range(2):
-        for half in (KvHalf.K, KvHalf.V):
-            group = groups[index] if index < len(groups) else None
-            buffers.append(group.records(phase, half) if group is not None and half in group.halves else placeholder)
-    return tuple(buffers)
+        return min(_MAX_WRITE_BLOCK, max(_MIN_WRITE_BLOCK, int(triton.next_power_of_2(max(longest, 1)))))
 
 
 def _engine_tensors(rows: ForwardRows, full_to_swa: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
     """The forward's tensors the kernel reads (a stand-in where one is absent), checked for its layout."""
     named = {
         "req_pool_indices": rows.req_pool_indices,
-        "prefix_lens": rows.seq_lens if rows.is_decode else rows.prefix_lens,
-        "extend_lens": rows.req_pool_indices if rows.is_decode else rows.extend_lens,
+        # A decode batch given by its seq_lens has no extend lengths: a stand-in the kernel never reads.
+        "prefix_lens": rows.seq_lens if rows.seq_lens is not None and rows.is_decode else rows.prefix_len_tensor(),
+        "extend_lens": rows.req_pool_indices if rows.is_decode else rows.extend_len_tensor(),
         "out_cache_loc": rows.out_cache_loc,
         "input_ids": rows.input_ids,
         "positions": rows.positions,

@@ -80,7 +80,7 @@ class ReferenceForward:
         self._fit_plans(rows)
         self._state.step.add_(1)
         hints = []
-        for group, plans in zip(self._groups, self._plans):
+        for group, plans in zip(self._groups, self._plans, strict=True):
             verify_entries, write_entries, _ = build_group_plans(
                 verify_plan=plans.verify,
                 write_plan=plans.write,
@@ -93,7 +93,7 @@ class ReferenceForward:
             self._state.verify_entries[index : index + 1].add_(plans.verify.num_valid)
             hints.append(_LaunchHints(verify_entries=verify_entries, write_entries=write_entries))
         self._hints = tuple(hints)
-        for group, plans, group_hints in zip(self._groups, self._plans, self._hints):
+        for group, plans, group_hints in zip(self._groups, self._plans, self._hints, strict=True):
             # Write first: a slot this forward both reads (a stale prefix) and hands to a new token
             # then fails this very forward's verify. A correct engine never plans a slot both ways.
             self._write_halves(write, Phase.HEAD, group, plans, group_hints)
@@ -105,7 +105,7 @@ class ReferenceForward:
         """Per group verify the TAIL records (real K/V hashed as the model left it), then write them."""
         del rows  # planned in before_forward
         verify, write = _required(verify, write)
-        for group, plans, group_hints in zip(self._groups, self._plans, self._hints):
+        for group, plans, group_hints in zip(self._groups, self._plans, self._hints, strict=True):
             self._verify_halves(verify, Phase.TAIL, group, plans, group_hints)
             self._write_halves(write, Phase.TAIL, group, plans, group_hints)
 
@@ -157,7 +157,7 @@ class ReferenceForward:
         if rows.prefix_lens_host is None:
             return
         fitted = []
-        for group, plans in zip(self._groups, self._plans):
+        for group, plans in zip(self._groups, self._plans, strict=True):
             verify, write = plans.verify, plans.write
             needed = verify_entries_needed(rows.prefix_lens_host, _window(group))
             if needed > verify.capacity:

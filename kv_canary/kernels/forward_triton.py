@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, as_u64, link_hash, real_kv_hash, record_hash, rotate_left
+from kv_canary.kernels.hash_triton import CHAIN_ANCHOR_U64, link_hash, real_kv_hash, record_hash, rotate_left
 from kv_canary.kernels.layout_triton import (
     FAIL_WRITE_POSITION,
     FAIL_WRITE_TOKEN,
@@ -44,8 +44,8 @@ from kv_canary.kernels.layout_triton import (
 )
 from kv_canary.kernels.record_ops_triton import (
     check_lost_writes,
-    check_records,
     check_real_kv,
+    check_records,
     load_records,
     poison_rows,
     real_kv_source,
@@ -62,11 +62,10 @@ def _records_of(group: tl.constexpr, half: tl.constexpr, records_0k, records_0v,
             return records_0k
         else:
             return records_0v
+    elif half == 0:
+        return records_1k
     else:
-        if half == 0:
-            return records_1k
-        else:
-            return records_1v
+        return records_1v
 
 
 @triton.jit

@@ -78,7 +78,8 @@ class LaunchCache:
             launched = self._kernel[grid](*tensors, *scalars, num_warps=num_warps, **constexprs)  # type: ignore[index]
             self._compiled[key] = _checked_launcher(launched.result() if hasattr(launched, "result") else launched)
             return
-        compiled[(*grid, 1, 1)[:3]](*addresses, *scalars, *constexprs.values())  # type: ignore[arg-type]
+        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        compiled[grid3](*addresses, *scalars, *constexprs.values())
 
 
 def _checked_launcher(compiled: object) -> _CompiledLauncher:

@@ -72,14 +72,14 @@ def select_kernels(
         )
     # Imported here so that CPU-only installs never need Triton.
     from kv_canary.kernels.forward_launch import TritonForward
-    from kv_canary.kernels.real_kv_table import RealKvTable
+    from kv_canary.kernels.group_layout import GroupLayout
     from kv_canary.kernels.sweep_launch import TritonSweep
 
-    real_kv = RealKvTable.of(groups, state.step.device)
+    layout = GroupLayout.of(groups, placeholder=state.step)
     return CanaryKernels(
         name="triton",
-        forward=TritonForward(groups=groups, state=state, settings=settings, real_kv=real_kv),
-        sweep=TritonSweep(groups=groups, state=state, settings=settings, real_kv=real_kv),
+        forward=TritonForward(layout=layout, state=state, settings=settings),
+        sweep=TritonSweep(layout=layout, state=state, settings=settings),
         verify=None,
         write=None,
     )

@@ -14,15 +14,13 @@ import dataclasses
 import torch
 import triton
 
-from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.device_state import CanaryDeviceState
+from kv_canary.engine_protocols import RadixWalk
+from kv_canary.kernels.group_layout import GroupLayout
 from kv_canary.kernels.launch_cache import LaunchCache
-from kv_canary.kernels.layout_triton import launch_tag_base
-from kv_canary.kernels.real_kv_table import RealKvTable
 from kv_canary.kernels.settings import KernelSettings
 from kv_canary.kernels.sweep_triton import _sweep_kernel
-from kv_canary.launch_tags import KvHalf, Phase, PoolGroupKind
-from kv_canary.engine_protocols import RadixWalk
+from kv_canary.launch_tags import Phase, PoolGroupKind
 from kv_canary.plans import SegmentField, SweepSegment, SweepSlice
 
 _MIN_BLOCK, _MAX_BLOCK = 32, 256
@@ -40,42 +38,21 @@ class PreparedSegments:
 
 
 class TritonSweep:
-    def __init__(
-        self,
-        *,
-        groups: tuple[CanaryBufferGroup, ...],
-        state: CanaryDeviceState,
-        settings: KernelSettings,
-        real_kv: RealKvTable,
-    ) -> None:
-        self._groups = groups
+    def __init__(self, *, layout: GroupLayout, state: CanaryDeviceState, settings: KernelSettings) -> None:
+        self._layout = layout
         self._state = state
         self._settings = settings
-        self._real_kv = real_kv
         self._device = state.step.device
-        swa = next((group for group in groups if group.kind is PoolGroupKind.SWA), None)
-        self._mapping = swa.full_to_swa_index_mapping if swa is not None else state.step
-        placeholder = state.step
+        head, tail = layout.records(Phase.HEAD), layout.records(Phase.TAIL)
         # (group 0 HEAD K, HEAD V, TAIL K, TAIL V, group 1 ...): the kernel's parameter order
-        self._records = tuple(
-            (
-                groups[index].records(phase, half)
-                if index < len(groups) and half in groups[index].halves
-                else placeholder
-            )
-            for index in range(2)
-            for phase in (Phase.HEAD, Phase.TAIL)
-            for half in (KvHalf.K, KvHalf.V)
-        )
-        self._tags = tuple(launch_tag_base(Phase.SWEEP, group.kind) for group in groups) + (0,) * (2 - len(groups))
-        self._placeholder = placeholder
+        self._records = (head[0], head[1], tail[0], tail[1], head[2], head[3], tail[2], tail[3])
 
     def verify(self, sweep: SweepSlice, *, verify: object = None) -> None:
         """Verify a slice in one launch (a self-walking cache's walks: one per group)."""
         if not sweep.is_walked:
             self.launch_segments(self.prepare_segments(sweep.segments))
             return
-        for index, group in enumerate(self._groups):
+        for index, group in enumerate(self._layout.groups):
             walk = sweep.swa_walk if group.kind is PoolGroupKind.SWA else sweep.walk
             if walk is None:
                 raise ValueError(f"kv_canary: the sweep slice has no walk for the {group.kind.value} group")
@@ -113,11 +90,12 @@ class TritonSweep:
         mean = num_tokens // max(num_segments, 1)
         block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(max(mean, 1))))
         warps = max(1, min(8, block // 32))
-        if self._real_kv.hashes:
+        layout = self._layout
+        if layout.real_kv.hashes:
             block, warps = min(block, _BLOCK_WITH_REAL_KV), min(warps, _WARPS_WITH_REAL_KV)
         blocks = triton.cdiv(max(longest, 1), block)
         splits = blocks if explicit is not None else max(1, min(blocks, _TARGET_PROGRAMS // num_segments))
-        positions, pred_slots = explicit if explicit is not None else (self._placeholder, self._placeholder)
+        positions, pred_slots = explicit if explicit is not None else (layout.placeholder, layout.placeholder)
         state, settings = self._state, self._settings
         _LAUNCHES.launch(
             (num_segments * splits,),
@@ -125,9 +103,9 @@ class TritonSweep:
                 table,
                 positions,
                 pred_slots,
-                self._mapping,
+                layout.full_to_swa,
                 *self._records,
-                self._real_kv.table,
+                layout.real_kv.table,
                 state.ring.rows,
                 state.ring.write_index,
                 state.kernel_run_counters,
@@ -138,16 +116,16 @@ class TritonSweep:
             num_warps=warps,
             EXPLICIT=explicit is not None,
             VERIFY_GROUP_0=groups[0],
-            VERIFY_GROUP_1=groups[1] and len(self._groups) == 2,
-            GROUP_0_SWA=self._groups[0].kind is PoolGroupKind.SWA,
-            NUM_HALVES=len(self._groups[0].halves),
-            TAG_0=self._tags[0],
-            TAG_1=self._tags[1],
+            VERIFY_GROUP_1=groups[1] and len(layout.groups) == 2,
+            GROUP_0_SWA=layout.first_group_swa,
+            NUM_HALVES=layout.num_halves,
+            TAG_0=layout.tags(Phase.SWEEP)[0],
+            TAG_1=layout.tags(Phase.SWEEP)[1],
             CHECK_TOKENS=settings.check_tokens,
             RECORD_VIOLATIONS=settings.record_violations,
-            HASH_REAL_KV=self._real_kv.hashes,
-            LAYER_BLOCK=self._real_kv.layer_block,
-            WORD_CHUNK=self._real_kv.word_chunk,
+            HASH_REAL_KV=layout.real_kv.hashes,
+            LAYER_BLOCK=layout.real_kv.layer_block,
+            WORD_CHUNK=layout.real_kv.word_chunk,
             BLOCK=block,
         )
 
@@ -159,7 +137,7 @@ def _stride(values: torch.Tensor) -> int:
 
 def _segment_table(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[torch.Tensor, int, int]:
     """(the table on the device, the longest segment, tokens in all)."""
-    rows = []
+    rows: list[tuple[int, ...]] = []
     longest = tokens = 0
     for segment in segments:
         length = segment.length

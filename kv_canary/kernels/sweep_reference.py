@@ -14,12 +14,12 @@ import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.device_state import CanaryDeviceState
+from kv_canary.engine_protocols import RadixWalk
 from kv_canary.kernels.settings import KernelSettings
+from kv_canary.kernels.sweep_plan_reference import build_sweep_plan
 from kv_canary.kernels.verify_reference import verify_canaries
 from kv_canary.launch_tags import Phase, PoolGroupKind
-from kv_canary.engine_protocols import RadixWalk
 from kv_canary.plans import PREV_SEQUENCE_START, TOKEN_UNKNOWN, SweepSegment, SweepSlice
-from kv_canary.kernels.sweep_plan_reference import build_sweep_plan
 
 
 class ReferenceSweep:

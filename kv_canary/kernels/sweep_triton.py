@@ -1,9 +1,9 @@
 """The sweep's Triton kernel: cached slots of the radix cache, every group, K/V half and phase in one launch.
 
-Its input is a list of **segments** (``plans.SweepSegments``, listed by ``sweep/radix_cursor.py``): runs of cached tokens at
-consecutive positions, each chained from a predecessor slot (a radix node: its slots, its
-token ids, the depth of its first token and the address of its parent's last slot), read in
-place from the tensors the radix cache already holds. Program ``(segment, split)`` verifies
+Its input is a list of **segments** (``plans.SweepSegment``, listed by ``sweep/radix_cursor.py``):
+runs of cached tokens at consecutive positions, each chained from a predecessor slot (a radix node:
+its slots, its token ids, the depth of its first token and the address of its parent's last slot),
+read in place from the tensors the radix cache already holds. Program ``(segment, split)`` verifies
 blocks ``split``, ``split + splits``, ... of its segment: per pool group (SWA groups through
 ``full_to_swa_index_mapping``, skipping tombstoned segments), per K/V half, the HEAD records
 and then the TAIL records with the real-K/V hash, under the half's ``SWEEP_*`` tag. A cache

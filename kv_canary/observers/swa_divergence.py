@@ -41,7 +41,9 @@ class SwaDivergenceReporter:
             )
         self._manager = manager
         self._interval = manager.config.swa_divergence_interval
-        self._full_to_swa = swa_group.full_to_swa_index_mapping
+        mapping = swa_group.full_to_swa_index_mapping
+        assert mapping is not None  # every SWA group has one (CanaryBufferGroup checks)
+        self._full_to_swa = mapping
         self._handler = manager.new_delayed_handler()
 
     def step(self, forward_count: int) -> None:

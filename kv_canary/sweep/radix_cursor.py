@@ -186,7 +186,7 @@ class RadixCursor:
     def _segments(self, listed: list[_Listed]) -> tuple[SweepSegment, ...]:
         missing = [node for node in listed if node.tokens is None]
         converted = self._tokens.convert([(node.key, node.length) for node in missing], self.rounds_started)
-        for node, tokens in zip(missing, converted):
+        for node, tokens in zip(missing, converted, strict=True):
             node.tokens = tokens
         return tuple(
             SweepSegment(

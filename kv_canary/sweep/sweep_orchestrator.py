@@ -20,6 +20,7 @@ The kernels are launched even for an empty slice, so the health checker sees the
 from __future__ import annotations
 
 import logging
+import typing
 from typing import TYPE_CHECKING
 
 from kv_canary.engine_protocols import RadixTree, SelfWalkingCache
@@ -92,4 +93,4 @@ def _as_radix_cache(cache: object) -> RadixTree:
             f"kv_canary: the attached prefix cache {type(cache).__qualname__} has neither root_node (a radix "
             "tree the sweep walks) nor radix_walk() (a cache that walks itself); see sweep/radix_cursor.py"
         )
-    return cache  # type: ignore[return-value]
+    return typing.cast(RadixTree, cache)

@@ -87,6 +87,12 @@ class Install:
     def mapping(self) -> torch.Tensor | None:
         return getattr(self.pool, "full_to_swa_index_mapping", None)
 
+    def full_to_swa(self) -> torch.Tensor:
+        """The SWA map of a pool that has one."""
+        mapping = self.mapping
+        assert mapping is not None, "this pool has no SWA sub-pool"
+        return mapping
+
 
 def make_install(
     backend: KernelBackend, mode: str, config: CanaryConfig, *, slots: int, swa_slots: int, window: int, device: str
@@ -112,9 +118,11 @@ def sorted_ring_rows(state: CanaryDeviceState) -> list[tuple[int, ...]]:
 
 def assert_same_state(reference: Install, candidate: Install) -> None:
     """Records, K/V bytes, counters and violation rows agree byte for byte."""
-    for index, (expected, got) in enumerate(zip(reference.records(), candidate.records())):
+    for index, (expected, got) in enumerate(zip(reference.records(), candidate.records(), strict=True)):
         assert torch.equal(expected, got), f"record buffer {index} differs"
-    for index, (expected, got) in enumerate(zip(layer_buffers(reference.pool), layer_buffers(candidate.pool))):
+    for index, (expected, got) in enumerate(
+        zip(layer_buffers(reference.pool), layer_buffers(candidate.pool), strict=True)
+    ):
         assert torch.equal(expected.view(torch.int16), got.view(torch.int16)), f"K/V buffer {index} differs"
     for name in ("kernel_run_counters", "slot_run_counters", "step", "plan_overflow", "verify_entries"):
         assert torch.equal(getattr(reference.state, name), getattr(candidate.state, name)), name

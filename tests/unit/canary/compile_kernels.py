@@ -21,7 +21,7 @@ from kv_canary.kernels.forward_triton import _forward_kernel
 from kv_canary.kernels.sweep_triton import _sweep_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
-FORWARD = {
+FORWARD: dict[str, object] = {
     "NUM_GROUPS": 1,
     "FIRST_GROUP_SWA": False,
     "NUM_HALVES": 2,
@@ -40,8 +40,8 @@ FORWARD = {
     "WRITE_BLOCK": 16,
     "WRITE_BLOCK_LOG2": 4,
 }
-HASHING = {"HASH_REAL_KV": True, "LOST_WRITES": True, "LAYER_BLOCK": 4, "WORD_CHUNK": 2}
-FORWARD_VARIANTS = [
+HASHING: dict[str, object] = {"HASH_REAL_KV": True, "LOST_WRITES": True, "LAYER_BLOCK": 4, "WORD_CHUNK": 2}
+FORWARD_VARIANTS: list[dict[str, object]] = [
     {"VERIFY": False, "WRITE": True, "TAIL": False, "OPENS_FORWARD": True},
     {"VERIFY": True, "WRITE": False, "TAIL": False, "OPENS_FORWARD": False},
     {"VERIFY": True, "WRITE": True, "TAIL": True, "OPENS_FORWARD": False},
@@ -49,7 +49,7 @@ FORWARD_VARIANTS = [
     {"VERIFY": False, "WRITE": True, "TAIL": False, "OPENS_FORWARD": True, "NUM_GROUPS": 2, **HASHING},
     {"VERIFY": True, "WRITE": False, "TAIL": False, "OPENS_FORWARD": False, "FIRST_GROUP_SWA": True, "NUM_HALVES": 1},
 ]
-SWEEP = {
+SWEEP: dict[str, object] = {
     "EXPLICIT": False,
     "VERIFY_GROUP_0": True,
     "VERIFY_GROUP_1": False,
@@ -64,7 +64,11 @@ SWEEP = {
     "WORD_CHUNK": 1,
     "BLOCK": 64,
 }
-SWEEP_VARIANTS = [{}, {"EXPLICIT": True}, {"VERIFY_GROUP_1": True, "HASH_REAL_KV": True, "LAYER_BLOCK": 4}]
+SWEEP_VARIANTS: list[dict[str, object]] = [
+    {},
+    {"EXPLICIT": True},
+    {"VERIFY_GROUP_1": True, "HASH_REAL_KV": True, "LAYER_BLOCK": 4},
+]
 
 
 def _signature(kernel: triton.runtime.jit.JITFunction, constexprs: dict[str, object]) -> dict[str, str]:

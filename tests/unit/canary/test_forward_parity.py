@@ -77,7 +77,12 @@ class Simulation:
 
     def plan_forward(self, *, hints: bool, seq_lens_form: bool) -> ForwardRows:
         batch = self.rng.sample(self.requests, self.rng.randint(1, min(5, len(self.requests))))
-        rows, prefixes, extends, slots, input_ids, positions = [], [], [], [], [], []
+        rows: list[int] = []
+        prefixes: list[int] = []
+        extends: list[int] = []
+        slots: list[int] = []
+        input_ids: list[int] = []
+        positions: list[int] = []
         for request in batch:
             prefix = len(request.slots)
             if prefix == len(request.tokens):
@@ -87,7 +92,7 @@ class Simulation:
             new = [self.free_slots.pop() for _ in range(extend)]
             self.req_to_token[request.row, prefix : prefix + extend] = torch.tensor(new, dtype=torch.int32)
             request.slots += new
-            for position, slot in zip(range(prefix, prefix + extend), new):
+            for position, slot in zip(range(prefix, prefix + extend), new, strict=True):
                 self._map_swa(request, slot, position)
             rows.append(request.row)
             prefixes.append(prefix)
@@ -127,22 +132,22 @@ class Simulation:
         if self.mode == "mha":
             return
         for install in self.installs:
-            install.mapping[slot] = self.free_swa[-1]
+            install.full_to_swa()[slot] = self.free_swa[-1]
         self.free_swa.pop()
         if position >= WINDOW + 2:
             gone = request.slots[position - WINDOW - 2]
-            swa_slot = int(self.installs[0].mapping[gone])
+            swa_slot = int(self.installs[0].full_to_swa()[gone])
             if swa_slot:
                 self.free_swa.insert(0, swa_slot)
                 for install in self.installs:
-                    install.mapping[gone] = 0
+                    install.full_to_swa()[gone] = 0
 
     def write_kv(self, rows: ForwardRows, forgotten: tuple[int, int] | None) -> None:
         """The model: K/V of every new token in every layer, but ``forgotten`` (entry, buffer index)."""
         values = (rows.input_ids * 7 + rows.positions).to(torch.float16)[:, None]
         for install in self.installs:
             for index, (buffer, swa) in enumerate(layer_buffers_by_pool(install.pool)):
-                slots = install.mapping[rows.out_cache_loc] if swa else rows.out_cache_loc
+                slots = install.full_to_swa()[rows.out_cache_loc] if swa else rows.out_cache_loc
                 written = values + index + torch.arange(buffer.shape[1], device=self.device)
                 keep = torch.ones_like(slots, dtype=torch.bool)
                 if forgotten is not None and forgotten[1] == index:

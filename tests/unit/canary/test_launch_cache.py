@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from triton.runtime.jit import JITFunction
 from kv_canary.kernels.launch_cache import LaunchCache, TritonLauncherChangedError, _checked_launcher
 
 
-def _code(function: object) -> str:
+def _code(function: Callable[..., object]) -> str:
     return re.sub(r"\s+", "", inspect.getsource(function))
 
 

@@ -26,7 +26,7 @@ class UnreliableModel(TinyModel):
         if self.misdirect is not None:
             slots[self.misdirect[0]] = self.misdirect[1]
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
-        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer)):
+        for layer, (k, v) in enumerate(zip(self.pool.k_buffer, self.pool.v_buffer, strict=True)):
             written_k = base + layer + torch.arange(k[0].numel(), device=k.device).view(k[0].shape)
             keep = torch.ones_like(slots, dtype=torch.bool)
             if self.skip is not None and self.skip[1] == layer:

@@ -56,22 +56,25 @@ def random_tree(rng: random.Random, device: str) -> FakeRadixCache:
 def write_records(installs: list[Install], cache: FakeRadixCache) -> None:
     """Records as the engine's forwards left them, the same in both installs, with SWA slots for some
     tokens (the others slid out of their window): node after node, parents first."""
-    levels: list[list[tuple[FakeRadixNode, FakeRadixNode, int]]] = []  # (node, parent, first position)
-    pending = [(child, cache.root_node, 0, 0) for child in cache.root_node.children.values()]
+    levels: list[list[Listed]] = []
+    root_value = cache.root_node.value
+    assert root_value is not None
+    pending = [(child, root_value, 0, 0) for child in cache.root_node.children.values()]
     while pending:
-        node, parent, position, level = pending.pop()
+        node, parent_value, position, level = pending.pop()
         if node.value is None:
             continue
         while len(levels) <= level:
             levels.append([])
-        levels[level].append((node, parent, position))
-        pending += [(child, node, position + len(node.value), level + 1) for child in node.children.values()]
+        levels[level].append(Listed(key=node.key, value=node.value, parent_value=parent_value, position=position))
+        pending += [(child, node.value, position + len(node.value), level + 1) for child in node.children.values()]
     for install in installs:
-        if install.mapping is not None:
-            slots = torch.cat([node.value.long().cpu() for level in levels for node, _, _ in level])
-            install.mapping[slots[slots % 3 != 0]] = slots[slots % 3 != 0].to(install.mapping.device)
-        for level in levels:
-            plan = write_plan(level, install.mapping)
+        mapping = install.mapping
+        if mapping is not None:
+            slots = torch.cat([node.value.long().cpu() for nodes in levels for node in nodes])
+            mapping[slots[slots % 3 != 0]] = slots[slots % 3 != 0].to(mapping.device)
+        for nodes in levels:
+            plan = write_plan(nodes, mapping)
             for group in install.groups:
                 group_plan = plan if group.full_to_swa_index_mapping is None else plan_in_swa(plan, group)
                 for half, buffers in group.halves.items():
@@ -86,15 +89,23 @@ def write_records(installs: list[Install], cache: FakeRadixCache) -> None:
                         )
 
 
-def write_plan(level: list[tuple[FakeRadixNode, FakeRadixNode, int]], mapping: torch.Tensor | None) -> WritePlan:
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    key: object
+    value: torch.Tensor
+    parent_value: torch.Tensor  # empty for the root's children: they start sequences
+    position: int
+
+
+def write_plan(level: list[Listed], mapping: torch.Tensor | None) -> WritePlan:
     """One run per node of the level, chained from its parent's last slot (full-pool slots)."""
-    entries = sum(len(node.value) for node, _, _ in level)
+    entries = sum(len(node.value) for node in level)
     plan = WritePlan.allocate(capacity=entries, request_capacity=len(level), device="cpu")
     start = 0
-    for index, (node, parent, position) in enumerate(level):
-        length = len(node.value)
+    for index, node in enumerate(level):
+        length, position = len(node.value), node.position
         plan.entry_starts[index], plan.entry_counts[index] = start, length
-        plan.pred_slots[index] = 0 if parent.value.numel() == 0 else int(parent.value[-1])
+        plan.pred_slots[index] = 0 if node.parent_value.numel() == 0 else int(node.parent_value[-1])
         plan.slot_indices[start : start + length] = node.value.cpu()
         tokens = torch.tensor(getattr(node.key, "token_ids", node.key))
         plan.tokens[start : start + length] = plan.expected_tokens[start : start + length] = tokens
@@ -132,16 +143,17 @@ def damage(installs: list[Install], rng: random.Random) -> None:
             for install in installs:
                 buffer = layer_buffers(install.pool)[buffer_index]
                 buffer[slot % buffer.shape[0], 1] += 1
-        elif installs[0].mapping is not None:
+        else:
             for install in installs:
-                install.mapping[slot] = 0
+                if install.mapping is not None:
+                    install.mapping[slot] = 0
 
 
 def sweep_in_slices(installs: list[Install], cache: FakeRadixCache, device: str, max_nodes: int) -> None:
     cursors = [RadixCursor(device=torch.device(device)) for _ in installs]
     for _ in range(30):
         slices = [cursor.next_slice(cache, max_nodes=max_nodes, max_tokens=40) for cursor in cursors]
-        for install, listed in zip(installs, slices):
+        for install, listed in zip(installs, slices, strict=True):
             install.kernels.sweep.verify(SweepSlice(segments=listed.segments), verify=install.kernels.verify)
         assert_same_state(installs[0], installs[1])
         if slices[0].round_completed:
