@@ -24,6 +24,7 @@ from kv_canary.kernels.layout_triton import (
     WORD_TOKEN,
 )
 from kv_canary.kernels.lost_write_reference import POISON
+from kv_canary.kernels.real_kv_table import RealKvField
 from kv_canary.records import RecordWord
 
 if [int(word) for word in RecordWord] != [0, 1, 2, 3]:
@@ -34,7 +35,11 @@ if [int(word) for word in RecordWord] != [0, 1, 2, 3]:
 
 POISON_0: tl.constexpr = tl.constexpr(POISON[0])
 POISON_1: tl.constexpr = tl.constexpr(POISON[1])
-REAL_KV_FIELDS: tl.constexpr = tl.constexpr(4)  # a real-KV descriptor row: layer table, layers, row words, hashed
+REAL_KV_FIELDS: tl.constexpr = tl.constexpr(len(RealKvField))
+REAL_KV_LAYER_TABLE: tl.constexpr = tl.constexpr(int(RealKvField.LAYER_TABLE))
+REAL_KV_LAYERS: tl.constexpr = tl.constexpr(int(RealKvField.LAYERS))
+REAL_KV_ROW_WORDS: tl.constexpr = tl.constexpr(int(RealKvField.ROW_WORDS))
+REAL_KV_HASHED_WORDS: tl.constexpr = tl.constexpr(int(RealKvField.HASHED_WORDS))
 
 
 @triton.jit
@@ -83,8 +88,8 @@ def check_records(
 def real_kv_source(table_ptr, index):
     """(layer pointer table, layers, row words, hashed words) of descriptor row ``index``."""
     row = table_ptr + index * REAL_KV_FIELDS
-    layers = tl.load(row).to(tl.pointer_type(tl.int64))
-    return layers, tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
+    layers = tl.load(row + REAL_KV_LAYER_TABLE).to(tl.pointer_type(tl.int64))
+    return layers, tl.load(row + REAL_KV_LAYERS), tl.load(row + REAL_KV_ROW_WORDS), tl.load(row + REAL_KV_HASHED_WORDS)
 
 
 @triton.jit
