@@ -35,10 +35,11 @@ export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 
 # Triton compiles a kernel variant at its first launch, single-threaded: compile the per-forward
 # benchmark's variants first, in parallel processes, into Triton's on-disk cache.
-note "warm-up: compiling the per-forward kernel variants in 8 processes"
-for shard in 0 1 2 3 4 5 6 7; do
-    timeout 110 python3 -m bench.per_forward_cost --quick --warm "$shard/8" >>"$OUT/warm.txt" 2>&1 &
+note "warm-up: compiling the per-forward and sweep kernel variants in 8 processes"
+for shard in 0 1 2 3 4 5 6; do
+    timeout 110 python3 -m bench.per_forward_cost --quick --warm "$shard/7" >>"$OUT/warm.txt" 2>&1 &
 done
+timeout 110 python3 -m bench.sweep_throughput --warm >>"$OUT/warm.txt" 2>&1 &
 wait
 
 stage 80 verify_vs_anchor python3 -m bench.verify_vs_anchor --anchor-dir .anchor --json "$OUT/verify.json"

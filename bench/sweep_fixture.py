@@ -24,11 +24,19 @@ class SweptCache:
 
 
 def swept_cache(
-    slots: int, real_kv: RealKvHashMode, device: str, *, step_nodes: int, step_tokens: int, interval: int = 1
+    slots: int,
+    real_kv: RealKvHashMode,
+    device: str,
+    *,
+    step_nodes: int,
+    step_tokens: int,
+    interval: int = 1,
+    branches: int = BRANCHES,
 ) -> SweptCache:
-    """``slots`` cached tokens in chains of ``NODE_TOKENS``-token nodes, written as one prefill would."""
+    """``slots`` cached tokens in chains of ``NODE_TOKENS``-token nodes under up to ``branches`` branches,
+    written as one prefill would."""
     nodes = slots // NODE_TOKENS
-    branches = min(BRANCHES, nodes)
+    branches = min(branches, nodes)
     hashed = real_kv is not RealKvHashMode.NONE
     pool = MHATokenToKVPool(slots + 1, REAL_KV_LAYERS if hashed else 1, ROW_ELEMENTS if hashed else 8, device)
     config = CanaryConfig(

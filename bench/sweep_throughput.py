@@ -29,6 +29,7 @@ from bench.sweep_fixture import REAL_KV_LAYERS, swept_cache
 from bench.timing import time_eager_us
 from kv_canary import RealKvHashMode
 from kv_canary.kernels.sweep_launch import TritonSweep
+from kv_canary.plans import SweepSlice
 from kv_canary.sweep.radix_cursor import RadixCursor
 
 GOAL_OF_COPY = 0.80  # at 1M cached slots, real KV none
@@ -67,11 +68,25 @@ def measure(slots: int, real_kv: RealKvHashMode, device: str) -> dict[str, Any]:
     }
 
 
+def warm(device: str) -> None:
+    """Compile the kernel variants the measurements launch, in a tiny cache of the same shape: 64-token
+    nodes (the sweep's block) in chains of 1024 tokens or more (the prefill's write block)."""
+    for real_kv in (RealKvHashMode.NONE, RealKvHashMode.PARTIAL):
+        swept = swept_cache(16 * 64, real_kv, device, step_nodes=1 << 30, step_tokens=1 << 40, branches=1)
+        listed = RadixCursor(device=torch.device(device)).next_slice(swept.cache, max_nodes=1 << 30, max_tokens=1 << 40)
+        swept.manager.kernels.sweep.verify(SweepSlice(segments=listed.segments), verify=None)
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument("--warm", action="store_true", help="only compile the kernel variants the run launches")
     args = parser.parse_args()
     device = "cuda"
+    if args.warm:
+        warm(device)
+        return
     copy = copy_bandwidth_gbps(device)
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {copy:.0f} GB/s (read + write)")
     print(

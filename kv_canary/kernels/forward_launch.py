@@ -16,8 +16,9 @@ loop, so a longer prefix is still verified whole.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-import triton
 
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.forward_rows import ForwardRows
@@ -36,17 +37,28 @@ _TARGET_PROGRAMS = 2048  # an H200's 132 SMs about sixteen times over
 _LAUNCHES = LaunchCache(_forward_kernel)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class _LaunchKind:
+    """What one of a forward's three launches fixes once per install: its buffers and constexprs."""
+
+    phase: Phase
+    verify: bool
+    write: bool
+    static: tuple[torch.Tensor, ...]  # the canary's own buffers, in the kernel's parameter order
+    constexprs: dict[str, object]  # all but the block sizes and whether the engine records tokens
+    hashes: bool  # the verify programs hash real K/V
+
+
 class TritonForward:
     def __init__(self, *, layout: GroupLayout, state: CanaryDeviceState, settings: KernelSettings) -> None:
         self._layout = layout
         self._state = state
         self._settings = settings
-        self._departures = torch.zeros(1, dtype=torch.int64, device=state.step.device)
-        self._constexprs = {
-            "NUM_GROUPS": len(layout.groups),
-            "FIRST_GROUP_SWA": layout.first_group_swa,
-            "NUM_HALVES": layout.num_halves,
-        }
+        departures = torch.zeros(1, dtype=torch.int64, device=state.step.device)
+        self._write_head = self._kind(Phase.HEAD, verify=False, write=True, departures=departures)
+        self._verify_head = self._kind(Phase.HEAD, verify=True, write=False, departures=departures)
+        self._tail = self._kind(Phase.TAIL, verify=True, write=True, departures=departures)
+        self._engine: tuple[ForwardRows | None, tuple[torch.Tensor, ...]] = (None, ())
 
     def before_forward(self, rows: ForwardRows, *, verify: object = None, write: object = None) -> None:
         """HEAD write (advancing the step counter), then HEAD verify: two launches, ordered by the stream.
@@ -60,56 +72,78 @@ class TritonForward:
 
     def write_head(self, rows: ForwardRows) -> None:
         """Launch 1: write the new slots' HEAD records (and mark their rows for the lost-write check)."""
-        self._launch(rows, Phase.HEAD, verify=False, write_block=self._write_block(rows), opens_forward=True)
+        self._launch(rows, self._write_head)
 
     def verify_head(self, rows: ForwardRows) -> None:
         """Launch 2: verify the HEAD records of every slot the forward's attention reads."""
-        self._launch(rows, Phase.HEAD, verify=True, write_block=_MIN_WRITE_BLOCK, opens_forward=False)
+        self._launch(rows, self._verify_head)
 
     def tail(self, rows: ForwardRows) -> None:
         """Launch 3, after the model: verify the read slots' TAIL records and write the new slots' ones."""
-        self._launch(rows, Phase.TAIL, verify=True, write_block=self._write_block(rows), opens_forward=False)
+        self._launch(rows, self._tail)
 
-    def _launch(self, rows: ForwardRows, phase: Phase, *, verify: bool, write_block: int, opens_forward: bool) -> None:
-        settings = self._settings
-        write = phase is Phase.TAIL or not verify
-        layout = self._layout
-        hashes = phase is Phase.TAIL and layout.real_kv.hashes
-        batch_size = rows.batch_size
-        # A launch without verify programs keeps the smallest verify block, so that it compiles once.
-        verify_block, warps, splits = self._verify_shape(rows, hashes) if verify else (32, 1, 1)
-        if not verify:
-            warps = max(1, min(4, write_block // 32))
-        verify_programs = max(batch_size, 1) * splits if verify else 0
-        write_programs = batch_size if write else 0
-        token_ids = rows.req_token_ids
-        engine = _engine_tensors(rows, layout.full_to_swa, self._state.step.device)
-        state = self._state
+    def _kind(self, phase: Phase, *, verify: bool, write: bool, departures: torch.Tensor) -> _LaunchKind:
+        layout, settings, state = self._layout, self._settings, self._state
         tail = phase is Phase.TAIL
+        hashes = tail and layout.real_kv.hashes
         lost_writes = settings.check_lost_writes if tail else settings.poison_new_slots and write
         # Constexprs a launch does not use are given one value, so that each launch kind compiles few
         # variants: the HEAD verify hashes and marks nothing, the HEAD write hashes nothing.
         reads_real_kv = hashes or lost_writes
+        tag_0, tag_1 = layout.tags(phase)
+        static = (
+            *layout.records(phase),
+            layout.real_kv.table,
+            state.ring.rows,
+            state.ring.write_index,
+            state.kernel_run_counters,
+            state.slot_run_counters,
+            state.step,
+            state.verify_entries,
+            state.plan_overflow,
+            departures,
+        )
+        constexprs: dict[str, object] = {
+            "VERIFY": verify,
+            "WRITE": write,
+            "TAIL": tail,
+            "OPENS_FORWARD": write and not verify,
+            "NUM_GROUPS": len(layout.groups),
+            "FIRST_GROUP_SWA": layout.first_group_swa,
+            "NUM_HALVES": layout.num_halves,
+            "TAG_0": tag_0,
+            "TAG_1": tag_1,
+            "CHECK_TOKENS": settings.check_tokens and verify,
+            "RECORD_VIOLATIONS": settings.record_violations and verify,
+            "ASSERT_INPUTS": settings.assert_inputs and write,
+            "HASH_REAL_KV": reads_real_kv,
+            "LOST_WRITES": lost_writes,
+            "LAYER_BLOCK": layout.real_kv.layer_block if reads_real_kv else 1,
+            "WORD_CHUNK": layout.real_kv.word_chunk if hashes else 1,
+            "REQUEST_BLOCK": _REQUEST_BLOCK,
+        }
+        return _LaunchKind(phase=phase, verify=verify, write=write, static=static, constexprs=constexprs, hashes=hashes)
+
+    def _launch(self, rows: ForwardRows, kind: _LaunchKind) -> None:
+        batch_size = rows.batch_size
+        # A launch without verify programs keeps the smallest verify block, and one without write programs
+        # the smallest write block, so that each compiles once.
+        verify_block, warps, splits = self._verify_shape(rows, kind.hashes) if kind.verify else (32, 1, 1)
+        write_block = _write_block(rows) if kind.write else _MIN_WRITE_BLOCK
+        if not kind.verify:
+            warps = max(1, min(4, write_block // 32))
+        verify_programs = max(batch_size, 1) * splits if kind.verify else 0
+        write_programs = batch_size if kind.write else 0
+        token_ids = rows.req_token_ids
         _LAUNCHES.launch(
             (max(verify_programs + write_programs, 1),),
-            (
-                *engine,
-                *layout.records(phase),
-                layout.real_kv.table,
-                state.ring.rows,
-                state.ring.write_index,
-                state.kernel_run_counters,
-                state.slot_run_counters,
-                state.step,
-                state.verify_entries,
-                state.plan_overflow,
-                self._departures,
-            ),
+            self._engine_tensors(rows),
+            kind.static,
             (
                 batch_size,
                 rows.num_new_tokens,
-                state.ring.capacity,
-                layout.window,
+                self._state.ring.capacity,
+                self._layout.window,
                 rows.req_to_token.stride(0),
                 rows.req_to_token.shape[1],
                 0 if token_ids is None else token_ids.stride(0),
@@ -119,47 +153,47 @@ class TritonForward:
                 int(rows.is_decode),
             ),
             num_warps=warps,
-            VERIFY=verify,
-            WRITE=write,
-            TAIL=tail,
-            OPENS_FORWARD=opens_forward,
-            **self._constexprs,
-            TAG_0=layout.tags(phase)[0],
-            TAG_1=layout.tags(phase)[1],
-            HAS_TOKEN_IDS=token_ids is not None,
-            CHECK_TOKENS=settings.check_tokens and verify,
-            RECORD_VIOLATIONS=settings.record_violations and verify,
-            ASSERT_INPUTS=settings.assert_inputs and write,
-            HASH_REAL_KV=reads_real_kv,
-            LOST_WRITES=lost_writes,
-            LAYER_BLOCK=layout.real_kv.layer_block if reads_real_kv else 1,
-            WORD_CHUNK=layout.real_kv.word_chunk if hashes else 1,
-            REQUEST_BLOCK=_REQUEST_BLOCK,
-            VERIFY_BLOCK=verify_block,
-            WRITE_BLOCK=write_block if write else _MIN_WRITE_BLOCK,
-            WRITE_BLOCK_LOG2=(write_block if write else _MIN_WRITE_BLOCK).bit_length() - 1,
+            constexprs={
+                **kind.constexprs,
+                "HAS_TOKEN_IDS": token_ids is not None,
+                "VERIFY_BLOCK": verify_block,
+                "WRITE_BLOCK": write_block,
+                "WRITE_BLOCK_LOG2": write_block.bit_length() - 1,
+            },
         )
+
+    def _engine_tensors(self, rows: ForwardRows) -> tuple[torch.Tensor, ...]:
+        """The forward's tensors, checked once for the forward's three launches."""
+        checked_rows, tensors = self._engine
+        if checked_rows is not rows:
+            tensors = _engine_tensors(rows, self._layout.full_to_swa, self._state.step.device)
+            self._engine = (rows, tensors)
+        return tensors
 
     def _verify_shape(self, rows: ForwardRows, hashes_real_kv: bool) -> tuple[int, int, int]:
         """(block, warps, splits per request) for the verify programs."""
-        whole_prefix = not self._layout.first_group_swa
         if rows.prefix_lens_host is not None:
-            reads = [n if whole_prefix else min(n, self._layout.window) for n in rows.prefix_lens_host]
+            if self._layout.first_group_swa:
+                window = self._layout.window
+                reads = [min(n, window) for n in rows.prefix_lens_host]
+            else:
+                reads = list(rows.prefix_lens_host)
             entries, longest = sum(reads), max(reads, default=0)
         else:
             entries = longest = self._settings.verify_capacity
         block, warps = next((block, warps) for limit, block, warps in _VERIFY_SHAPES if entries <= limit)
         if hashes_real_kv:
             block, warps = min(block, _BLOCK_WITH_REAL_KV), min(warps, _WARPS_WITH_REAL_KV)
-        splits = max(1, min(triton.cdiv(longest, block), _TARGET_PROGRAMS // max(rows.batch_size, 1)))
+        splits = max(1, min(-(-longest // block), _TARGET_PROGRAMS // max(rows.batch_size, 1)))
         return block, warps, splits
 
-    @staticmethod
-    def _write_block(rows: ForwardRows) -> int:
-        longest = rows.longest_run
-        if longest is None:
-            longest = _MAX_WRITE_BLOCK
-        return min(_MAX_WRITE_BLOCK, max(_MIN_WRITE_BLOCK, int(triton.next_power_of_2(max(longest, 1)))))
+
+def _write_block(rows: ForwardRows) -> int:
+    """Lanes of a write block: the longest run of one request, rounded up to a power of two."""
+    longest = rows.longest_run
+    if longest is None:
+        longest = _MAX_WRITE_BLOCK
+    return min(_MAX_WRITE_BLOCK, max(_MIN_WRITE_BLOCK, 1 << (max(longest, 1) - 1).bit_length()))
 
 
 def _engine_tensors(rows: ForwardRows, full_to_swa: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

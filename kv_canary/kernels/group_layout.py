@@ -69,7 +69,7 @@ class GroupLayout:
     def tags(self, phase: Phase) -> tuple[int, int]:
         """The launch tags of the K halves of groups 0 and 1 in ``phase`` (0 where a group is absent)."""
         tags = [launch_tag_base(phase, group.kind) for group in self.groups]
-        return tags[0], tags[1] if len(tags) > 1 else 0
+        return tags[0], (tags[1] if len(tags) > 1 else 0)
 
     def _records(self, index: int, phase: Phase) -> tuple[torch.Tensor, torch.Tensor]:
         if index >= len(self.groups):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import triton
 
 from kv_canary.device_state import CanaryDeviceState
 from kv_canary.engine_protocols import RadixWalk
@@ -44,8 +43,25 @@ class TritonSweep:
         self._settings = settings
         self._device = state.step.device
         head, tail = layout.records(Phase.HEAD), layout.records(Phase.TAIL)
-        # (group 0 HEAD K, HEAD V, TAIL K, TAIL V, group 1 ...): the kernel's parameter order
-        self._records = (head[0], head[1], tail[0], tail[1], head[2], head[3], tail[2], tail[3])
+        # The canary's own buffers, in the kernel's parameter order: the SWA map, then group 0's HEAD K,
+        # HEAD V, TAIL K, TAIL V records, group 1's, the real-K/V table and the state.
+        self._static = (
+            layout.full_to_swa,
+            head[0],
+            head[1],
+            tail[0],
+            tail[1],
+            head[2],
+            head[3],
+            tail[2],
+            tail[3],
+            layout.real_kv.table,
+            state.ring.rows,
+            state.ring.write_index,
+            state.kernel_run_counters,
+            state.slot_run_counters,
+            state.step,
+        )
 
     def verify(self, sweep: SweepSlice, *, verify: object = None) -> None:
         """Verify a slice in one launch (a self-walking cache's walks: one per group)."""
@@ -88,45 +104,37 @@ class TritonSweep:
         explicit: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         mean = num_tokens // max(num_segments, 1)
-        block = min(_MAX_BLOCK, max(_MIN_BLOCK, triton.next_power_of_2(max(mean, 1))))
+        block = min(_MAX_BLOCK, max(_MIN_BLOCK, 1 << (max(mean, 1) - 1).bit_length()))
         warps = max(1, min(8, block // 32))
         layout = self._layout
         if layout.real_kv.hashes:
             block, warps = min(block, _BLOCK_WITH_REAL_KV), min(warps, _WARPS_WITH_REAL_KV)
-        blocks = triton.cdiv(max(longest, 1), block)
+        blocks = -(-max(longest, 1) // block)
         splits = blocks if explicit is not None else max(1, min(blocks, _TARGET_PROGRAMS // num_segments))
         positions, pred_slots = explicit if explicit is not None else (layout.placeholder, layout.placeholder)
-        state, settings = self._state, self._settings
+        settings = self._settings
+        tag_0, tag_1 = layout.tags(Phase.SWEEP)
         _LAUNCHES.launch(
             (num_segments * splits,),
-            (
-                table,
-                positions,
-                pred_slots,
-                layout.full_to_swa,
-                *self._records,
-                layout.real_kv.table,
-                state.ring.rows,
-                state.ring.write_index,
-                state.kernel_run_counters,
-                state.slot_run_counters,
-                state.step,
-            ),
-            (state.ring.capacity, splits, num_tokens if explicit is not None else 0),
+            (table, positions, pred_slots),
+            self._static,
+            (self._state.ring.capacity, splits, num_tokens if explicit is not None else 0),
             num_warps=warps,
-            EXPLICIT=explicit is not None,
-            VERIFY_GROUP_0=groups[0],
-            VERIFY_GROUP_1=groups[1] and len(layout.groups) == 2,
-            GROUP_0_SWA=layout.first_group_swa,
-            NUM_HALVES=layout.num_halves,
-            TAG_0=layout.tags(Phase.SWEEP)[0],
-            TAG_1=layout.tags(Phase.SWEEP)[1],
-            CHECK_TOKENS=settings.check_tokens,
-            RECORD_VIOLATIONS=settings.record_violations,
-            HASH_REAL_KV=layout.real_kv.hashes,
-            LAYER_BLOCK=layout.real_kv.layer_block,
-            WORD_CHUNK=layout.real_kv.word_chunk,
-            BLOCK=block,
+            constexprs={
+                "EXPLICIT": explicit is not None,
+                "VERIFY_GROUP_0": groups[0],
+                "VERIFY_GROUP_1": groups[1] and len(layout.groups) == 2,
+                "GROUP_0_SWA": layout.first_group_swa,
+                "NUM_HALVES": layout.num_halves,
+                "TAG_0": tag_0,
+                "TAG_1": tag_1,
+                "CHECK_TOKENS": settings.check_tokens,
+                "RECORD_VIOLATIONS": settings.record_violations,
+                "HASH_REAL_KV": layout.real_kv.hashes,
+                "LAYER_BLOCK": layout.real_kv.layer_block,
+                "WORD_CHUNK": layout.real_kv.word_chunk,
+                "BLOCK": block,
+            },
         )
 
 

@@ -80,27 +80,40 @@ def verify_sweep(
 
 
 def flatten_segments(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[RadixWalk, torch.Tensor]:
-    """The segments as one walk, and per token whether its segment is SWA-resident."""
+    """The segments as one walk, and per token whether its segment is SWA-resident.
 
-    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
+    A few ops for the whole slice: the per-token positions and predecessors are expanded from one
+    value per segment."""
+    if not segments:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return RadixWalk(slots=empty, positions=empty, prev_slots=empty, tokens=empty), empty.to(torch.bool)
 
-    slots, positions, prev_slots, tokens, resident = [], [], [], [], []
-    for segment in segments:
-        values = segment.slots.to(device=device, dtype=torch.int64)
-        pred = (
+    def host(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    lengths = host([segment.length for segment in segments])
+    slots = torch.cat([segment.slots.to(device=device, dtype=torch.int64) for segment in segments])
+    tokens = torch.cat(
+        [
+            torch.full((segment.length,), TOKEN_UNKNOWN, dtype=torch.int64, device=device)
+            if segment.tokens is None
+            else segment.tokens.to(device=device, dtype=torch.int64)
+            for segment in segments
+        ]
+    )
+    first_preds = torch.cat(
+        [
             torch.full((1,), PREV_SEQUENCE_START, dtype=torch.int64, device=device)
             if segment.pred_values is None
             else segment.pred_values[segment.pred_index : segment.pred_index + 1].to(device=device, dtype=torch.int64)
-        )
-        slots.append(values)
-        positions.append(torch.arange(segment.length, device=device) + segment.first_position)
-        prev_slots.append(torch.cat([pred, values[:-1]]))
-        tokens.append(
-            torch.full_like(values, TOKEN_UNKNOWN)
-            if segment.tokens is None
-            else segment.tokens.to(device=device, dtype=torch.int64)
-        )
-        resident.append(torch.full_like(values, segment.swa_resident, dtype=torch.bool))
-    walk = RadixWalk(slots=cat(slots), positions=cat(positions), prev_slots=cat(prev_slots), tokens=cat(tokens))
-    return walk, cat(resident).to(torch.bool)
+            for segment in segments
+        ]
+    )
+    total = slots.shape[0]
+    segment_of = torch.repeat_interleave(torch.arange(len(segments), device=device), lengths, output_size=total)
+    starts = torch.cumsum(lengths, 0) - lengths
+    offset = torch.arange(total, device=device) - starts[segment_of]
+    positions = host([segment.first_position for segment in segments])[segment_of] + offset
+    prev_slots = torch.where(offset == 0, first_preds[segment_of], torch.roll(slots, 1))
+    resident = torch.tensor([segment.swa_resident for segment in segments], device=device)[segment_of]
+    return RadixWalk(slots=slots, positions=positions, prev_slots=prev_slots, tokens=tokens), resident

@@ -60,12 +60,12 @@ def test_launches_after_the_first_go_through_the_compiled_kernel_and_compute_the
     source = torch.arange(16, dtype=torch.int64, device="cuda")
     for offset in (1, 16, 7):  # 1 and 16 are values Triton would specialize on without do_not_specialize
         target = torch.zeros_like(source)
-        launches.launch((1,), (source, target), (offset,), num_warps=1, COUNT=16)
+        launches.launch((1,), (source, target), (), (offset,), num_warps=1, constexprs={"COUNT": 16})
         torch.cuda.synchronize()
         assert torch.equal(target, source + offset)
     assert launches.variants == 1
     narrow = torch.arange(16, dtype=torch.int32, device="cuda")
     target = torch.zeros_like(narrow)
-    launches.launch((1,), (narrow, target), (3,), num_warps=1, COUNT=16)
+    launches.launch((1,), (narrow, target), (), (3,), num_warps=1, constexprs={"COUNT": 16})
     torch.cuda.synchronize()
     assert torch.equal(target, narrow + 3) and launches.variants == 2  # a new dtype compiles a new variant
