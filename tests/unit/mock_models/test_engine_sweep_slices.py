@@ -45,9 +45,7 @@ def sweep_of(engine: Engine) -> SweepOrchestrator:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_rounds_of_one_node_a_step_stay_clean_while_the_cache_is_split_evicted_and_reused(
-    mode, shared_prefix_workload
-):
+def test_rounds_of_one_node_a_step_stay_clean_while_the_cache_is_split_evicted_and_reused(mode, shared_prefix_workload):
     engine = sliced_sweep_engine(mode, max_total_tokens=160)
     engine.generate(shared_prefix_workload.prompts[:6], [20] * 6)
     assert engine.canary is not None
