@@ -14,6 +14,9 @@ plan capacity and a long prefix is never cut.
 * A **write program** (one per request) writes the request's run of new slots, chained from
   the slot of its last cached position, block after block (``record_ops_triton.scan_chain``).
 
+The groups and halves are unrolled at compile time: group 0 is the FULL group unless the
+install guards an SWA group only, group 1 (when present) the SWA group (``group_layout``).
+
 HEAD writes before it verifies (two launches, ordered by the stream): a slot this forward both
 reads and hands to a new token then fails the HEAD verify of this very forward. The TAIL
 launch verifies and writes at once; a correct engine never plans one slot both ways, and one

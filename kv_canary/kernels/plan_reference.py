@@ -1,8 +1,8 @@
-"""Torch reference of the plan builder (same signature as ``plan_triton.build_group_plans``).
+"""The torch kernels' plan builder: a forward's verify and write plans for one pool group.
 
 Fills a pool group's verify and write plans on device with fixed shapes and no host sync, so
 the pre-ops can be captured in a CUDA graph; about thirty small torch ops, which is why the
-Triton builder exists.
+Triton kernels derive their entries inside their launches instead.
 """
 
 from __future__ import annotations
