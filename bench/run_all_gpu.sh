@@ -3,8 +3,11 @@
 # repository's root. Output goes to $OUT (default ./gpu-out): bench.txt (every table, in order),
 # tests.txt, warm.txt, and one JSON per benchmark.
 #
-# Carry .anchor/ (SGLang's verify kernel, from ../shared/anchor/make_anchor.sh) and .whl/ (pydantic
-# and its three dependencies for py3.12, which the test run's root conftest needs; see bench/RESULTS.md):
+# Carry .anchor/ (SGLang's verify kernel, from ../shared/anchor/make_anchor.sh) and .whl/ (pydantic and
+# its dependencies for py3.12, which the mock engine's settings and the tests' root conftest import):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_17_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
 #   run(command="bash bench/run_all_gpu.sh", carry=[".anchor", ".whl"], timeout_s=600)
 set -u
 cd "$(dirname "$0")/.."

@@ -166,7 +166,7 @@ def _segment_table(segments: tuple[SweepSegment, ...], device: torch.device) -> 
         tokens += length
     if not rows:
         rows.append((0,) * len(SegmentField))
-    return _on_device(torch.tensor(rows, dtype=torch.int64), device), longest, tokens
+    return _on_device(torch.tensor(rows, dtype=torch.int64, device="cpu"), device), longest, tokens
 
 
 def _walk_table(walk: RadixWalk, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -182,7 +182,12 @@ def _walk_table(walk: RadixWalk, device: torch.device) -> tuple[torch.Tensor, tu
     row[SegmentField.SWA_RESIDENT] = 1
     positions = walk.positions.to(device=device, dtype=torch.int64).contiguous()
     pred_slots = walk.prev_slots.to(device=device, dtype=torch.int64).contiguous()
-    return _on_device(torch.tensor([row], dtype=torch.int64), device), (slots, tokens, positions, pred_slots)
+    return _on_device(torch.tensor([row], dtype=torch.int64, device="cpu"), device), (
+        slots,
+        tokens,
+        positions,
+        pred_slots,
+    )
 
 
 def _on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -79,7 +79,8 @@ class _KeyTokens:
             # array.array converts a list of ints about five times faster than torch.tensor does.
             host.extend(getattr(key, "token_ids", key)[:length])  # type: ignore[index]
         tokens = _to_device(
-            torch.frombuffer(host, dtype=torch.int32) if host else torch.zeros(0, dtype=torch.int32), self._device
+            torch.frombuffer(host, dtype=torch.int32) if host else torch.zeros(0, dtype=torch.int32, device="cpu"),
+            self._device,
         )
         converted = []
         start = 0
