@@ -16,7 +16,7 @@ from harness.scenario.comparison import Comparison
 from harness.scenario.model import Fault, Scenario, SwaDivergenceExpectation, ViolationPattern
 from harness.scenario.modes import mode_has_full_and_swa_groups
 from harness.scenario.patterns import matches
-from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
+from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord, ViolationRepeatsLog
 
 MAX_LINES_PER_OUTCOME = 10  # kept in the result; a failure message shows the first and the count
 
@@ -139,7 +139,8 @@ def check_expectations(
         injection_step=injection_step,
         detected=detected,
         latency_steps=after[0].step - injection_step if after and injection_step is not None else None,
-        violation_count=len(violations),
+        # Repeats the canary counted instead of logging again (kv_canary violation_repeats lines).
+        violation_count=len(violations) + sum(line.repeats for line in ViolationRepeatsLog.find_all(log_text)),
         launch_tags_seen=tuple(sorted({v.launch_tag for v in violations})),
         fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
         expects_detection=scenario.expects_detection,
