@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import requests
 
@@ -19,16 +20,17 @@ class ViolationSnapshot:
 class EngineClient:
     """Thread-safe: each call opens its own connection (the workload calls ``generate`` from threads)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.headers = headers or {}
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict[str, Any]:
         return self._call(
             "POST", "/generate", {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
         )
 
-    def server_info(self) -> dict:
+    def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")
 
     def forward_count(self) -> int:
@@ -63,8 +65,10 @@ class EngineClient:
             raise EngineHttpError(f"GET /kv_canary/violations is not {{count: int, lines: [str]}}: {answer!r}")
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        response = requests.request(method, self.base_url + path, json=body, timeout=self.timeout_s)
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = requests.request(
+            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
+        )
         if response.status_code != 200:
             raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
         try:

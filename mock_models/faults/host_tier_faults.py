@@ -44,7 +44,7 @@ def stale_swa_translation(context: FaultContext) -> str:
     cache = _tiered(engine)
     mapping = swa_allocator(engine).full_to_swa_index_mapping
     for restore in reversed(cache.restores):
-        stale = _stale_positions(engine, restore, mapping)
+        stale = _stale_positions(context, restore, mapping)
         if stale:
             full = torch.tensor(restore.full_slots, dtype=torch.int64, device=mapping.device)
             old = torch.tensor(restore.swa_slots_at_offload, dtype=torch.int64, device=mapping.device)
@@ -103,9 +103,10 @@ def _waiting_on_host(engine: Engine, cache: HostTieredRadixCache) -> tuple[Reque
     raise NoTarget("no waiting request's prefix is on the host, so nothing is loaded back next")
 
 
-def _stale_positions(engine: Engine, restore: Restore, mapping: torch.Tensor) -> list[int]:
-    """Positions of the restored node a running request's window reads, whose pre-offload SWA slot
+def _stale_positions(context: FaultContext, restore: Restore, mapping: torch.Tensor) -> list[int]:
+    """Positions of the restored node the coming forward's windows read, whose pre-offload SWA slot
     another position owns now; empty if the node is gone or no longer has those SWA rows."""
+    engine = context.engine
     node = restore.node
     if restore.swa_slots is None or node.parent is None or node not in node.parent.children.values():
         return []
@@ -116,7 +117,7 @@ def _stale_positions(engine: Engine, restore: Restore, mapping: torch.Tensor) ->
     start, window = node_depth(node), engine.config.swa_window
     read = {
         position
-        for req in lockers(engine, node)
+        for req in lockers(context, node)
         for position in range(max(start, req.kv_len - window), min(start + len(node.key), req.kv_len))
     }
     return [

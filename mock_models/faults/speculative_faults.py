@@ -8,7 +8,7 @@ were), so the target writes the window's K/V and canary records at the wrong pos
 from __future__ import annotations
 
 from mock_models.engine.speculative.scheduler import SpeculativeScheduler
-from mock_models.faults.targets import FaultContext, NoTarget, decoding_requests
+from mock_models.faults.targets import FaultContext, NoTarget
 
 
 def draft_position_shift(context: FaultContext) -> str:
@@ -18,7 +18,9 @@ def draft_position_shift(context: FaultContext) -> str:
         raise NoTarget("the engine does not decode speculatively (speculative_num_steps 0)")
     if any(req.needs_prefill for req in scheduler.running):
         raise NoTarget("the next forward prefills; no verify window is written before it")
-    reqs = decoding_requests(engine)
+    # Applied before scheduling (the window is drafted when the verify batch is scheduled): with no
+    # prompt left to prefill, every running request is in the coming verify forward.
+    reqs = [req for req in scheduler.running if req.output_ids]
     if not reqs:
         raise NoTarget("no request is decoding")
     req = reqs[0]

@@ -194,7 +194,9 @@ class CleanEngineMachine(RuleBasedStateMachine):
 
     @property
     def engines(self) -> list[Engine]:
-        """The engine and, disaggregated, its prefill engine."""
+        """The engine and, disaggregated, its prefill engine (none before the machine's set-up)."""
+        if self.engine is None:
+            return []
         return [self.engine, *([self.engine.prefill] if isinstance(self.engine, DisaggregatedEngine) else [])]
 
     def judging_as_clean(self) -> bool:
