@@ -58,6 +58,11 @@ class EngineConfig:
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
     mem_backend: MemBackend = MemBackend.MOCK
+    # Prepare forward T+1 before forward T's results are processed, as SGLang's overlap scheduler does.
+    overlap_schedule: bool = False
+    # Share of max_new_tokens whose pages admission reserves; below 1 a decode short of pages retracts.
+    new_token_ratio: float = 1.0
+    bugs: tuple[str, ...] = ()  # engine bug modes (kv_canary_contract.ENGINE_BUGS) this engine re-enacts
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
@@ -67,7 +72,16 @@ class EngineConfig:
         mem_backend: object = self.mem_backend
         if not isinstance(mem_backend, MemBackend):
             object.__setattr__(self, "mem_backend", _enum_value(MemBackend, mem_backend, "mem_backend"))
+        bugs: object = self.bugs
+        if not isinstance(bugs, tuple):
+            object.__setattr__(self, "bugs", tuple(typing.cast("list[str]", bugs)))
         if self.mem_backend is MemBackend.SGLANG:
+            _require(
+                not self.bugs,
+                "bugs",
+                f"= {list(self.bugs)}: bug modes re-enact mechanisms in the mock engine's own memory code; "
+                "use mem_backend mock",
+            )
             _require(
                 self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
                 "mem_backend",
@@ -105,6 +119,12 @@ class EngineConfig:
     @property
     def has_swa_pool(self) -> bool:
         return MODES[self.model_mode.value].has_swa_pool
+
+    @property
+    def overrun_tokens(self) -> int:
+        """Tokens a request computes past its last output: the overlap scheduler's forward in flight
+        when its results finish it (its K/V is the last output token's)."""
+        return 1 if self.overlap_schedule else 0
 
     @property
     def torch_kv_dtype(self) -> torch.dtype:
