@@ -137,6 +137,10 @@ class Engine:
             logger.info("request %s aborted", rid)
         return aborted
 
+    def pending(self, rid: str) -> Request | None:
+        """The waiting or running request ``rid``, if there is one."""
+        return next((req for req in (*self.scheduler.waiting, *self.scheduler.running) if req.rid == rid), None)
+
     def has_work(self) -> bool:
         return self.scheduler.has_work() or self._in_flight is not None
 
