@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kv_canary_contract import ENGINE_BUGS
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from tests.unit.mock_models.bug_runs import BugRun, Driver, Workload, run
 
 _rng = random.Random(13)
@@ -189,7 +189,7 @@ class BugCase:
 
     def config(self, *, bug: bool, quiet: bool = False) -> EngineConfig:
         settings = self.quiet_settings if quiet and self.quiet_settings is not None else self.settings
-        return EngineConfig(model_mode=self.mode, bugs=(self.bug,) if bug else (), **(BASE | settings))
+        return EngineConfig(model_mode=ModelMode(self.mode), bugs=(self.bug,) if bug else (), **(BASE | settings))
 
 
 def _cases() -> list[BugCase]:

@@ -7,7 +7,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from mock_models.config import EngineConfig
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.app import create_app
@@ -17,8 +17,9 @@ ORACLE = TokenOracle(seed=0, vocab_size=1024)
 PROMPT = [5, 6, 7]
 
 
-def make_client() -> TestClient:
-    return TestClient(create_app(EngineWorker(Engine(EngineConfig(model_mode="mha", max_total_tokens=1024)))))
+def make_client() -> tuple[TestClient, EngineWorker]:
+    worker = EngineWorker(Engine(EngineConfig(model_mode=ModelMode.MHA, max_total_tokens=1024)))
+    return TestClient(create_app(worker)), worker
 
 
 def generate(client: TestClient, rid: str, max_new_tokens: int) -> dict:
@@ -28,8 +29,7 @@ def generate(client: TestClient, rid: str, max_new_tokens: int) -> dict:
     return response.json()
 
 
-def wait_until_running(client: TestClient, rid: str) -> None:
-    worker: EngineWorker = client.app.state.worker
+def wait_until_running(worker: EngineWorker, rid: str) -> None:
     deadline = time.monotonic() + 30
     while not (worker.is_pending(rid) and worker.engine.pending(rid) is not None):
         assert time.monotonic() < deadline, f"{rid} never started"
@@ -37,9 +37,10 @@ def wait_until_running(client: TestClient, rid: str) -> None:
 
 
 def test_abort_request_ends_a_running_generate_with_finish_reason_abort():
-    with make_client() as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    client, worker = make_client()
+    with client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         answer = pool.submit(generate, client, "long", 900)
-        wait_until_running(client, "long")
+        wait_until_running(worker, "long")
         aborted = client.post("/abort_request", json={"rid": "long"})
         body = answer.result(timeout=60)
         again = generate(client, "long", 3)  # the rid is free again, and the engine serves on
@@ -53,10 +54,11 @@ def test_abort_request_ends_a_running_generate_with_finish_reason_abort():
 
 
 def test_abort_all_drops_every_pending_request():
-    with make_client() as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
+    client, worker = make_client()
+    with client, concurrent.futures.ThreadPoolExecutor(2) as pool:
         answers = [pool.submit(generate, client, rid, 900) for rid in ("one", "two")]
         for rid in ("one", "two"):
-            wait_until_running(client, rid)
+            wait_until_running(worker, rid)
         aborted = client.post("/abort_request", json={"abort_all": True})
         bodies = [answer.result(timeout=60) for answer in answers]
     assert aborted.json() == {"success": True, "aborted": 2}
@@ -64,11 +66,12 @@ def test_abort_all_drops_every_pending_request():
 
 
 def test_abort_request_needs_a_rid_and_a_rid_in_use_is_refused():
-    with make_client() as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+    client, worker = make_client()
+    with client, concurrent.futures.ThreadPoolExecutor(1) as pool:
         unnamed = client.post("/abort_request", json={})
         malformed = client.post("/abort_request", json={"rid": 7})
         answer = pool.submit(generate, client, "busy", 900)
-        wait_until_running(client, "busy")
+        wait_until_running(worker, "busy")
         twice = client.post("/generate", json={"input_ids": PROMPT, "rid": "busy"})
         client.post("/abort_request", json={"rid": "busy"})
         answer.result(timeout=60)
