@@ -113,7 +113,8 @@ class EngineConfig:
                 self.swa_max_total_tokens >= least,
                 "swa_max_total_tokens",
                 f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
-                "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those",
+                "(2 * (swa_window + page_size) + chunked_prefill_size, twice that chunk with overlap_schedule); "
+                "raise it or lower those",
             )
 
     @property
@@ -147,9 +148,11 @@ class EngineConfig:
 
         Out-of-window slots are released after every forward, so at most the window plus a page
         plus one chunk are private; the prompt's tail that ``cache_unfinished_req`` hands to the
-        radix tree (at most a window plus a page) stays resident while the request locks it.
+        radix tree (at most a window plus a page) stays resident while the request locks it. The
+        overlap scheduler allocates a forward's chunk before the previous chunk's release: one more.
         """
-        bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
+        chunks = 2 if self.overlap_schedule else 1
+        bound = 2 * (self.swa_window + self.page_size) + chunks * self.chunked_prefill_size
         return min(uncached_tokens + max_new_tokens, bound)
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
