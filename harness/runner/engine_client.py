@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import requests
 
@@ -19,11 +20,12 @@ class ViolationSnapshot:
 class EngineClient:
     """Thread-safe: each call opens its own connection (the workload calls ``generate`` from threads)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.headers = headers or {}
 
-    def generate(self, input_ids: list[int], max_new_tokens: int, *, rid: str | None = None) -> dict:
+    def generate(self, input_ids: list[int], max_new_tokens: int, *, rid: str | None = None) -> dict[str, Any]:
         """``rid`` names the request for ``abort``; an aborted one answers with finish_reason ``abort``."""
         body: dict[str, object] = {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
         if rid is not None:
@@ -38,7 +40,7 @@ class EngineClient:
             raise EngineHttpError(f"POST /abort_request has no integer 'aborted': {answer!r}")
         return aborted > 0
 
-    def server_info(self) -> dict:
+    def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")
 
     def forward_count(self) -> int:
@@ -73,8 +75,10 @@ class EngineClient:
             raise EngineHttpError(f"GET /kv_canary/violations is not {{count: int, lines: [str]}}: {answer!r}")
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        response = requests.request(method, self.base_url + path, json=body, timeout=self.timeout_s)
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = requests.request(
+            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
+        )
         if response.status_code != 200:
             raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
         try:

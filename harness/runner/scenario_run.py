@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import requests
 
@@ -32,11 +33,23 @@ _STALLED_FILLERS = 3
 _CRASH_GRACE_S = 2.0  # how long a server that dropped a connection gets to show it has exited
 
 
+class EngineTarget(Protocol):
+    """Another engine than the mock server (``harness.sglang.target.SglangTarget``): it starts its
+    own server per pair and gives the client that drives it."""
+
+    def server(
+        self, engine: EngineSettings, mode: str, *, log_path: Path, swa_divergence_interval: int | None
+    ) -> ServerProcess: ...
+
+    def client(self, server: ServerProcess, *, timeout_s: float) -> EngineClient: ...
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunOptions:
     log_dir: Path
     device: str = "cpu"
     server_command: tuple[str, ...] = DEFAULT_SERVER_COMMAND
+    target: EngineTarget | None = None  # None: the mock server from server_command
     startup_timeout_s: float = 180.0  # the first import of torch on a cold machine is slow
     run_timeout_s: float = 600.0
     request_timeout_s: float = 120.0
@@ -59,16 +72,18 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
     swa_divergence_interval = effective_swa_divergence_interval(
         scenario.engine, expects_swa_divergence=scenario.expect.swa_divergence is not None
     )
-    server = engine_server(
-        scenario.engine,
-        mode,
-        options,
-        log_path=options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log",
-        swa_divergence_interval=swa_divergence_interval,
-    )
+    log_path = options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log"
     collected: _Collected | None = None
     error: str | None = None
     try:
+        if options.target is None:
+            server = engine_server(
+                scenario.engine, mode, options, log_path=log_path, swa_divergence_interval=swa_divergence_interval
+            )
+        else:
+            server = options.target.server(
+                scenario.engine, mode, log_path=log_path, swa_divergence_interval=swa_divergence_interval
+            )
         with server:
             collected = _collect(server, scenario, options, deadline)
     except RunnerError as failure:
@@ -84,7 +99,7 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
         check=check,
         error=error,
         wall_time_s=time.monotonic() - started,
-        log_path=str(server.log_path),
+        log_path=str(log_path),
         forward_count=collected.forward_count if collected else None,
         engine_violation_count=collected.engine_violation_count if collected else None,
         failed_requests=collected.failed_requests if collected else 0,
@@ -112,13 +127,17 @@ def engine_server(
 
 
 def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, deadline: Deadline) -> _Collected:
-    client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
+    if options.target is None:
+        client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
+    else:
+        client = options.target.client(server, timeout_s=options.request_timeout_s)
     try:
         info = client.server_info()
         vocab_size = _vocab_size(info)
         _check_context_fits(scenario, info)
         planned = plan_requests(scenario.workload, vocab_size=vocab_size)
-        fault_id = client.inject(scenario.fault.request_body()) if scenario.injects_fault else None
+        fault = scenario.fault if scenario.injects_fault else None
+        fault_id = client.inject(fault.request_body()) if fault is not None else None
         workload = drive_workload(client, planned, concurrency=scenario.workload.concurrency, deadline=deadline)
         failed_fillers = 0
         if fault_id is not None:
@@ -137,14 +156,14 @@ def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, dea
         raise EngineHttpError(f"the server at {server.base_url} did not answer: {failure}") from None
 
 
-def _vocab_size(info: dict) -> int:
+def _vocab_size(info: dict[str, Any]) -> int:
     vocab_size = info.get("vocab_size", DEFAULT_VOCAB_SIZE)
     if not isinstance(vocab_size, int) or vocab_size < 2:
         raise EngineHttpError(f"GET /get_server_info has an unusable vocab_size: {vocab_size!r}")
     return vocab_size
 
 
-def _check_context_fits(scenario: Scenario, info: dict) -> None:
+def _check_context_fits(scenario: Scenario, info: dict[str, Any]) -> None:
     """The server would answer every too-long request with a 400: say so once, before the run, by key."""
     max_context_len = info.get("max_context_len")
     if not isinstance(max_context_len, int):
@@ -164,8 +183,10 @@ def _keep_stepping(
 
     Returns how many fillers the engine answered with an error.
     """
-    settle = scenario.expect.within_steps if scenario.expects_detection else SILENT_FAULT_OBSERVATION_FORWARDS
-    give_up_at = max(client.forward_count(), scenario.fault.at_step or 0) + TRIGGER_WAIT_FORWARDS
+    bound = scenario.expect.within_steps
+    settle = bound if scenario.expects_detection and bound is not None else SILENT_FAULT_OBSERVATION_FORWARDS
+    at_step = scenario.fault.at_step if scenario.fault is not None else None
+    give_up_at = max(client.forward_count(), at_step or 0) + TRIGGER_WAIT_FORWARDS
     failed = stalled = fillers = 0
     last_forward = -1
     while True:
@@ -175,8 +196,8 @@ def _keep_stepping(
         forward = client.forward_count()
         if not ours or any(injection.status == "no_target" for injection in ours):
             return failed
-        applied = [injection.step for injection in ours if injection.status == "applied"]
-        if len(applied) == len(ours) and None not in applied:
+        applied = [injection.step for injection in ours if injection.status == "applied" and injection.step is not None]
+        if len(applied) == len(ours):
             step = min(applied)
             if forward > step + settle:
                 return failed

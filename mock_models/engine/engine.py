@@ -1,8 +1,10 @@
 """The engine's public face: submit requests, step forwards, hook between forwards.
 
 One ``step`` is one model forward. ``forward_count`` counts them from 1, as the canary does:
-inside a step hook, ``forward_count`` forwards have run and the coming one is number
-``forward_count + 1``. Internals stay reachable as plain attributes for fault injection:
+inside a step or batch hook, ``forward_count`` forwards have run and the coming one is number
+``forward_count + 1``. Step hooks run before the forward is scheduled (admission then sees what
+they changed); batch hooks once it is scheduled, with its ``ScheduledBatch`` (the requests it runs
+are known, no slot is allocated yet). Internals stay reachable as plain attributes for fault injection:
 ``token_to_kv_pool``, ``req_to_token_pool``, ``full_allocator``, ``swa_allocator``,
 ``radix_cache``, ``scheduler`` (``waiting``, ``running``), ``last_forward_batch``.
 
@@ -34,6 +36,7 @@ from mock_models.models.token_oracle import TokenOracle
 logger = logging.getLogger(__name__)
 
 StepHook = Callable[["Engine"], None]
+BatchHook = Callable[["Engine", ScheduledBatch], None]
 _RECENT_FORWARDS_KEPT = 16  # the canary reports a violation within a few forwards of recording it
 
 
@@ -85,6 +88,7 @@ class Engine:
         self.last_forward_batch: ForwardBatch | None = None
         self._in_flight: ScheduledBatch | None = None  # overlap: the forward run, its results not yet processed
         self._step_hooks: list[StepHook] = []
+        self._batch_hooks: list[BatchHook] = []
         # rids of the last forwards, by forward number: a violation names the step that recorded it.
         self._recent_forwards: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
 
@@ -159,6 +163,12 @@ class Engine:
         self._step_hooks.append(hook)
         return lambda: self._step_hooks.remove(hook)
 
+    def add_batch_hook(self, hook: BatchHook) -> Callable[[], None]:
+        """Call ``hook(engine, batch)`` once each forward is scheduled, before its slots are allocated;
+        returns a remover. ``batch.items`` are the requests the forward runs, in its order."""
+        self._batch_hooks.append(hook)
+        return lambda: self._batch_hooks.remove(hook)
+
     def step(self) -> list[GenerationResult]:
         """Run one forward if there is work; returns the requests it finished.
 
@@ -178,6 +188,8 @@ class Engine:
         finished: list[Request] = []
         overrun: list[Request] = []
         if batch is not None:
+            for batch_hook in list(self._batch_hooks):
+                batch_hook(self, batch)
             self._carry_digests(batch)
             out_cache_loc = self.kv_cache.allocate([(item.req, item.count) for item in batch.items])
         if in_flight is not None:  # overlap: forward T's results, once forward T+1 is planned
