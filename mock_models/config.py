@@ -18,7 +18,7 @@ class MemBackend(enum.Enum):
     """Whose classes hold the engine's memory (request rows, KV pools, allocators, radix cache)."""
 
     MOCK = "mock"  # the engine's own
-    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa, page_size 1; needs .ci/install-sglang)
+    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa; needs .ci/install-sglang)
 
 
 _KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -55,10 +55,9 @@ class EngineConfig:
             object.__setattr__(self, "mem_backend", _enum_value(MemBackend, self.mem_backend, "mem_backend"))
         if self.mem_backend is MemBackend.SGLANG:
             _require(
-                self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
+                self.model_mode in (ModelMode.MHA, ModelMode.SWA),
                 "mem_backend",
-                f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
-                f"page_size {self.page_size}); use mem_backend mock for the others",
+                f"= sglang runs model modes mha and swa (got {self.model_mode.value}); use mem_backend mock for dsv4",
             )
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
@@ -120,18 +119,34 @@ class EngineConfig:
         least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
         return max(self.max_total_tokens // 2, least)
 
+    @property
+    def swa_pages_in_step(self) -> bool:
+        """Whether SWA slots are taken in whole pages, one SWA page per new full-pool page (SGLang's
+        paged SWA allocator), rather than one per token (the engine's own)."""
+        return self.mem_backend is MemBackend.SGLANG and self.page_size > 1
+
     def swa_request_budget(self, *, uncached_tokens: int, max_new_tokens: int) -> int:
         """SWA slots a request can hold at once, as its own (see mock_models/README.md, SWA budget).
 
         Out-of-window slots are released after every forward, so at most the window plus a page
         plus one chunk are private; the prompt's tail that ``cache_unfinished_req`` hands to the
-        radix tree (at most a window plus a page) stays resident while the request locks it.
+        radix tree (at most a window plus a page) stays resident while the request locks it. Taken
+        in whole pages (``swa_pages_in_step``), the private run also rounds up to a page at its end.
         """
         bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
+        if self.swa_pages_in_step:
+            return min(
+                _align_up(uncached_tokens + max_new_tokens, self.page_size),
+                _align_up(bound, self.page_size) + self.page_size,
+            )
         return min(uncached_tokens + max_new_tokens, bound)
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _align_up(length: int, page_size: int) -> int:
+    return -(-length // page_size) * page_size
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, name: str) -> enum.Enum:

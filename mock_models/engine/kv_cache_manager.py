@@ -20,7 +20,13 @@ from collections.abc import Sequence
 import torch
 
 from mock_models.config import EngineConfig
-from mock_models.engine.memory_protocols import EnginePrefixCache, FullSlotAllocator, RequestRows, SwaSlotAllocator
+from mock_models.engine.memory_protocols import (
+    EnginePrefixCache,
+    ExtendSpan,
+    FullSlotAllocator,
+    RequestRows,
+    SwaSlotAllocator,
+)
 from mock_models.engine.request import Request
 
 
@@ -107,31 +113,36 @@ class KVCacheManager:
 
     def allocate(self, items: Sequence[tuple[Request, int]]) -> list[int]:
         """Full-pool slots for each request's next ``n`` positions, request after request."""
-        per_request = [self._continue_last_page(req, n) for req, n in items]
-        new_pages = [
-            _ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request, strict=True)
+        spans = [
+            ExtendSpan(prefix_len=req.kv_len, extend_len=n, continue_after=self._continue_after(req))
+            for req, n in items
         ]
-        self._make_room_full(sum(new_pages))
-        out_cache_loc: list[int] = []
-        for (req, n), slots, pages in zip(items, per_request, new_pages, strict=True):
+        new_pages = [self._new_pages(span) for span in spans]
+        for (req, _), pages in zip(items, new_pages, strict=True):
             if pages > req.full_pages_reserved:
                 raise RuntimeError(
                     f"request {req.rid} needs {pages} more pages than it reserved "
                     f"({req.full_pages_reserved} left); the admission estimate is wrong"
                 )
-            slots.extend(self.full_allocator.alloc_slots(pages)[: n - len(slots)])
+        swa_taken = [self._swa_slots_taken(n, pages) for (_, n), pages in zip(items, new_pages, strict=True)]
+        # Room in both pools first: an allocator may take the SWA slots together with the full ones.
+        self._make_room_full(sum(new_pages))
+        if self.swa_allocator is not None:
+            self._make_room_swa(self.swa_allocator, sum(swa_taken))
+        out_cache_loc = self.full_allocator.alloc_extend(spans)
+        start = 0
+        for (req, n), pages in zip(items, new_pages, strict=True):
+            req.own_slots += out_cache_loc[start : start + n]
+            start += n
             req.full_pages_reserved -= pages
             self.reserved_pages -= pages
-            req.own_slots += slots
-            out_cache_loc += slots
         self._write_req_to_token(items, out_cache_loc)
         if self.swa_allocator is not None:
-            self._make_room_swa(self.swa_allocator, len(out_cache_loc))
             swa_slots = iter(self.swa_allocator.alloc_for(out_cache_loc))
-            for req, n in items:
+            for (req, n), taken in zip(items, swa_taken, strict=True):
                 req.own_swa_slots += [next(swa_slots) for _ in range(n)]
-                req.swa_slots_reserved -= n
-                self.reserved_swa_slots -= n
+                req.swa_slots_reserved -= taken
+                self.reserved_swa_slots -= taken
         return out_cache_loc
 
     def _write_req_to_token(self, items: Sequence[tuple[Request, int]], out_cache_loc: list[int]) -> None:
@@ -144,13 +155,23 @@ class KVCacheManager:
             torch.tensor(out_cache_loc, device=device),
         )
 
-    def _continue_last_page(self, req: Request, n: int) -> list[int]:
-        """The slots left in the request's partly filled last page (a page is never shared)."""
-        used = req.kv_len % self.page_size
-        if used == 0:
-            return []
-        last = req.own_slot(req.kv_len - 1)
-        return [last + 1 + i for i in range(min(n, self.page_size - used))]
+    def _continue_after(self, req: Request) -> int:
+        """The slot of the request's last position if its page has room left (a page is never
+        shared: that slot is the request's own), else -1."""
+        if req.kv_len % self.page_size == 0:
+            return -1
+        return req.own_slot(req.kv_len - 1)
+
+    def _new_pages(self, span: ExtendSpan) -> int:
+        continued = (
+            0 if span.continue_after < 0 else min(span.extend_len, self.page_size - span.prefix_len % self.page_size)
+        )
+        return _ceil_div(span.extend_len - continued, self.page_size)
+
+    def _swa_slots_taken(self, new_tokens: int, new_pages: int) -> int:
+        if self.config.swa_pages_in_step:
+            return new_pages * self.page_size
+        return new_tokens
 
     def _make_room_full(self, pages: int) -> None:
         short = pages - self.full_allocator.available_pages()
