@@ -34,9 +34,12 @@ from sglang.srt.server_args import ServerArgs
 from kv_canary import CanaryConfig, CanaryManager
 from kv_canary.integrations.sglang import install_into_model_runner
 from tests.unit.sglang import sglang_imports as sgl
-from tests.unit.sglang.sglang_engine import DTYPE, HEAD_DIM, HEADS, FakeModelRunner, SglangEngine, TinyModel
+from tests.unit.sglang.sglang_engine import DTYPE, HEADS, FakeModelRunner, SglangEngine, TinyModel
 
 MODES = ("mha", "mha-fp4", "swa", "dsv4")
+# 64 bytes of bf16 K (or V) per slot, twice a canary record's 32: a transfer that took one item
+# length for the other would move the wrong bytes.
+HEAD_DIM = 16
 DSV4_PAGE = 256  # SGLang's DeepSeek-V4 pool asserts this page size (kv_cache_configurator)
 
 
@@ -118,7 +121,7 @@ class PagedNode:
             )
             self.window = None  # the runner reads it from the pool (sliding_window)
             layer_ids = []
-        self.model = TinyModel(self.pool, layer_ids)
+        self.model = TinyModel(self.pool, layer_ids, head_dim=HEAD_DIM)
         self.model_runner = FakeModelRunner(
             model=self.model,
             token_to_kv_pool=self.pool,
