@@ -6,6 +6,8 @@ docs/SGLANG.md names stay blind."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 
@@ -145,6 +147,11 @@ def test_a_remapped_swa_slot_in_deepseek_v4_is_caught():
     assert any(v.launch_tag.endswith("_K_SWA") and "position" in v.fail_reasons for v in served.reported())
 
 
+def head_k_swa_runs(served: PagedNode) -> int:
+    assert served.canary is not None
+    return typing.cast(dict[str, int], served.canary.stats_snapshot()["kernel_runs"])["HEAD_K_SWA"]
+
+
 class TestDeepSeekV4BlindSpots:
     """What the DeepSeek-V4 adapter leaves unguarded (docs/SGLANG.md): each corruption below changes
     state attention reads, and the canary reports nothing."""
@@ -152,10 +159,10 @@ class TestDeepSeekV4BlindSpots:
     def run_after(self, corrupt) -> list:
         served = node("dsv4")
         first, second = traffic(served)
-        runs = served.canary.stats_snapshot()["kernel_runs"]["HEAD_K_SWA"]
+        runs = head_k_swa_runs(served)
         corrupt(served, first)
         served.forward([first, second], [[7], [8]])
-        assert served.canary.stats_snapshot()["kernel_runs"]["HEAD_K_SWA"] > runs  # the canary did verify
+        assert head_k_swa_runs(served) > runs  # the canary did verify
         return served.reported()
 
     def test_the_compressed_pools_are_unguarded(self):
