@@ -88,7 +88,7 @@ def _bind(host: str, port: int) -> socket.socket:
     type=click.Choice([backend.value for backend in MemBackend]),
     default=_DEFAULTS.mem_backend.value,
     show_default=True,
-    help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)",
+    help="sglang: SGLang 0.5.23's real pools, paged allocators and radix caches (mha, swa; any page size)",
 )
 @click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
 @click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
