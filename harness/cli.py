@@ -65,6 +65,22 @@ def cli() -> None:
     """Catch silent KV-cache corruption, and prove it with fault injection."""
 
 
+def _target_or_exit(name: str, *, device: str, cuda_graphs: bool):
+    if name == "mock":
+        if cuda_graphs:
+            click.echo("--cuda-graphs applies to --target sglang only; nothing was run.", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        return None
+    from harness.sglang.server import SglangLaunch
+    from harness.sglang.target import SglangTarget
+
+    try:
+        return SglangTarget(launch=SglangLaunch(device=device, cuda_graphs=cuda_graphs))
+    except ValueError as error:
+        click.echo(f"--target sglang: {error}; nothing was run.", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
     try:
         return load_scenarios(paths)
@@ -106,6 +122,21 @@ def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
     show_default=True,
     help="Wall-clock budget per (scenario, mode) in seconds.",
 )
+@click.option(
+    "--target",
+    "target_name",
+    type=click.Choice(["mock", "sglang"]),
+    default="mock",
+    show_default=True,
+    help="mock: the mock server (--server-command). sglang: a live SGLang 0.5.23 server per pair, the canary "
+    "installed through its plugin and faults injected in its scheduler (docs/SGLANG.md; modes mha and swa).",
+)
+@click.option(
+    "--cuda-graphs/--no-cuda-graphs",
+    default=False,
+    show_default=True,
+    help="With --target sglang --device cuda: let SGLang capture and replay CUDA graphs.",
+)
 def run(
     scenarios: tuple[Path, ...],
     model_mode: str,
@@ -113,8 +144,12 @@ def run(
     report_dir: Path | None,
     server_command: str,
     run_timeout_s: float,
+    target_name: str,
+    cuda_graphs: bool,
 ) -> None:
-    """Run SCENARIO files (or directories of them) against the mock server and judge every expectation."""
+    """Run SCENARIO files (or directories of them) against the mock server (or a live SGLang server) and
+    judge every expectation."""
+    target = _target_or_exit(target_name, device=device, cuda_graphs=cuda_graphs)
     loaded = _load_or_exit(scenarios)
     pairs = [(item, mode) for item in loaded for mode in item.scenario.model_modes if model_mode in ("all", mode)]
     skipped = [item.scenario.name for item in loaded if all(mode != model_mode for mode in item.scenario.model_modes)]
@@ -129,6 +164,7 @@ def run(
         device=device,
         server_command=tuple(shlex.split(server_command)),
         run_timeout_s=run_timeout_s,
+        target=target,
     )
     results: list[RunResult] = []
     interrupted = False

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Literal
 
-InjectionStatus = Literal["scheduled", "applied", "no_target"]
-_STATUSES = ("scheduled", "applied", "no_target")
+from kv_canary_contract import INJECTION_STATUSES, InjectionStatus
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -24,10 +22,14 @@ class Injection:
         status = payload.get("status")
         step = payload.get("step")
         fault_id = payload.get("fault_id")
-        if status not in _STATUSES or not isinstance(fault_id, int) or not (step is None or isinstance(step, int)):
+        if (
+            status not in INJECTION_STATUSES
+            or not isinstance(fault_id, int)
+            or not (step is None or isinstance(step, int))
+        ):
             raise ValueError(
                 f"malformed injection entry from the engine: {dict(payload)!r}; expected "
-                "{fault_id: int, kind: str, status: scheduled|applied|no_target, step: int|null, "
+                f"{{fault_id: int, kind: str, status: {'|'.join(INJECTION_STATUSES)}, step: int|null, "
                 "detail: str}"
             )
         return cls(

@@ -60,10 +60,13 @@ class SglangForwardRows:
 
     SGLang's ``ForwardBatch`` (0.5.23) has no reference to the request pool, so the extractor
     holds the ``req_to_token_pool`` the canary was installed with. A batch without a
-    ``forward_mode`` is read as decode when it has no ``extend_prefix_lens``.
+    ``forward_mode`` is read as decode when it has no ``extend_prefix_lens``. The recorded tokens
+    are ``req_token_ids`` when given (a table the integration keeps, see
+    ``integrations/sglang/token_table.py``), else the pool's own ``req_token_ids`` if it has one.
     """
 
     req_to_token_pool: ReqToTokenRows
+    req_token_ids: torch.Tensor | None = None
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, capturing: bool = False) -> ForwardRows:
         # What the engine passed to model.forward: read by SGLang's names (engine_protocols.ForwardBatchView).
@@ -94,7 +97,9 @@ class SglangForwardRows:
             input_ids=input_ids,
             positions=positions,
             req_to_token=pool.req_to_token,
-            req_token_ids=getattr(pool, "req_token_ids", None),
+            req_token_ids=self.req_token_ids
+            if self.req_token_ids is not None
+            else getattr(pool, "req_token_ids", None),
             prefix_lens_host=prefix_host,
             extend_lens_host=extend_host,
             max_extend_len=1 if decode else None,

@@ -28,6 +28,7 @@ def install_canary(
     swa_window: int | None = None,
     forward_rows: ForwardRowsExtractor | None = None,
     logger: logging.Logger | None = None,
+    engine_runs_host_step: bool = False,
 ) -> CanaryManager | None:
     """Guard ``kv_pool``: every outermost ``model.forward`` call runs the canary around it.
 
@@ -35,6 +36,11 @@ def install_canary(
     sliding-window sub-pool. ``forward_rows`` reads each forward's batch; the default reads
     SGLang's ``ForwardBatch`` against ``req_to_token_pool``. Call
     ``manager.attach_prefix_cache(radix_cache)`` to enable the sweep.
+
+    The host step (``manager.after_forward_on_host``: ring drain, sweep, stats) runs after each
+    eager ``model.forward`` unless ``engine_runs_host_step``: an engine that replays CUDA graphs
+    never calls ``model.forward`` for a replayed forward, so it must call the host step itself
+    once per forward, replayed or not.
     """
     if not config.enabled:
         return None
@@ -48,11 +54,18 @@ def install_canary(
         req_to_token_pool=req_to_token_pool,
     )
     manager.observers.extend(build_default_observers(manager))
-    _wrap_forward(model, manager, forward_rows or SglangForwardRows(req_to_token_pool=req_to_token_pool))
+    _wrap_forward(
+        model,
+        manager,
+        forward_rows or SglangForwardRows(req_to_token_pool=req_to_token_pool),
+        host_step=not engine_runs_host_step,
+    )
     return manager
 
 
-def _wrap_forward(model: torch.nn.Module, manager: CanaryManager, forward_rows: ForwardRowsExtractor) -> None:
+def _wrap_forward(
+    model: torch.nn.Module, manager: CanaryManager, forward_rows: ForwardRowsExtractor, *, host_step: bool
+) -> None:
     original = model.forward
     nesting = threading.local()
 
@@ -68,7 +81,7 @@ def _wrap_forward(model: torch.nn.Module, manager: CanaryManager, forward_rows: 
             manager.before_forward(forward_rows(args, kwargs, capturing=capturing))
             output = original(*args, **kwargs)
             manager.after_forward()
-            if not capturing:
+            if host_step and not capturing:
                 manager.after_forward_on_host()
             return output
         finally:

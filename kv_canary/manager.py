@@ -136,6 +136,12 @@ class CanaryManager:
         """Post-ops, capturable: verify and write the TAIL records, hashing the real K/V just written."""
         self._run_phase(Phase.TAIL)
 
+    def restart_step_count(self) -> None:
+        """Count forwards from zero again, between forwards: a server calls it once it starts serving,
+        so that its start-up forwards (warm-up, CUDA-graph capture) do not shift the steps it logs."""
+        self.state.step.zero_()
+        self.forward_count = 0
+
     def after_forward_on_host(self) -> None:
         """Host-side observers; never inside a captured graph."""
         self.forward_count += 1

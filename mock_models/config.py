@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 
 import torch
 
+from kv_canary_contract import CANARY_SETTINGS, MODES, EngineSettings, engine_setting_problems
+from kv_canary_contract.modes import DSV4_COMPRESS_RATIO
+
 
 class ModelMode(enum.Enum):
+    """The contract's model modes (``kv_canary_contract.MODEL_MODES``) as an enum."""
+
     MHA = "mha"  # every layer full attention over one K/V pool
     SWA = "swa"  # full and sliding-window layers; the window layers live in an SWA sub-pool
     DSV4 = "dsv4"  # DeepSeek-V4-style: a K-only (latent) SWA sub-pool plus a compressed pool
@@ -22,6 +28,11 @@ class MemBackend(enum.Enum):
 
 
 _KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# The contract's engine settings this config holds (the others are the canary's, in CanaryConfig);
+# their bounds and the rules between them are the contract's (``engine_setting_problems``).
+CONTRACT_SETTINGS = tuple(name for name in EngineSettings.model_fields if name not in CANARY_SETTINGS)
 
 
 class EngineConfigError(ValueError):
@@ -42,17 +53,20 @@ class EngineConfig:
     seed: int = 0  # seeds the model weights and the token oracle
     vocab_size: int = 1024
     kv_dtype: str = "float32"
-    compress_ratio: int = 4  # dsv4: tokens pooled into one compressed entry
+    compress_ratio: int = DSV4_COMPRESS_RATIO  # dsv4: tokens pooled into one compressed entry
     # True: a double free raises DoubleFreeError. False: it is logged at ERROR and ignored, so a
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
     mem_backend: MemBackend = MemBackend.MOCK
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model_mode, ModelMode):
-            object.__setattr__(self, "model_mode", _enum_value(ModelMode, self.model_mode, "model_mode"))
-        if not isinstance(self.mem_backend, MemBackend):
-            object.__setattr__(self, "mem_backend", _enum_value(MemBackend, self.mem_backend, "mem_backend"))
+        # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
+        model_mode: object = self.model_mode
+        if not isinstance(model_mode, ModelMode):
+            object.__setattr__(self, "model_mode", _enum_value(ModelMode, model_mode, "model_mode"))
+        mem_backend: object = self.mem_backend
+        if not isinstance(mem_backend, MemBackend):
+            object.__setattr__(self, "mem_backend", _enum_value(MemBackend, mem_backend, "mem_backend"))
         if self.mem_backend is MemBackend.SGLANG:
             _require(
                 self.model_mode in (ModelMode.MHA, ModelMode.SWA),
@@ -64,30 +78,18 @@ class EngineConfig:
             "device",
             f"{self.device!r}: use 'cpu' or 'cuda[:N]'",
         )
-        for name in (
-            "page_size",
-            "max_total_tokens",
-            "swa_window",
-            "max_running_requests",
-            "chunked_prefill_size",
-            "max_context_len",
-            "vocab_size",
-            "compress_ratio",
-        ):
+        for name in ("max_context_len", "vocab_size", "compress_ratio"):
             _require(getattr(self, name) >= 1, name, f"= {getattr(self, name)}: must be >= 1")
-        _require(
-            self.max_total_tokens % self.page_size == 0,
-            "max_total_tokens",
-            f"= {self.max_total_tokens}: must be a multiple of page_size ({self.page_size})",
-        )
         _require(self.kv_dtype in _KV_DTYPES, "kv_dtype", f"{self.kv_dtype!r}: use one of {', '.join(_KV_DTYPES)}")
         _require(self.vocab_size < 2**31, "vocab_size", "must fit in int32 (records store tokens as int32)")
-        if self.model_mode is ModelMode.DSV4:
-            _require(
-                self.swa_window >= self.compress_ratio,
-                "swa_window",
-                f"= {self.swa_window}: dsv4 pools a group of compress_ratio ({self.compress_ratio}) "
-                "tokens from the window, so the window must hold at least that many",
+        problems = engine_setting_problems(
+            {name: getattr(self, name) for name in CONTRACT_SETTINGS},
+            mode=self.model_mode.value,
+            compress_ratio=self.compress_ratio,
+        )
+        if problems:
+            raise EngineConfigError(
+                "; ".join(f"EngineConfig.{'.'.join(map(str, problem.loc))}: {problem.message}" for problem in problems)
             )
         if self.swa_max_total_tokens is not None:
             _require(self.has_swa_pool, "swa_max_total_tokens", "is only meaningful in swa and dsv4 modes")
@@ -101,7 +103,7 @@ class EngineConfig:
 
     @property
     def has_swa_pool(self) -> bool:
-        return self.model_mode is not ModelMode.MHA
+        return MODES[self.model_mode.value].has_swa_pool
 
     @property
     def torch_kv_dtype(self) -> torch.dtype:
@@ -141,7 +143,7 @@ class EngineConfig:
             )
         return min(uncached_tokens + max_new_tokens, bound)
 
-    def replace(self, **changes: object) -> EngineConfig:
+    def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -19,9 +19,10 @@ class ViolationSnapshot:
 class EngineClient:
     """Thread-safe: each call opens its own connection (the workload calls ``generate`` from threads)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.headers = headers or {}
 
     def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
         return self._call(
@@ -64,7 +65,9 @@ class EngineClient:
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        response = requests.request(method, self.base_url + path, json=body, timeout=self.timeout_s)
+        response = requests.request(
+            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
+        )
         if response.status_code != 200:
             raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
         try:

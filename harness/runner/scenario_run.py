@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Protocol
 
 import requests
 
@@ -32,11 +33,23 @@ _STALLED_FILLERS = 3
 _CRASH_GRACE_S = 2.0  # how long a server that dropped a connection gets to show it has exited
 
 
+class EngineTarget(Protocol):
+    """Another engine than the mock server (``harness.sglang.target.SglangTarget``): it starts its
+    own server per pair and gives the client that drives it."""
+
+    def server(
+        self, engine: EngineSettings, mode: str, *, log_path: Path, swa_divergence_interval: int | None
+    ) -> ServerProcess: ...
+
+    def client(self, server: ServerProcess, *, timeout_s: float) -> EngineClient: ...
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RunOptions:
     log_dir: Path
     device: str = "cpu"
     server_command: tuple[str, ...] = DEFAULT_SERVER_COMMAND
+    target: EngineTarget | None = None  # None: the mock server from server_command
     startup_timeout_s: float = 180.0  # the first import of torch on a cold machine is slow
     run_timeout_s: float = 600.0
     request_timeout_s: float = 120.0
@@ -59,16 +72,18 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
     swa_divergence_interval = effective_swa_divergence_interval(
         scenario.engine, expects_swa_divergence=scenario.expect.swa_divergence is not None
     )
-    server = engine_server(
-        scenario.engine,
-        mode,
-        options,
-        log_path=options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log",
-        swa_divergence_interval=swa_divergence_interval,
-    )
+    log_path = options.log_dir / f"{pair_file_stem(scenario.name, mode)}.log"
     collected: _Collected | None = None
     error: str | None = None
     try:
+        if options.target is None:
+            server = engine_server(
+                scenario.engine, mode, options, log_path=log_path, swa_divergence_interval=swa_divergence_interval
+            )
+        else:
+            server = options.target.server(
+                scenario.engine, mode, log_path=log_path, swa_divergence_interval=swa_divergence_interval
+            )
         with server:
             collected = _collect(server, scenario, options, deadline)
     except RunnerError as failure:
@@ -84,7 +99,7 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
         check=check,
         error=error,
         wall_time_s=time.monotonic() - started,
-        log_path=str(server.log_path),
+        log_path=str(log_path),
         forward_count=collected.forward_count if collected else None,
         engine_violation_count=collected.engine_violation_count if collected else None,
         failed_requests=collected.failed_requests if collected else 0,
@@ -112,7 +127,10 @@ def engine_server(
 
 
 def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, deadline: Deadline) -> _Collected:
-    client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
+    if options.target is None:
+        client = EngineClient(server.base_url, timeout_s=options.request_timeout_s)
+    else:
+        client = options.target.client(server, timeout_s=options.request_timeout_s)
     try:
         info = client.server_info()
         vocab_size = _vocab_size(info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.scenario.model import EngineSettings
+from kv_canary_contract import EngineSettings, setting_flag
 
 DEFAULT_SERVER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "mock_models.server")
 
@@ -18,38 +18,14 @@ def server_argv(
     device: str,
     swa_divergence_interval: int | None,
 ) -> list[str]:
-    """``swa_divergence_interval`` is the effective one (see ``effective_swa_divergence_interval``)."""
-    argv = [
-        *server_command,
-        "--model-mode",
-        mode,
-        "--port",
-        str(port),
-        "--device",
-        device,
-        "--page-size",
-        str(engine.page_size),
-        "--max-total-tokens",
-        str(engine.max_total_tokens),
-        "--swa-window",
-        str(engine.swa_window),
-        "--sweep-interval",
-        str(engine.sweep_interval),
-        "--real-kv",
-        engine.real_kv,
-        "--canary-mode",
-        engine.canary_mode,
-    ]
-    optional = {
-        "--max-running-requests": engine.max_running_requests,
-        "--chunked-prefill-size": engine.chunked_prefill_size,
-        "--seed": engine.seed,
-        "--stats-interval": engine.stats_interval,
-        "--swa-divergence-interval": swa_divergence_interval,
-    }
-    for flag, value in optional.items():
+    """Every engine setting as its flag, in the order ``EngineSettings`` declares them; an optional
+    one left ``None`` is not passed, so the server's default applies. ``swa_divergence_interval`` is
+    the effective one (see ``effective_swa_divergence_interval``)."""
+    argv = [*server_command, "--model-mode", mode, "--port", str(port), "--device", device]
+    settings = engine.model_dump() | {"swa_divergence_interval": swa_divergence_interval}
+    for name, value in settings.items():
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [setting_flag(name), str(value)]
     return argv
 
 

@@ -1,4 +1,4 @@
-"""One mock server as a child process: its own process group, free port and log file.
+"""One server (the mock server, or a live SGLang one) as a child process: its own process group, free port and log file.
 
 The server is stopped (SIGTERM to its group, SIGKILL after a grace period) on every way out of
 ``with ServerProcess(...)``; ``safety_net`` covers the exits that skip ``finally``.
@@ -39,8 +39,12 @@ class ServerProcess:
         host: str = "127.0.0.1",
         startup_timeout_s: float = 120.0,
         stop_timeout_s: float = 10.0,
+        ready_line: str = READY_LINE,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._argv_for_port = argv_for_port
+        self._ready_line = ready_line
+        self._env = env or {}
         self.log_path = log_path
         self.host = host
         self._startup_timeout_s = startup_timeout_s
@@ -78,7 +82,7 @@ class ServerProcess:
                     raise
 
     def _spawn(self, argv: list[str]) -> None:
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # log lines reach the file as they happen
+        environment = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}  # log lines reach the file as they happen
         with self.log_path.open("wb") as log_file:
             self._popen = subprocess.Popen(
                 argv,
@@ -101,14 +105,14 @@ class ServerProcess:
                 raise ServerStartError(
                     f"server exited before it was ready (command: {self._command()})\n{self.log_tail()}"
                 )
-            printed_ready_line = printed_ready_line or READY_LINE in self.log_text()
+            printed_ready_line = printed_ready_line or self._ready_line in self.log_text()
             if printed_ready_line and self._healthy():
                 return
             if time.monotonic() > deadline:
                 what = (
                     "printed its ready line but GET /health never answered 200"
                     if printed_ready_line
-                    else f"never printed '{READY_LINE}...'"
+                    else f"never printed '{self._ready_line}...'"
                 )
                 raise ServerStartError(
                     f"server not ready after {self._startup_timeout_s:.0f}s: it {what} "

@@ -1,4 +1,4 @@
-"""What each model mode guards, as DESIGN.md's mode table fixes it.
+"""The launch tags each model mode can log, from what the contract says the mode guards.
 
 The launch tags a mode can log follow from its guarded (pool group, K/V half) pairs; a scenario
 pattern that matches none of them can never be met in that mode.
@@ -7,21 +7,17 @@ pattern that matches none of them can never be met in that mode.
 from __future__ import annotations
 
 from kv_canary.launch_tags import KvHalf, LaunchTag, Phase, PoolGroupKind
-
-_GUARDED_HALVES: dict[str, frozenset[tuple[PoolGroupKind, KvHalf]]] = {
-    "mha": frozenset({(PoolGroupKind.FULL, KvHalf.K), (PoolGroupKind.FULL, KvHalf.V)}),
-    "swa": frozenset({(group, half) for group in PoolGroupKind for half in KvHalf}),
-    # DSv4's SWA sub-pool holds K only; its compressed pools are not guarded.
-    "dsv4": frozenset({(PoolGroupKind.SWA, KvHalf.K)}),
-}
+from kv_canary_contract import MODES, model_mode
 
 
-def mode_has_swa_group(mode: str) -> bool:
-    return any(group is PoolGroupKind.SWA for group, _ in _GUARDED_HALVES[mode])
+def _guarded_halves(mode: str) -> frozenset[tuple[PoolGroupKind, KvHalf]]:
+    return frozenset(
+        (PoolGroupKind(group.upper()), KvHalf(half.upper())) for group, half in MODES[model_mode(mode)].guarded
+    )
 
 
 def mode_has_full_and_swa_groups(mode: str) -> bool:
-    return {group for group, _ in _GUARDED_HALVES[mode]} == set(PoolGroupKind)
+    return {group for group, _ in _guarded_halves(mode)} == set(PoolGroupKind)
 
 
 def launch_tags_of_mode(mode: str, *, sweep: bool) -> list[str]:
@@ -29,5 +25,5 @@ def launch_tags_of_mode(mode: str, *, sweep: bool) -> list[str]:
     return [
         tag.name
         for tag in LaunchTag
-        if (tag.group, tag.half) in _GUARDED_HALVES[mode] and (sweep or tag.phase is not Phase.SWEEP)
+        if (tag.group, tag.half) in _guarded_halves(mode) and (sweep or tag.phase is not Phase.SWEEP)
     ]

@@ -1,4 +1,5 @@
-"""Rules a well-shaped scenario must also meet for its expectations to be checkable.
+"""Rules a well-shaped scenario must also meet: the contract's (what the server would refuse, in
+every mode the scenario lists) and the harness's own (expectations that can be checked).
 
 Each rule yields problems located at the exact key (a pydantic-style location tuple), so that
 the loader can point at the file line; all rules run, so an author sees every problem at once.
@@ -9,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from harness.scenario.model import MAX_REQUESTS, Scenario
-from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups, mode_has_swa_group
+from harness.scenario.model import Scenario
+from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_groups
 from harness.scenario.patterns import alternatives, matches_any
 from harness.scenario.problems import Location
 from kv_canary.launch_tags import FailReason, LaunchTag
+from kv_canary_contract import MAX_REQUESTS, engine_setting_problems, fault_problems
 
 KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
 KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
-_TRIGGERS = ("at_step", "after_warmup_steps", "probability")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,46 +36,20 @@ def _unique_modes(scenario: Scenario) -> Iterator[RuleProblem]:
             yield RuleProblem(loc=("model_modes", index), message=f"mode '{mode}' is listed twice")
 
 
-def _fault_trigger(scenario: Scenario) -> Iterator[RuleProblem]:
-    fault = scenario.fault
-    if fault is None:
+def _fault_fits_the_contract(scenario: Scenario) -> Iterator[RuleProblem]:
+    """What the server would refuse at ``POST /kv_canary/inject``, for every mode the scenario runs in."""
+    if scenario.fault is None:
         return
-    if not fault.injects:
-        for key in sorted(fault.model_fields_set - {"kind"}):
-            yield RuleProblem(loc=("fault", key), message="kind 'none' injects nothing; remove this key")
-        return
-    given = [key for key in _TRIGGERS if getattr(fault, key) is not None]
-    if not given:
-        yield RuleProblem(
-            loc=("fault",), message="say when to inject: at_step, after_warmup_steps, or probability with seed"
-        )
-    for key in given[1:]:
-        yield RuleProblem(loc=("fault", key), message=f"{given[0]} is already set; keep one of {', '.join(given)}")
-    if fault.probability is not None and fault.seed is None:
-        yield RuleProblem(loc=("fault", "probability"), message="needs fault.seed, so that a run can be repeated")
-    if fault.seed is not None and fault.probability is None:
-        yield RuleProblem(loc=("fault", "seed"), message="only probability draws use a seed; remove it")
+    for mode in scenario.model_modes:
+        for problem in fault_problems(scenario.fault, mode=mode):
+            yield RuleProblem(loc=("fault", *problem.loc), message=problem.message)
 
 
-def _fault_fits_modes(scenario: Scenario) -> Iterator[RuleProblem]:
-    fault = scenario.fault
-    if fault is None or not fault.injects:
-        return
-    without_swa = [mode for mode in scenario.model_modes if not mode_has_swa_group(mode)]
-    if not without_swa:
-        return
-    listed = ", ".join(without_swa)
-    if fault.kind == "remap_swa_slot":
-        yield RuleProblem(
-            loc=("fault", "kind"),
-            message=f"remap_swa_slot needs an SWA pool, which mode {listed} "
-            "does not have; drop that mode from model_modes",
-        )
-    if fault.target.group == "swa":
-        yield RuleProblem(
-            loc=("fault", "target", "group"),
-            message=f"mode {listed} has no SWA group; target group full or drop that mode from model_modes",
-        )
+def _engine_fits_the_contract(scenario: Scenario) -> Iterator[RuleProblem]:
+    """What the server would refuse at start-up, for every mode the scenario runs in."""
+    for mode in scenario.model_modes:
+        for problem in engine_setting_problems(scenario.engine.model_dump(), mode=mode):
+            yield RuleProblem(loc=("engine", *problem.loc), message=problem.message)
 
 
 def _detection_is_decidable(scenario: Scenario) -> Iterator[RuleProblem]:
@@ -194,8 +169,8 @@ def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
 
 RULES: tuple[Rule, ...] = (
     _unique_modes,
-    _fault_trigger,
-    _fault_fits_modes,
+    _engine_fits_the_contract,
+    _fault_fits_the_contract,
     _detection_is_decidable,
     _violation_patterns_can_match,
     _swa_divergence_is_observable,

@@ -1,8 +1,8 @@
 """Fault injection inside the mock server: corrupt the engine's state on purpose, between forwards,
 so the harness can prove the KV canary catches every kind of corruption (docs/FAULTS.md).
 
-* ``fault_request``: the ``/kv_canary/inject`` body, its shape (422) and its meaning for this
-  engine (400), target defaults;
+* ``fault_request``: the ``/kv_canary/inject`` body (``kv_canary_contract.Fault``) judged for this
+  engine by the contract's rules (400), target defaults;
 * ``triggers``: when an application is due (``at_step``, ``after_warmup_steps``, ``probability``);
 * ``targets``: what a fault lands on (live slots, cached unused slots, last-forward slots, nodes);
 * one module per fault family: ``kv_bytes``, ``canary_records``, ``slot_maps``, ``double_free``,

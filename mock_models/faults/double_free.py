@@ -9,14 +9,14 @@ second is a double free the allocator logs and ignores.
 
 from __future__ import annotations
 
-from mock_models.faults.targets import FaultContext, pick_cached_unused_slot, pick_live_slot
+from mock_models.faults.targets import FaultContext, pick_cached_unused_slot, pick_live_slot, swa_allocator
 
 
 def double_free(context: FaultContext) -> str:
     engine, target = context.engine, context.target
     ref = pick_cached_unused_slot(engine, target) if target.slot == "cached_unused" else pick_live_slot(engine, target)
     if target.group == "swa":
-        engine.swa_allocator.free_slots_unchecked([ref.swa_slot])
+        swa_allocator(engine).free_slots_unchecked([ref.swa_slot])
         freed = f"SWA slot {ref.swa_slot}"
     else:
         engine.full_allocator.free_slots_unchecked([ref.full_slot])

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Literal
+import typing
 
-InjectionStatus = Literal["scheduled", "applied", "no_target"]
+from kv_canary_contract import INJECTION_STATUSES, InjectionStatus
 
 _LINE = re.compile(
     r"kv_canary_fault fault_id=(?P<fault_id>\d+) kind=(?P<kind>[a-z_]+) "
-    r"status=(?P<status>scheduled|applied|no_target) step=(?P<step>\d+|none) detail=(?P<detail>.*)$"
+    rf"status=(?P<status>{'|'.join(INJECTION_STATUSES)}) step=(?P<step>\d+|none) detail=(?P<detail>.*)$"
 )
 
 
@@ -47,7 +47,7 @@ class FaultLogLine:
         return cls(
             fault_id=int(match["fault_id"]),
             kind=match["kind"],
-            status=match["status"],
+            status=typing.cast(InjectionStatus, match["status"]),  # the pattern admits only the statuses
             step=step,
             detail=match["detail"],
         )

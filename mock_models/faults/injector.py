@@ -97,18 +97,19 @@ class FaultInjector:
         """The step hook: apply what is due right before forward ``forward_count + 1``."""
         step = engine.forward_count + 1
         for fault in self._faults:
-            if fault.next_entry is None:
+            entry = fault.next_entry
+            if entry is None:
                 continue
             fault.trigger.observe(engine)
             if fault.retrying_since is None:
                 if not fault.trigger.due(step):
                     continue
                 fault.retrying_since = step
-            self._try_apply(fault, step)
+            self._try_apply(fault, entry, step=step, since=fault.retrying_since)
         self._faults = [fault for fault in self._faults if fault.next_entry is not None]
 
-    def _try_apply(self, fault: _ScheduledFault, step: int) -> None:
-        entry = fault.next_entry
+    def _try_apply(self, fault: _ScheduledFault, entry: InjectionEntry, *, step: int, since: int) -> None:
+        """Apply ``entry``, tried first right before forward ``since``, now right before ``step``."""
         index = fault.entries.index(entry)
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
         context = FaultContext(
@@ -118,13 +119,13 @@ class FaultInjector:
             detail = APPLIERS[fault.spec.kind](context)
         except NoTarget as missing:
             fault.last_reason = str(missing)
-            if step - fault.retrying_since + 1 < NO_TARGET_RETRY_FORWARDS:
+            if step - since + 1 < NO_TARGET_RETRY_FORWARDS:
                 return
             self.log.resolve(
                 entry,
                 "no_target",
                 step=None,
-                detail=(f"no valid target right before forwards {fault.retrying_since}..{step}: {fault.last_reason}"),
+                detail=f"no valid target right before forwards {since}..{step}: {fault.last_reason}",
             )
         else:
             self.log.resolve(entry, "applied", step=step, detail=detail)

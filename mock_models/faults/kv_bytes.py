@@ -8,6 +8,8 @@ the SWA sub-pool (dsv4: the K-only latent), ``group: full`` the full pool's.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 
 from mock_models.engine.engine import Engine
@@ -39,8 +41,10 @@ def corrupt_kv_bytes(context: FaultContext) -> str:
     )
 
 
-def _layer0_k_row(engine: Engine, group: str, ref: SlotRef) -> tuple[torch.Tensor, int]:
-    pool = engine.token_to_kv_pool
+def _layer0_k_row(engine: Engine, group: str | None, ref: SlotRef) -> tuple[torch.Tensor, int]:
+    # The pools' own classes (MHA, SWA with its sub-pools, DSv4), not the KvPool protocol the
+    # model reads through: a fault reaches for the buffers themselves.
+    pool: typing.Any = engine.token_to_kv_pool
     if group == "swa":
         return pool.swa_kv_pool.k_buffer[0], ref.swa_slot
     return getattr(pool, "full_kv_pool", pool).k_buffer[0], ref.full_slot

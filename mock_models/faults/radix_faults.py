@@ -23,6 +23,7 @@ import torch
 
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import EngineRadixNode, EvictionRefusedError
+from mock_models.engine.request import Request
 from mock_models.faults.targets import (
     FaultContext,
     NoTarget,
@@ -102,7 +103,7 @@ def _tokens_in_a_lockers_window(engine: Engine, node: EngineRadixNode) -> int:
     )
 
 
-def _node_to_make_stale(engine: Engine) -> tuple[EngineRadixNode, int, object]:
+def _node_to_make_stale(engine: Engine) -> tuple[EngineRadixNode, int, Request | None]:
     """(node, how many of its tokens to consider, the waiting request that will match it or None)."""
 
     def usable(node: EngineRadixNode) -> bool:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from mock_models.faults.targets import FaultContext, NoTarget, other_live_slot, pick_live_slot
+from mock_models.faults.targets import FaultContext, NoTarget, other_live_slot, pick_live_slot, swa_allocator
 
 
 def req_to_token_remap(context: FaultContext) -> str:
     engine, target = context.engine, context.target
     ref = pick_live_slot(engine, target)
     replacement = other_live_slot(engine, target, avoid=ref)
-    engine.req_to_token_pool.req_to_token[ref.request.req_pool_idx, ref.position] = replacement.full_slot
+    engine.req_to_token_pool.req_to_token[ref.reader.req_pool_idx, ref.position] = replacement.full_slot
     return f"req_to_token of {ref.describe()} now points at {replacement.describe()}"
 
 
@@ -27,7 +27,7 @@ def remap_swa_slot(context: FaultContext) -> str:
     replacement = other_live_slot(engine, dataclasses.replace(target, position="in_window"), avoid=ref)
     if replacement.swa_slot == ref.swa_slot:
         raise NoTarget(f"{ref.describe()} and {replacement.describe()} share their SWA slot")
-    engine.swa_allocator.full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot
+    swa_allocator(engine).full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot
     return (
         f"full_to_swa_index_mapping[{ref.full_slot}] was {ref.swa_slot}, now {replacement.swa_slot}: "
         f"{ref.describe()} reads the SWA slot of {replacement.describe()}"

@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from kv_canary_contract import ResolvedTarget
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.engine.memory_protocols import EngineRadixNode
+from mock_models.engine.memory_protocols import EngineRadixNode, SwaSlotAllocator
 from mock_models.engine.request import Request
-from mock_models.faults.fault_request import Target
 
 
 class NoTarget(Exception):
@@ -36,7 +36,7 @@ class NoTarget(Exception):
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class FaultContext:
     engine: Engine
-    target: Target
+    target: ResolvedTarget
     rng: random.Random  # target choices that vary per application (bits, words), seeded per fault
     step: int  # the forward the fault precedes
 
@@ -51,10 +51,28 @@ class SlotRef:
     request: Request | None = None  # the running request reading it
     node: EngineRadixNode | None = None  # the radix node holding it, for cached slots
 
+    @property
+    def reader(self) -> Request:
+        """The running request reading a live slot (``pick_live_slot`` and friends always set it)."""
+        if self.request is None:
+            raise NoTarget(f"{self.describe()} is read by no running request")
+        return self.request
+
     def describe(self) -> str:
-        owner = f"request {self.request.rid[:8]}" if self.request is not None else f"radix node {self.node.id}"
+        owner = (
+            f"request {self.request.rid[:8]}"
+            if self.request is not None
+            else f"radix node {getattr(self.node, 'id', None)}"
+        )
         swa = f", SWA slot {self.swa_slot}" if self.swa_slot else ""
         return f"full slot {self.full_slot}{swa} ({owner}, position {self.position})"
+
+
+def swa_allocator(engine: Engine) -> SwaSlotAllocator:
+    """The engine's SWA allocator, for a target in group swa (the contract refuses those without an SWA pool)."""
+    if engine.swa_allocator is None:
+        raise NoTarget(f"mode {engine.config.model_mode.value} has no SWA pool")
+    return engine.swa_allocator
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -85,12 +103,12 @@ def swa_slots_of(engine: Engine, full_slots: list[int]) -> list[int]:
     return mapping[full_slots].tolist()
 
 
-def seen_in_window_only(engine: Engine, target: Target) -> bool:
+def seen_in_window_only(engine: Engine, target: ResolvedTarget) -> bool:
     """Whether the canary sees the target only through the SWA group's window (group swa, or dsv4)."""
     return target.group == "swa" or engine.config.model_mode is ModelMode.DSV4
 
 
-def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
+def live_slots(engine: Engine, req: Request, target: ResolvedTarget) -> list[SlotRef]:
     """The request's positions the target group's canary reads next, narrowed by ``target.position``."""
     first = window_start(engine, req)
     in_window_only = seen_in_window_only(engine, target)
@@ -111,7 +129,7 @@ def live_slots(engine: Engine, req: Request, target: Target) -> list[SlotRef]:
     ]
 
 
-def pick_live_slot(engine: Engine, target: Target) -> SlotRef:
+def pick_live_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     """The newest live slot of the first running request that has one."""
     if not engine.scheduler.running:
         raise NoTarget("no request is running")
@@ -122,7 +140,7 @@ def pick_live_slot(engine: Engine, target: Target) -> SlotRef:
     raise NoTarget(f"no running request reads a position {_where(target)} yet")
 
 
-def other_live_slot(engine: Engine, target: Target, avoid: SlotRef) -> SlotRef:
+def other_live_slot(engine: Engine, target: ResolvedTarget, avoid: SlotRef) -> SlotRef:
     """A live slot at another position than ``avoid``, preferably of another request."""
     requests = requests_by_next_forward(engine)
     requests.sort(key=lambda req: req is avoid.request)  # stable: other requests first
@@ -137,16 +155,16 @@ def decoding_requests(engine: Engine) -> list[Request]:
     return [req for req in requests_by_next_forward(engine) if not req.needs_prefill and req.output_ids]
 
 
-def _where(target: Target) -> str:
+def _where(target: ResolvedTarget) -> str:
     group = "in the SWA group's window" if target.group == "swa" else f"of the {target.group} group"
-    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position, "")
+    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position or "", "")
     return group + narrowed
 
 
 # -- the last forward ---------------------------------------------------------------------------------
 
 
-def pick_post_forward_slot(engine: Engine, target: Target) -> SlotRef:
+def pick_post_forward_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     """A slot the previous forward wrote for a request that is still running (its next forward reads it)."""
     batch = engine.last_forward_batch
     if batch is None:
@@ -191,7 +209,7 @@ def swa_resident(engine: Engine, node: EngineRadixNode) -> bool:
     return engine.swa_allocator is None or not node.swa_tombstone
 
 
-def pick_cached_unused_slot(engine: Engine, target: Target) -> SlotRef:
+def pick_cached_unused_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     """The last slot of the most recently used radix node no running request holds."""
     needs_swa = target.group == "swa"
     nodes = [

@@ -6,6 +6,8 @@
   before forward W + N + 1, i.e. N forwards after the warm-up have run;
 * ``probability: p`` with ``seed``: every forward after the warm-up draws, from ``random.Random(seed)``.
 
+* kind ``none`` takes no trigger: its one application is due right before the next forward.
+
 With ``count > 1`` the step triggers make the next application due at the forward after the
 previous one resolved; a probability trigger keeps drawing.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import random
 
+from kv_canary_contract import FAULT_KIND_RULES
 from mock_models.engine.engine import Engine
 from mock_models.faults.fault_request import FaultSpec
 
@@ -23,10 +26,11 @@ class Trigger:
         self._spec = spec
         self._registered_at = registered_at
         self._warmup_end: int | None = None
-        self._draws = random.Random(spec.seed) if spec.probability is not None else None
-        self._next_step: int | None = spec.at_step if spec.at_step is not None else None
-        if spec.kind == "none" and spec.after_warmup_steps is None and spec.probability is None:
-            self._next_step = spec.at_step if spec.at_step is not None else registered_at + 1
+        # (the draws, the chance each draw must beat) for a probability trigger
+        self._draws = (random.Random(spec.seed), spec.probability) if spec.probability is not None else None
+        self._next_step: int | None = spec.at_step
+        if not FAULT_KIND_RULES[spec.kind].injects:  # kind none takes no trigger: at the next forward
+            self._next_step = registered_at + 1
 
     def observe(self, engine: Engine) -> None:
         """Before each forward: note the end of the warm-up once a DECODE forward has run."""
@@ -44,7 +48,8 @@ class Trigger:
     def due(self, coming: int) -> bool:
         """Whether an application starts right before forward ``coming`` (a probability trigger draws here)."""
         if self._draws is not None:
-            return self._warmup_end is not None and self._draws.random() < self._spec.probability
+            draws, probability = self._draws
+            return self._warmup_end is not None and draws.random() < probability
         return self._next_step is not None and coming >= self._next_step
 
     def resolved(self, step: int) -> None:

@@ -1,10 +1,11 @@
 """``serve_command``: the click command that launches the mock server.
 
-Mounted by the harness as ``kv-canary serve``; also ``python -m mock_models.server``. Canary
-settings not given as flags come from ``CanaryConfig.from_env()`` (``KV_CANARY_*``), read once
-here; flags win. Prints ``kv_canary_server listening on http://HOST:PORT`` to stderr once the
-socket accepts connections (with ``--port 0`` the port is picked here). Mounts the fault
-injector's ``/kv_canary/inject`` and ``/kv_canary/injections`` (``mock_models/faults``).
+Mounted by the harness as ``kv-canary serve``; also ``python -m mock_models.server``. The engine
+settings' flags are generated from the contract (``flags.py``); canary settings not given as flags
+come from ``CanaryConfig.from_env()`` (``KV_CANARY_*``), read once here; flags win. Prints
+``kv_canary_server listening on http://HOST:PORT`` to stderr once the socket accepts connections
+(with ``--port 0`` the port is picked here). Mounts the fault injector's ``/kv_canary/inject`` and
+``/kv_canary/injections`` (``mock_models/faults``).
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ import logging
 import signal
 import socket
 import sys
+import types
 from collections.abc import Iterator
 
 import click
 import torch
 import uvicorn
 
-from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig, MemBackend, ModelMode
+from kv_canary_contract import MODEL_MODES
+from mock_models.config import MemBackend
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 from mock_models.server.fault_routes import build_fault_router
+from mock_models.server.flags import build_configs, engine_setting_options
 
 logger = logging.getLogger("mock_models.server")
 
 READY_LINE = "kv_canary_server listening on http://{host}:{port}"
-_DEFAULTS = EngineConfig()
 
 
 class _Server(uvicorn.Server):
@@ -47,7 +49,7 @@ class _Server(uvicorn.Server):
         if self.started:
             print(READY_LINE.format(host=self._host, port=self._port), file=sys.stderr, flush=True)
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         logger.info("signal %s: stopping the engine, then the server", signal.Signals(sig).name)
         self._worker.request_stop()
         super().handle_exit(sig, frame)
@@ -73,73 +75,26 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 @click.command("serve")
-@click.option("--model-mode", type=click.Choice([mode.value for mode in ModelMode]), default="mha", show_default=True)
+@click.option("--model-mode", type=click.Choice(MODEL_MODES), default="mha", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=30000, show_default=True, help="0 = pick a free port")
-@click.option("--page-size", type=int, default=_DEFAULTS.page_size, show_default=True)
-@click.option("--max-total-tokens", type=int, default=_DEFAULTS.max_total_tokens, show_default=True)
-@click.option("--swa-window", type=int, default=_DEFAULTS.swa_window, show_default=True)
-@click.option("--max-running-requests", type=int, default=_DEFAULTS.max_running_requests, show_default=True)
-@click.option("--chunked-prefill-size", type=int, default=_DEFAULTS.chunked_prefill_size, show_default=True)
-@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
 @click.option(
     "--mem-backend",
     type=click.Choice([backend.value for backend in MemBackend]),
-    default=_DEFAULTS.mem_backend.value,
+    default=MemBackend.MOCK.value,
     show_default=True,
     help="sglang: SGLang 0.5.23's real pools, paged allocators and radix caches (mha, swa; any page size)",
 )
-@click.option("--sweep-interval", type=int, default=None, help="forwards between radix sweeps; 0 = off")
-@click.option("--real-kv", type=click.Choice([mode.value for mode in RealKvHashMode]), default=None)
-@click.option("--canary-mode", type=click.Choice([mode.value for mode in CanaryMode]), default=None)
-@click.option("--stats-interval", type=int, default=None)
-@click.option("--swa-divergence-interval", type=int, default=None)
-def serve_command(
-    model_mode: str,
-    device: str,
-    host: str,
-    port: int,
-    page_size: int,
-    max_total_tokens: int,
-    swa_window: int,
-    max_running_requests: int,
-    chunked_prefill_size: int,
-    seed: int,
-    mem_backend: str,
-    sweep_interval: int | None,
-    real_kv: str | None,
-    canary_mode: str | None,
-    stats_interval: int | None,
-    swa_divergence_interval: int | None,
-) -> None:
+@engine_setting_options
+def serve_command(model_mode: str, device: str, host: str, port: int, mem_backend: str, **settings: object) -> None:
     """Serve a mock model over HTTP (SGLang-compatible /generate), with the KV canary."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if device == "cpu":
         torch.set_num_threads(1)  # the model's ops are tiny: extra threads only add hand-off cost
-    overrides = {
-        name: value
-        for name, value in (
-            ("sweep_interval", sweep_interval),
-            ("stats_interval", stats_interval),
-            ("swa_divergence_interval", swa_divergence_interval),
-            ("real_kv_hash", real_kv and RealKvHashMode(real_kv)),
-            ("mode", canary_mode and CanaryMode(canary_mode)),
-        )
-        if value is not None
-    }
     try:
-        canary_config = CanaryConfig.from_env(**overrides)
-        config = EngineConfig(
-            model_mode=ModelMode(model_mode),
-            device=device,
-            page_size=page_size,
-            max_total_tokens=max_total_tokens,
-            swa_window=swa_window,
-            max_running_requests=max_running_requests,
-            chunked_prefill_size=chunked_prefill_size,
-            seed=seed,
-            mem_backend=MemBackend(mem_backend),
+        config, canary_config = build_configs(
+            model_mode=model_mode, device=device, mem_backend=mem_backend, settings=settings
         )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None

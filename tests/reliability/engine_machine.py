@@ -5,7 +5,7 @@ split), forwards, aborts, cache flushes and, through small pools, eviction and S
 decodes run past the window. After every rule: no violation, no misread (``KvShadow``), every
 finished request equals the token oracle, and the engine's bookkeeping adds up.
 
-``FaultEngineMachine`` does the same and injects one fault of a random DESIGN.md kind before a
+``FaultEngineMachine`` does the same and injects one fault of a random kind of the contract (docs/DESIGN.md) before a
 random forward. The canary must stay silent before it and, if the corruption is ever read (or
 swept), report a violation no later than the first forward that reads (or sweeps) it.
 """
@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import random
 import time
-import typing
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
-from mock_models.config import EngineConfig
+from kv_canary_contract import TARGET_VALUES, Fault, fault_kinds_in_mode, model_mode
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
-from mock_models.faults.fault_request import FaultRequestBody, FaultRequestError, FaultTargetBody
+from mock_models.faults.fault_request import FaultRequestError
 from mock_models.faults.fault_request import resolve as resolve_fault
 from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
 from tests.reliability.kv_shadow import KvShadow
-from tests.reliability.local_faults import FAULT_KINDS_BY_MODE, KV_BYTE_SLOTS, PendingFault, apply_fault
+from tests.reliability.local_faults import KV_BYTE_SLOTS, PendingFault, apply_fault
 from tests.reliability.soak_stats import record_case
 
 PREFIXES = 3
@@ -38,22 +38,16 @@ DRAIN_LIMIT = 2000  # forwards; a case that needs more is stuck
 FILLER_TOKENS = (1001, 1002, 1003, 1004, 1005, 1006)  # outside the prefixes' and suffixes' token ranges
 
 
-TARGET_VALUES = {
-    key: typing.get_args(typing.get_args(field.annotation)[0]) for key, field in FaultTargetBody.model_fields.items()
-}
-
-
 def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[EngineConfig, CanaryConfig]:
     page_size = draw(st.sampled_from([1, 2, 4]))
     window = draw(st.sampled_from([4, 6, 8, 16]))
     chunk = draw(st.sampled_from([8, 16, 64]))
     # 96..224 tokens: two to four requests of up to 80 tokens fill it, so the radix cache evicts.
     pages = draw(st.integers(96 // page_size, 224 // page_size))
-    swa = {}
-    if mode != "mha" and draw(st.booleans()):
-        swa["swa_max_total_tokens"] = 2 * (window + page_size) + chunk  # the least allowed: SWA pressure
+    # The least SWA pool allowed, for SWA pressure, in some cases of the modes that have one.
+    swa_pool = 2 * (window + page_size) + chunk if mode != "mha" and draw(st.booleans()) else None
     engine = EngineConfig(
-        model_mode=mode,
+        model_mode=ModelMode(mode),
         page_size=page_size,
         max_total_tokens=pages * page_size,
         swa_window=window,
@@ -61,7 +55,7 @@ def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[Engine
         max_running_requests=draw(st.integers(1, 4)),
         max_context_len=MAX_CONTEXT,
         strict_allocator=not faults,
-        **swa,
+        swa_max_total_tokens=swa_pool,
     )
     # Fault cases too run without a real-KV hash: record checks alone must then see every fault
     # but corrupt_kv_bytes (which finds no target, or in the injector goes unread by the oracle).
@@ -234,18 +228,21 @@ class FaultEngineMachine(CleanEngineMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.kind, self.target, self.at_step, self.fault = None, None, 0, None
+        self.kind: str | None = None
+        self.target: object = None  # what the fault aims at: a target key's value, or a target mapping
+        self.at_step = 0
+        self.fault: PendingFault | None = None
         self.engine_error: str | None = None  # what stopped the engine after the fault, if anything
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(model_mode(self.mode))), label="kind")
         self.target = (
             data.draw(st.sampled_from(KV_BYTE_SLOTS), label="target") if self.kind == "corrupt_kv_bytes" else None
         )
         self.at_step = data.draw(st.integers(1, 40), label="at_step")
         self.fault_rng = random.Random(data.draw(st.integers(0, 2**16), label="fault_seed"))
-        self.fault: PendingFault | None = None
+        self.fault = None
 
     @property
     def fault_step(self) -> int | None:
@@ -276,8 +273,10 @@ class FaultEngineMachine(CleanEngineMachine):
             return None
 
     def before_forward(self) -> None:
+        assert self.engine is not None and self.kind is not None, "choose_fault runs first"
         if self.fault is None and self.engine.forward_count >= self.at_step:
-            self.fault = apply_fault(self.engine, self.kind, self.fault_rng, target=self.target)
+            target = self.target if isinstance(self.target, str) else None
+            self.fault = apply_fault(self.engine, self.kind, self.fault_rng, target=target)
 
     def forward(self) -> None:
         # A fault may leave the bookkeeping inconsistent (a remapped row cached, a slot owned twice), so
@@ -304,20 +303,21 @@ class FaultEngineMachine(CleanEngineMachine):
         violations = engine.canary.violations
         stats = engine.canary.stats_snapshot()
         assert stats["violations_total"] == len(violations) + engine.canary.reporter.dropped_rows
+        fault_step = self.fault_step
         figures = {
             "kind": self.kind,
             "target": self.fault_target,
-            "fault_step": self.fault_step,
+            "fault_step": fault_step,
             "violations": len(violations),
             "engine_error": self.engine_error,
         }
-        if self.fault_step is None:
+        if fault_step is None:
             assert not violations and not self.shadow.events, "violations or misreads without a fault"
             record_case(self.case_figures(**figures))
             return
-        early = [record.format() for record in violations if record.step < self.fault_step]
-        assert not early, f"violations before the fault, applied before forward {self.fault_step}: {early[:3]}"
-        before = [event for event in self.shadow.events if event.forward < self.fault_step]
+        early = [record.format() for record in violations if record.step < fault_step]
+        assert not early, f"violations before the fault, applied before forward {fault_step}: {early[:3]}"
+        before = [event for event in self.shadow.events if event.forward < fault_step]
         assert not before, f"misreads before the fault: {before[:3]}"
         first_misread = self.shadow.first_event
         first_violation = min((record.step for record in violations), default=None)
@@ -328,7 +328,10 @@ class FaultEngineMachine(CleanEngineMachine):
         )
         in_bound = first_misread is None or (first_violation is not None and first_violation <= first_misread.forward)
         if first_misread is not None:
-            figures.update(detected_in_bound=in_bound, latency=first_violation - self.fault_step if in_bound else None)
+            figures.update(
+                detected_in_bound=in_bound,
+                latency=first_violation - fault_step if in_bound and first_violation is not None else None,
+            )
         record_case(self.case_figures(**figures))
         assert in_bound, (
             f"{self.kind} ({self.fault_detail}) applied before forward {self.fault_step}: first misread "
@@ -348,8 +351,9 @@ class FaultEngineMachine(CleanEngineMachine):
     def let_its_readers_read(self) -> None:
         """Every request the fault may touch reads again, and a sweep pass runs over the cache."""
         self.drain()
-        sweep = self.engine.canary.config.sweep_interval
-        while self.engine.forward_count < self.fault_step + sweep and self.engine_error is None:
+        step, sweep = self.fault_step, self.engine.canary.config.sweep_interval
+        assert step is not None, "called once the fault was applied"
+        while self.engine.forward_count < step + sweep and self.engine_error is None:
             self.send(list(FILLER_TOKENS), 2)
             self.drain()
 
@@ -363,13 +367,15 @@ class InjectorEngineMachine(FaultEngineMachine):
 
     @initialize(data=st.data())
     def choose_fault(self, data: st.DataObject) -> None:
-        self.kind = data.draw(st.sampled_from(FAULT_KINDS_BY_MODE[self.mode]), label="kind")
+        self.kind = data.draw(st.sampled_from(fault_kinds_in_mode(model_mode(self.mode))), label="kind")
         trigger = data.draw(st.sampled_from(["at_step", "after_warmup_steps", "probability"]), label="trigger")
         body: dict[str, object] = {"kind": self.kind}
+        self.at_step = 0
         if trigger == "probability":
             body.update(probability=data.draw(st.sampled_from([0.1, 0.3, 1.0])), seed=data.draw(st.integers(0, 99)))
         else:
-            body[trigger] = data.draw(st.integers(0, 30 if trigger == "at_step" else 8), label=trigger)
+            body[trigger] = steps = data.draw(st.integers(0, 30 if trigger == "at_step" else 8), label=trigger)
+            self.at_step = steps if trigger == "at_step" else 0
         # Any target keys: a combination the server refuses (400) falls back to the kind's defaults.
         target = {
             key: data.draw(st.sampled_from(values), label=f"target.{key}")
@@ -379,7 +385,6 @@ class InjectorEngineMachine(FaultEngineMachine):
         body["target"] = target
         self.body = body
         self.target = target
-        self.at_step = body.get("at_step", 0)
         self.injector: FaultInjector | None = None
         self.refused: str | None = None
 
@@ -402,14 +407,15 @@ class InjectorEngineMachine(FaultEngineMachine):
         return self.target
 
     def before_forward(self) -> None:
+        assert self.engine is not None, "the engine is built first"
         if self.injector is not None:
             return
         try:
-            spec = resolve_fault(FaultRequestBody.model_validate(self.body), self.engine.config, canary_installed=True)
+            spec = resolve_fault(Fault.model_validate(self.body), self.engine.config, canary_installed=True)
         except FaultRequestError as refused:  # what the server answers 400: fall back to the defaults
             self.refused, self.target = str(refused), {}
             spec = resolve_fault(
-                FaultRequestBody.model_validate({**self.body, "target": {}}), self.engine.config, canary_installed=True
+                Fault.model_validate({**self.body, "target": {}}), self.engine.config, canary_installed=True
             )
         self.injector = FaultInjector.install(self.engine)
         self.injector.schedule(spec)

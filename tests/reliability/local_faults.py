@@ -1,4 +1,4 @@
-"""The DESIGN.md fault kinds, applied in process between two forwards of a mock ``Engine``.
+"""The contract's fault kinds (``kv_canary_contract``), applied in process between two forwards of a mock ``Engine``.
 
 A test double of the server's injector, for the stateful reliability machines: each fault is
 applied right before a forward (where a step hook would run), at the current state, with its
@@ -17,28 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 from collections.abc import Callable
 
 import torch
 
 from kv_canary.launch_tags import Phase, PoolGroupKind
 from kv_canary.records import RecordWord
+from kv_canary_contract import FAULT_KIND_RULES
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import MatchResult
+from mock_models.engine.request import Request
 
-FAULT_KINDS_BY_MODE = {
-    "mha": (
-        "corrupt_kv_bytes",
-        "corrupt_canary",
-        "req_to_token_remap",
-        "evict_radix_node",
-        "double_free",
-        "stale_prefix",
-        "swap_next_token",
-    ),
-}
-FAULT_KINDS_BY_MODE["swa"] = FAULT_KINDS_BY_MODE["dsv4"] = (*FAULT_KINDS_BY_MODE["mha"], "remap_swa_slot")
-KV_BYTE_SLOTS = ("used", "cached_unused", "post_forward")
+KV_BYTE_SLOTS = FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -56,7 +47,7 @@ class _Read:
     group: PoolGroupKind
     slot: int  # the group's own slot index
     full_slot: int
-    req: object
+    req: Request
     position: int
 
 
@@ -71,13 +62,15 @@ def _groups(engine: Engine) -> list[PoolGroupKind]:
     return [group.kind for group in engine.canary.groups]
 
 
-def _mapping(engine: Engine) -> torch.Tensor | None:
-    return None if engine.swa_allocator is None else engine.swa_allocator.full_to_swa_index_mapping
+def _swa_map(engine: Engine) -> torch.Tensor:
+    """``full_to_swa_index_mapping``; asked only for an SWA group, which only an SWA pool has."""
+    assert engine.swa_allocator is not None, "an SWA group without an SWA allocator"
+    return engine.swa_allocator.full_to_swa_index_mapping
 
 
 def _next_reads(engine: Engine) -> list[_Read]:
     """Every (group, slot) the running requests' next forwards verify: FULL prefixes, SWA windows."""
-    mapping, window = _mapping(engine), engine.config.swa_window
+    window = engine.config.swa_window
     reads = []
     for req in engine.scheduler.running:
         if req.kv_len == 0:
@@ -87,15 +80,14 @@ def _next_reads(engine: Engine) -> list[_Read]:
             first = 0 if group is PoolGroupKind.FULL else max(0, req.kv_len - window)
             for position in range(first, req.kv_len):
                 full_slot = full_slots[position]
-                slot = full_slot if group is PoolGroupKind.FULL else int(mapping[full_slot])
+                slot = full_slot if group is PoolGroupKind.FULL else int(_swa_map(engine)[full_slot])
                 if slot:
                     reads.append(_Read(group=group, slot=slot, full_slot=full_slot, req=req, position=position))
     return reads
 
 
 def _cached_unused(engine: Engine) -> list[tuple[PoolGroupKind, int]]:
-    mapping = _mapping(engine)
-    found = []
+    found: list[tuple[PoolGroupKind, int]] = []
     for node in engine.radix_cache.nodes():
         if node.lock_ref:
             continue
@@ -103,8 +95,8 @@ def _cached_unused(engine: Engine) -> list[tuple[PoolGroupKind, int]]:
             for group in _groups(engine):
                 if group is PoolGroupKind.FULL:
                     found.append((group, full_slot))
-                elif not node.swa_tombstone and int(mapping[full_slot]):
-                    found.append((group, int(mapping[full_slot])))
+                elif not node.swa_tombstone and int(_swa_map(engine)[full_slot]):
+                    found.append((group, int(_swa_map(engine)[full_slot])))
     return found
 
 
@@ -112,11 +104,10 @@ def _just_written(engine: Engine) -> list[tuple[PoolGroupKind, int]]:
     batch = engine.last_forward_batch
     if batch is None:
         return []
-    mapping = _mapping(engine)
-    found = []
+    found: list[tuple[PoolGroupKind, int]] = []
     for full_slot in batch.out_cache_loc.tolist():
         for group in _groups(engine):
-            slot = full_slot if group is PoolGroupKind.FULL else int(mapping[full_slot])
+            slot = full_slot if group is PoolGroupKind.FULL else int(_swa_map(engine)[full_slot])
             if slot:
                 found.append((group, slot))
     return found
@@ -180,12 +171,13 @@ def _req_to_token_remap(engine: Engine, rng: random.Random, target: str | None) 
     if not reads:
         return None
     read = rng.choice(reads)
-    req, mapping = read.req, _mapping(engine)
+    req = read.req
     row = engine.req_to_token_pool.req_to_token[req.req_pool_idx]
     others = [
         position
         for position in range(req.kv_len)
-        if position != read.position and (PoolGroupKind.FULL in _groups(engine) or int(mapping[int(row[position])]))
+        if position != read.position
+        and (PoolGroupKind.FULL in _groups(engine) or int(_swa_map(engine)[int(row[position])]))
     ]
     if not others:
         return None
@@ -222,6 +214,7 @@ def _double_free(engine: Engine, rng: random.Random, target: str | None) -> Pend
     if read.group is PoolGroupKind.FULL:
         engine.full_allocator.free_slots_unchecked([read.full_slot])
     else:
+        assert engine.swa_allocator is not None, "an SWA group without an SWA allocator"
         engine.swa_allocator.free_slots_unchecked([read.slot])
     return PendingFault(
         kind="double_free",
@@ -240,7 +233,7 @@ def _remap_swa_slot(engine: Engine, rng: random.Random, target: str | None) -> P
         return None
     read = rng.choice(reads)
     other = rng.choice([slot for slot in live if slot != read.slot])
-    _mapping(engine)[read.full_slot] = other
+    _swa_map(engine)[read.full_slot] = other
     return PendingFault(
         kind="remap_swa_slot",
         target="in_window",
@@ -295,7 +288,9 @@ def _swap_next_token(engine: Engine, rng: random.Random, target: str | None) -> 
 def _cached_paths(cache, length: int) -> list[tuple[list[int], torch.Tensor]]:
     """(first ``length`` tokens, their slots) of every root path at least that long."""
     paths = []
-    stack = [(child, [], []) for child in cache.root_node.children.values()]
+    stack: list[tuple[typing.Any, list[int], list[torch.Tensor]]] = [
+        (child, [], []) for child in cache.root_node.children.values()
+    ]
     while stack:
         node, tokens, values = stack.pop()
         tokens, values = tokens + list(node.key), values + [node.value]
@@ -323,4 +318,4 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
 }
-assert set(_APPLIERS) == set(FAULT_KINDS_BY_MODE["swa"])
+assert set(_APPLIERS) == {kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects}

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from harness.runner import ServerProcess
 from harness.runner.server_command import DEFAULT_SERVER_COMMAND
 from kv_canary import CanaryConfig, CanaryMode
-from mock_models.config import EngineConfig
+from kv_canary_contract import FAULT_KINDS, TARGET_VALUES
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
 from mock_models.server.app import create_app
@@ -35,7 +36,7 @@ VOCAB = 1024
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     engine = Engine(
-        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512, max_context_len=256),
+        EngineConfig(model_mode=ModelMode.SWA, swa_window=8, max_total_tokens=512, max_context_len=256),
         canary_config=CanaryConfig(mode=CanaryMode.LOG),
     )
     with TestClient(create_app(EngineWorker(engine)), raise_server_exceptions=False) as test_client:
@@ -142,7 +143,7 @@ def fault_client() -> Iterator[TestClient]:
     """A server with the fault router, as ``serve`` mounts it. Nothing here runs a forward, so the
     faults it accepts are scheduled but never applied."""
     engine = Engine(
-        EngineConfig(model_mode="swa", swa_window=8, max_total_tokens=512),
+        EngineConfig(model_mode=ModelMode.SWA, swa_window=8, max_total_tokens=512),
         canary_config=CanaryConfig(mode=CanaryMode.LOG),
     )
     router = build_fault_router(FaultInjector.install(engine))
@@ -152,24 +153,7 @@ def fault_client() -> Iterator[TestClient]:
 
 
 FAULT_BODIES = st.fixed_dictionaries(
-    {
-        "kind": st.sampled_from(
-            [
-                "none",
-                "corrupt_kv_bytes",
-                "corrupt_canary",
-                "req_to_token_remap",
-                "evict_radix_node",
-                "double_free",
-                "remap_swa_slot",
-                "stale_prefix",
-                "swap_next_token",
-                "flip_all_bits",
-                "",
-            ]
-        )
-        | JSON_SCALARS
-    },
+    {"kind": st.sampled_from([*FAULT_KINDS, "flip_all_bits", ""]) | JSON_SCALARS},
     optional={
         "at_step": st.integers(-2, 50) | JSON_SCALARS,
         "after_warmup_steps": st.integers(-2, 50) | JSON_SCALARS,
@@ -179,23 +163,9 @@ FAULT_BODIES = st.fixed_dictionaries(
         "target": st.fixed_dictionaries(
             {},
             optional={
-                key: st.sampled_from(
-                    [
-                        "full",
-                        "swa",
-                        "running",
-                        "finished",
-                        "used",
-                        "cached_unused",
-                        "post_forward",
-                        "deepest_locked",
-                        "any_unlocked",
-                        "in_window",
-                        "out_of_window",
-                    ]
-                )
+                key: st.sampled_from(sorted({value for values in TARGET_VALUES.values() for value in values}))
                 | JSON_SCALARS
-                for key in ("group", "request", "slot", "node", "position", "colour")
+                for key in (*TARGET_VALUES, "colour")
             },
         )
         | JSON_VALUES,

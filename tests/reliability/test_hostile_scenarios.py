@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from harness.cli import EXIT_BAD_INPUT, cli
 from harness.runner.server_command import server_argv
 from harness.scenario.loader import MAX_SCENARIO_BYTES, load_scenario_file, load_scenario_text, load_scenarios
-from harness.scenario.model import MAX_TOKENS
 from harness.scenario.problems import ScenarioValidationError
+from kv_canary_contract import MAX_TOKENS
 from tests.reliability.conftest import FUZZ_SCALE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -181,7 +181,7 @@ def test_the_installed_command_exits_2_on_hostile_files(tmp_path):
 
 # -- fuzz -----------------------------------------------------------------------------------------------
 
-HOSTILE_SCALARS = st.sampled_from(
+HOSTILE_SCALARS: st.SearchStrategy[object] = st.sampled_from(
     [
         None,
         True,

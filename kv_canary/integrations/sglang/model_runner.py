@@ -23,7 +23,9 @@ from typing import Any
 
 from kv_canary.config import CanaryConfig
 from kv_canary.errors import KvCanaryError
+from kv_canary.forward_rows import SglangForwardRows
 from kv_canary.install import install_canary
+from kv_canary.integrations.sglang.token_table import RequestTokenTable
 from kv_canary.integrations.sglang.tree_cache import attach_tree_cache
 from kv_canary.manager import CanaryManager
 
@@ -38,16 +40,22 @@ def install_into_model_runner(
     *,
     tree_cache: object | None = None,
     logger: logging.Logger | None = None,
+    token_table: RequestTokenTable | None = None,
+    engine_runs_host_step: bool = False,
 ) -> CanaryManager | None:
     """Guard the runner's KV pool; returns the manager, or None when the canary is off.
 
     ``config`` defaults to ``CanaryConfig.from_env()`` (``KV_CANARY_*`` variables). Pass the
     scheduler's ``tree_cache`` (or call ``attach_tree_cache`` later) to enable the radix sweep.
+    ``token_table`` turns the token checks on (its rows are what the checks expect); with
+    ``engine_runs_host_step`` the caller runs ``manager.after_forward_on_host()`` once per forward
+    (``install_canary``; the SGLang plugin does, from ``ModelRunner.forward``).
     """
     config = CanaryConfig.from_env() if config is None else config
     if not config.enabled:
         return None
     _require_no_captured_graphs(model_runner)
+    _require_sglang_canary_off(model_runner)
     pool = _required(model_runner, "token_to_kv_pool")
     req_to_token_pool = _required(model_runner, "req_to_token_pool")
     _require_shared_swa_mapping(pool, getattr(model_runner, "token_to_kv_pool_allocator", None))
@@ -57,7 +65,12 @@ def install_into_model_runner(
         req_to_token_pool=req_to_token_pool,
         config=config,
         swa_window=_swa_window(model_runner, pool),
+        forward_rows=SglangForwardRows(
+            req_to_token_pool=req_to_token_pool,
+            req_token_ids=token_table.req_token_ids if token_table is not None else None,
+        ),
         logger=logger,
+        engine_runs_host_step=engine_runs_host_step,
     )
     if tree_cache is not None and manager is not None:
         attach_tree_cache(manager, tree_cache)
@@ -85,6 +98,14 @@ def _require_no_captured_graphs(model_runner: object) -> None:
             f"kv_canary: the model runner has captured CUDA graphs already ({', '.join(captured)}); graph replays "
             "skip model.forward, so install the canary before ModelRunner.init_cuda_graphs (e.g. at the start "
             "of Scheduler.init_all_cuda_graphs) or run the server with --disable-cuda-graph"
+        )
+
+
+def _require_sglang_canary_off(model_runner: object) -> None:
+    if getattr(model_runner, "canary_manager", None) is not None:
+        raise KvCanaryInstallError(
+            "kv_canary: SGLang's own KV canary is installed on this model runner (server args kv_canary); "
+            "two canaries would wrap the same pool and forward. Turn SGLang's off or leave KV_CANARY_MODE unset"
         )
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 
 import pytest
 import torch
 
 from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode, ViolationRecord
-from mock_models.config import EngineConfig
+from kv_canary_contract import Fault
+from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
-from mock_models.faults.fault_request import FaultRequestBody, resolve
+from mock_models.faults.fault_request import resolve
 from mock_models.faults.injection_log import InjectionEntry
 
 torch.set_num_threads(1)
@@ -27,9 +29,7 @@ class FaultRun:
     injector: FaultInjector
 
     def inject(self, **body: object) -> int:
-        spec = resolve(
-            FaultRequestBody.model_validate(body), self.engine.config, canary_installed=self.engine.canary is not None
-        )
+        spec = resolve(Fault.model_validate(body), self.engine.config, canary_installed=self.engine.canary is not None)
         return self.injector.schedule(spec)
 
     def submit(self, count: int, *, prompt_len: int = 32, max_new_tokens: int = 24, seed: int = 0) -> None:
@@ -66,9 +66,9 @@ def fault_run():
         *,
         sweep_interval: int = 4,
         real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
-        **engine: object,
+        **engine_settings: typing.Any,
     ) -> FaultRun:
-        config = EngineConfig(model_mode=mode, swa_window=WINDOW, max_total_tokens=1024, **engine)
+        config = EngineConfig(model_mode=ModelMode(mode), swa_window=WINDOW, max_total_tokens=1024, **engine_settings)
         canary = CanaryConfig(
             backend=KernelBackend.TORCH,
             sweep_interval=sweep_interval,

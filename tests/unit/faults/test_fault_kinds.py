@@ -10,8 +10,9 @@ import pytest
 
 from kv_canary import RealKvHashMode
 from kv_canary.records import RecordWord
+from kv_canary_contract import Fault
 from mock_models.faults.canary_records import corrupt_canary
-from mock_models.faults.fault_request import FaultRequestBody, resolve
+from mock_models.faults.fault_request import resolve
 from mock_models.faults.targets import FaultContext
 
 REAL_KV = {"real_kv_hash"}
@@ -168,9 +169,7 @@ def test_each_corrupted_record_word_fails_its_own_check(fault_run, word, reason)
     run = fault_run("mha")
     run.submit(2)
     run.steps(4)
-    target = resolve(
-        FaultRequestBody(kind="corrupt_canary", at_step=1), run.engine.config, canary_installed=True
-    ).target
+    target = resolve(Fault(kind="corrupt_canary", at_step=1), run.engine.config, canary_installed=True).target
     detail = corrupt_canary(FaultContext(engine=run.engine, target=target, rng=DrawsWord(word), step=5))
     assert f"bit 1 of the {word.name.lower()} word" in detail
     run.steps(1)

@@ -7,21 +7,15 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from harness.scenario.model import FAULT_KINDS as SCENARIO_FAULT_KINDS
-from harness.scenario.model import FaultTarget as ScenarioFaultTarget
-from mock_models.config import EngineConfig
-from mock_models.faults.fault_request import (
-    FAULT_KINDS,
-    FaultRequestBody,
-    FaultRequestError,
-    FaultTargetBody,
-    Target,
-    resolve,
-)
+from harness.scenario.model import Scenario
+from kv_canary_contract import FAULT_KINDS, Fault, ResolvedTarget
+from mock_models.config import EngineConfig, ModelMode
+from mock_models.faults.fault_request import FaultRequestError, resolve
+from mock_models.server.fault_routes import build_fault_router
 
 
 def resolved(mode: str = "mha", **body: object):
-    return resolve(FaultRequestBody.model_validate(body), EngineConfig(model_mode=mode), canary_installed=True)
+    return resolve(Fault.model_validate(body), EngineConfig(model_mode=ModelMode(mode)), canary_installed=True)
 
 
 def refusal(mode: str = "mha", **body: object) -> str:
@@ -31,9 +25,11 @@ def refusal(mode: str = "mha", **body: object) -> str:
 
 
 def test_the_server_takes_every_kind_and_target_value_a_scenario_can_name():
-    assert FAULT_KINDS == SCENARIO_FAULT_KINDS
-    for key, field in ScenarioFaultTarget.model_fields.items():
-        assert typing.get_args(field.annotation) == typing.get_args(FaultTargetBody.model_fields[key].annotation)
+    # One model for both: the scenario's fault mapping is the inject route's body.
+    assert Scenario.model_fields["fault"].annotation == Fault | None
+    (route,) = [route for route in build_fault_router(injector=None).routes if route.path.endswith("/inject")]
+    assert typing.get_type_hints(route.endpoint)["body"] is Fault
+    assert typing.get_args(Fault.model_fields["kind"].annotation) == FAULT_KINDS
 
 
 @pytest.mark.parametrize(
@@ -48,7 +44,7 @@ def test_the_server_takes_every_kind_and_target_value_a_scenario_can_name():
 )
 def test_a_body_of_the_wrong_shape_is_a_validation_error(body):
     with pytest.raises(ValidationError):
-        FaultRequestBody.model_validate(body)
+        Fault.model_validate(body)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +106,7 @@ def test_every_problem_is_named_at_once():
 
 
 def test_corrupt_canary_needs_the_canary():
-    body = FaultRequestBody(kind="corrupt_canary", at_step=1)
+    body = Fault(kind="corrupt_canary", at_step=1)
     with pytest.raises(FaultRequestError, match="the canary is off"):
         resolve(body, EngineConfig(), canary_installed=False)
 
@@ -121,32 +117,32 @@ def test_corrupt_canary_needs_the_canary():
         (
             "mha",
             {"kind": "corrupt_kv_bytes"},
-            Target(group="full", request="running", slot="used", node=None, position=None),
+            ResolvedTarget(group="full", request="running", slot="used", node=None, position=None),
         ),
         (
             "dsv4",
             {"kind": "corrupt_kv_bytes", "target": {"request": "finished"}},
-            Target(group="swa", request="finished", slot="cached_unused", node=None, position=None),
+            ResolvedTarget(group="swa", request="finished", slot="cached_unused", node=None, position=None),
         ),
         (
             "swa",
             {"kind": "evict_radix_node"},
-            Target(group="full", request="running", slot=None, node="deepest_locked", position=None),
+            ResolvedTarget(group="full", request="running", slot=None, node="deepest_locked", position=None),
         ),
         (
             "swa",
             {"kind": "remap_swa_slot", "target": {"position": "in_window"}},
-            Target(group="swa", request="running", slot=None, node=None, position="in_window"),
+            ResolvedTarget(group="swa", request="running", slot=None, node=None, position="in_window"),
         ),
         (
             "dsv4",
             {"kind": "stale_prefix"},
-            Target(group="swa", request=None, slot=None, node="any_unlocked", position=None),
+            ResolvedTarget(group="swa", request=None, slot=None, node="any_unlocked", position=None),
         ),
         (
             "mha",
             {"kind": "swap_next_token"},
-            Target(group=None, request="running", slot=None, node=None, position=None),
+            ResolvedTarget(group=None, request="running", slot=None, node=None, position=None),
         ),
     ],
 )

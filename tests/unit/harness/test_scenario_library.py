@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.scenario import FAULT_KINDS, MODEL_MODES, load_scenarios
+from harness.scenario import load_scenarios
+from kv_canary_contract import FAULT_KINDS, MODEL_MODES, fault_kinds_in_mode
 
 LIBRARY = Path(__file__).resolve().parents[3] / "scenarios"
-# DESIGN.md's fault table: remap_swa_slot needs an SWA pool; every other kind applies to every mode.
+# The modes each injecting kind runs in, as the contract says (docs/DESIGN.md's fault table).
 MODES_OF_KIND = {
-    kind: {"swa", "dsv4"} if kind == "remap_swa_slot" else set(MODEL_MODES) for kind in FAULT_KINDS if kind != "none"
+    kind: {mode for mode in MODEL_MODES if kind in fault_kinds_in_mode(mode)}
+    for kind in FAULT_KINDS
+    if any(kind in fault_kinds_in_mode(mode) for mode in MODEL_MODES)
 }
 
 

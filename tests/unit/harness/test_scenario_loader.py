@@ -1,4 +1,4 @@
-"""Scenario files: the DESIGN.md example loads as is; every bad input names its file, line and key."""
+"""Scenario files: the design example loads as is; every bad input names its file, line and key."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def test_the_design_example_is_accepted():
         "swa_out_of_window_tokens": ">=1",
         "swa_full_idx_divergence": ">=1",
     }
+
+
+def test_docs_design_md_shows_the_design_example(load_text):
+    text = (DESIGN_EXAMPLE.parents[4] / "docs" / "DESIGN.md").read_text()
+    block = text.split("## Scenario files", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented, frozen = load_text(block).scenario, load_scenario_file(DESIGN_EXAMPLE).scenario
+    assert documented.model_dump(exclude={"description"}) == frozen.model_dump(exclude={"description"})
 
 
 def test_engine_defaults_are_documented_values(load_text):
@@ -218,7 +225,7 @@ BAD_SCENARIOS = {
         expect: {detected: true, within_steps: 4}
         """,
         "fault.target.group",
-        "mode mha has no SWA group",
+        "mode mha has no SWA pool",
     ),
     "remap_swa_slot in mha": (
         """\
@@ -312,7 +319,7 @@ BAD_SCENARIOS = {
         expect: {detected: true, within_steps: 4}
         """,
         "fault.probability",
-        "keep one of at_step, probability",
+        "at_step, probability are all set; keep one trigger",
     ),
     "undefined shared prefix": (
         """\

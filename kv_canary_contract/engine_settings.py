@@ -1,0 +1,132 @@
+"""The engine settings: declared once here, read by the scenario validator (a scenario's ``engine``
+mapping), the harness (the server command line) and the mock server (its flags and its config).
+
+Each setting ``name`` is the server flag ``--name-with-dashes``; ``None`` means the flag is not
+passed and the server's own default applies. ``engine_setting_problems`` holds the rules that tie
+settings to each other and to the mode, which the engine checks at start-up.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import annotated_types
+from pydantic import Field
+
+from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.modes import MODES, ModelMode
+from kv_canary_contract.problems import ContractModel, ContractProblem
+
+RealKv = Literal["none", "partial", "all"]
+ScenarioCanaryMode = Literal["log", "raise"]  # a scenario needs the canary on; the server also takes none
+
+
+class EngineSettings(ContractModel):
+    """Engine settings, each the server flag of the same name; an optional one left out (null) is
+    not passed, so the server's own default applies."""
+
+    page_size: int = Field(default=1, ge=1, le=MAX_PAGE_SIZE, description="Tokens per KV page.")
+    max_total_tokens: int = Field(
+        default=4096, ge=1, le=MAX_TOKENS, description="KV slots in the full pool; a multiple of page_size."
+    )
+    swa_window: int = Field(
+        default=64,
+        ge=1,
+        le=MAX_TOKENS,
+        description="Sliding-window size of SWA layers (modes swa, dsv4; in dsv4 at least its compress ratio, 4).",
+    )
+    sweep_interval: int = Field(
+        default=0, ge=0, le=MAX_FORWARDS, description="Forwards between radix sweeps; 0 = no sweep."
+    )
+    real_kv: RealKv = Field(
+        default="partial", description="How much of each slot's real K/V bytes the TAIL record hashes."
+    )
+    canary_mode: ScenarioCanaryMode = Field(default="log", description="log: report violations; raise: also error.")
+    max_running_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS, description="Batch size cap.")
+    chunked_prefill_size: int | None = Field(default=None, ge=1, le=MAX_TOKENS, description="Prefill chunk in tokens.")
+    seed: int | None = Field(
+        default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the engine's model weights and token sampling."
+    )
+    stats_interval: int | None = Field(
+        default=None, ge=0, le=MAX_FORWARDS, description="Forwards between kv_canary_stats lines; 0 = off."
+    )
+    swa_divergence_interval: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_FORWARDS,
+        description="Forwards between kv_canary_swa_divergence lines; 0 = off. The harness passes 1 when a "
+        "scenario sets expect.swa_divergence and not this.",
+    )
+
+
+# The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
+CANARY_SETTINGS = ("sweep_interval", "real_kv", "canary_mode", "stats_interval", "swa_divergence_interval")
+
+
+def setting_flag(name: str) -> str:
+    """The server flag of a setting: page_size -> --page-size."""
+    return "--" + name.replace("_", "-")
+
+
+def setting_bounds(name: str) -> tuple[int | None, int | None]:
+    """(least, greatest) value of an integer setting, as declared on ``EngineSettings``."""
+    least = greatest = None
+    for constraint in EngineSettings.model_fields[name].metadata:
+        if isinstance(constraint, annotated_types.Ge):
+            least = typing.cast(int, constraint.ge)
+        elif isinstance(constraint, annotated_types.Le):
+            greatest = typing.cast(int, constraint.le)
+    return least, greatest
+
+
+def engine_setting_problems(
+    values: Mapping[str, object], *, mode: ModelMode, compress_ratio: int | None = None
+) -> list[ContractProblem]:
+    """Every reason the engine would refuse these settings in ``mode`` at start-up.
+
+    ``values`` maps setting names to values (missing ones take ``EngineSettings``' defaults);
+    integers are also checked against their bounds. ``compress_ratio`` overrides the ratio of a
+    mode that has a compressed pool (an engine built with another one); other modes ignore it.
+    """
+    settings = {name: field.default for name, field in EngineSettings.model_fields.items()} | dict(values)
+    problems = list(_bound_problems(values))
+    if not problems:
+        ratio = MODES[mode].compress_ratio
+        if ratio is not None and compress_ratio is not None:
+            ratio = compress_ratio
+        problems += _cross_problems(settings, mode=mode, compress_ratio=ratio)
+    return problems
+
+
+def _bound_problems(values: Mapping[str, object]) -> Iterator[ContractProblem]:
+    for name, value in values.items():
+        if name not in EngineSettings.model_fields or not isinstance(value, int) or isinstance(value, bool):
+            continue
+        least, greatest = setting_bounds(name)
+        if least is not None and value < least:
+            yield ContractProblem(loc=(name,), message=f"{value} is too small: must be >= {least}")
+        if greatest is not None and value > greatest:
+            yield ContractProblem(loc=(name,), message=f"{value} is too large: must be <= {greatest}")
+
+
+def _cross_problems(
+    settings: Mapping[str, object], *, mode: ModelMode, compress_ratio: int | None
+) -> Iterator[ContractProblem]:
+    page_size = typing.cast(int, settings["page_size"])
+    max_total_tokens = typing.cast(int, settings["max_total_tokens"])
+    swa_window = typing.cast(int, settings["swa_window"])
+    if max_total_tokens % page_size:
+        below = max_total_tokens - max_total_tokens % page_size
+        yield ContractProblem(
+            loc=("max_total_tokens",),
+            message=f"{max_total_tokens} is not a multiple of page_size ({page_size}): the pool is whole pages; "
+            f"use {below or page_size} or {below + page_size}",
+        )
+    if compress_ratio is not None and swa_window < compress_ratio:
+        yield ContractProblem(
+            loc=("swa_window",),
+            message=f"{swa_window} is less than mode {mode}'s compress ratio ({compress_ratio}): its compressed "
+            "pool pools groups of that many tokens from the window, so the window must hold at least that many",
+        )

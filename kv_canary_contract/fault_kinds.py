@@ -1,0 +1,116 @@
+"""The fault vocabulary: every kind, the target keys and values it takes, what it needs from the engine.
+
+A kind is its name in ``FaultKind`` plus one ``FaultKindRule`` in ``FAULT_KIND_RULES``; every rule that
+depends on the kind (which target keys apply, defaults, which modes can take it) reads that entry.
+docs/FAULTS.md describes what each kind corrupts and what catches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+from kv_canary_contract.modes import MODES, POOL_GROUPS, ModelMode, PoolGroup
+
+FaultKind = Literal[
+    "none",
+    "corrupt_kv_bytes",
+    "corrupt_canary",
+    "req_to_token_remap",
+    "evict_radix_node",
+    "double_free",
+    "remap_swa_slot",
+    "stale_prefix",
+    "swap_next_token",
+]
+FAULT_KINDS: tuple[FaultKind, ...] = typing.get_args(FaultKind)
+
+# The target keys and their values. A key a fault leaves out takes the kind's default.
+RequestState = Literal["running", "finished"]
+SlotState = Literal["used", "cached_unused", "post_forward"]
+NodeChoice = Literal["deepest_locked", "any_unlocked"]
+PositionChoice = Literal["in_window", "out_of_window"]
+TARGET_VALUES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "group": POOL_GROUPS,  # the pool group the corrupted object belongs to
+        "request": typing.get_args(RequestState),  # whose slot: a running request's, or a finished one's
+        "slot": typing.get_args(SlotState),  # live; cached, no request holds it; written by the last forward
+        "node": typing.get_args(NodeChoice),  # which radix node
+        "position": typing.get_args(PositionChoice),  # narrows the positions of live slots
+    }
+)
+
+# Which request holds a slot of each state, and the slot state a request's target defaults to.
+SLOT_HOLDER: Mapping[str, RequestState] = MappingProxyType(
+    {"used": "running", "post_forward": "running", "cached_unused": "finished"}
+)
+SLOT_OF_REQUEST: Mapping[str, SlotState] = MappingProxyType({"running": "used", "finished": "cached_unused"})
+POSITIONED_SLOTS: tuple[SlotState, ...] = ("used",)  # target.position picks among positions a request reads
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class FaultKindRule:
+    # target key -> accepted values, default first ("group" defaults to the mode's default group
+    # where the kind accepts it)
+    targets: Mapping[str, tuple[str, ...]]
+    injects: bool = True
+    needs_swa_pool: bool = False
+    # Corrupts K/V bytes or canary records of the target group, so the group must hold them: a
+    # group the canary guards in that mode.
+    touches_guarded_state: bool = False
+    # May take out-of-window positions in group swa: it gives such a position an SWA slot.
+    gives_swa_slots: bool = False
+    needs_canary: bool = False  # corrupts the canary's own records
+
+    def runs_in(self, mode: ModelMode) -> bool:
+        return self.injects and (MODES[mode].has_swa_pool or not self.needs_swa_pool)
+
+
+_LIVE_SLOT_TARGETS = MappingProxyType(
+    {
+        "group": POOL_GROUPS,
+        "slot": ("used", "cached_unused"),
+        "request": TARGET_VALUES["request"],
+        "position": TARGET_VALUES["position"],
+    }
+)
+
+FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
+    {
+        "none": FaultKindRule(targets={}, injects=False),
+        "corrupt_kv_bytes": FaultKindRule(
+            targets={**_LIVE_SLOT_TARGETS, "slot": TARGET_VALUES["slot"]}, touches_guarded_state=True
+        ),
+        "corrupt_canary": FaultKindRule(targets=_LIVE_SLOT_TARGETS, touches_guarded_state=True, needs_canary=True),
+        "req_to_token_remap": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",), "position": TARGET_VALUES["position"]}
+        ),
+        "evict_radix_node": FaultKindRule(
+            targets={"group": POOL_GROUPS, "node": TARGET_VALUES["node"], "request": ("running",)}
+        ),
+        "double_free": FaultKindRule(targets=_LIVE_SLOT_TARGETS),
+        "remap_swa_slot": FaultKindRule(
+            targets={"group": ("swa",), "request": ("running",), "position": TARGET_VALUES["position"]},
+            needs_swa_pool=True,
+            gives_swa_slots=True,
+        ),
+        "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
+        "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+    }
+)
+
+
+def fault_kinds_in_mode(mode: ModelMode) -> tuple[FaultKind, ...]:
+    """The kinds that inject something in ``mode`` (``none`` excluded), in contract order."""
+    return tuple(kind for kind, rule in FAULT_KIND_RULES.items() if rule.runs_in(mode))
+
+
+def default_group(kind: FaultKind, mode: ModelMode) -> PoolGroup | None:
+    accepted = FAULT_KIND_RULES[kind].targets.get("group")
+    if accepted is None:
+        return None
+    preferred = MODES[mode].default_fault_group
+    return preferred if preferred in accepted else typing.cast(PoolGroup, accepted[0])
