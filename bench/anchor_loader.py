@@ -35,7 +35,7 @@ def load_anchor(anchor_dir: pathlib.Path) -> types.SimpleNamespace | None:
         is_cuda=torch.cuda.is_available,
         is_hip=lambda: False,
         is_sail=lambda: False,
-        get_cuda_version=lambda: tuple(int(part) for part in torch.version.cuda.split(".")),
+        get_cuda_version=lambda: tuple(int(part) for part in str(torch.version.cuda).split(".")),
     )
     _stand_in("sglang.utils", is_in_ci=lambda: False)
     _stand_in("sglang.kernels", root / "kernels")

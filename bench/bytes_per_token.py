@@ -1,22 +1,26 @@
 """The canary's bytes per cached token and forward, as a fraction of what attention itself reads.
 
-Analytic, from the kernels' memory traffic: per forward, attention reads every cached token's
-K and V in every layer; the canary's verify kernels read, per cached token, the plan entry once
-per launch and one 32-byte record per launch (HEAD and TAIL, K and V), plus in TAIL launches the
+Analytic, from the kernels' memory traffic. Per forward, attention reads every cached token's K
+and V in every layer. The canary's verify launches read, per cached token, its slot from the
+request's ``req_to_token`` row once per launch (4 bytes; the kernels plan inside their launches,
+no plan is written or read) and one 32-byte record per guarded K/V half and phase (HEAD and TAIL,
+K and V), the predecessor's record coming from the neighbouring lane; the TAIL launch adds the
 hashed real-K/V bytes (16 per layer in `partial`, the whole row in `all`; a 16-byte piece costs a
-32-byte DRAM sector, shown separately). The plan is also written once per group per forward.
+32-byte DRAM sector, shown separately).
 
-    python bench/bytes_per_token.py   [defaults: Llama-3-8B: 32 layers, 8 KV heads x 128, bf16]
+    python -m bench.bytes_per_token   [defaults: Llama-3-8B: 32 layers, 8 KV heads x 128, bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 
-PLAN_ENTRY_BYTES = 16  # slot, predecessor, position, expected token: int32 each
+SLOT_BYTES = 4  # a req_to_token entry, read once per verify launch
 RECORD_BYTES = 32
 SECTOR_BYTES = 32
 PARTIAL_BYTES = 16
+VERIFY_LAUNCHES = 2  # HEAD verify and TAIL, each checking K and V
+RECORDS = 4  # HEAD and TAIL, K and V
 
 
 def main() -> None:
@@ -28,8 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     row = args.kv_heads * args.head_dim * args.dtype_bytes
     attention = 2 * args.layers * row  # K and V of every layer
-    launches = 4  # HEAD and TAIL, K and V
-    base = launches * (PLAN_ENTRY_BYTES + RECORD_BYTES) + PLAN_ENTRY_BYTES
+    base = VERIFY_LAUNCHES * SLOT_BYTES + RECORDS * RECORD_BYTES
     hashed = {
         "none": (0, 0),
         "partial": (2 * args.layers * PARTIAL_BYTES, 2 * args.layers * SECTOR_BYTES),

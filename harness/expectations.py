@@ -16,9 +16,9 @@ from harness.scenario.comparison import Comparison
 from harness.scenario.model import Fault, Scenario, SwaDivergenceExpectation, ViolationPattern
 from harness.scenario.modes import mode_has_full_and_swa_groups
 from harness.scenario.patterns import matches
-from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
+from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord, ViolationRepeatsLog
 
-MAX_LINES_PER_OUTCOME = 10  # enough to see the pattern of a failure without drowning the message
+MAX_LINES_PER_OUTCOME = 10  # kept in the result; a failure message shows the first and the count
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -26,7 +26,9 @@ class ExpectationOutcome:
     expectation: str  # what was expected, in the scenario's words
     held: bool
     reason: str  # why it held or not, with the numbers
-    log_lines: tuple[str, ...] = ()
+    log_lines: tuple[str, ...] = ()  # the first MAX_LINES_PER_OUTCOME of the lines behind it
+    line_count: int = 0  # how many lines are behind it in all
+    label: str = ""  # a few words for a report cell when it does not hold: "late +2", "missed", ...
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -34,15 +36,21 @@ class ExpectationOutcome:
             "held": self.held,
             "reason": self.reason,
             "log_lines": list(self.log_lines),
+            "line_count": self.line_count,
+            "label": self.label,
         }
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> ExpectationOutcome:
+        log_lines = tuple(payload["log_lines"])
         return cls(
             expectation=payload["expectation"],
             held=payload["held"],
             reason=payload["reason"],
-            log_lines=tuple(payload["log_lines"]),
+            log_lines=log_lines,
+            # Results written before these fields existed still read.
+            line_count=payload.get("line_count", len(log_lines)),
+            label=payload.get("label", ""),
         )
 
 
@@ -55,10 +63,32 @@ class ExpectationResult:
     violation_count: int
     launch_tags_seen: tuple[str, ...]
     fail_reasons_seen: tuple[str, ...]
+    expects_detection: bool | None = None  # the scenario's expect.detected; None in older results
+    within_steps: int | None = None  # its bound, when detection is expected
 
     @property
     def passed(self) -> bool:
         return all(outcome.held for outcome in self.outcomes)
+
+    @property
+    def late_by_steps(self) -> int | None:
+        """How many forwards past its bound a detection came; None unless it came late."""
+        if self.within_steps is None or self.latency_steps is None or self.latency_steps <= self.within_steps:
+            return None
+        return self.latency_steps - self.within_steps
+
+    def expected_text(self) -> str:
+        """The expectation in a few words: 'detect <=4' or 'clean' ('?' for older results)."""
+        if self.expects_detection is None:
+            return "?"
+        return f"detect <={self.within_steps}" if self.expects_detection else "clean"
+
+    def detected_text(self) -> str:
+        """'yes', 'no', or 'late +N' for a violation past the bound (N forwards past it)."""
+        late_by = self.late_by_steps
+        if late_by is not None:
+            return f"late +{late_by}"
+        return "yes" if self.detected else "no"
 
     def unmet(self) -> list[ExpectationOutcome]:
         return [outcome for outcome in self.outcomes if not outcome.held]
@@ -80,6 +110,8 @@ class ExpectationResult:
             violation_count=payload["violation_count"],
             launch_tags_seen=tuple(payload["launch_tags_seen"]),
             fail_reasons_seen=tuple(payload["fail_reasons_seen"]),
+            expects_detection=payload.get("expects_detection"),
+            within_steps=payload.get("within_steps"),
         )
 
 
@@ -107,9 +139,12 @@ def check_expectations(
         injection_step=injection_step,
         detected=detected,
         latency_steps=after[0].step - injection_step if after and injection_step is not None else None,
-        violation_count=len(violations),
+        # Repeats the canary counted instead of logging again (kv_canary violation_repeats lines).
+        violation_count=len(violations) + sum(line.repeats for line in ViolationRepeatsLog.find_all(log_text)),
         launch_tags_seen=tuple(sorted({v.launch_tag for v in violations})),
         fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
+        expects_detection=scenario.expects_detection,
+        within_steps=scenario.expect.within_steps if scenario.expects_detection else None,
     )
 
 
@@ -121,7 +156,10 @@ def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[Expec
     expectation = f"fault {fault.kind} is applied"
     if not injections:
         return ExpectationOutcome(
-            expectation=expectation, held=False, reason="the engine reported no injection for this fault"
+            expectation=expectation,
+            held=False,
+            reason="the engine reported no injection for this fault",
+            label="not injected",
         ), None
     for injection in injections:
         if injection.status == "no_target":
@@ -132,6 +170,7 @@ def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[Expec
                     f"fault #{injection.fault_id} found no valid target: {injection.detail or 'no detail given'}; "
                     "the run proves nothing about detection"
                 ),
+                label="no target",
             ), None
         if injection.status != "applied" or injection.step is None:
             return ExpectationOutcome(
@@ -141,6 +180,7 @@ def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[Expec
                     f"fault #{injection.fault_id} was still {injection.status} when the run ended; the workload "
                     "never reached its trigger"
                 ),
+                label="not applied",
             ), None
     steps = sorted(injection.step for injection in injections if injection.step is not None)  # all, as checked
     return ExpectationOutcome(
@@ -168,6 +208,7 @@ def _detection(
                 expectation=expectation,
                 held=False,
                 reason="the fault was never applied, so there was nothing to detect",
+                label="not applied",
             )
         ]
     before = [v for v in violations if v.step < injection_step]
@@ -177,6 +218,8 @@ def _detection(
             expectation="no violation before the injection",
             held=not before,
             log_lines=_lines(before),
+            line_count=len(before),
+            label="flagged before",
             reason=(
                 f"{len(before)} violations before the injection at step {injection_step}, the first at step "
                 f"{before[0].step}: the canary flagged something the fault did not cause"
@@ -187,6 +230,7 @@ def _detection(
     ]
     if not after:
         reason, held = f"no violation logged at or after the injection at step {injection_step}", False
+        label = "missed"
     else:
         latency = after[0].step - injection_step
         held = latency <= bound
@@ -194,7 +238,17 @@ def _detection(
             f"first violation at step {after[0].step}, {latency} steps after the injection at step "
             f"{injection_step}" + ("" if held else f"; the bound is {bound}")
         )
-    outcomes.append(ExpectationOutcome(expectation=expectation, held=held, reason=reason, log_lines=_lines(after)))
+        label = f"late +{latency - bound}"
+    outcomes.append(
+        ExpectationOutcome(
+            expectation=expectation,
+            held=held,
+            reason=reason,
+            log_lines=_lines(after),
+            line_count=len(after),
+            label=label,
+        )
+    )
     outcomes.extend(_pattern_matched(pattern, after) for pattern in scenario.expect.violations)
     return outcomes
 
@@ -212,6 +266,7 @@ def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRe
             expectation=expectation,
             held=True,
             log_lines=_lines(matching),
+            line_count=len(matching),
             reason=f"{len(matching)} of {len(violations)} violations after the injection match",
         )
     seen = collections.Counter(f"{v.launch_tag} {'+'.join(v.fail_reasons)}" for v in violations)
@@ -220,7 +275,9 @@ def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRe
         expectation=expectation,
         held=False,
         log_lines=_lines(violations),
+        line_count=len(violations),
         reason=f"none of the {len(violations)} violations after the injection match; seen: {summary}",
+        label="other tags",
     )
 
 
@@ -231,7 +288,9 @@ def _stays_clean(violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
         expectation="no violations",
         held=False,
         log_lines=_lines(violations),
+        line_count=len(violations),
         reason=f"{len(violations)} violations logged, the first at step {violations[0].step}",
+        label=f"dirty ({len(violations)})",
     )
 
 
@@ -243,6 +302,7 @@ def _swa_divergence(expected: SwaDivergenceExpectation, log_text: str) -> list[E
                 expectation="a kv_canary_swa_divergence line",
                 held=False,
                 reason="none in the log; is the reporter on (engine.swa_divergence_interval)?",
+                label="no divergence line",
             )
         ]
     lines = (last.format(),)
@@ -255,6 +315,8 @@ def _swa_divergence(expected: SwaDivergenceExpectation, log_text: str) -> list[E
                 held=Comparison.parse(text).holds(value),
                 reason=f"last line has {field}={value}",
                 log_lines=lines,
+                line_count=1,
+                label=f"{field} {text.strip()}",
             )
         )
     if expected.verify_swa_lt_verify_full is not None:
@@ -265,6 +327,8 @@ def _swa_divergence(expected: SwaDivergenceExpectation, log_text: str) -> list[E
                 held=(last.verify_swa < last.verify_full) == wanted,
                 reason=f"last line has verify_swa={last.verify_swa}, verify_full={last.verify_full}",
                 log_lines=lines,
+                line_count=1,
+                label="verify_swa vs verify_full",
             )
         )
     return outcomes

@@ -37,7 +37,8 @@ class RunResult:
         return f"{self.scenario}[{self.mode}]"
 
     def failure_message(self) -> str:
-        """What did not hold and the log lines behind it; empty when the run passed."""
+        """What did not hold, each with the first log line behind it and how many more the log has;
+        empty when the run passed."""
         if self.passed:
             return ""
         lines = [f"{self.pair_id} ({self.scenario_path}) failed; server log: {self.log_path}"]
@@ -45,7 +46,11 @@ class RunResult:
             lines.append("  no verdict: " + self.error.replace("\n", "\n    "))
         for outcome in self.check.unmet() if self.check is not None else []:
             lines.append(f"  expected {outcome.expectation}: {outcome.reason}")
-            lines.extend(f"    | {line}" for line in outcome.log_lines)
+            if outcome.log_lines:
+                lines.append(f"    | {outcome.log_lines[0]}")
+            more = max(outcome.line_count, len(outcome.log_lines)) - 1
+            if more > 0:
+                lines.append(f"    | ... and {more} more such line{'s' if more > 1 else ''} in {self.log_path}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:

@@ -43,24 +43,44 @@ class CanaryConfig:
     backend: KernelBackend = KernelBackend.AUTO
     # Violation rows kept on device between two drains; the count survives overflow.
     ring_capacity: int = 1024
-    # Fixed plan sizes, so that the per-forward path needs no host sync and can be graph-captured.
+    # The torch reference's plan sizes under CUDA-graph capture (eager forwards grow them). The Triton
+    # kernels plan inside their launches and need none; verify_capacity sizes a captured launch's
+    # parallelism there, and longer forwards are still verified whole.
     verify_capacity: int = 1 << 16
     write_capacity: int = 1 << 14
     max_requests_per_forward: int = 1024
-    sweep_interval: int = 0  # forwards between radix sweeps; 0 = no sweep
+    sweep_interval: int = 0  # forwards between radix sweep steps; 0 = no sweep
+    # A sweep step verifies the next radix nodes of its round, up to these many nodes and cached
+    # tokens (at least one node); a round covers the cache, resuming where the last step stopped.
+    sweep_step_nodes: int = 256
+    sweep_step_tokens: int = 1 << 18
     stats_interval: int = 100  # forwards between kv_canary_stats lines; 0 = off
     health_check_interval: int = 100  # forwards between kernel-run-counter checks; 0 = off
     health_check_warmup: int = 100
     swa_divergence_interval: int = 0  # forwards between kv_canary_swa_divergence lines; 0 = off
+    # Per interval of this many forwards, the first violation of each (slot, launch tag, reasons) is
+    # logged in full and its repeats are counted into one kv_canary violation_repeats line; 0 logs
+    # every violation. Mode raise always logs and raises every violation.
+    violation_repeat_interval: int = 100
     assert_write_inputs: bool = True  # write side: written token/position against expected
     verify_tokens: bool = True  # verify side: stored token against the expected token, when known
+    # Mark every new slot's real K/V rows before the model runs and report rows it left marked (a lost
+    # or misdirected K/V write). Needs real_kv_hash partial or all; writes into the engine's KV pool.
+    check_lost_writes: bool = False
     # Self-test switch: no check records anything (the verify kernels, and the write kernels'
     # input assertions); records are still written. Exists so the harness can prove that its
     # fault scenarios fail when the canary is blind; never set it in production.
     self_test_disable_verify: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("ring_capacity", "verify_capacity", "write_capacity", "max_requests_per_forward"):
+        for name in (
+            "ring_capacity",
+            "verify_capacity",
+            "write_capacity",
+            "max_requests_per_forward",
+            "sweep_step_nodes",
+            "sweep_step_tokens",
+        ):
             _require(getattr(self, name) >= 1, name, "must be >= 1")
         for name in (
             "sweep_interval",
@@ -68,6 +88,7 @@ class CanaryConfig:
             "health_check_interval",
             "health_check_warmup",
             "swa_divergence_interval",
+            "violation_repeat_interval",
         ):
             _require(getattr(self, name) >= 0, name, "must be >= 0 (0 turns it off)")
 

@@ -7,7 +7,7 @@ import enum
 
 import torch
 
-from kv_canary.launch_tags import LaunchTag
+from kv_canary.launch_tags import LaunchTag, PoolGroupKind
 
 
 class RingField(enum.IntEnum):
@@ -29,6 +29,7 @@ class RingField(enum.IntEnum):
 
 RING_FIELDS = len(RingField)
 NUM_LAUNCH_TAGS = len(LaunchTag)
+GROUP_INDEX = {kind: index for index, kind in enumerate(PoolGroupKind)}  # rows of verify_entries
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,6 +62,7 @@ class CanaryDeviceState:
     slot_run_counters: torch.Tensor  # int64 [NUM_LAUNCH_TAGS]: records checked or written per tag
     step: torch.Tensor  # int64 [1]: forward counter, advanced on device, stamped into rows
     plan_overflow: torch.Tensor  # int64 [1]: plan entries dropped because a plan was full
+    verify_entries: torch.Tensor  # int64 [len(PoolGroupKind)]: per-forward verify entries, summed per group
 
     @classmethod
     def allocate(cls, *, ring_capacity: int, device: torch.device | str) -> CanaryDeviceState:
@@ -73,4 +75,5 @@ class CanaryDeviceState:
             slot_run_counters=counter(NUM_LAUNCH_TAGS),
             step=counter(1),
             plan_overflow=counter(1),
+            verify_entries=counter(len(GROUP_INDEX)),
         )

@@ -13,9 +13,13 @@ from kv_canary.errors import UnsupportedForwardModeError
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class ForwardRows:
+    """One forward's batch. A decode batch may be given by ``seq_lens`` alone (each request writes
+    one token after ``seq_len - 1`` cached ones), as the SGLang extractor does under graph capture:
+    the Triton kernels read them directly, sparing the graph two tensor ops a replay."""
+
     req_pool_indices: torch.Tensor  # int [B]: each request's row in req_to_token
-    prefix_lens: torch.Tensor  # int [B]: tokens already cached before this forward
-    extend_lens: torch.Tensor  # int [B]: tokens this forward writes
+    prefix_lens: torch.Tensor | None  # int [B]: tokens already cached before this forward
+    extend_lens: torch.Tensor | None  # int [B]: tokens this forward writes
     out_cache_loc: torch.Tensor  # int [N]: full-pool slots written, request after request
     input_ids: torch.Tensor  # int [N]
     positions: torch.Tensor  # int [N]
@@ -27,6 +31,28 @@ class ForwardRows:
     extend_lens_host: tuple[int, ...] | None = None
     # Longest run of new tokens of one request, when known even without the host lists (decode: 1).
     max_extend_len: int | None = None
+    seq_lens: torch.Tensor | None = None  # int [B]: a decode batch's lengths
+
+    def __post_init__(self) -> None:
+        if (self.prefix_lens is None or self.extend_lens is None) and self.seq_lens is None:
+            raise ValueError("ForwardRows needs prefix_lens and extend_lens, or (a decode batch) seq_lens")
+
+    @property
+    def is_decode(self) -> bool:
+        """Given by ``seq_lens`` alone: one new token per request."""
+        return self.prefix_lens is None
+
+    def prefix_len_tensor(self) -> torch.Tensor:
+        if self.prefix_lens is not None:
+            return self.prefix_lens
+        assert self.seq_lens is not None  # __post_init__
+        return self.seq_lens - 1
+
+    def extend_len_tensor(self) -> torch.Tensor:
+        if self.extend_lens is not None:
+            return self.extend_lens
+        assert self.seq_lens is not None  # __post_init__
+        return torch.ones_like(self.seq_lens)
 
     @property
     def longest_run(self) -> int | None:
@@ -79,8 +105,10 @@ class SglangForwardRows:
         input_ids: Any = kwargs.get("input_ids", args[0] if args else None)
         positions: Any = kwargs.get("positions", args[1] if len(args) > 1 else None)
         decode = _is_decode(batch)
-        prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
-        extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
+        prefix_lens = extend_lens = None
+        if not (decode and capturing):  # a captured decode reads seq_lens: no tensor ops in the graph
+            prefix_lens = (batch.seq_lens - 1) if decode else batch.extend_prefix_lens
+            extend_lens = torch.ones_like(batch.seq_lens) if decode else batch.extend_seq_lens
         prefix_host = extend_host = None
         if not capturing:
             prefix_host = _host_list(batch, "extend_prefix_lens_cpu")
@@ -103,6 +131,7 @@ class SglangForwardRows:
             prefix_lens_host=prefix_host,
             extend_lens_host=extend_host,
             max_extend_len=1 if decode else None,
+            seq_lens=batch.seq_lens if decode else None,
         )
 
 

@@ -63,6 +63,7 @@ class FailReason(enum.IntFlag):
     REAL_KV_HASH = 8
     WRITE_TOKEN = 16
     WRITE_POSITION = 32
+    LOST_WRITE = 64  # a new slot's real K/V still holds the poison written before the model ran
 
     def log_names(self) -> list[str]:
         return [reason.name.lower() for reason in FailReason if reason & self and reason.name is not None]

@@ -1,15 +1,22 @@
-"""Fixed-capacity device plans that the verify and write kernels consume.
+"""What the canary's kernels consume: the torch reference's per-forward plans and the sweep's slices.
 
-Plans are filled on device by the plan kernels (``kernels/plan_triton.py`` and its torch
-reference) without a host sync, so the whole per-forward path can be captured in a CUDA graph;
-entries past ``num_valid`` / ``num_requests`` are ignored.
+The Triton kernels derive a forward's entries inside their launches (``kernels/forward_triton.py``);
+the torch reference (``kernels/forward_reference.py``) first fills these fixed-capacity plans on
+device without a host sync, so that it too can be captured in a CUDA graph; entries past
+``num_valid`` / ``num_requests`` are ignored. The sweep verifies ``SweepSlice``s, listed between
+forwards by ``sweep/radix_cursor.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kv_canary.engine_protocols import RadixWalk
 
 # prev_slot values besides a real slot index (> 0)
 PREV_SEQUENCE_START = 0  # the slot holds position 0: its prev_hash must be CHAIN_ANCHOR
@@ -90,3 +97,55 @@ class WritePlan:
     @property
     def request_capacity(self) -> int:
         return self.entry_starts.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SweepSegment:
+    """A run of cached tokens at consecutive positions (a radix node), read in place from the cache.
+
+    Token ``i`` sits at ``first_position + i`` in slot ``slots[i]``; its chain predecessor is
+    ``slots[i - 1]``, and for ``i = 0`` the slot ``pred_values[pred_index]`` (the parent node's last
+    slot), or a sequence start when ``pred_values`` is None.
+    """
+
+    slots: torch.Tensor  # int32 or int64 [length], contiguous, on the canary's device
+    tokens: torch.Tensor | None  # int32 [length] token ids; None where unknown
+    first_position: int
+    pred_values: torch.Tensor | None
+    pred_index: int
+    swa_resident: bool  # False: tombstoned, SWA groups skip it
+
+    @property
+    def length(self) -> int:
+        return self.slots.shape[0]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SweepSlice:
+    """What one sweep step verifies: radix-node segments, or the flat walks of a self-walking cache."""
+
+    segments: tuple[SweepSegment, ...] = ()
+    walk: RadixWalk | None = None  # a self-walking cache's tokens, for FULL groups
+    swa_walk: RadixWalk | None = None  # its SWA-resident tokens, for SWA groups
+
+    @property
+    def is_walked(self) -> bool:
+        return self.walk is not None or self.swa_walk is not None
+
+    @property
+    def num_tokens(self) -> int:
+        walks = [walk.num_tokens for walk in (self.walk, self.swa_walk) if walk is not None]
+        return max(walks) if walks else sum(segment.length for segment in self.segments)
+
+
+class SegmentField(enum.IntEnum):
+    """Columns of the int64 segment table the Triton sweep kernel reads (addresses are data_ptrs)."""
+
+    SLOTS = 0  # address of the first slot value
+    SLOT_STRIDE = 1  # int32 words from one slot value to the next: 1 (int32 slots) or 2 (int64)
+    TOKENS = 2  # address of the int32 token ids, 0 when unknown
+    LENGTH = 3
+    FIRST_POSITION = 4
+    PRED = 5  # address of the predecessor's slot value, 0 at a sequence start
+    PRED_STRIDE = 6  # 1 or 2, as SLOT_STRIDE, for the tensor PRED points into
+    SWA_RESIDENT = 7  # 0: SWA groups skip the segment

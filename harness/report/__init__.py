@@ -1,7 +1,17 @@
 """Run directories and the detection report rendered from them."""
 
-from harness.report.render import RenderedReport, render_report
+from harness.report.render import RenderedReport, incomplete_summary, render_report
 from harness.report.rows import terminal_table
 from harness.report.run_directory import RunDirectory, RunDirectoryError
+from harness.report.run_plan import PlannedScenario, RunPlan
 
-__all__ = ["RenderedReport", "RunDirectory", "RunDirectoryError", "render_report", "terminal_table"]
+__all__ = [
+    "PlannedScenario",
+    "RenderedReport",
+    "RunDirectory",
+    "RunDirectoryError",
+    "RunPlan",
+    "incomplete_summary",
+    "render_report",
+    "terminal_table",
+]

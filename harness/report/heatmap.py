@@ -1,45 +1,67 @@
-"""The scenario x mode heatmap: green held, red failed, grey not run; the cell says the latency."""
+"""The scenario x mode heatmap: green held (the cell gives the latency), red failed (the cell says
+why), dark grey planned but never run, light grey not a mode of the scenario; a legend says so."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.run_result import RunResult
 from harness.scenario.model import MODEL_MODES
 
-_PASS, _FAIL, _NOT_RUN = "#4caf50", "#e53935", "#eeeeee"
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+HELD, FAILED, NOT_RUN, NOT_A_MODE = "#4caf50", "#e53935", "#9e9e9e", "#eeeeee"
+LEGEND = (
+    (HELD, "held (+N: detected N forwards after the injection)"),
+    (FAILED, "failed (why)"),
+    (NOT_RUN, "planned, never ran"),
+    (NOT_A_MODE, "not a mode of the scenario"),
+)
+TITLE = "kv-canary detection"
+_MIN_WIDTH_IN = 5.0  # room for the title and the legend even with one mode
 
 
-def _cell_label(result: RunResult) -> str:
-    if result.error is not None:
+def cell_label(result: RunResult) -> str:
+    """What a cell says: the latency of a held detection, 'clean', or why the pair failed."""
+    if result.error is not None or result.check is None:
         return "error"
-    if not result.passed:
-        return "FAIL"
-    latency = result.check.latency_steps
-    return "clean" if latency is None else f"+{latency}"
+    check = result.check
+    if check.passed:
+        return "clean" if check.latency_steps is None else f"+{check.latency_steps}"
+    return next((outcome.label for outcome in check.unmet() if outcome.label), "failed")
 
 
-def render_heatmap(results: Sequence[RunResult], path: Path) -> None:
+def heatmap_figure(results: Sequence[RunResult], *, not_run: Collection[tuple[str, str]] = ()) -> Figure:
+    """The figure, drawn on an Agg canvas: (scenario, mode) pairs in ``not_run`` are grey and say so."""
     # The figure API with an Agg canvas, not pyplot: no global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    scenarios = sorted({result.scenario for result in results})
-    modes = [mode for mode in MODEL_MODES if any(result.mode == mode for result in results)]
+    scenarios = sorted({result.scenario for result in results} | {scenario for scenario, _ in not_run})
+    modes = [mode for mode in MODEL_MODES if any(r.mode == mode for r in results) or any(m == mode for _, m in not_run)]
     by_pair = {(result.scenario, result.mode): result for result in results}
-    colours = [[to_rgb(_NOT_RUN)] * len(modes) for _ in scenarios]
-    figure = Figure(figsize=(2.0 + 1.2 * len(modes), 1.0 + 0.35 * len(scenarios)), layout="constrained")
+    longest_name = max((len(name) for name in scenarios), default=0)
+    width = max(_MIN_WIDTH_IN, 1.2 + 0.07 * longest_name + 1.2 * len(modes))
+    figure = Figure(figsize=(width, 1.8 + 0.35 * len(scenarios)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
+    colours = [[to_rgb(NOT_A_MODE)] * len(modes) for _ in scenarios]
     for row, scenario in enumerate(scenarios):
         for column, mode in enumerate(modes):
             result = by_pair.get((scenario, mode))
-            if result is None:
+            if result is not None:
+                colour, label = (HELD if result.passed else FAILED), cell_label(result)
+            elif (scenario, mode) in not_run:
+                colour, label = NOT_RUN, "not run"
+            else:
                 continue
-            colours[row][column] = to_rgb(_PASS if result.passed else _FAIL)
-            axes.text(column, row, _cell_label(result), ha="center", va="center", fontsize=8)
+            colours[row][column] = to_rgb(colour)
+            axes.text(column, row, label, ha="center", va="center", fontsize=7)
     axes.imshow(colours, aspect="auto")
     axes.set_xticks(range(len(modes)), modes)
     axes.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
@@ -49,5 +71,16 @@ def render_heatmap(results: Sequence[RunResult], path: Path) -> None:
     axes.set_yticks([row - 0.5 for row in range(1, len(scenarios))], minor=True)
     axes.grid(which="minor", color="white", linewidth=2)
     axes.tick_params(which="minor", length=0)
-    axes.set_title("kv-canary detection (cell: latency in steps)", fontsize=9)
-    figure.savefig(path, dpi=120)
+    figure.suptitle(TITLE, fontsize=10)
+    figure.legend(
+        handles=[Patch(facecolor=colour, edgecolor="#616161", label=label) for colour, label in LEGEND],
+        loc="outside lower center",
+        ncols=2,
+        fontsize=7,
+        frameon=False,
+    )
+    return figure
+
+
+def render_heatmap(results: Sequence[RunResult], path: Path, *, not_run: Collection[tuple[str, str]] = ()) -> None:
+    heatmap_figure(results, not_run=not_run).savefig(path, dpi=120)

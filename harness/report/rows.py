@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from harness.run_result import RunResult
 from harness.text_table import aligned_columns
 
-COLUMNS = ("scenario", "mode", "result", "detected", "latency", "violations", "reasons", "wall s")
+COLUMNS = ("scenario", "mode", "expected", "result", "detected", "latency", "violations", "reasons", "wall s")
 
 
 def report_row(result: RunResult) -> dict[str, object]:
@@ -31,15 +31,17 @@ def report_row(result: RunResult) -> dict[str, object]:
 
 def _cells(result: RunResult) -> tuple[str, ...]:
     row = report_row(result)
+    check = result.check
     verdict = "pass" if result.passed else ("ERROR" if result.error else "FAIL")
     return (
         result.scenario,
         result.mode,
+        "-" if check is None else check.expected_text(),
         verdict,
-        "-" if row["detected"] is None else ("yes" if row["detected"] else "no"),
+        "-" if check is None else check.detected_text(),
         "-" if row["latency_steps"] is None else str(row["latency_steps"]),
         "-" if row["violation_count"] is None else str(row["violation_count"]),
-        ",".join(row["reasons_seen"]) or "-",
+        ",".join(check.fail_reasons_seen if check is not None else ()) or "-",
         f"{result.wall_time_s:.1f}",
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import requests
 
@@ -24,12 +25,12 @@ class EngineClient:
         self.timeout_s = timeout_s
         self.headers = headers or {}
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict[str, Any]:
         return self._call(
             "POST", "/generate", {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
         )
 
-    def server_info(self) -> dict:
+    def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")
 
     def forward_count(self) -> int:
@@ -64,7 +65,7 @@ class EngineClient:
             raise EngineHttpError(f"GET /kv_canary/violations is not {{count: int, lines: [str]}}: {answer!r}")
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         response = requests.request(
             method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
         )

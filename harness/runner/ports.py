@@ -10,4 +10,5 @@ def free_port(host: str = "127.0.0.1") -> int:
     # server binding it, which ``ServerProcess`` covers by retrying on "address in use".
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port

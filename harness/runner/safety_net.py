@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,16 +23,18 @@ class Stoppable(Protocol):
 
 _live: set[Stoppable] = set()
 _lock = threading.Lock()
-_atexit_registered = False
+
+
+@functools.cache
+def _stop_all_at_exit() -> None:
+    """Registers ``stop_all`` with atexit, the first time only."""
+    atexit.register(stop_all)
 
 
 def register(server: Stoppable) -> None:
-    global _atexit_registered
     with _lock:
         _live.add(server)
-        if not _atexit_registered:
-            atexit.register(stop_all)
-            _atexit_registered = True
+        _stop_all_at_exit()
 
 
 def unregister(server: Stoppable) -> None:

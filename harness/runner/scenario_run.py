@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 
@@ -136,7 +136,8 @@ def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, dea
         vocab_size = _vocab_size(info)
         _check_context_fits(scenario, info)
         planned = plan_requests(scenario.workload, vocab_size=vocab_size)
-        fault_id = client.inject(scenario.fault.request_body()) if scenario.injects_fault else None
+        fault = scenario.fault if scenario.injects_fault else None
+        fault_id = client.inject(fault.request_body()) if fault is not None else None
         workload = drive_workload(client, planned, concurrency=scenario.workload.concurrency, deadline=deadline)
         failed_fillers = 0
         if fault_id is not None:
@@ -155,14 +156,14 @@ def _collect(server: ServerProcess, scenario: Scenario, options: RunOptions, dea
         raise EngineHttpError(f"the server at {server.base_url} did not answer: {failure}") from None
 
 
-def _vocab_size(info: dict) -> int:
+def _vocab_size(info: dict[str, Any]) -> int:
     vocab_size = info.get("vocab_size", DEFAULT_VOCAB_SIZE)
     if not isinstance(vocab_size, int) or vocab_size < 2:
         raise EngineHttpError(f"GET /get_server_info has an unusable vocab_size: {vocab_size!r}")
     return vocab_size
 
 
-def _check_context_fits(scenario: Scenario, info: dict) -> None:
+def _check_context_fits(scenario: Scenario, info: dict[str, Any]) -> None:
     """The server would answer every too-long request with a 400: say so once, before the run, by key."""
     max_context_len = info.get("max_context_len")
     if not isinstance(max_context_len, int):
@@ -182,8 +183,10 @@ def _keep_stepping(
 
     Returns how many fillers the engine answered with an error.
     """
-    settle = scenario.expect.within_steps if scenario.expects_detection else SILENT_FAULT_OBSERVATION_FORWARDS
-    give_up_at = max(client.forward_count(), scenario.fault.at_step or 0) + TRIGGER_WAIT_FORWARDS
+    bound = scenario.expect.within_steps
+    settle = bound if scenario.expects_detection and bound is not None else SILENT_FAULT_OBSERVATION_FORWARDS
+    at_step = scenario.fault.at_step if scenario.fault is not None else None
+    give_up_at = max(client.forward_count(), at_step or 0) + TRIGGER_WAIT_FORWARDS
     failed = stalled = fillers = 0
     last_forward = -1
     while True:
@@ -193,8 +196,8 @@ def _keep_stepping(
         forward = client.forward_count()
         if not ours or any(injection.status == "no_target" for injection in ours):
             return failed
-        applied = [injection.step for injection in ours if injection.status == "applied"]
-        if len(applied) == len(ours) and None not in applied:
+        applied = [injection.step for injection in ours if injection.status == "applied" and injection.step is not None]
+        if len(applied) == len(ours):
             step = min(applied)
             if forward > step + settle:
                 return failed

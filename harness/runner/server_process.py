@@ -6,6 +6,7 @@ The server is stopped (SIGTERM to its group, SIGKILL after a grace period) on ev
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -174,14 +175,15 @@ class ServerProcess:
 
     def _command(self) -> str:
         popen = self._popen
-        return " ".join(map(str, popen.args)) if popen is not None else "(not started)"
+        if popen is None:
+            return "(not started)"
+        args = popen.args
+        return " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:

@@ -39,7 +39,7 @@ def plan_requests(workload: Workload, *, vocab_size: int) -> list[PlannedRequest
         name: _tokens(f"{workload.seed}/prefix/{name}", length, vocab_size)
         for name, length in workload.shared_prefixes.items()
     }
-    planned = []
+    planned: list[PlannedRequest] = []
     for spec in workload.requests:
         prefix = prefixes[spec.shared_prefix] if spec.shared_prefix is not None else []
         for _ in range(spec.count):

@@ -70,7 +70,9 @@ class SglangTarget:
             token=token,
         )
 
-    def client(self, server: LiveServerProcess, *, timeout_s: float) -> LiveSglangClient:
+    def client(self, server: ServerProcess, *, timeout_s: float) -> LiveSglangClient:
+        if not isinstance(server, LiveServerProcess):
+            raise TypeError(f"the live target drives the servers its server() starts, not {type(server).__name__}")
         return LiveSglangClient(
             sglang_url=server.base_url, injector_url=server.injector_url, token=server.token, timeout_s=timeout_s
         )

@@ -66,10 +66,12 @@ def real_kv_row_hash(rows_per_layer: list[torch.Tensor]) -> torch.Tensor:
     A wrapping sum of per-word mixes, so the order of the summation (threads, blocks) does not
     change the result; the word's layer and index are salted in so that moved words differ.
     """
-    total = None
+    layer_sums = []
     for layer, rows in enumerate(rows_per_layer):
         words = torch.arange(rows.shape[1], device=rows.device)
         terms = splitmix64(rows + word_salt(layer, words)[None, :])
-        layer_sum = terms.sum(dim=1, dtype=torch.int64)
-        total = layer_sum if total is None else total + layer_sum
+        layer_sums.append(terms.sum(dim=1, dtype=torch.int64))
+    total = layer_sums[0]
+    for layer_sum in layer_sums[1:]:
+        total = total + layer_sum
     return splitmix64(total)

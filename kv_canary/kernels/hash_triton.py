@@ -20,11 +20,6 @@ def as_u64(x):
 
 
 @triton.jit
-def as_i64(x):
-    return x.to(tl.int64, bitcast=True)
-
-
-@triton.jit
 def splitmix64(x):
     z = x + GOLDEN_U64
     z = (z ^ (z >> 30)) * MIX1_U64
@@ -42,6 +37,15 @@ def rotate_left(x, bits):
     bits = (bits % 64).to(tl.uint64)
     safe_right = tl.where(bits == 0, 0, 64 - bits).to(tl.uint64)
     return tl.where(bits == 0, x, (x << bits) | (x >> safe_right))
+
+
+@triton.jit
+def rotate_left_by(x, BITS: tl.constexpr):
+    """``rotate_left`` by a constant number of bits."""
+    if BITS % 64 == 0:
+        return x
+    else:
+        return (x << (BITS % 64)) | (x >> (64 - BITS % 64))
 
 
 @triton.jit

@@ -1,78 +1,129 @@
-"""Launch compiled Triton kernels without re-binding their arguments on every call.
+"""Launch compiled Triton kernels without re-binding their arguments through ``JITFunction`` each time.
 
 ``JITFunction.__call__`` re-derives a specialization key from every argument on each launch,
-and the launcher asks every tensor for its ``data_ptr()``; together that costs about a
-microsecond per argument on the host, and the canary launches several kernels per forward, so
-in eager mode it would dominate small launches. After the first launch of a constexpr
-combination, the compiled kernel is called directly, with the buffers' addresses cached as ints
-(Triton's launchers take an int wherever a pointer is expected).
+about a microsecond per argument on the host; the canary launches three kernels of twenty-odd
+arguments per forward, so in eager mode that would dominate. After the first launch of a
+variant, the compiled kernel is called directly through ``CompiledKernel.__getitem__(grid)``,
+which takes plain ints wherever the kernel expects a pointer.
 
-This is sound because the kernels declare their integer arguments ``do_not_specialize``, the
-canary's buffers are allocated once and never move, and every pointer passed is the base of a
-torch allocation, aligned far beyond the 16 bytes Triton specializes on: one compiled variant
-fits every later call.
+That launcher is not part of Triton's documented API (``tests/unit/canary/test_launch_cache.py``
+fails loudly if it changes). A compiled variant fits a later call only if nothing Triton
+specializes on differs, so the variant key holds each tensor's dtype and 16-byte alignment, the
+warps and the constexprs; integer arguments must be declared ``do_not_specialize`` (Triton
+would otherwise specialize on a value of 1 and on divisibility by 16), and a kernel's
+parameters must come in the order pointers, integers, constexprs. The canary's own buffers never
+move, so their addresses and specialization are read once per launcher, not once per launch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Protocol
+
 import torch
 import triton
 
-from kv_canary.real_kv import RealKvSource
+from kv_canary.errors import KvCanaryError
 
-_MAX_CACHED_BUFFER_SETS = 4096
+_ALIGNMENT = 16  # bytes: Triton specializes a pointer argument on being a multiple of it
 
 
-class CompiledLaunchCache:
+class _CompiledLauncher(Protocol):
+    def __getitem__(self, grid: tuple[int, int, int]) -> _Runner: ...
+
+
+class _Runner(Protocol):
+    def __call__(self, *args: object) -> None: ...
+
+
+class TritonLauncherChangedError(KvCanaryError, RuntimeError):
+    """The installed Triton no longer launches a compiled kernel the way this cache relies on."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StaticArguments:
+    """A launcher's buffers that never move: their addresses and what Triton specializes on, read once."""
+
+    tensors: tuple[torch.Tensor, ...]  # kept alive, so that the id the cache is keyed by stays theirs
+    addresses: tuple[int, ...]
+    specialization: tuple[object, ...]
+
+
+class LaunchCache:
+    """Launches one ``@triton.jit`` kernel; under ``TRITON_INTERPRET`` it simply calls the kernel.
+
+    A launch's pointer arguments come in two groups, in the kernel's parameter order: ``dynamic``
+    tensors (the engine's, new or refilled every forward: their addresses are read each time) then
+    ``static`` ones (the canary's own buffers, allocated once and never moved: pass the same tuple
+    object every time, and their addresses are read once).
+    """
+
     def __init__(self, kernel: object) -> None:
         self._kernel = kernel
         self._compiles = isinstance(kernel, triton.runtime.jit.JITFunction)  # False under TRITON_INTERPRET
-        self._compiled: dict[tuple, object] = {}
-        # id()s of a set of buffers -> (the buffers, kept alive so their ids stay theirs; their addresses)
-        self._addresses: dict[tuple[int, ...], tuple[tuple[torch.Tensor, ...], tuple[int, ...]]] = {}
+        self._compiled: dict[tuple[object, ...], _CompiledLauncher] = {}
+        self._static: dict[int, _StaticArguments] = {}
+
+    @property
+    def variants(self) -> int:
+        """Compiled variants launched so far (one per distinct dtypes, alignments, warps and constexprs)."""
+        return len(self._compiled)
 
     def launch(
         self,
         grid: tuple[int, ...],
-        buffers: tuple[torch.Tensor, ...],
+        dynamic: tuple[torch.Tensor, ...],
+        static: tuple[torch.Tensor, ...],
         scalars: tuple[int, ...],
         *,
         num_warps: int,
-        **constexprs: object,
+        constexprs: dict[str, object],
     ) -> None:
-        """``buffers`` are the kernel's leading pointer parameters, ``scalars`` its integer ones."""
+        """``scalars`` are the kernel's integer parameters (after the pointers), ``constexprs`` the rest, in
+        the kernel's parameter order."""
         if not self._compiles:
-            self._kernel[grid](*buffers, *scalars, num_warps=num_warps, **constexprs)
+            self._kernel[grid](*dynamic, *static, *scalars, num_warps=num_warps, **constexprs)  # type: ignore[index]
             return
-        key = (torch.cuda.current_device(), num_warps, *constexprs.values())
+        fixed = self._static.get(id(static))
+        if fixed is None:
+            fixed = self._static[id(static)] = _static_arguments(static)
+        addresses = tuple(tensor.data_ptr() for tensor in dynamic)
+        key = (
+            torch.cuda.current_device(),
+            num_warps,
+            *constexprs.values(),
+            *(tensor.dtype for tensor in dynamic),
+            *(address % _ALIGNMENT == 0 for address in addresses),
+            *fixed.specialization,
+        )
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._kernel[grid](*buffers, *scalars, num_warps=num_warps, **constexprs)
-            self._compiled[key] = compiled.result() if hasattr(compiled, "result") else compiled
+            launched = self._kernel[grid](*dynamic, *static, *scalars, num_warps=num_warps, **constexprs)  # type: ignore[index]
+            self._compiled[key] = _checked_launcher(launched.result() if hasattr(launched, "result") else launched)
             return
-        compiled[(*grid, 1, 1)[:3]](*self._addresses_of(buffers), *scalars, *constexprs.values())
-
-    def _addresses_of(self, buffers: tuple[torch.Tensor, ...]) -> tuple[int, ...]:
-        ids = tuple(map(id, buffers))
-        cached = self._addresses.get(ids)
-        if cached is None:
-            if len(self._addresses) >= _MAX_CACHED_BUFFER_SETS:
-                self._addresses.clear()
-            cached = (buffers, tuple(buffer.data_ptr() for buffer in buffers))
-            self._addresses[ids] = cached
-        return cached[1]
+        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        compiled[grid3](*addresses, *fixed.addresses, *scalars, *constexprs.values())
 
 
-def real_kv_arguments(
-    real_kv: RealKvSource | None, placeholder: torch.Tensor
-) -> tuple[torch.Tensor, tuple[int, ...], dict[str, int]]:
-    """(layer pointer table, (layers, row words, hashed words), tile constexprs); a placeholder table
-    when hashing is off. Tiles span up to 16 layers and 8 words, so a block's reads go out together."""
-    if real_kv is None:
-        return placeholder, (0, 0, 0), {"LAYER_BLOCK": 1, "WORD_CHUNK": 1}
-    layers = len(real_kv.layer_words)
-    tile = {
-        "LAYER_BLOCK": min(16, triton.next_power_of_2(layers)),
-        "WORD_CHUNK": min(8, triton.next_power_of_2(real_kv.hashed_words)),
-    }
-    return real_kv.layer_pointers, (layers, real_kv.row_words, real_kv.hashed_words), tile
+def _static_arguments(static: tuple[torch.Tensor, ...]) -> _StaticArguments:
+    addresses = tuple(tensor.data_ptr() for tensor in static)
+    return _StaticArguments(
+        tensors=static,
+        addresses=addresses,
+        specialization=(
+            *(tensor.dtype for tensor in static),
+            *(address % _ALIGNMENT == 0 for address in addresses),
+        ),
+    )
+
+
+def _checked_launcher(compiled: object) -> _CompiledLauncher:
+    getitem = getattr(type(compiled), "__getitem__", None)
+    if getitem is None:
+        raise TritonLauncherChangedError(
+            f"kv_canary: Triton {triton.__version__} returned a {type(compiled).__qualname__} without "
+            "__getitem__(grid) from a kernel launch; kernels/launch_cache.py launches compiled kernels through "
+            "it. Pin triton to a version the canary supports (3.6 on the GPU, the interpreter of later ones) "
+            "or update the launch cache"
+        )
+    return compiled  # type: ignore[return-value]

@@ -1,8 +1,8 @@
-"""Torch reference of the plan builder (same signature as ``plan_triton.build_group_plans``).
+"""The torch kernels' plan builder: a forward's verify and write plans for one pool group.
 
 Fills a pool group's verify and write plans on device with fixed shapes and no host sync, so
 the pre-ops can be captured in a CUDA graph; about thirty small torch ops, which is why the
-Triton builder exists.
+Triton kernels derive their entries inside their launches instead.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _build_verify_plan(
     full_to_swa: torch.Tensor | None,
 ) -> None:
     device = plan.slot_indices.device
-    prefix = rows.prefix_lens.to(device=device, dtype=torch.int64)
+    prefix = rows.prefix_len_tensor().to(device=device, dtype=torch.int64)
     first = (prefix - window).clamp(min=0) if window is not None else torch.zeros_like(prefix)
     counts = prefix - first
     ends = torch.cumsum(counts, 0)
@@ -112,7 +112,7 @@ def _build_write_plan(
     device = plan.slot_indices.device
     num_requests = min(rows.batch_size, plan.request_capacity)
     n = min(rows.num_new_tokens, plan.capacity)
-    extend = rows.extend_lens.to(device=device, dtype=torch.int64)
+    extend = rows.extend_len_tensor().to(device=device, dtype=torch.int64)
     starts = torch.cumsum(extend, 0) - extend
     kept = ((starts + extend).clamp(max=plan.capacity) - starts).clamp(min=0)  # entries that fit the plan
     plan_overflow.add_((extend - kept).sum())
@@ -124,7 +124,7 @@ def _build_write_plan(
     if rows.batch_size > num_requests:
         plan_overflow.add_(kept[num_requests:].sum())
 
-    prefix = rows.prefix_lens.to(device=device, dtype=torch.int64)
+    prefix = rows.prefix_len_tensor().to(device=device, dtype=torch.int64)
     row = rows.req_pool_indices.to(device=device, dtype=torch.int64)
     pred = rows.req_to_token[row, (prefix - 1).clamp(min=0)].to(torch.int64)
     if full_to_swa is not None:

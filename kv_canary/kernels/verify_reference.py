@@ -1,4 +1,5 @@
-"""Torch reference of the verify kernel (same signature as ``verify_triton.verify_canaries``)."""
+"""The torch kernels' verify: one launch tag's records over a plan (the reference of the Triton verify
+programs, ``forward_triton`` and ``sweep_triton``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Torch reference of the write kernel (same signature as ``write_triton.write_canaries``)."""
+"""Torch reference of the record writes: a forward's new slots, chained from each request's predecessor.
+
+The Triton kernel (``forward_triton``) writes the same records inside its per-forward launches.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import torch
 
 from kv_canary.device_state import CanaryDeviceState, RingField
 from kv_canary.kernels.hash_reference import CHAIN_ANCHOR, link_hash, real_kv_row_hash, record_hash, rotate_left
+from kv_canary.kernels.lost_write_reference import lost_write_layers, poison_rows
 from kv_canary.kernels.ring_reference import append_violations
 from kv_canary.launch_tags import FailReason, LaunchTag
 from kv_canary.plans import WritePlan
@@ -24,14 +28,16 @@ def write_canaries(
     real_kv: RealKvSource | None,
     assert_inputs: bool,
     num_entries: int | None = None,
-    max_entries_per_request: int | None = None,
+    poison: RealKvSource | None = None,
+    lost_write_check: RealKvSource | None = None,
 ) -> None:
     """Write the records of a forward's new slots, chained from each request's predecessor slot.
 
-    ``num_entries`` bounds the plan's entries and ``max_entries_per_request`` the longest run
-    (host-side hints; None: the plan's capacity).
+    ``num_entries`` bounds the plan's entries (a host-side hint; None: the plan's capacity).
+    ``real_kv`` is hashed into the records (TAIL). Before the model runs, ``poison`` marks the new
+    slots' rows of that source; after it, ``lost_write_check`` reports the rows still marked
+    (``kernels/lost_write_reference.py``).
     """
-    del max_entries_per_request  # sizes the Triton kernel's blocks; the scan here needs no hint
     n = plan.capacity if num_entries is None else min(num_entries, plan.capacity)
     device = records.device
     entry = torch.arange(n, device=device)
@@ -72,10 +78,15 @@ def write_canaries(
         bits |= torch.where((positions != expected_positions) | breaks_chain, int(FailReason.WRITE_POSITION), 0)
     bits = torch.where(in_plan, bits, 0)
 
+    stores = in_plan & (slots != 0)
+    if lost_write_check is not None:
+        lost = stores & (lost_write_layers(lost_write_check, slots) > 0)
+        bits |= torch.where(lost, int(FailReason.LOST_WRITE), 0)
     real_kv_hash = torch.zeros_like(slots)
     if real_kv is not None:
         real_kv_hash = real_kv_row_hash([words[slots, : real_kv.hashed_words] for words in real_kv.layer_words])
-    stores = in_plan & (slots != 0)
+    if poison is not None:
+        poison_rows(poison, slots, stores)
     destination = torch.where(stores, slots, 0)
     new_records = torch.stack([tokens, positions, prev_hash, real_kv_hash], dim=1)
     # Entries that store nothing rewrite the padding row with its own value, keeping the scatter sync-free.

@@ -10,7 +10,7 @@ from kv_canary.log_lines.line_search import LineSearch
 _LINE = re.compile(
     r"kv_canary_stats step=(?P<step>\d+) protected_tokens=(?P<protected_tokens>\d+) "
     r"sweep_passes=(?P<sweep_passes>\d+) violations=(?P<violations>\d+) "
-    r"launch_tags_active=(?P<active>\d+)/(?P<expected>\d+)"
+    r"launch_tags_active=(?P<active>\d+)/(?P<expected>\d+)(?: violations_repeated=(?P<repeated>\d+))?"
 )
 
 
@@ -22,13 +22,17 @@ class CanaryStatsLog(LineSearch):
     violations: int  # violation rows ever recorded, overflowed ones included
     launch_tags_active: int  # expected launch tags whose kernels have run
     launch_tags_expected: int
+    # Violations the reporter counted but did not log again (``ViolationRepeatsLog``); the field is
+    # appended to the line only once there are any, so a clean log keeps the original format.
+    violations_repeated: int = 0
 
     def format(self) -> str:
-        return (
+        line = (
             f"kv_canary_stats step={self.step} protected_tokens={self.protected_tokens} "
             f"sweep_passes={self.sweep_passes} violations={self.violations} "
             f"launch_tags_active={self.launch_tags_active}/{self.launch_tags_expected}"
         )
+        return line + (f" violations_repeated={self.violations_repeated}" if self.violations_repeated else "")
 
     @classmethod
     def parse(cls, line: str) -> CanaryStatsLog | None:
@@ -42,4 +46,5 @@ class CanaryStatsLog(LineSearch):
             violations=int(match["violations"]),
             launch_tags_active=int(match["active"]),
             launch_tags_expected=int(match["expected"]),
+            violations_repeated=int(match["repeated"] or 0),
         )

@@ -19,8 +19,7 @@ def build_default_observers(manager: CanaryManager) -> list[HostObserver]:
 
     The sweep comes first, so that the violation reporter stages the sweep's violations in the
     same forward (they reach the log one forward later, like every other violation) and the
-    health checker's and the stats logger's snapshots include that pass. The SWA divergence reporter is also
-    registered with ``manager.add_verify_plan_hook``, which it needs to count verify entries.
+    health checker's and the stats logger's snapshots include that step.
     """
     config = manager.config
     observers: list[HostObserver] = []
@@ -34,7 +33,5 @@ def build_default_observers(manager: CanaryManager) -> list[HostObserver]:
         observers.append(StatsLogger(manager=manager, sweep_passes=lambda: sweep.passes if sweep else 0))
     has_both_groups = all(manager.group(kind) is not None for kind in (PoolGroupKind.FULL, PoolGroupKind.SWA))
     if config.swa_divergence_interval and has_both_groups:
-        divergence = SwaDivergenceReporter(manager=manager)
-        manager.add_verify_plan_hook(divergence)
-        observers.append(divergence)
+        observers.append(SwaDivergenceReporter(manager=manager))
     return observers

@@ -18,6 +18,11 @@ class _Staged:
     ready: torch.cuda.Event | None
 
 
+def new_stream(device: torch.device) -> torch.cuda.Stream:
+    """A side stream of ``device`` (torch's ``Stream()`` constructor carries no annotations)."""
+    return torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+
+
 class DelayedDeviceHostHandler:
     """One staged snapshot in flight at a time.
 
@@ -29,7 +34,7 @@ class DelayedDeviceHostHandler:
 
     def __init__(self, device: torch.device, side_stream: torch.cuda.Stream | None = None) -> None:
         if device.type == "cuda" and side_stream is None:
-            side_stream = torch.cuda.Stream(device)
+            side_stream = new_stream(device)
         self._device = device
         self._side_stream = side_stream
         self._staged: _Staged | None = None
@@ -81,11 +86,13 @@ class DelayedDeviceHostHandler:
             name: torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
             for name, value in frozen.items()
         }
-        self._side_stream.wait_stream(compute_stream)
-        with torch.cuda.stream(self._side_stream):
+        side_stream = self._side_stream
+        assert side_stream is not None  # set in __init__ for a CUDA device
+        side_stream.wait_stream(compute_stream)
+        with torch.cuda.stream(side_stream):
             for name, value in frozen.items():
                 host[name].copy_(value, non_blocking=True)
-                value.record_stream(self._side_stream)
-            ready = torch.cuda.Event()
-            ready.record(self._side_stream)
+                value.record_stream(side_stream)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch's Event(): no annotations
+            ready.record(side_stream)
         return _Staged(host=host, context=context, ready=ready)

@@ -20,6 +20,7 @@ class _StatsContext:
 
     step: int
     sweep_passes: int
+    violations_repeated: int
 
 
 class StatsLogger:
@@ -49,7 +50,12 @@ class StatsLogger:
             "slot_runs": state.slot_run_counters,
             "violations": state.ring.write_index,
         }
-        return snapshot, _StatsContext(step=forward_count, sweep_passes=self._sweep_passes())
+        context = _StatsContext(
+            step=forward_count,
+            sweep_passes=self._sweep_passes(),
+            violations_repeated=self._manager.reporter.repeats_suppressed,
+        )
+        return snapshot, context
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, context: _StatsContext) -> None:
         kernel_runs = snapshot["kernel_runs"].tolist()
@@ -61,5 +67,6 @@ class StatsLogger:
             violations=int(snapshot["violations"][0]),
             launch_tags_active=sum(1 for tag in expected if kernel_runs[tag] > 0),
             launch_tags_expected=len(expected),
+            violations_repeated=context.violations_repeated,
         )
         self._manager.logger.info("%s", line.format())

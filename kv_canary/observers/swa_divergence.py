@@ -2,10 +2,10 @@
 
 Two kinds of signal, both for installs with a FULL and an SWA group:
 
-* ``verify_full`` / ``verify_swa``: the verify entries (``plan.num_valid``) of the two groups,
-  accumulated on device over every forward since install by a hook the manager calls right
-  after each group's verify plan is built (capturable: device ops only). The SWA group reads
-  only its window, so it should verify fewer entries than the FULL group.
+* ``verify_full`` / ``verify_swa``: the verify entries of the two groups, accumulated on device
+  over every forward since install by the HEAD verify (``CanaryDeviceState.verify_entries``, so
+  graph replays count too). The SWA group reads only its window, so it should verify fewer
+  entries than the FULL group.
 * ``swa_full_idx_divergence`` / ``swa_out_of_window_tokens``: over the live tokens of the most
   recent forward (positions ``[0, prefix_len + extend_len)`` of each request, through
   ``req_to_token``), how many map through ``full_to_swa_index_mapping`` to an SWA slot other
@@ -21,17 +21,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kv_canary.buffer_group import CanaryBufferGroup
+from kv_canary.device_state import GROUP_INDEX
 from kv_canary.forward_rows import ForwardRows
 from kv_canary.launch_tags import PoolGroupKind
 from kv_canary.log_lines import SwaDivergenceLog
 from kv_canary.observers.delayed_transfer import DeviceSnapshot
-from kv_canary.plans import VerifyPlan
 
 if TYPE_CHECKING:
     from kv_canary.manager import CanaryManager
-
-_TOTAL_INDEX = {PoolGroupKind.FULL: 0, PoolGroupKind.SWA: 1}
 
 
 class SwaDivergenceReporter:
@@ -44,19 +41,10 @@ class SwaDivergenceReporter:
             )
         self._manager = manager
         self._interval = manager.config.swa_divergence_interval
-        self._full_to_swa = swa_group.full_to_swa_index_mapping
+        mapping = swa_group.full_to_swa_index_mapping
+        assert mapping is not None  # every SWA group has one (CanaryBufferGroup checks)
+        self._full_to_swa = mapping
         self._handler = manager.new_delayed_handler()
-        self._verify_totals = torch.zeros(len(_TOTAL_INDEX), dtype=torch.int64, device=manager.device)
-        self._latest_rows: ForwardRows | None = None
-
-    # --- inside the pre-ops (capturable) --------------------------------------------------------
-
-    def on_verify_plan_built(self, group: CanaryBufferGroup, plan: VerifyPlan, rows: ForwardRows) -> None:
-        index = _TOTAL_INDEX[group.kind]
-        self._verify_totals[index : index + 1].add_(plan.num_valid)
-        self._latest_rows = rows  # a reference only: read at the next logging step, on device
-
-    # --- between forwards -----------------------------------------------------------------------
 
     def step(self, forward_count: int) -> None:
         self._handler.step(
@@ -68,19 +56,21 @@ class SwaDivergenceReporter:
         self._handler.flush(self._postprocess_on_host)
 
     def _compute_on_device(self, forward_count: int) -> tuple[DeviceSnapshot, None] | None:
-        if forward_count % self._interval or self._latest_rows is None:
+        rows = self._manager.latest_rows
+        if forward_count % self._interval or rows is None:
             return None
-        divergence, out_of_window = count_live_token_mappings(self._latest_rows, self._full_to_swa)
+        divergence, out_of_window = count_live_token_mappings(rows, self._full_to_swa)
         # The device step counter, not the host forward count: it advances in the same pre-ops as
         # the verify totals, so both describe the same forwards even under CUDA-graph replay.
         return {
             "forward_ct": self._manager.state.step,
-            "verify_totals": self._verify_totals,
+            "verify_totals": self._manager.state.verify_entries,
             "live": torch.stack([divergence, out_of_window]),
         }, None
 
     def _postprocess_on_host(self, snapshot: DeviceSnapshot, _context: None) -> None:
-        verify_full, verify_swa = snapshot["verify_totals"].tolist()
+        totals = snapshot["verify_totals"].tolist()
+        verify_full, verify_swa = totals[GROUP_INDEX[PoolGroupKind.FULL]], totals[GROUP_INDEX[PoolGroupKind.SWA]]
         divergence, out_of_window = snapshot["live"].tolist()
         line = SwaDivergenceLog(
             forward_ct=int(snapshot["forward_ct"][0]),
@@ -95,7 +85,7 @@ class SwaDivergenceReporter:
 def count_live_token_mappings(rows: ForwardRows, full_to_swa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(live tokens mapped to another non-zero index, live tokens mapped to 0), as device scalars."""
     device = full_to_swa.device
-    lengths = rows.prefix_lens.to(device=device, dtype=torch.int64) + rows.extend_lens.to(
+    lengths = rows.prefix_len_tensor().to(device=device, dtype=torch.int64) + rows.extend_len_tensor().to(
         device=device, dtype=torch.int64
     )
     row = rows.req_pool_indices.to(device=device, dtype=torch.int64)

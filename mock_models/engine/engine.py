@@ -1,8 +1,10 @@
 """The engine's public face: submit requests, step forwards, hook between forwards.
 
 One ``step`` is one model forward. ``forward_count`` counts them from 1, as the canary does:
-inside a step hook, ``forward_count`` forwards have run and the coming one is number
-``forward_count + 1``. Internals stay reachable as plain attributes for fault injection:
+inside a step or batch hook, ``forward_count`` forwards have run and the coming one is number
+``forward_count + 1``. Step hooks run before the forward is scheduled (admission then sees what
+they changed); batch hooks once it is scheduled, with its ``ScheduledBatch`` (the requests it runs
+are known, no slot is allocated yet). Internals stay reachable as plain attributes for fault injection:
 ``token_to_kv_pool``, ``req_to_token_pool``, ``full_allocator``, ``swa_allocator``,
 ``radix_cache``, ``scheduler`` (``waiting``, ``running``), ``last_forward_batch``.
 """
@@ -22,12 +24,13 @@ from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
 from mock_models.engine.request import GenerationResult, Request
-from mock_models.engine.scheduler import Scheduler
+from mock_models.engine.scheduler import ScheduledBatch, Scheduler
 from mock_models.models.token_oracle import TokenOracle
 
 logger = logging.getLogger(__name__)
 
 StepHook = Callable[["Engine"], None]
+BatchHook = Callable[["Engine", ScheduledBatch], None]
 _RECENT_FORWARDS_KEPT = 16  # the canary reports a violation within a few forwards of recording it
 
 
@@ -77,6 +80,7 @@ class Engine:
         self.forward_count = 0
         self.last_forward_batch: ForwardBatch | None = None
         self._step_hooks: list[StepHook] = []
+        self._batch_hooks: list[BatchHook] = []
         # rids of the last forwards, by forward number: a violation names the step that recorded it.
         self._recent_forwards: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
 
@@ -147,6 +151,12 @@ class Engine:
         self._step_hooks.append(hook)
         return lambda: self._step_hooks.remove(hook)
 
+    def add_batch_hook(self, hook: BatchHook) -> Callable[[], None]:
+        """Call ``hook(engine, batch)`` once each forward is scheduled, before its slots are allocated;
+        returns a remover. ``batch.items`` are the requests the forward runs, in its order."""
+        self._batch_hooks.append(hook)
+        return lambda: self._batch_hooks.remove(hook)
+
     def step(self) -> list[GenerationResult]:
         """Run one forward if there is work; returns the requests it finished.
 
@@ -162,6 +172,8 @@ class Engine:
                 f"{self.num_waiting} requests wait but none can be admitted with nothing "
                 "running; the pools are smaller than a request validate() accepted"
             )
+        for batch_hook in list(self._batch_hooks):
+            batch_hook(self, batch)
         self.model_runner.reset_checksums([req.req_pool_idx for req in batch.admitted])
         out_cache_loc = self.kv_cache.allocate(batch.items)
         forward_batch = ForwardBatch.build(
@@ -195,7 +207,7 @@ class Engine:
                 prompt_tokens=req.prompt_len,
                 completion_tokens=len(req.output_ids),
                 cached_tokens=req.cached_tokens,
-                finish_reason=req.finish_reason,
+                finish_reason=req.finish_reason or "length",  # process_forward sets it on every finished request
                 attention_checksum=checksum,
                 e2e_latency=now - req.submit_time,
             )

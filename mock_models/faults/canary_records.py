@@ -22,7 +22,7 @@ def corrupt_canary(context: FaultContext) -> str:
     group = manager.group(kind) if manager is not None else None
     if group is None:
         raise NoTarget(f"the canary guards no {kind.value} group here")
-    ref = pick_cached_unused_slot(engine, target) if target.slot == "cached_unused" else pick_live_slot(engine, target)
+    ref = pick_cached_unused_slot(engine, target) if target.slot == "cached_unused" else pick_live_slot(context)
     index = ref.swa_slot if kind is PoolGroupKind.SWA else ref.full_slot
     word = context.rng.choice(_WORDS)
     bit = context.rng.randrange(62 if word is RecordWord.PREV_HASH else _LOW_BITS)

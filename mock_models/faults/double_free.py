@@ -14,7 +14,7 @@ from mock_models.faults.targets import FaultContext, pick_cached_unused_slot, pi
 
 def double_free(context: FaultContext) -> str:
     engine, target = context.engine, context.target
-    ref = pick_cached_unused_slot(engine, target) if target.slot == "cached_unused" else pick_live_slot(engine, target)
+    ref = pick_cached_unused_slot(engine, target) if target.slot == "cached_unused" else pick_live_slot(context)
     if target.group == "swa":
         swa_allocator(engine).free_slots_unchecked([ref.swa_slot])
         freed = f"SWA slot {ref.swa_slot}"

@@ -1,9 +1,14 @@
 """The fault injector: scheduled faults, applied on the engine thread right before a forward.
 
-``FaultInjector.install(engine)`` adds one step hook. Before every forward it asks each pending
-fault's trigger whether an application is due, and applies it to the engine's state; the
-application is recorded at ``step = forward_count + 1``, the forward it precedes, so a violation
-that forward reports counts as detected with latency 0.
+``FaultInjector.install(engine)`` adds a batch hook and a step hook. Before every forward it asks
+each pending fault's trigger whether an application is due, and applies it to the engine's
+state; the application is recorded at ``step = forward_count + 1``, the forward it precedes, so a
+violation that forward reports counts as detected with latency 0. Most kinds are applied once
+that forward is scheduled, to what it reads (``targets.py``); ``stale_prefix``, whose reader is a
+waiting request's admission, right before scheduling (``APPLIED_BEFORE_SCHEDULING``).
+
+A fault with ``count: N`` gets the entry of its next application only when the previous one
+resolves, so a huge ``count`` costs nothing until its applications happen (one per forward).
 
 An application that finds no valid target (no running request yet, no unlocked radix node, ...)
 is retried before each following forward, for ``NO_TARGET_RETRY_FORWARDS`` forwards in all; then
@@ -22,6 +27,7 @@ import random
 from collections.abc import Callable
 
 from mock_models.engine.engine import Engine
+from mock_models.engine.scheduler import ScheduledBatch
 from mock_models.faults.canary_records import corrupt_canary
 from mock_models.faults.double_free import double_free
 from mock_models.faults.fault_request import FaultSpec
@@ -55,6 +61,9 @@ APPLIERS: dict[str, Applier] = {
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
 }
+# Kinds whose corruption is read through admission (a waiting request's prefix match): applied in
+# the step hook, before the forward is scheduled; every other kind once it is scheduled.
+APPLIED_BEFORE_SCHEDULING = frozenset({"stale_prefix"})
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -62,13 +71,10 @@ class _ScheduledFault:
     fault_id: int
     spec: FaultSpec
     trigger: Trigger
-    entries: list[InjectionEntry]  # one per application, resolved in order
+    next_entry: InjectionEntry | None  # the application to come; None once all ``count`` resolved
+    resolved: int = 0  # applications resolved so far
     retrying_since: int | None = None  # the forward the current application was first tried at
     last_reason: str = ""
-
-    @property
-    def next_entry(self) -> InjectionEntry | None:
-        return next((entry for entry in self.entries if entry.status == "scheduled"), None)
 
 
 class FaultInjector:
@@ -81,39 +87,52 @@ class FaultInjector:
     @classmethod
     def install(cls, engine: Engine) -> FaultInjector:
         injector = cls(engine)
-        engine.add_step_hook(injector.before_forward)
+        engine.add_step_hook(injector.before_scheduling)
+        engine.add_batch_hook(injector.before_forward)
         return injector
 
     def schedule(self, spec: FaultSpec) -> int:
         """Register a fault (call on the engine thread, between forwards); returns its fault_id."""
         fault_id = next(self._fault_ids)
         trigger = Trigger(spec, registered_at=self.engine.forward_count)
-        detail = f"due {trigger.describe()}; target {_describe_target(spec)}"
-        entries = [self.log.schedule(fault_id, spec.kind, detail) for _ in range(spec.count)]
-        self._faults.append(_ScheduledFault(fault_id=fault_id, spec=spec, trigger=trigger, entries=entries))
+        fault = _ScheduledFault(fault_id=fault_id, spec=spec, trigger=trigger, next_entry=None)
+        self._open_next_entry(fault)
+        self._faults.append(fault)
         return fault_id
 
-    def before_forward(self, engine: Engine) -> None:
-        """The step hook: apply what is due right before forward ``forward_count + 1``."""
+    def before_scheduling(self, engine: Engine) -> None:
+        """The step hook: apply the due faults of kinds read through admission."""
+        self._apply_due(engine, batch=None)
+
+    def before_forward(self, engine: Engine, batch: ScheduledBatch) -> None:
+        """The batch hook: apply the other due faults, to what the scheduled forward reads."""
+        self._apply_due(engine, batch=batch)
+
+    def _apply_due(self, engine: Engine, *, batch: ScheduledBatch | None) -> None:
         step = engine.forward_count + 1
         for fault in self._faults:
             entry = fault.next_entry
-            if entry is None:
+            if entry is None or (fault.spec.kind in APPLIED_BEFORE_SCHEDULING) != (batch is None):
                 continue
             fault.trigger.observe(engine)
             if fault.retrying_since is None:
                 if not fault.trigger.due(step):
                     continue
                 fault.retrying_since = step
-            self._try_apply(fault, entry, step=step, since=fault.retrying_since)
+            self._try_apply(fault, entry, step=step, since=fault.retrying_since, batch=batch)
         self._faults = [fault for fault in self._faults if fault.next_entry is not None]
 
-    def _try_apply(self, fault: _ScheduledFault, entry: InjectionEntry, *, step: int, since: int) -> None:
+    def _try_apply(
+        self, fault: _ScheduledFault, entry: InjectionEntry, *, step: int, since: int, batch: ScheduledBatch | None
+    ) -> None:
         """Apply ``entry``, tried first right before forward ``since``, now right before ``step``."""
-        index = fault.entries.index(entry)
         seed = fault.spec.seed if fault.spec.seed is not None else fault.fault_id
         context = FaultContext(
-            engine=self.engine, target=fault.spec.target, step=step, rng=random.Random(f"{seed}/{index}/{step}")
+            engine=self.engine,
+            target=fault.spec.target,
+            step=step,
+            rng=random.Random(f"{seed}/{fault.resolved}/{step}"),
+            batch=batch,
         )
         try:
             detail = APPLIERS[fault.spec.kind](context)
@@ -131,6 +150,17 @@ class FaultInjector:
             self.log.resolve(entry, "applied", step=step, detail=detail)
         fault.retrying_since = None
         fault.trigger.resolved(step)
+        fault.resolved += 1
+        self._open_next_entry(fault)
+
+    def _open_next_entry(self, fault: _ScheduledFault) -> None:
+        if fault.resolved == fault.spec.count:
+            fault.next_entry = None
+            return
+        detail = f"due {fault.trigger.describe()}; target {_describe_target(fault.spec)}"
+        if fault.spec.count > 1:
+            detail += f"; application {fault.resolved + 1} of {fault.spec.count}"
+        fault.next_entry = self.log.schedule(fault.fault_id, fault.spec.kind, detail)
 
 
 def _describe_target(spec: FaultSpec) -> str:

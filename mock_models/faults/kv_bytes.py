@@ -29,9 +29,9 @@ def corrupt_kv_bytes(context: FaultContext) -> str:
     if target.slot == "cached_unused":
         ref = pick_cached_unused_slot(engine, target)
     elif target.slot == "post_forward":
-        ref = pick_post_forward_slot(engine, target)
+        ref = pick_post_forward_slot(context)
     else:
-        ref = pick_live_slot(engine, target)
+        ref = pick_live_slot(context)
     buffer, row = _layer0_k_row(engine, target.group, ref)
     flip_sign_bits(buffer, row)
     pool = "SWA" if target.group == "swa" else "full"

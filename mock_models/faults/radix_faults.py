@@ -1,11 +1,12 @@
 """Faults in the radix (prefix) cache: ``evict_radix_node`` and ``stale_prefix``.
 
-* ``evict_radix_node``, ``node: deepest_locked``: force-evict the deepest locked leaf. Its full
-  slots (and SWA slots) go back to the free lists while the requests locking it still read them
-  through their ``req_to_token`` rows; the next allocations hand them out and overwrite them.
-  Where only the SWA group can see it (``group: swa``, and any group in dsv4) the node must be
-  SWA-resident and inside the window of a request locking it (elsewhere nothing reads it), and
-  the leaf with the largest share of its tokens in that window is taken before the deepest.
+* ``evict_radix_node``, ``node: deepest_locked``: force-evict the deepest leaf locked by a request
+  the coming forward runs. Its full slots (and SWA slots) go back to the free lists while the
+  requests locking it still read them through their ``req_to_token`` rows; the next allocations
+  hand them out and overwrite them. Where only the SWA group can see it (``group: swa``, and any
+  group in dsv4) the node must be SWA-resident and inside the window of such a request
+  (elsewhere nothing reads it), and the leaf with the largest share of its tokens in that window
+  is taken before the deepest.
   ``node: any_unlocked`` evicts the least recently used unlocked leaf exactly as LRU eviction
   would: a control, nothing is corrupted.
 * ``stale_prefix``: the last slots of an unlocked node are replaced by the slots of another
@@ -46,22 +47,22 @@ def evict_radix_node(context: FaultContext) -> str:
         span = _span(node)
         engine.radix_cache.evict_node(node)
         return f"evicted unlocked radix node {node.id} ({span}) as LRU eviction would: a control, nothing corrupted"
-    locked = [node for node in leaves if node.lock_ref > 0]
+    locked = [node for node in leaves if node.lock_ref > 0 and lockers(context, node)]
     window_only = seen_in_window_only(engine, target)
     if window_only:
-        locked = [node for node in locked if swa_resident(engine, node) and _tokens_in_a_lockers_window(engine, node)]
+        locked = [node for node in locked if swa_resident(engine, node) and _tokens_in_a_lockers_window(context, node)]
     if not locked:
-        where = " that is SWA-resident and in the window of a request locking it" if window_only else ""
-        raise NoTarget(f"no locked radix leaf{where}")
+        where = ", SWA-resident and in its window" if window_only else ""
+        raise NoTarget(f"no radix leaf locked by a request the coming forward runs{where}")
 
     # Deepest first. Where only the window sees it: the largest share of the node in the window
     # first. Freed slots are handed out again lowest first, a few per forward, so the node's oldest
     # positions are overwritten first, and they must still be in the window then.
     def window_share(node: EngineRadixNode) -> float:
-        return _tokens_in_a_lockers_window(engine, node) / len(node.key) if window_only else 0.0
+        return _tokens_in_a_lockers_window(context, node) / len(node.key) if window_only else 0.0
 
     node = max(locked, key=lambda node: (window_share(node), node_depth(node) + len(node.key), node.id))
-    holders = ", ".join(req.rid[:8] for req in lockers(engine, node))
+    holders = ", ".join(req.rid[:8] for req in lockers(context, node))
     span, lock_ref = _span(node), node.lock_ref
     try:
         engine.radix_cache.evict_node(node, force=True)
@@ -95,11 +96,11 @@ def _span(node: EngineRadixNode) -> str:
     return f"positions [{depth}, {depth + len(node.key)})"
 
 
-def _tokens_in_a_lockers_window(engine: Engine, node: EngineRadixNode) -> int:
-    """The most of the node's tokens inside the window of one request locking it."""
-    start, end, window = node_depth(node), node_depth(node) + len(node.key), engine.config.swa_window
+def _tokens_in_a_lockers_window(context: FaultContext, node: EngineRadixNode) -> int:
+    """The most of the node's tokens inside the window of one request of the coming forward locking it."""
+    start, end, window = node_depth(node), node_depth(node) + len(node.key), context.engine.config.swa_window
     return max(
-        (max(0, min(end, req.kv_len) - max(start, req.kv_len - window)) for req in lockers(engine, node)), default=0
+        (max(0, min(end, req.kv_len) - max(start, req.kv_len - window)) for req in lockers(context, node)), default=0
     )
 
 

@@ -8,23 +8,21 @@ successor no longer matches.
 
 from __future__ import annotations
 
-import dataclasses
-
 from mock_models.faults.targets import FaultContext, NoTarget, other_live_slot, pick_live_slot, swa_allocator
 
 
 def req_to_token_remap(context: FaultContext) -> str:
-    engine, target = context.engine, context.target
-    ref = pick_live_slot(engine, target)
-    replacement = other_live_slot(engine, target, avoid=ref)
+    engine = context.engine
+    ref = pick_live_slot(context)
+    replacement = other_live_slot(context, avoid=ref)
     engine.req_to_token_pool.req_to_token[ref.reader.req_pool_idx, ref.position] = replacement.full_slot
     return f"req_to_token of {ref.describe()} now points at {replacement.describe()}"
 
 
 def remap_swa_slot(context: FaultContext) -> str:
-    engine, target = context.engine, context.target
-    ref = pick_live_slot(engine, target)
-    replacement = other_live_slot(engine, dataclasses.replace(target, position="in_window"), avoid=ref)
+    engine = context.engine
+    ref = pick_live_slot(context)
+    replacement = other_live_slot(context, avoid=ref)
     if replacement.swa_slot == ref.swa_slot:
         raise NoTarget(f"{ref.describe()} and {replacement.describe()} share their SWA slot")
     swa_allocator(engine).full_to_swa_index_mapping[ref.full_slot] = replacement.swa_slot

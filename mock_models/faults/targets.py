@@ -1,5 +1,10 @@
-"""Finding what a fault lands on: live slots of running requests, cached slots no request holds,
-the slots the last forward wrote, radix nodes.
+"""Finding what a fault lands on: live slots of the requests the coming forward runs, cached slots
+no request holds, the slots the last forward wrote, radix nodes.
+
+A fault that corrupts what a request reads is applied once the coming forward is scheduled
+(``FaultContext.batch``: its requests are known, no slot is allocated yet), and only the requests
+of that batch are targets: an EXTEND forward runs only the prompts it prefills, so a decoding
+request picked then would not read the corruption until every chunk of the prefill had run.
 
 A *live* slot is one the canary of the target group verifies at the request's next forward:
 the FULL group reads a request's whole prefix ``[0, kv_len)``, the SWA group the window
@@ -8,10 +13,8 @@ is guarded, so a fault on a full-pool slot (``group: full``) picks in-window pos
 anything else could not be seen by design. ``position: in_window`` / ``out_of_window`` narrow
 the positions further (in mha every position a request reads is "in the window").
 
-Requests are tried in the order the next forward most likely runs them (prefilling requests if
-any, since an EXTEND forward runs only those), then by the most tokens left to generate, so the
-corrupted state is read soon and for long. Within a request the newest position is taken: it
-stays in the window longest.
+The batch's requests are tried by the most tokens left to generate, so the corrupted state is
+read for long; within a request the newest position is taken: it stays in the window longest.
 
 Selection reads device tensors on the host (``tolist``, ``item``): fault injection runs between
 forwards and is not a hot path.
@@ -27,6 +30,7 @@ from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import EngineRadixNode, SwaSlotAllocator
 from mock_models.engine.request import Request
+from mock_models.engine.scheduler import ScheduledBatch
 
 
 class NoTarget(Exception):
@@ -39,6 +43,7 @@ class FaultContext:
     target: ResolvedTarget
     rng: random.Random  # target choices that vary per application (bits, words), seeded per fault
     step: int  # the forward the fault precedes
+    batch: ScheduledBatch | None  # that forward, once scheduled; None for kinds applied before scheduling
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,16 +83,11 @@ def swa_allocator(engine: Engine) -> SwaSlotAllocator:
 # -- requests ---------------------------------------------------------------------------------------
 
 
-def requests_by_next_forward(engine: Engine) -> list[Request]:
-    running = list(engine.scheduler.running)
-    prefilling = [req for req in running if req.needs_prefill]
-    likely = prefilling or running
-    rest = [req for req in running if req not in likely]
-
-    def tokens_left(req: Request) -> int:
-        return -(req.max_new_tokens - len(req.output_ids))
-
-    return sorted(likely, key=tokens_left) + sorted(rest, key=tokens_left)
+def next_forward_requests(context: FaultContext) -> list[Request]:
+    """The requests the coming forward runs, those with the most tokens left to generate first."""
+    if context.batch is None:
+        raise RuntimeError(f"fault kind applied before scheduling asked for the requests of forward {context.step}")
+    return sorted((req for req, _ in context.batch.items), key=lambda req: len(req.output_ids) - req.max_new_tokens)
 
 
 def window_start(engine: Engine, req: Request) -> int:
@@ -129,30 +129,29 @@ def live_slots(engine: Engine, req: Request, target: ResolvedTarget) -> list[Slo
     ]
 
 
-def pick_live_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
-    """The newest live slot of the first running request that has one."""
-    if not engine.scheduler.running:
-        raise NoTarget("no request is running")
-    for req in requests_by_next_forward(engine):
-        slots = live_slots(engine, req, target)
+def pick_live_slot(context: FaultContext) -> SlotRef:
+    """The newest live slot of the first request of the coming forward that has one."""
+    for req in next_forward_requests(context):
+        slots = live_slots(context.engine, req, context.target)
         if slots:
             return slots[-1]
-    raise NoTarget(f"no running request reads a position {_where(target)} yet")
+    raise NoTarget(f"no request the coming forward runs reads a position {_where(context.target)} yet")
 
 
-def other_live_slot(engine: Engine, target: ResolvedTarget, avoid: SlotRef) -> SlotRef:
-    """A live slot at another position than ``avoid``, preferably of another request."""
-    requests = requests_by_next_forward(engine)
+def other_live_slot(context: FaultContext, avoid: SlotRef) -> SlotRef:
+    """A live slot at another position than ``avoid``, preferably of another request.
+
+    Any running request's slot will do: it is what ``avoid`` is pointed at, not what must be read.
+    """
+    coming = next_forward_requests(context)
+    requests = coming + [req for req in context.engine.scheduler.running if req not in coming]
     requests.sort(key=lambda req: req is avoid.request)  # stable: other requests first
+    any_position = dataclasses.replace(context.target, position=None)
     for req in requests:
-        for ref in reversed(live_slots(engine, req, dataclasses.replace(target, position=None))):
+        for ref in reversed(live_slots(context.engine, req, any_position)):
             if ref.position != avoid.position and ref.full_slot != avoid.full_slot:
                 return ref
-    raise NoTarget(f"no second live slot {_where(target)} to point {avoid.describe()} at")
-
-
-def decoding_requests(engine: Engine) -> list[Request]:
-    return [req for req in requests_by_next_forward(engine) if not req.needs_prefill and req.output_ids]
+    raise NoTarget(f"no second live slot {_where(any_position)} to point {avoid.describe()} at")
 
 
 def _where(target: ResolvedTarget) -> str:
@@ -164,12 +163,14 @@ def _where(target: ResolvedTarget) -> str:
 # -- the last forward ---------------------------------------------------------------------------------
 
 
-def pick_post_forward_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
-    """A slot the previous forward wrote for a request that is still running (its next forward reads it)."""
+def pick_post_forward_slot(context: FaultContext) -> SlotRef:
+    """A slot the previous forward wrote for a request the coming forward runs (and so reads it)."""
+    engine, target = context.engine, context.target
     batch = engine.last_forward_batch
     if batch is None:
         raise NoTarget("no forward has run yet")
-    running = {req.req_pool_idx: req for req in engine.scheduler.running}
+    coming = next_forward_requests(context)
+    order = {req.req_pool_idx: index for index, req in enumerate(coming)}
     written = batch.out_cache_loc.tolist()
     by_request: list[tuple[Request, list[int], int]] = []
     for row, start, n, prefix in zip(
@@ -179,18 +180,18 @@ def pick_post_forward_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
         batch.extend_prefix_lens_cpu,
         strict=True,
     ):
-        req = running.get(row)
-        if req is not None:
-            by_request.append((req, written[start : start + n], prefix))
-    order = {id(req): index for index, req in enumerate(requests_by_next_forward(engine))}
-    for req, slots, prefix in sorted(by_request, key=lambda item: order[id(item[0])]):
+        if row in order:
+            by_request.append((coming[order[row]], written[start : start + n], prefix))
+    for req, slots, prefix in sorted(by_request, key=lambda item: order[item[0].req_pool_idx]):
         swa_slots = swa_slots_of(engine, slots)
         for offset in reversed(range(len(slots))):
             if target.group != "swa" or swa_slots[offset]:
                 return SlotRef(
                     full_slot=slots[offset], swa_slot=swa_slots[offset], position=prefix + offset, request=req
                 )
-    raise NoTarget(f"forward {engine.forward_count} wrote no slot {_where(target)} of a request still running")
+    raise NoTarget(
+        f"forward {engine.forward_count} wrote no slot {_where(target)} of a request the coming forward runs"
+    )
 
 
 # -- the radix cache ----------------------------------------------------------------------------------
@@ -230,10 +231,10 @@ def pick_cached_unused_slot(engine: Engine, target: ResolvedTarget) -> SlotRef:
     )
 
 
-def lockers(engine: Engine, node: EngineRadixNode) -> list[Request]:
-    """Running requests whose locked path ends at ``node`` or below it."""
+def lockers(context: FaultContext, node: EngineRadixNode) -> list[Request]:
+    """Requests of the coming forward whose locked path ends at ``node`` or below it."""
     found = []
-    for req in engine.scheduler.running:
+    for req in next_forward_requests(context):
         walk = req.last_node
         while walk is not None and walk is not node:
             walk = walk.parent

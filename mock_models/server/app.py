@@ -12,7 +12,8 @@ import dataclasses
 import enum
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt
 
 from mock_models.engine.engine import CanaryRaisedError, Engine, InvalidRequestError
+from mock_models.engine.request import GenerationResult
 from mock_models.server.canary_routes import canary_router
 from mock_models.server.engine_worker import EngineStoppedError, EngineWorker
 from mock_models.server.handoff import run_on_engine, worker_of
@@ -41,13 +43,13 @@ class GenerateRequest(BaseModel):
 core_router = APIRouter()
 
 
-@core_router.post("/generate")
-async def generate(body: GenerateRequest, request: Request) -> dict:
+@core_router.post("/generate", response_model=None)
+async def generate(body: GenerateRequest, request: Request) -> dict[str, object] | JSONResponse:
     worker = worker_of(request)
     max_new_tokens = body.sampling_params.max_new_tokens
     try:
         rid = uuid.uuid4().hex
-        result = await _unless_client_leaves(
+        result: GenerationResult = await _unless_client_leaves(
             request,
             asyncio.wrap_future(worker.generate(body.input_ids, max_new_tokens, rid=rid)),
             on_leave=lambda: worker.abort(rid),
@@ -81,7 +83,9 @@ class ClientDisconnected(Exception):
     """The client closed its connection before the answer was ready."""
 
 
-async def _unless_client_leaves(request: Request, answer: asyncio.Future, *, on_leave) -> object:
+async def _unless_client_leaves(
+    request: Request, answer: asyncio.Future[Any], *, on_leave: Callable[[], object]
+) -> Any:
     """Await ``answer``; if the client disconnects first, call ``on_leave()`` and raise ClientDisconnected."""
     left = asyncio.ensure_future(_disconnected(request))
     try:
@@ -109,9 +113,12 @@ def _consume(future: asyncio.Future) -> None:
 @core_router.get("/health")
 async def health(request: Request) -> JSONResponse:
     worker = worker_of(request)
-    if worker.is_alive:
-        return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "unavailable", "detail": worker.stopped_reason}, status_code=503)
+    if not worker.is_alive:
+        return JSONResponse({"status": "unavailable", "detail": worker.stopped_reason}, status_code=503)
+    stuck = worker.stuck()
+    if stuck is not None:
+        return JSONResponse({"status": "stuck", "detail": stuck}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @core_router.post("/flush_cache")
@@ -157,12 +164,13 @@ def _plain(values: dict) -> dict:
     return {key: value.value if isinstance(value, enum.Enum) else value for key, value in values.items()}
 
 
-async def _malformed_body(request: Request, error: RequestValidationError) -> JSONResponse:
+async def _malformed_body(request: Request, error: Exception) -> JSONResponse:
     """422 with pydantic's location of each problem, as FastAPI answers, but always encodable.
 
     Python's JSON parser accepts NaN and Infinity, and FastAPI echoes the offending input back;
     JSON has no such numbers, so the default handler failed with a 500. Non-finite floats go as strings.
     """
+    assert isinstance(error, RequestValidationError), "registered for RequestValidationError only"
     return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(error.errors()))})
 
 

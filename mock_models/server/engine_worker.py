@@ -4,6 +4,10 @@ Everything that touches the engine runs on this one thread: generation, ``call(f
 (flush the cache, drain the canary) between forwards, and shutdown. Callers get a
 ``concurrent.futures.Future``. The engine never waits on a caller: a caller that gives up (a
 client that disconnected) ``abort``s its request, which frees its slots between two forwards.
+
+The loop notes what it is busy with (a forward, a job) and since when: ``stuck()`` says so once
+one thing has taken longer than ``stuck_after_s``, which ``GET /health`` reports as a 503, since
+a thread that never returns to its loop answers nothing while the process looks alive.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +27,9 @@ from mock_models.engine.engine import CanaryRaisedError, Engine
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5  # an idle loop wakes this often to notice a stop request
+# A forward or job running longer than this means the engine thread is stuck. A CPU forward takes
+# milliseconds; the first forward on CUDA compiles the canary's Triton kernels, which can take tens of seconds.
+STUCK_AFTER_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -41,8 +49,12 @@ class RequestAbortedError(RuntimeError):
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, stuck_after_s: float = STUCK_AFTER_S) -> None:
         self.engine = engine
+        self.stuck_after_s = stuck_after_s
+        # (monotonic start, what) of the forward or job running now; None between them. Replaced
+        # whole by the engine thread and read whole by others: one reference, no lock needed.
+        self._busy: tuple[float, str] | None = None
         self._inbox: queue.Queue[tuple[_Job, concurrent.futures.Future]] = queue.Queue()
         self._pending: dict[str, concurrent.futures.Future] = {}
         self._stop = threading.Event()
@@ -57,6 +69,31 @@ class EngineWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def activity(self, *, longer_than_s: float = 0.0) -> str | None:
+        """What the engine thread is running and for how long, if it has run it longer than ``longer_than_s``."""
+        busy = self._busy
+        if busy is None or not self._thread.is_alive():
+            return None
+        since, what = busy
+        elapsed = time.monotonic() - since
+        return f"running {what} for {elapsed:.1f} s" if elapsed >= longer_than_s else None
+
+    def stuck(self) -> str | None:
+        """Why the engine thread counts as stuck (one forward or job past ``stuck_after_s``), else None."""
+        activity = self.activity(longer_than_s=self.stuck_after_s)
+        if activity is None:
+            return None
+        return (
+            f"the engine thread has been {activity} (the limit is {self.stuck_after_s:g} s): it is stuck and "
+            "answers nothing; stop the server and read its log"
+        )
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the engine thread to end; whether it has (True if never started)."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def generate(
         self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None
@@ -128,21 +165,25 @@ class EngineWorker:
             return
         while True:
             if future.set_running_or_notify_cancel():  # False: cancelled, its caller is gone
+                self._busy = (time.monotonic(), _describe(job))
                 try:
                     if job.generate is not None:
                         # Answered by _deliver when the request finishes.
                         input_ids, max_new_tokens, rid = job.generate
                         self._pending[self.engine.submit(input_ids, max_new_tokens, rid=rid)] = future
-                    else:
+                    elif job.call is not None:
                         future.set_result(job.call(self.engine))
                 except Exception as error:  # the job's own error goes to its caller
                     future.set_exception(error)
+                finally:
+                    self._busy = None
             try:
                 job, future = self._inbox.get_nowait()
             except queue.Empty:
                 return
 
     def _step(self) -> None:
+        self._busy = (time.monotonic(), f"forward {self.engine.forward_count + 1}")
         try:
             results = self.engine.step()
         except CanaryRaisedError as raised:
@@ -152,6 +193,8 @@ class EngineWorker:
                 if future is not None:
                     future.set_exception(raised)
             results = raised.results
+        finally:
+            self._busy = None
         for result in results:
             # None: answered already (with a canary error). A caller that went away (a client
             # that disconnected) still has its future here, and nobody reads it.
@@ -184,3 +227,9 @@ class EngineWorker:
         if self.failure is not None:
             return f"the engine failed: {self.failure!r}"
         return "the server is shutting down"
+
+
+def _describe(job: _Job) -> str:
+    if job.generate is not None:
+        return f"the submission of request {job.generate[2]}"
+    return f"the job {getattr(job.call, '__qualname__', repr(job.call))}"

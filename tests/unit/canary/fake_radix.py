@@ -17,7 +17,7 @@ class RadixKey:
 @dataclasses.dataclass(eq=False)
 class FakeRadixNode:
     key: list[int] | RadixKey
-    value: torch.Tensor
+    value: torch.Tensor | None  # None: its K/V left the device
     children: dict[object, FakeRadixNode] = dataclasses.field(default_factory=dict)
     lock_ref: int = 0
     swa_tombstone: bool = False

@@ -119,7 +119,7 @@ def test_a_sweep_that_stopped_running_is_reported():
     request = engine.add_request([1, 2])
     engine.forward([request])
     decode(engine, request, 3)
-    observer(engine, SweepOrchestrator).run_pass = lambda: None
+    observer(engine, SweepOrchestrator).run_step = lambda: None
     decode(engine, request, 2)
     with pytest.raises(KvCanaryHealthError) as raised:
         engine.canary.flush()

@@ -9,10 +9,10 @@ import torch
 
 from kv_canary.buffer_group import CanaryBufferGroup
 from kv_canary.engine_protocols import RadixWalk
+from kv_canary.kernels.sweep_plan_reference import build_sweep_plan
 from kv_canary.launch_tags import PoolGroupKind
 from kv_canary.plans import PADDING_POSITION, PREV_SEQUENCE_START, PREV_UNKNOWN, TOKEN_UNKNOWN
 from kv_canary.sweep.radix_walker import walk_radix_cache
-from kv_canary.sweep.sweep_plan import build_sweep_plan
 from tests.unit.canary.fake_radix import FakeRadixCache
 
 

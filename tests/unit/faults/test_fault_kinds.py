@@ -170,7 +170,52 @@ def test_each_corrupted_record_word_fails_its_own_check(fault_run, word, reason)
     run.submit(2)
     run.steps(4)
     target = resolve(Fault(kind="corrupt_canary", at_step=1), run.engine.config, canary_installed=True).target
-    detail = corrupt_canary(FaultContext(engine=run.engine, target=target, rng=DrawsWord(word), step=5))
-    assert f"bit 1 of the {word.name.lower()} word" in detail
+    details = []
+
+    def corrupt(engine, batch):  # once forward 5 is scheduled, as the injector applies it
+        details.append(
+            corrupt_canary(FaultContext(engine=engine, target=target, rng=DrawsWord(word), step=5, batch=batch))
+        )
+
+    remove = run.engine.add_batch_hook(corrupt)
     run.steps(1)
+    remove()
+    assert f"bit 1 of the {word.name.lower()} word" in details[0]
     assert reason in {r for v in run.violations_from(5) if v.step == 5 for r in v.fail_reasons}
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "group"),
+    [
+        ("swa", "remap_swa_slot", "swa"),
+        ("dsv4", "remap_swa_slot", "swa"),
+        ("dsv4", "req_to_token_remap", "full"),
+        ("dsv4", "double_free", "full"),
+    ],
+)
+def test_a_fault_just_out_of_the_window_breaks_the_chain_of_the_windows_first_position(fault_run, mode, kind, group):
+    # position: out_of_window takes the newest such position, the window's predecessor: the SWA verify
+    # of the window's first position hashes that predecessor's record to check its chain.
+    run = fault_run(mode)
+    run.inject(kind=kind, at_step=20, target={"group": group, "position": "out_of_window"})
+    run.submit(3, max_new_tokens=30)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", 20), entry.detail
+    remapped = int(entry.detail.split("position ")[1].split(")")[0])
+    step, reasons, tags = first_reasons(run.violations_from(20))
+    assert step == 20 and reasons == {"chain_hash"} and all(tag.endswith("_SWA") for tag in tags)
+    assert {v.position for v in run.violations() if v.step == 20} == {remapped + 1}
+
+
+def test_an_evicted_node_in_a_readers_window_is_seen_by_the_swa_verify_at_slot_0(fault_run):
+    # Eviction sets the node's SWA map entries to 0: the SWA verify plans those window positions at
+    # slot 0 (the padding row, whose record is never written) instead of skipping them.
+    run = fault_run("swa")
+    run.inject(kind="evict_radix_node", at_step=8, target={"node": "deepest_locked"})
+    run.submit(4)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", 8), entry.detail
+    at_injection = [v for v in run.violations_from(8) if v.step == 8]
+    assert {v.launch_tag for v in at_injection if v.slot_idx == 0} >= {"HEAD_K_SWA", "HEAD_V_SWA"}

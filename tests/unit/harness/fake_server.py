@@ -11,6 +11,7 @@ Each generate call counts 1 + max_new_tokens forwards. FAKE_SERVER_BEHAVIOUR (co
   never_ready        never print the ready line
   crash_on_generate  exit 7 on the first generate
   hang_generate      generate never answers
+  hang_generate_swa  generate never answers in model mode swa (a run stuck at a known pair)
   ignore_sigterm     SIGTERM is ignored (the runner must escalate to SIGKILL)
 """
 
@@ -149,7 +150,7 @@ def make_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 if "crash_on_generate" in BEHAVIOUR:
                     engine.log("fatal: the fake engine crashed on purpose")
                     os._exit(7)
-                if "hang_generate" in BEHAVIOUR:
+                if "hang_generate" in BEHAVIOUR or f"hang_generate_{engine.args.model_mode}" in BEHAVIOUR:
                     time.sleep(3600)
                 output = engine.generate(body["input_ids"], body["sampling_params"]["max_new_tokens"])
                 self.answer({"output_ids": output, "meta_info": {}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shlex
 import sys
@@ -144,3 +145,99 @@ def test_ctrl_c_reports_the_finished_pairs_and_exits_130(invoke, library, tmp_pa
     assert result.exit_code == 130
     assert "1 passed, 0 failed" in result.output
     assert "interrupted after 1 of 3 pair(s); every server was stopped." in result.output
+
+
+def one_line_bad_input(result) -> str:
+    """The single line a bad input is answered with (exit status 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    (line,) = result.output.splitlines()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("server_command", "message"),
+    [
+        ("", "Error: --server-command is empty; give the command that starts a server"),
+        ("'oops", 'Error: --server-command "\'oops": No closing quotation; it is split as a shell would'),
+        ("no-such-program --flag", "Error: --server-command: program 'no-such-program' not found"),
+    ],
+)
+def test_run_refuses_a_server_command_that_cannot_start_anything(invoke, library, tmp_path, server_command, message):
+    result = invoke("run", library, "--report", tmp_path / "run", "--server-command", server_command)
+    assert one_line_bad_input(result).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["/dev/null", "file/run"])
+def test_run_refuses_a_report_directory_it_cannot_create(invoke, library, tmp_path, where):
+    (tmp_path / "file").write_text("a file, not a directory\n")
+    report = Path(where) if where.startswith("/") else tmp_path / where
+    line = one_line_bad_input(invoke(*run_args(library, report=report)))
+    assert line.startswith(f"Error: --report: {report} cannot be a run directory (Not a directory: ")
+
+
+def test_schema_into_a_path_it_cannot_create_is_bad_input(invoke, tmp_path):
+    (tmp_path / "file").write_text("")
+    line = one_line_bad_input(invoke("schema", "--output", tmp_path / "file" / "schema.json"))
+    assert line.startswith(f"Error: --output {tmp_path / 'file' / 'schema.json'}: cannot write it (")
+
+
+def test_schema_goes_to_the_library_wherever_it_runs_and_to_stdout_with_a_dash(invoke, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("schema", "--check").output == f"{REPO_ROOT / 'scenarios' / 'schema.json'} is up to date.\n"
+    assert invoke("schema", "--output", "-").output == render_json_schema()
+    assert not (tmp_path / "scenarios").exists() and not (tmp_path / "-").exists()
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"kv-canary {importlib.metadata.version('kv-canary')}\n"
+
+
+def test_resume_refuses_what_it_cannot_resume(invoke, library, tmp_path):
+    assert one_line_bad_input(invoke("run", "--resume")).startswith("Error: --resume needs --report DIR")
+    assert one_line_bad_input(invoke("run", "--resume", "--report", tmp_path)).startswith(
+        f"Error: {tmp_path} has no run.json"
+    )
+    invoke(*run_args(library, report=tmp_path / "run"), "--model-mode", "mha")
+    line = one_line_bad_input(invoke("run", "--resume", "--report", tmp_path / "run", library, "--device", "cuda"))
+    assert line.startswith("Error: --resume finishes the run with the scenarios and settings in ")
+    assert line.endswith("drop SCENARIOS, --device")
+    (library / "baseline-mha.yaml").write_text(BASELINE_MHA.replace("A clean run.", "Edited."))
+    assert one_line_bad_input(invoke("run", "--resume", "--report", tmp_path / "run")).startswith(
+        f"Error: {(library / 'baseline-mha.yaml').resolve()} changed since the run started"
+    )
+
+
+def test_resume_after_ctrl_c_runs_the_rest_and_matches_an_uninterrupted_run(invoke, library, tmp_path, monkeypatch):
+    uninterrupted = invoke(*run_args(library, report=tmp_path / "whole"))
+    assert uninterrupted.exit_code == 0
+    real_run = harness.cli.run_scenario
+    calls = []
+
+    def interrupt_the_second_pair(*args: object):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(*args)
+
+    monkeypatch.setattr(harness.cli, "run_scenario", interrupt_the_second_pair)
+    interrupted = invoke(*run_args(library, report=tmp_path / "resumed"))
+    assert interrupted.exit_code == 130
+    assert f"finish them with `kv-canary run --resume --report {tmp_path / 'resumed'}`" in interrupted.output
+    assert invoke("report", tmp_path / "resumed").exit_code == 1  # incomplete is not "every expectation held"
+    monkeypatch.setattr(harness.cli, "run_scenario", real_run)
+    resumed = invoke("run", "--resume", "--report", tmp_path / "resumed")
+    assert resumed.exit_code == 0, resumed.output
+    assert "3 passed, 0 failed" in resumed.output
+    assert comparable_report(tmp_path / "resumed") == comparable_report(tmp_path / "whole")
+
+
+def comparable_report(run_dir: Path) -> dict:
+    """report.json without what differs between two runs of the same pairs: wall times and paths."""
+    report = json.loads((run_dir / "report.json").read_text())
+    for row in report["rows"]:
+        row.pop("wall_time_s"), row.pop("log_path")
+    return report

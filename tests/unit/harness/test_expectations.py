@@ -6,7 +6,7 @@ import pytest
 
 from harness.expectations import ExpectationResult, check_expectations
 from harness.injections import Injection
-from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord
+from kv_canary.log_lines import RepeatedViolation, SwaDivergenceLog, ViolationRecord, ViolationRepeatsLog
 from tests.unit.harness.samples import BASELINE_MHA, DETECT_EVICTION
 
 
@@ -51,6 +51,20 @@ def test_a_violation_past_the_bound_fails_with_its_latency(load_text):
     (unmet,) = result.unmet()
     assert unmet.reason == "first violation at step 11, 5 steps after the injection at step 6; the bound is 4"
     assert unmet.log_lines == (violation(11),)
+
+
+def test_a_storm_reduced_to_first_reports_and_counted_repeats_is_judged_and_counted_whole(load_text):
+    scenario = load_text(DETECT_EVICTION).scenario
+    repeats = ViolationRepeatsLog(
+        repeats=40,
+        keys=1,
+        first_step=9,
+        last_step=12,
+        top=(RepeatedViolation(slot_idx=17, launch_tag="HEAD_K_FULL", fail_reasons=("chain_hash",), repeats=40),),
+    )
+    result = check_expectations(scenario, "mha", log(violation(9), repeats.format()), APPLIED_AT_6)
+    assert result.passed, result.unmet()
+    assert (result.detected, result.latency_steps, result.violation_count) == (True, 3, 41)
 
 
 def test_the_bound_is_inclusive(load_text):

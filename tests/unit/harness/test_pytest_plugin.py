@@ -157,3 +157,91 @@ def test_fixtures_start_servers_per_mode_and_stop_them(sandbox):
 def test_scenarios_run_in_parallel_under_xdist(sandbox):
     result = run(sandbox, "-m", "e2e", "--model-mode", "all", "-n", "2", "-p", "xdist")
     result.assert_outcomes(passed=3)  # xdist does not report the deselected unit test
+
+
+def test_last_failed_reruns_only_the_scenarios_that_failed(sandbox, monkeypatch):
+    monkeypatch.setenv("FAKE_SERVER_BEHAVIOUR", "miss")  # detect-eviction fails, the baseline passes
+    run(sandbox, "-m", "e2e", "--model-mode", "all").assert_outcomes(passed=1, failed=2, deselected=1)
+    rerun = run(sandbox, "-m", "e2e", "--model-mode", "all", "--lf")
+    rerun.stdout.fnmatch_lines(["run-last-failure: rerun previous 2 failures*"])
+    rerun.assert_outcomes(failed=2)
+    monkeypatch.setenv("FAKE_SERVER_BEHAVIOUR", "detect")
+    run(sandbox, "-m", "e2e", "--model-mode", "all", "--lf").assert_outcomes(passed=2)
+
+
+def test_two_scenario_files_with_one_name_are_refused_before_anything_runs(sandbox):
+    sandbox.makefile(".yaml", **{"scenarios/zz-copy": BASELINE_MHA})
+    result = run(sandbox, "-m", "e2e")
+    result.stdout.fnmatch_lines(
+        [
+            "*invalid scenario file:",
+            "*scenarios/zz-copy.yaml:1: name: 'baseline-mha' is already the name of *scenarios/baseline-mha.yaml:1; "
+            "names must be unique",
+        ]
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert not (sandbox.path / "run" / "results").exists()
+
+
+def test_scenario_dir_in_two_words_is_refused_and_in_one_word_keeps_the_projects_configuration(sandbox):
+    sandbox.makeini('[pytest]\naddopts = -m "not slow"\nmarkers = slow\n')
+    sandbox.makepyfile(test_slow="import pytest\n\n@pytest.mark.slow\ndef test_slow():\n    pass\n")
+    library = sandbox.mkdir("elsewhere")
+    (library / "detect-eviction.yaml").write_text(DETECT_EVICTION)
+    refused = run(sandbox, "--scenario-dir", str(library), "--collect-only", "-q")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*--scenario-dir DIR (two words)*write --scenario-dir=DIR"])
+    kept = run(sandbox, f"--scenario-dir={library}", "--collect-only", "-q")
+    kept.stdout.fnmatch_lines(["elsewhere/detect-eviction.yaml::detect-eviction[[]mha[]]", "*(1 deselected)*"])
+    assert "test_slow" not in kept.stdout.str()
+
+
+def test_the_default_results_folder_holds_the_last_session_only(sandbox):
+    def session(*args: str) -> pytest.RunResult:
+        return sandbox.runpytest(
+            *_plugin_args(), *_QUIET, "--kv-canary-server-command", shlex.join(FAKE_SERVER_COMMAND), *args
+        )
+
+    session("-m", "e2e").assert_outcomes(passed=2, deselected=1)
+    (sandbox.path / "scenarios" / "baseline-mha.yaml").unlink()
+    session("-m", "e2e").assert_outcomes(passed=1, deselected=1)
+    results = sandbox.path / ".pytest_cache" / "d" / "kv-canary" / "results"
+    assert [path.name for path in results.iterdir()] == ["detect-eviction--mha.json"]
+
+
+def test_the_default_results_folder_gathers_every_xdist_workers_results(sandbox):
+    result = sandbox.runpytest(
+        *_plugin_args(),
+        *_QUIET,
+        "--kv-canary-server-command",
+        shlex.join(FAKE_SERVER_COMMAND),
+        "-m",
+        "e2e",
+        "--model-mode",
+        "all",
+        "-n",
+        "2",
+        "-p",
+        "xdist",
+    )
+    result.assert_outcomes(passed=3)
+    results = sandbox.path / ".pytest_cache" / "d" / "kv-canary" / "results"
+    assert len(list(results.iterdir())) == 3
+
+
+def test_a_scenario_folder_outside_the_library_gets_a_hint_and_its_files_are_collected(sandbox):
+    folder = sandbox.mkdir("my-scenarios")
+    (folder / "detect-eviction-copy.yaml").write_text(DETECT_EVICTION.replace("detect-eviction", "copy"))
+    hinted = run(sandbox, "my-scenarios", "--collect-only", "-q")
+    hinted.stdout.fnmatch_lines(
+        ["kv-canary: my-scenarios holds 1 scenario file(s) but is not the scenario library (*scenarios)*"]
+    )
+    assert hinted.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    one_file = run(sandbox, "my-scenarios/detect-eviction-copy.yaml", "--collect-only", "-q")
+    one_file.stdout.fnmatch_lines(["my-scenarios/detect-eviction-copy.yaml::copy[[]mha[]]", "1 test collected*"])
+
+
+def test_a_server_command_that_cannot_start_anything_is_a_usage_error(sandbox):
+    result = sandbox.runpytest(*_plugin_args(), *_QUIET, "--kv-canary-server-command", "'oops", "-m", "e2e")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(['*--kv-canary-server-command "\'oops": No closing quotation*'])
