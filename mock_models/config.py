@@ -24,7 +24,7 @@ class MemBackend(enum.Enum):
     """Whose classes hold the engine's memory (request rows, KV pools, allocators, radix cache)."""
 
     MOCK = "mock"  # the engine's own
-    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa, page_size 1; needs .ci/install-sglang)
+    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa; needs .ci/install-sglang)
 
 
 _KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -83,10 +83,9 @@ class EngineConfig:
                 "use mem_backend mock",
             )
             _require(
-                self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
+                self.model_mode in (ModelMode.MHA, ModelMode.SWA),
                 "mem_backend",
-                f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
-                f"page_size {self.page_size}); use mem_backend mock for the others",
+                f"= sglang runs model modes mha and swa (got {self.model_mode.value}); use mem_backend mock for dsv4",
             )
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
@@ -143,6 +142,12 @@ class EngineConfig:
         least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
         return max(self.max_total_tokens // 2, least)
 
+    @property
+    def swa_pages_in_step(self) -> bool:
+        """Whether SWA slots are taken in whole pages, one SWA page per new full-pool page (SGLang's
+        paged SWA allocator), rather than one per token (the engine's own)."""
+        return self.mem_backend is MemBackend.SGLANG and self.page_size > 1
+
     def swa_request_budget(self, *, uncached_tokens: int, max_new_tokens: int) -> int:
         """SWA slots a request can hold at once, as its own (see mock_models/README.md, SWA budget).
 
@@ -150,13 +155,23 @@ class EngineConfig:
         plus one chunk are private; the prompt's tail that ``cache_unfinished_req`` hands to the
         radix tree (at most a window plus a page) stays resident while the request locks it. The
         overlap scheduler allocates a forward's chunk before the previous chunk's release: one more.
+        Taken in whole pages (``swa_pages_in_step``), the private run also rounds up to a page at its end.
         """
         chunks = 2 if self.overlap_schedule else 1
         bound = 2 * (self.swa_window + self.page_size) + chunks * self.chunked_prefill_size
+        if self.swa_pages_in_step:
+            return min(
+                _align_up(uncached_tokens + max_new_tokens, self.page_size),
+                _align_up(bound, self.page_size) + self.page_size,
+            )
         return min(uncached_tokens + max_new_tokens, bound)
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _align_up(length: int, page_size: int) -> int:
+    return -(-length // page_size) * page_size
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, name: str) -> enum.Enum:

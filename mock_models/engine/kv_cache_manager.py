@@ -27,7 +27,13 @@ import torch
 from mock_models.config import EngineConfig
 from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.kv_release import KVRelease
-from mock_models.engine.memory_protocols import EnginePrefixCache, FullSlotAllocator, RequestRows, SwaSlotAllocator
+from mock_models.engine.memory_protocols import (
+    EnginePrefixCache,
+    ExtendSpan,
+    FullSlotAllocator,
+    RequestRows,
+    SwaSlotAllocator,
+)
 from mock_models.engine.request import Request
 
 
@@ -146,30 +152,34 @@ class KVCacheManager(KVRelease):
     def allocate(self, items: Sequence[tuple[Request, int]]) -> list[int]:
         """Full-pool slots for each request's next ``n`` positions (after those already allocated),
         request after request."""
-        per_request = [self._continue_last_page(req, n) for req, n in items]
-        new_pages = [
-            _ceil_div(n - len(slots), self.page_size) for (_, n), slots in zip(items, per_request, strict=True)
-        ]
-        self._make_room_full(sum(new_pages))
         starts = [req.allocated_len for req, _ in items]
-        out_cache_loc: list[int] = []
-        for (req, n), slots, pages in zip(items, per_request, new_pages, strict=True):
+        spans = [
+            ExtendSpan(prefix_len=start, extend_len=n, continue_after=self._continue_after(req))
+            for (req, n), start in zip(items, starts, strict=True)
+        ]
+        new_pages = [self._new_pages(span) for span in spans]
+        swa_taken = [self._swa_slots_taken(n, pages) for (_, n), pages in zip(items, new_pages, strict=True)]
+        # Room in both pools first: an allocator may take the SWA slots together with the full ones.
+        self._make_room_full(sum(new_pages))
+        if self.swa_allocator is not None:
+            self._make_room_swa(self.swa_allocator, sum(swa_taken))
+        out_cache_loc = self.full_allocator.alloc_extend(spans)
+        start = 0
+        for (req, n), pages in zip(items, new_pages, strict=True):
             # Beyond its reservation (new_token_ratio < 1) a request draws on free pages, which the
             # scheduler checked were there (decode_pages_short).
             from_reserve = min(pages, req.full_pages_reserved)
-            slots.extend(self.full_allocator.alloc_slots(pages)[: n - len(slots)])
+            req.own_slots += out_cache_loc[start : start + n]
+            start += n
             req.full_pages_reserved -= from_reserve
             self.reserved_pages -= from_reserve
-            req.own_slots += slots
-            out_cache_loc += slots
         self._write_req_to_token(items, starts, out_cache_loc)
         if self.swa_allocator is not None:
-            self._make_room_swa(self.swa_allocator, len(out_cache_loc))
             swa_slots = iter(self.swa_allocator.alloc_for(out_cache_loc))
-            for req, n in items:
+            for (req, n), taken in zip(items, swa_taken, strict=True):
                 req.own_swa_slots += [next(swa_slots) for _ in range(n)]
-                req.swa_slots_reserved -= n
-                self.reserved_swa_slots -= n
+                req.swa_slots_reserved -= taken
+                self.reserved_swa_slots -= taken
         return out_cache_loc
 
     def _write_req_to_token(
@@ -184,19 +194,28 @@ class KVCacheManager(KVRelease):
             torch.tensor(out_cache_loc, device=device),
         )
 
-    def _continue_last_page(self, req: Request, n: int) -> list[int]:
-        """The slots left in the request's partly filled last page (a page is never shared)."""
+    def _continue_after(self, req: Request) -> int:
+        """The slot of the request's last allocated position if its page has room left (a page is
+        never shared: that slot is the request's own), else -1."""
         end = req.allocated_len
-        used = end % self.page_size
-        if used == 0:
-            return []
+        if end % self.page_size == 0:
+            return -1
         if end - 1 >= req.own_start:
-            last = req.own_slot(end - 1)
-        else:
-            # The page began in the matched prefix. A correct match ends on a page boundary, so only an
-            # unaligned match (bug paged-match-aliases-boundary-page) gets here; host read of one slot.
-            last = int(self.req_to_token_pool.req_to_token[req.req_pool_idx, end - 1])
-        return [last + 1 + i for i in range(min(n, self.page_size - used))]
+            return req.own_slot(end - 1)
+        # The page began in the matched prefix. A correct match ends on a page boundary, so only an
+        # unaligned match (bug paged-match-aliases-boundary-page) gets here; host read of one slot.
+        return int(self.req_to_token_pool.req_to_token[req.req_pool_idx, end - 1])
+
+    def _new_pages(self, span: ExtendSpan) -> int:
+        continued = (
+            0 if span.continue_after < 0 else min(span.extend_len, self.page_size - span.prefix_len % self.page_size)
+        )
+        return _ceil_div(span.extend_len - continued, self.page_size)
+
+    def _swa_slots_taken(self, new_tokens: int, new_pages: int) -> int:
+        if self.config.swa_pages_in_step:
+            return new_pages * self.page_size
+        return new_tokens
 
     def _make_room_full(self, pages: int) -> None:
         short = pages - self.full_allocator.available_pages()
