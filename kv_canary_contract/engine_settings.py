@@ -25,6 +25,7 @@ from kv_canary_contract.bounds import (
     SEED_MAX,
     SEED_MIN,
 )
+from kv_canary_contract.engine_bugs import bug_problems
 from kv_canary_contract.modes import MODES, ModelMode
 from kv_canary_contract.problems import ContractModel, ContractProblem
 
@@ -88,6 +89,22 @@ class EngineSettings(ContractModel):
         description="EAGLE-style speculative decoding: draft tokens per round, written into the KV cache by the "
         "target's verify forward and then accepted or rolled back; 0 = off.",
     )
+    overlap_schedule: bool | None = Field(
+        default=None,
+        description="Prepare each forward before the previous forward's results are processed, as SGLang's "
+        "overlap scheduler does (the server's default: off).",
+    )
+    new_token_ratio: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of a request's max_new_tokens whose pages admission reserves; below 1 admits more "
+        "requests, and a decode that runs out of pages retracts one (the server's default: 1, never retract).",
+    )
+    bugs: list[str] | None = Field(
+        default=None,
+        description="Engine bug modes to turn on (docs/FAULTS.md, Bug modes); the flag takes them comma-separated.",
+    )
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
@@ -122,14 +139,23 @@ def setting_choices(name: str) -> tuple[str, ...]:
     return tuple(value for literal in literals for value in typing.get_args(literal) if isinstance(value, str))
 
 
-def setting_bounds(name: str) -> tuple[int | None, int | None]:
-    """(least, greatest) value of an integer setting, as declared on ``EngineSettings``."""
+def setting_argument(value: object) -> str | None:
+    """A setting's value as its flag's argument; None: pass no flag (unset, or an empty list)."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def setting_bounds(name: str) -> tuple[int | float | None, int | float | None]:
+    """(least, greatest) value of a numeric setting, as declared on ``EngineSettings``."""
     least = greatest = None
     for constraint in EngineSettings.model_fields[name].metadata:
         if isinstance(constraint, annotated_types.Ge):
-            least = typing.cast(int, constraint.ge)
+            least = typing.cast(int | float, constraint.ge)
         elif isinstance(constraint, annotated_types.Le):
-            greatest = typing.cast(int, constraint.le)
+            greatest = typing.cast(int | float, constraint.le)
     return least, greatest
 
 
@@ -154,7 +180,7 @@ def engine_setting_problems(
 
 def _bound_problems(values: Mapping[str, object]) -> Iterator[ContractProblem]:
     for name, value in values.items():
-        if name not in EngineSettings.model_fields or not isinstance(value, int) or isinstance(value, bool):
+        if name not in EngineSettings.model_fields or not isinstance(value, int | float) or isinstance(value, bool):
             continue
         least, greatest = setting_bounds(name)
         if least is not None and value < least:
@@ -176,6 +202,7 @@ def _cross_problems(
             message=f"{max_total_tokens} is not a multiple of page_size ({page_size}): the pool is whole pages; "
             f"use {below or page_size} or {below + page_size}",
         )
+    yield from bug_problems(typing.cast("list[str]", settings["bugs"] or []), mode=mode, settings=settings)
     if compress_ratio is not None and swa_window < compress_ratio:
         yield ContractProblem(
             loc=("swa_window",),
@@ -195,3 +222,19 @@ def _cross_problems(
             message=f"{' and '.join(FEATURE_SETTINGS[name][1] for name in features)} are set together; the mock "
             "engine runs one of disaggregation, the host tier and speculative decoding at a time",
         )
+    if features:
+        new_token_ratio = settings.get("new_token_ratio")
+        scheduling = [
+            *(["overlap_schedule: true"] if settings.get("overlap_schedule") else []),
+            *(
+                [f"new_token_ratio: {new_token_ratio}"]
+                if isinstance(new_token_ratio, float) and new_token_ratio < 1
+                else []
+            ),
+        ]
+        if scheduling:
+            yield ContractProblem(
+                loc=(features[0],),
+                message=f"{FEATURE_SETTINGS[features[0]][1]} is set with {' and '.join(scheduling)}; the mock engine's "
+                "features run on its plain scheduler (no overlap, no retraction): leave those out",
+            )

@@ -13,6 +13,7 @@ import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.host_tier import HostTieredRadixCache
 from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
 from mock_models.engine.memory_protocols import EngineMemory
@@ -47,6 +48,7 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
         "full_allocator": full_allocator,
         "swa_allocator": swa_allocator,
         "swa_window": config.swa_window if config.has_swa_pool else None,
+        "bugs": EngineBugs(config.bugs),
     }
     radix_cache = (
         HostTieredRadixCache(pool=pool, host_tokens=config.host_tier_tokens, **tree)

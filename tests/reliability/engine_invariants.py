@@ -14,7 +14,6 @@ import math
 from mock_models.engine.engine import Engine
 from mock_models.engine.radix_cache import RadixCache
 from mock_models.engine.req_to_token_pool import PADDING_ROW, ReqToTokenPool
-from mock_models.engine.request import Request
 
 
 def check_engine_invariants(engine: Engine) -> None:
@@ -29,7 +28,7 @@ def check_engine_invariants(engine: Engine) -> None:
 
     assert all(len(node.key) % page_size == 0 for node in nodes), "a radix node is not page-aligned"
     tree_pages = sum(len(node.key) for node in nodes) // page_size
-    own_pages = sum(math.ceil((_allocated_len(req) - req.tree_owned_len) / page_size) for req in held)
+    own_pages = sum(math.ceil((req.allocated_len - req.tree_owned_len) / page_size) for req in held)
     free_pages = engine.full_allocator.available_pages()
     assert free_pages + tree_pages + own_pages == config.num_pages, (
         f"full pages leak or are handed out twice: free {free_pages} + radix {tree_pages} + requests' own "
@@ -38,7 +37,7 @@ def check_engine_invariants(engine: Engine) -> None:
 
     if engine.swa_allocator is not None:
         resident = tree.swa_resident_size()
-        own_swa = sum(_allocated_len(req) - max(req.swa_released_len, req.tree_owned_len) for req in held)
+        own_swa = sum(req.allocated_len - max(req.swa_released_len, req.tree_owned_len) for req in held)
         free_swa = engine.swa_allocator.available_size()
         assert free_swa + resident + own_swa == config.swa_pool_size, (
             f"SWA slots leak or are handed out twice: free {free_swa} + radix-resident {resident} + requests' "
@@ -71,11 +70,6 @@ def check_engine_idle(engine: Engine) -> None:
     check_engine_invariants(engine)
     assert all(node.lock_ref == 0 for node in engine.radix_cache.nodes())
     assert engine.kv_cache.reserved_pages == 0 and engine.kv_cache.reserved_swa_slots == 0
-
-
-def _allocated_len(req: Request) -> int:
-    """Positions the request holds a slot for: ``kv_len``, or a pre-allocated prompt not computed yet."""
-    return req.own_start + len(req.own_slots)
 
 
 def _check_windows_resident(engine: Engine, running: list) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from mock_models.engine.kv_cache_manager import KVCacheManager
+from mock_models.engine.memory_protocols import ExtendSpan
 from mock_models.engine.request import Request
 
 
@@ -23,7 +24,7 @@ class DecodeKVCacheManager(KVCacheManager):
         n = req.prompt_len
         pages = -(-n // self.page_size)
         self._make_room_full(pages)
-        req.own_slots = self.full_allocator.alloc_slots(pages)[:n]
+        req.own_slots = self.full_allocator.alloc_extend([ExtendSpan(prefix_len=0, extend_len=n, continue_after=-1)])
         req.full_pages_reserved -= pages
         self.reserved_pages -= pages
         device = self.req_to_token_pool.device

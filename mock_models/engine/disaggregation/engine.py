@@ -47,7 +47,7 @@ class DisaggregatedEngine(Engine):
         )
         self._bootstrapping: collections.deque[Request] = collections.deque()
         self._in_prefill: dict[str, Request] = {}  # rid -> the decode side's request, pre-allocated
-        self._prefill_checksums: dict[str, float] = {}
+        self._prefill_digests: dict[str, tuple[float, ...]] = {}  # the first output's, sampled on the prefill side
         # The fault injector's change to the next transfer (transfer_* fault kinds).
         self.next_transfer_fault: TransferFault | None = None
 
@@ -107,7 +107,7 @@ class DisaggregatedEngine(Engine):
         self._bootstrap()
         if self.prefill.has_work():
             for result in self.prefill.step():
-                self._prefill_checksums[result.rid] = result.attention_checksum
+                self._prefill_digests[result.rid] = result.output_digests
         if not self.ready_transfers and not self.scheduler.has_work():
             return []
         self._run_step_hooks()
@@ -128,7 +128,6 @@ class DisaggregatedEngine(Engine):
             if not self.kv_cache.try_admit(req, reuse_prefix=False):
                 return
             self.decode_kv_cache.preallocate(req)
-            self.model_runner.reset_checksums([req.req_pool_idx])
             self._bootstrapping.popleft()
             self._in_prefill[req.rid] = req
             self.prefill.submit(req.origin_input_ids, 1, rid=req.rid)
@@ -149,7 +148,7 @@ class DisaggregatedEngine(Engine):
                 finished.append(req)
             else:
                 self.scheduler.running.append(req)
-        return self._results(finished)
+        return self._results(finished, [])
 
     def transfer_plan(self, prefill_req: Request, req: Request) -> TransferPlan:
         """What the transfer of ``prefill_req``'s prompt into ``req``'s pre-allocated slots moves."""
@@ -179,8 +178,11 @@ class DisaggregatedEngine(Engine):
             torch.tensor([req.prompt_len], device=device),
             torch.tensor([first_token], device=device),
         )
-        checksum = self._prefill_checksums.pop(req.rid, 0.0)
-        self.model_runner.attention_checksums[req.req_pool_idx] += checksum
+        # The first output was sampled by the prefill engine: its digest travels with the request, as a
+        # retracted request's do (outputs before ``digest_base`` are the carried ones).
+        req.carried_digests += self._prefill_digests.pop(req.rid, (0.0,))
+        req.digest_base = len(req.output_ids)
+        req.output_steps.append(self.forward_count)
 
     # -- maintenance ----------------------------------------------------------------------------------
 

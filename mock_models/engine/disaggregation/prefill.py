@@ -20,7 +20,8 @@ class ParkingKVCacheManager(KVCacheManager):
         super().__init__(**kv_cache)
         self.parked: list[Request] = []  # prefilled, first token sampled, KV waiting to be transferred
 
-    def finish(self, req: Request) -> None:
+    def finish(self, req: Request, *, overrun: bool = False) -> None:
+        del overrun  # the prefill engine samples one token and schedules without overlap
         self.parked.append(req)
 
     def release(self, req: Request) -> None:

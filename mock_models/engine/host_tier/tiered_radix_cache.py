@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.host_tier.host_pool import HostCopy, HostKvPool
 from mock_models.engine.kv_copy import BufferSet
 from mock_models.engine.memory_protocols import MatchResult
@@ -67,6 +68,7 @@ class HostTieredRadixCache(RadixCache):
         full_allocator: PagedTokenAllocator,
         swa_allocator: SWATokenAllocator | None = None,
         swa_window: int | None = None,
+        bugs: EngineBugs = NO_BUGS,
     ) -> None:
         super().__init__(
             page_size=page_size,
@@ -74,6 +76,7 @@ class HostTieredRadixCache(RadixCache):
             full_allocator=full_allocator,
             swa_allocator=swa_allocator,
             swa_window=swa_window,
+            bugs=bugs,
         )
         self._pool = pool
         self._host_tokens = host_tokens

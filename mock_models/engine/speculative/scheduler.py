@@ -26,13 +26,15 @@ from mock_models.models.token_oracle import TokenOracle
 class VerifyBatch(ScheduledBatch):
     windows: tuple[DraftWindow, ...] = ()
 
-    def sampling_items(self) -> list[tuple[int, Request]]:
+    def sampled_outputs(self) -> list[tuple[int, int, int]]:
         """Every accepted row: each one's hidden state predicts a token the request keeps."""
-        sampling, start = [], 0
+        sampled, start = [], 0
         for window in self.windows:
-            sampling += [(start + row, window.req) for row in range(window.accepted)]
+            req = window.req
+            first_output = len(req.output_ids) - req.digest_base
+            sampled += [(start + row, req.req_pool_idx, first_output + row) for row in range(window.accepted)]
             start += len(window.tokens)
-        return sampling
+        return sampled
 
 
 class SpeculativeScheduler(Scheduler):
@@ -47,13 +49,14 @@ class SpeculativeScheduler(Scheduler):
         batch = super().schedule()
         if batch is None or batch.forward_mode is not ForwardMode.DECODE:
             return batch
-        reqs = [req for req, _ in batch.items]
+        reqs = [item.req for item in batch.items]
         size = self.draft_worker.window_size(reqs)
         windows = tuple(self.draft_worker.draft(req, size) for req in reqs)
         return VerifyBatch(
             forward_mode=ForwardMode.TARGET_VERIFY,
-            items=tuple((req, size) for req in reqs),
+            items=tuple(dataclasses.replace(item, count=size) for item in batch.items),
             admitted=batch.admitted,
+            retracted=batch.retracted,
             spec_info=VerifyInput(
                 draft_token=[token for window in windows for token in window.tokens],
                 positions=[position for window in windows for position in window.positions],
@@ -62,9 +65,11 @@ class SpeculativeScheduler(Scheduler):
             windows=windows,
         )
 
-    def process_forward(self, batch: ScheduledBatch) -> list[Request]:
+    def process_forward(
+        self, batch: ScheduledBatch, *, step: int, next_batch: ScheduledBatch | None = None
+    ) -> list[Request]:
         if not isinstance(batch, VerifyBatch):
-            return super().process_forward(batch)
+            return super().process_forward(batch, step=step, next_batch=next_batch)
         finished: list[Request] = []
         rows, positions, tokens = [], [], []
         for window in batch.windows:
@@ -79,9 +84,11 @@ class SpeculativeScheduler(Scheduler):
                 req.oracle_state = req.oracle_state.advance(token)
                 req.output_ids.append(token)
                 req.fill_ids.append(token)
+                req.output_steps.append(step)
             req.kv_len += window.accepted
             self.speculative_kv_cache.rollback(req, allocated_end=window_end)
             if req.is_finished:
                 finished.append(req)
         self._record_sampled(rows, positions, tokens)
-        return self._retire_finished(batch, finished)
+        self.kv_cache.release_out_of_window([window.req for window in batch.windows if not window.req.is_finished])
+        return self._retire_finished(finished, next_batch=next_batch)

@@ -25,9 +25,9 @@ def test_drafts_accepted_and_rolled_back_under_eviction_stay_clean_and_exact(mod
     accepted: list[int] = []
     process = engine.scheduler.process_forward
 
-    def counting(batch):
+    def counting(batch, **kwargs):
         accepted.extend(window.accepted for window in getattr(batch, "windows", ()))
-        return process(batch)
+        return process(batch, **kwargs)
 
     engine.scheduler.process_forward = counting
     prompts = prompts_on_shared_prefixes(seed=page_size, count=10)
