@@ -39,6 +39,12 @@ class EngineBug:
     trigger: str  # the workload that makes it misbehave
     modes: tuple[ModelMode, ...] = MODEL_MODES
     needs: tuple[SettingNeed, ...] = ()
+    # Why the canary cannot see it, for a mechanism whose damage lies outside what it guards; None: seen.
+    undetected_because: str | None = None
+
+    @property
+    def detected(self) -> bool:
+        return self.undetected_because is None
 
 
 def _greater_than_one(value: object) -> bool:
@@ -47,6 +53,18 @@ def _greater_than_one(value: object) -> bool:
 
 def _is_true(value: object) -> bool:
     return value is True
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int) and value > 0
+
+
+_SPECULATIVE = SettingNeed(
+    setting="speculative_num_steps",
+    holds=_positive,
+    wants="speculative_num_steps > 0",
+    why="only speculative decoding drafts",
+)
 
 
 _BUGS = (
@@ -117,6 +135,29 @@ _BUGS = (
                 why="with one token per page every match ends on a page boundary",
             ),
         ),
+    ),
+    EngineBug(
+        name="draft-decode-positions-off-by-one",
+        reports=("sgl-project/sglang#25015",),
+        mechanism="the draft worker advances its position counter before each draft decode step instead of "
+        "after it, so every draft step runs one position late (the draft extend and the target's verify "
+        "window keep the right positions)",
+        trigger="speculative decoding with at least one draft step a round: every round",
+        needs=(_SPECULATIVE,),
+        undetected_because="the wrong positions reach only the draft model (its RoPE positions, its own KV, which "
+        "the canary does not guard); its drafts are then rejected by the target's verify, so the outputs stay "
+        "exact and the target's KV right: the harm is the acceptance rate, not the KV cache",
+    ),
+    EngineBug(
+        name="drafter-writes-unallocated-lookahead",
+        reports=("vllm-project/vllm#42971",),
+        mechanism="the first speculative round after a prefix-hit request's prefill writes its lookahead positions "
+        "(the window past its first token) through a slot mapping read before their slots were allocated: the "
+        "request row's stale entries, the slots of the row's previous owner, which the radix tree now holds",
+        trigger="speculative decoding and a request with a prefix-cache hit admitted on a request row whose "
+        "previous owner's cached sequence reaches past the new prompt; a later reader of that sequence, or the "
+        "request's own next round",
+        needs=(_SPECULATIVE,),
     ),
 )
 

@@ -6,17 +6,19 @@ rejected in every run. Like a draft model it reads the position it is fed: fed a
 is not its input token's, it drafts garbage (a model at the wrong RoPE position), every draft is
 then rejected, and outputs stay exact.
 
-As in SGLang, the draft steps advance one position counter, and the verify window is fed at the
-positions the steps fed their inputs at (its last token one past the last step's): the target's
-verify forward takes its positions from here, so a draft-side position error reaches the target's
-KV cache, where the canary guards it. ``shift_next_window`` (the ``draft_position_shift`` fault)
-shifts one request's next window by one.
+As in SGLang, the draft steps advance one position counter, and the verify window is fed at
+``[kv_len, kv_len + window)``, the positions a correct chain of steps fed its inputs at. A position
+error of the draft steps alone (bug ``draft-decode-positions-off-by-one``) reaches only the draft
+head: its drafts are rejected, outputs stay exact. ``shift_next_window`` (the
+``draft_position_shift`` fault) shifts one request's next verify window by one, which the target
+writes into its KV cache, where the canary guards it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.request import Request
 from mock_models.models.token_oracle import OracleState, TokenOracle
 
@@ -35,9 +37,10 @@ class DraftWindow:
 
 
 class DraftWorker:
-    def __init__(self, *, oracle: TokenOracle, num_steps: int) -> None:
+    def __init__(self, *, oracle: TokenOracle, num_steps: int, bugs: EngineBugs = NO_BUGS) -> None:
         self.oracle = oracle
         self.num_steps = num_steps
+        self.bugs = bugs
         self._shifted: set[str] = set()  # rids whose next window is fed one position off
 
     def shift_next_window(self, req: Request) -> None:
@@ -53,14 +56,18 @@ class DraftWorker:
         tokens = [req.fill_ids[req.kv_len]]
         state = req.oracle_state  # the oracle over the prompt and every sampled token: the window's first
         position = req.kv_len
-        fed_at: list[int] = []
-        for _ in range(window - 1):
-            fed_at.append(position)
-            draft = self._draft_head(state, fed_at=position, input_position=req.kv_len + len(fed_at) - 1)
+        late = self.bugs.on("draft-decode-positions-off-by-one")
+        for step in range(window - 1):
+            if late and step > 0:
+                # SGLang#25015: the counter advanced before the draft decode step instead of after the last.
+                position += 1
+            draft = self._draft_head(state, fed_at=position, input_position=req.kv_len + step)
             tokens.append(draft)
             state = state.advance(draft)
-            position += 1
-        positions = fed_at + [position]
+            if not late or step == 0:
+                position += 1
+        # The verify window is fed at the draft extend's positions: its first token's and one per draft.
+        positions = list(range(req.kv_len, req.kv_len + window))
         if req.rid in self._shifted:
             self._shifted.discard(req.rid)
             positions = [p + 1 for p in positions]

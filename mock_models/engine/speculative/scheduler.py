@@ -43,7 +43,7 @@ class SpeculativeScheduler(Scheduler):
         if not isinstance(kv_cache, SpeculativeKVCacheManager):
             raise TypeError("SpeculativeScheduler rolls windows back through a SpeculativeKVCacheManager")
         self.speculative_kv_cache = kv_cache
-        self.draft_worker = DraftWorker(oracle=oracle, num_steps=config.speculative_num_steps)
+        self.draft_worker = DraftWorker(oracle=oracle, num_steps=config.speculative_num_steps, bugs=kv_cache.bugs)
 
     def schedule(self) -> ScheduledBatch | None:
         batch = super().schedule()

@@ -17,6 +17,7 @@ from typing import Any
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
 from mock_models.config import EngineConfig
+from mock_models.engine.build import build_engine
 from mock_models.engine.engine import Engine
 from mock_models.engine.request import GenerationResult
 from tests.reliability.kv_shadow import KvShadow
@@ -104,7 +105,7 @@ class BugRun:
 def run(config: EngineConfig, workload: Workload, **canary: Any) -> BugRun:
     """Run ``workload`` on a fresh engine with the canary (mode log, real-KV hash on) and the read oracle."""
     canary_config = CanaryConfig(mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, **canary)
-    engine = Engine(config, canary_config=canary_config)
+    engine = build_engine(config, canary_config=canary_config)
     shadow = KvShadow(engine)
     driver = Driver(engine)
     workload(driver)
@@ -123,6 +124,6 @@ def run(config: EngineConfig, workload: Workload, **canary: Any) -> BugRun:
 
 @functools.cache
 def _alone(config: EngineConfig, prompt: tuple[int, ...], max_new_tokens: int) -> tuple[float, ...]:
-    reference = Engine(config.replace(bugs=(), overlap_schedule=False, new_token_ratio=1.0))
+    reference = build_engine(config.replace(bugs=(), overlap_schedule=False, new_token_ratio=1.0))
     (result,) = reference.generate([list(prompt)], max_new_tokens)
     return result.output_digests
