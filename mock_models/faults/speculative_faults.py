@@ -1,8 +1,9 @@
 """``draft_position_shift``: a speculative verify window fed one position late.
 
-The draft worker hands the target's verify forward the positions its draft steps ran at; this
-fault shifts one decoding request's next window by one (as sglang#25015's draft decode positions
-were), so the target writes the window's K/V and canary records at the wrong positions.
+The draft worker hands the target's verify forward its window's positions; this fault shifts one
+decoding request's next window by one, so the target writes the window's K/V and canary records at
+the wrong positions. (SGLang#25015's late draft positions reached only the draft model: bug mode
+``draft-decode-positions-off-by-one``.)
 """
 
 from __future__ import annotations
