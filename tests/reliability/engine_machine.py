@@ -279,13 +279,16 @@ class CleanFeatureMachine(CleanEngineMachine):
     machine = "clean_feature"
 
     def draw_feature(self, data: st.DataObject, config: EngineConfig) -> dict[str, object]:
+        # The features run on the plain scheduler: no overlap, no retraction.
+        plain: dict[str, object] = {"overlap_schedule": False, "new_token_ratio": 1.0}
         feature = data.draw(st.sampled_from(["speculative", "host_tier", "disaggregation"]), label="feature")
         if feature == "speculative":  # below the chunk (8 at least): the window's SWA rows are in the budget
-            return {"speculative_num_steps": data.draw(st.sampled_from([1, 2, 4]), label="speculative_num_steps")}
+            steps = data.draw(st.sampled_from([1, 2, 4]), label="speculative_num_steps")
+            return plain | {"speculative_num_steps": steps}
         if feature == "host_tier":
             pages = data.draw(st.sampled_from([8, 32, 128]), label="host_tier_pages")
-            return {"host_tier_tokens": pages * config.page_size}
-        return {"disaggregation": "prefill_decode"}
+            return plain | {"host_tier_tokens": pages * config.page_size}
+        return plain | {"disaggregation": "prefill_decode"}
 
 
 def _feature(config: EngineConfig) -> str:
