@@ -6,6 +6,8 @@ import subprocess
 import sys
 import typing
 
+import pytest
+
 from kv_canary_contract import (
     FAULT_KIND_RULES,
     FAULT_KINDS,
@@ -14,6 +16,7 @@ from kv_canary_contract import (
     TARGET_VALUES,
     Fault,
     FaultTarget,
+    engine_setting_problems,
     fault_kinds_in_mode,
     fault_problems,
     resolve_target,
@@ -93,3 +96,12 @@ def test_the_contract_imports_pydantic_and_nothing_of_the_project_or_torch():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'harness', 'mock_models', 'kv_canary'}))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.parametrize("feature", sorted(FEATURE_ON))
+def test_a_feature_runs_on_the_plain_scheduler_only(feature):
+    on = {feature: FEATURE_ON[feature]}
+    assert engine_setting_problems(on | {"overlap_schedule": False, "new_token_ratio": 1.0}, mode="mha") == []
+    for scheduling in ({"overlap_schedule": True}, {"new_token_ratio": 0.5}):
+        (problem,) = engine_setting_problems(on | scheduling, mode="mha")
+        assert problem.loc == (feature,) and "plain scheduler" in problem.message
