@@ -15,7 +15,15 @@ from typing import Literal
 import annotated_types
 from pydantic import Field
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import (
+    MAX_FORWARDS,
+    MAX_JITTER_US,
+    MAX_PAGE_SIZE,
+    MAX_REQUESTS,
+    MAX_TOKENS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from kv_canary_contract.modes import MODES, ModelMode
 from kv_canary_contract.problems import ContractModel, ContractProblem
 
@@ -59,10 +67,32 @@ class EngineSettings(ContractModel):
         description="Forwards between kv_canary_swa_divergence lines; 0 = off. The harness passes 1 when a "
         "scenario sets expect.swa_divergence and not this.",
     )
+    check_lost_writes: bool | None = Field(
+        default=None,
+        description="Mark every new slot's K/V rows before the model runs and report a row left marked "
+        "(lost_write): a K/V write the forward skipped or sent elsewhere. Needs real_kv partial or all.",
+    )
+    jitter_max_us: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_JITTER_US,
+        description="Largest random delay, in microseconds, the engine injects between scheduling, the forward, "
+        "K/V writes and frees, and the HTTP layer before and after each request; 0 = off.",
+    )
+    jitter_seed: int | None = Field(
+        default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the jitter's delays."
+    )
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
-CANARY_SETTINGS = ("sweep_interval", "real_kv", "canary_mode", "stats_interval", "swa_divergence_interval")
+CANARY_SETTINGS = (
+    "sweep_interval",
+    "real_kv",
+    "canary_mode",
+    "stats_interval",
+    "swa_divergence_interval",
+    "check_lost_writes",
+)
 
 
 def setting_flag(name: str) -> str:
@@ -123,6 +153,12 @@ def _cross_problems(
             loc=("max_total_tokens",),
             message=f"{max_total_tokens} is not a multiple of page_size ({page_size}): the pool is whole pages; "
             f"use {below or page_size} or {below + page_size}",
+        )
+    if settings["check_lost_writes"] and settings["real_kv"] == "none":
+        yield ContractProblem(
+            loc=("check_lost_writes",),
+            message="the lost-write check reads the K/V rows the real-KV hash reads, and real_kv is none; "
+            "set real_kv partial or all, or drop check_lost_writes",
         )
     if compress_ratio is not None and swa_window < compress_ratio:
         yield ContractProblem(

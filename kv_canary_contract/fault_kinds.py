@@ -25,6 +25,8 @@ FaultKind = Literal[
     "remap_swa_slot",
     "stale_prefix",
     "swap_next_token",
+    "lost_write",
+    "misdirected_write",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = typing.get_args(FaultKind)
 
@@ -99,6 +101,14 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         ),
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+        # A forward's K/V write of one token in one layer of the group: skipped, or landed in
+        # another live slot. Only the lost-write check sees the row left unwritten.
+        "lost_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
+        "misdirected_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
     }
 )
 

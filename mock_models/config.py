@@ -58,6 +58,10 @@ class EngineConfig:
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
     mem_backend: MemBackend = MemBackend.MOCK
+    # Random delays (mock_models/engine/jitter.py) of up to this many microseconds between scheduling,
+    # the forward, K/V writes and frees, drawn from jitter_seed; 0: none.
+    jitter_max_us: int = 0
+    jitter_seed: int = 0
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
 from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.engine.jitter import Jitter
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
 from mock_models.engine.request import GenerationResult, Request
@@ -66,6 +67,8 @@ class Engine:
         self.full_allocator = self.model_runner.full_allocator
         self.swa_allocator = self.model_runner.swa_allocator
         self.radix_cache = self.model_runner.radix_cache
+        self.jitter = Jitter(max_us=config.jitter_max_us, seed=config.jitter_seed, device=self.model_runner.device)
+        self.jitter.before_writes_and_frees(self.token_to_kv_pool, self.full_allocator, self.swa_allocator)
         self.kv_cache = KVCacheManager(
             config=config,
             req_to_token_pool=self.req_to_token_pool,
@@ -172,6 +175,7 @@ class Engine:
                 f"{self.num_waiting} requests wait but none can be admitted with nothing "
                 "running; the pools are smaller than a request validate() accepted"
             )
+        self.jitter.pause()
         for batch_hook in list(self._batch_hooks):
             batch_hook(self, batch)
         self.model_runner.reset_checksums([req.req_pool_idx for req in batch.admitted])
@@ -186,6 +190,7 @@ class Engine:
         )
         sampling = batch.sampling_items()
         violation = None
+        self.jitter.pause()
         try:
             self.model_runner.forward(
                 forward_batch, [index for index, _ in sampling], [req.req_pool_idx for _, req in sampling]

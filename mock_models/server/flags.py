@@ -31,6 +31,7 @@ CANARY_CONFIG_FIELDS: Mapping[str, str] = {
     "canary_mode": "mode",
     "stats_interval": "stats_interval",
     "swa_divergence_interval": "swa_divergence_interval",
+    "check_lost_writes": "check_lost_writes",
 }
 # Values the server takes beyond a scenario's: it also serves with the canary off.
 _SERVER_ONLY_CHOICES: Mapping[str, tuple[str, ...]] = {"canary_mode": (CanaryMode.NONE.value,)}
@@ -85,8 +86,11 @@ def server_default(name: str) -> object:
 def _click_type(name: str) -> click.ParamType:
     # Integers are bounded by engine_setting_problems in build_configs, whose messages name the
     # setting as a scenario does (page_size, not --page-size).
-    choices = [arg for arg in typing.get_args(EngineSettings.model_fields[name].annotation) if isinstance(arg, str)]
-    return click.Choice([*_SERVER_ONLY_CHOICES.get(name, ()), *choices]) if choices else click.INT
+    kinds = typing.get_args(EngineSettings.model_fields[name].annotation)
+    choices = [arg for arg in kinds if isinstance(arg, str)]
+    if choices:
+        return click.Choice([*_SERVER_ONLY_CHOICES.get(name, ()), *choices])
+    return click.BOOL if bool in kinds else click.INT
 
 
 def _help(name: str) -> str:

@@ -40,6 +40,9 @@ def test_every_engine_setting_is_a_server_flag_with_the_same_bounds_or_choices(n
         assert set(server_choices) - set(choices) == ({"none"} if name == "canary_mode" else set())
         assert set(choices) <= set(server_choices)
         return
+    if bool in typing.get_args(EngineSettings.model_fields[name].annotation):
+        assert OPTIONS[setting_flag(name)].type is click.BOOL
+        return
     least, greatest = setting_bounds(name)
     assert server_refusal(name, least) is None and server_refusal(name, greatest) is None
     assert f"{name}: {least - 1} is too small" in server_refusal(name, least - 1)
@@ -78,6 +81,9 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         seed=-9,
         stats_interval=7,
         swa_divergence_interval=2,
+        check_lost_writes=True,
+        jitter_max_us=50,
+        jitter_seed=3,
     )
     argv = server_argv(server_command=(), engine=settings, mode="dsv4", port=0, device="cpu", swa_divergence_interval=2)
     with serve_command.make_context("serve", argv) as context:
@@ -96,9 +102,11 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "max_running_requests": 5,
         "chunked_prefill_size": 16,
         "seed": -9,
+        "jitter_max_us": 50,
+        "jitter_seed": 3,
     }
     assert (canary.sweep_interval, canary.real_kv_hash, canary.mode) == (3, RealKvHashMode.ALL, CanaryMode.RAISE)
-    assert (canary.stats_interval, canary.swa_divergence_interval) == (7, 2)
+    assert (canary.stats_interval, canary.swa_divergence_interval, canary.check_lost_writes) == (7, 2, True)
 
 
 def test_the_engine_config_is_checked_by_the_same_rules():
