@@ -79,9 +79,7 @@ class EngineSettings(ContractModel):
         description="Largest random delay, in microseconds, the engine injects between scheduling, the forward, "
         "K/V writes and frees, and the HTTP layer before and after each request; 0 = off.",
     )
-    jitter_seed: int | None = Field(
-        default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the jitter's delays."
-    )
+    jitter_seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the jitter's delays.")
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
