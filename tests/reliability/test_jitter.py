@@ -84,7 +84,11 @@ def violations(client: TestClient) -> list[ViolationRecord]:
     return records
 
 
-@pytest.fixture(scope="module", params=["mha", "swa", "dsv4"])
+# swa (both pools) by default; -m slow adds the other modes and the other fault kinds.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("mha", marks=pytest.mark.slow), "swa", pytest.param("dsv4", marks=pytest.mark.slow)],
+)
 def unjittered(request) -> Iterator[tuple[str, dict[tuple[int, ...], float]]]:
     """Each context's attention checksum, run one at a time without jitter."""
     mode = request.param
@@ -118,7 +122,13 @@ def test_jittered_replays_stay_clean_and_read_what_an_unjittered_run_reads(unjit
 
 @pytest.mark.parametrize(
     ("kind", "bound"),
-    [("corrupt_kv_bytes", 4), ("lost_write", 4), ("misdirected_write", 4), ("swap_next_token", 4), ("double_free", 4)],
+    [
+        ("lost_write", 4),
+        ("misdirected_write", 4),
+        pytest.param("corrupt_kv_bytes", 4, marks=pytest.mark.slow),
+        pytest.param("swap_next_token", 4, marks=pytest.mark.slow),
+        pytest.param("double_free", 4, marks=pytest.mark.slow),
+    ],
 )
 def test_under_jitter_a_fault_is_still_caught_within_its_bound(kind, bound):
     with serve("swa", jitter_us=JITTER_US, seed=7, with_faults=True) as client:
