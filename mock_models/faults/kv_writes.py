@@ -74,16 +74,16 @@ def _pick_token(context: FaultContext) -> _Token:
         raise NoTarget(f"no layer of the {context.target.group} group writes K/V in this model")
     req = next_forward_requests(context)[0]
     start = 0
-    for item, count in batch.items:
-        if item is req:
+    for item in batch.items:
+        if item.req is req:
             return _Token(
                 request=req,
-                index=start + count - 1,
-                position=req.kv_len + count - 1,
+                index=start + item.count - 1,
+                position=item.start + item.count - 1,
                 layer_id=context.rng.choice(layers),
                 step=context.step,
             )
-        start += count
+        start += item.count
     raise AssertionError("next_forward_requests returns requests of the coming forward's batch")
 
 

@@ -307,7 +307,7 @@ def _arm_write_fault(engine: Engine, rng: random.Random, kind: str) -> PendingFa
             return
         group = rng.choice(_groups(engine))
         layers = group_layers(engine, "full" if group is PoolGroupKind.FULL else "swa")
-        writers = [(start, req, count) for start, (req, count) in zip(_starts(batch), batch.items, strict=True)]
+        writers = [(start, item.req, item.count) for start, item in zip(_starts(batch), batch.items, strict=True)]
         start, writer, count = rng.choice(writers)
         victims = [read for read in _next_reads(engine) if read.group is group and read.req is not writer]
         if not layers or (kind == "misdirected_write" and not victims):
@@ -326,9 +326,9 @@ def _arm_write_fault(engine: Engine, rng: random.Random, kind: str) -> PendingFa
 
 def _starts(batch: ScheduledBatch) -> list[int]:
     starts, start = [], 0
-    for _, count in batch.items:
+    for item in batch.items:
         starts.append(start)
-        start += count
+        start += item.count
     return starts
 
 
