@@ -1,6 +1,7 @@
 """Timing jitter: the same contexts, replayed through the HTTP server with seeded random delays between
 scheduling, the forward, K/V writes and frees, and in the HTTP layer (``mock_models/engine/jitter.py``),
-on a pool small enough that the radix cache evicts while requests run.
+on a pool small enough that the radix cache evicts while requests run and, with ``new_token_ratio``
+0, decodes that run out of pages retract other requests.
 
 Clean: no violation, and every answer is the token oracle's continuation with the attention checksum
 of a run without jitter (what the model read from the KV cache is the same whatever the timing). With
@@ -27,9 +28,9 @@ from mock_models.server.fault_routes import build_fault_router
 
 CLIENTS = 8
 JITTER_US = 300
-# 24 requests of up to 76 tokens on three shared prefixes against 256 slots: the radix cache evicts
-# finished prefixes while others run, and admission waits for room.
-POOL_TOKENS = 256
+# 24 requests of up to 103 tokens on three shared prefixes against 192 slots: the radix cache evicts
+# finished prefixes while others run, admission waits for room, and decodes retract requests.
+POOL_TOKENS = 192
 PREFIXES = [[random.Random(seed).randrange(1, 1000) for _ in range(24)] for seed in range(3)]
 
 
@@ -39,7 +40,7 @@ def contexts(seed: int) -> list[tuple[list[int], int]]:
         (
             rng.choice(PREFIXES)[: rng.randrange(8, 25)]
             + [rng.randrange(1, 1000) for _ in range(rng.randrange(1, 40))],
-            rng.randrange(4, 13),
+            rng.randrange(8, 41),
         )
         for _ in range(24)
     ]
@@ -55,6 +56,8 @@ def serve(mode: str, *, jitter_us: int, seed: int, with_faults: bool = False) ->
             chunked_prefill_size=32,
             jitter_max_us=jitter_us,
             jitter_seed=seed,
+            # Admission reserves no decode pages: requests outgrow the pool and decodes retract others.
+            new_token_ratio=0.0,
         ),
         canary_config=CanaryConfig(
             mode=CanaryMode.LOG, real_kv_hash=RealKvHashMode.ALL, check_lost_writes=True, sweep_interval=3
@@ -84,10 +87,11 @@ def violations(client: TestClient) -> list[ViolationRecord]:
     return records
 
 
-# swa (both pools) by default; -m slow adds the other modes and the other fault kinds.
+# mha by default (where decodes retract: in the SWA modes admission waits for SWA slots first);
+# -m slow adds swa and dsv4, and the other fault kinds.
 @pytest.fixture(
     scope="module",
-    params=[pytest.param("mha", marks=pytest.mark.slow), "swa", pytest.param("dsv4", marks=pytest.mark.slow)],
+    params=["mha", pytest.param("swa", marks=pytest.mark.slow), pytest.param("dsv4", marks=pytest.mark.slow)],
 )
 def unjittered(request) -> Iterator[tuple[str, dict[tuple[int, ...], float]]]:
     """Each context's attention checksum, run one at a time without jitter."""
@@ -106,7 +110,9 @@ def unjittered(request) -> Iterator[tuple[str, dict[tuple[int, ...], float]]]:
 def test_jittered_replays_stay_clean_and_read_what_an_unjittered_run_reads(unjittered, seed):
     mode, checksums = unjittered
     oracle = TokenOracle(seed=0, vocab_size=EngineConfig().vocab_size)
+    retractions = []
     with serve(mode, jitter_us=JITTER_US, seed=seed) as client:
+        client.app.state.worker.engine.add_batch_hook(lambda _engine, batch: retractions.extend(batch.retracted))
         work = contexts(seed)
         answers = replay(client, work)
         info = client.get("/get_server_info").json()
@@ -118,6 +124,7 @@ def test_jittered_replays_stay_clean_and_read_what_an_unjittered_run_reads(unjit
         assert body["output_ids"] == oracle.continuation(prompt, max_new_tokens)
         assert body["meta_info"]["attention_checksum"] == pytest.approx(checksums[tuple(prompt)], rel=1e-5)
     assert info["forward_count"] > 0
+    assert retractions or mode != "mha", "no decode retracted a request: the pool is not tight"
 
 
 @pytest.mark.parametrize(
