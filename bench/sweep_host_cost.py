@@ -116,8 +116,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for step_nodes in args.step_nodes:
-        for slots in (size for size in SIZES if size <= args.max_slots):
+    for slots in (size for size in SIZES if size <= args.max_slots):
+        for step_nodes in args.step_nodes:
             row = measure(slots, step_nodes, device)
             interval = max(1, math.ceil(float(row["warm_mean_us"]) / GOAL_US_PER_FORWARD))
             row["interval_for_goal"] = interval
