@@ -13,7 +13,8 @@ the host work a GPU install does before its launch; the launch itself (about 10-
 host time on a GPU) is not included there. The cache is synthetic (64-token nodes in chains
 under up to 1024 branches, as bench.sweep_throughput). Amortised host time per forward is a
 step's mean over `sweep_interval`: the table gives the step's time and the smallest interval
-that keeps it within the goal, and the round's length in forwards then.
+that keeps it within the goal (from the wall time), and the round's length in forwards then; the
+calling thread's CPU time is given beside the wall time, which other processes can inflate.
 
     python -m bench.sweep_host_cost [--json out.json] [--step-nodes 64 256] [--device cpu|cuda]
 """
@@ -42,17 +43,21 @@ SIZES = (1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 20, 1 << 23)
 GOAL_US_PER_FORWARD = 50.0  # at 8M cached slots
 
 
-def round_step_times(step: Callable[[], bool], device: str) -> list[float]:
-    """Host microseconds of each step of one round (``step`` returns whether it completed the round)."""
+def round_step_times(step: Callable[[], bool], device: str) -> tuple[list[float], float]:
+    """Host (wall) microseconds of each step of one round (``step`` returns whether it completed the
+    round), and the calling thread's CPU microseconds over the round (unlike the wall time, not
+    inflated by other processes on a loaded machine)."""
     times = []
     completed = False
+    cpu_started = time.thread_time()
     while not completed:
         started = time.perf_counter()
         completed = step()
         times.append((time.perf_counter() - started) * 1e6)
+    cpu_us = (time.thread_time() - cpu_started) * 1e6
     if device == "cuda":
         torch.cuda.synchronize()
-    return times
+    return times, cpu_us
 
 
 def cuda_step(slots: int, step_nodes: int) -> tuple[Callable[[], bool], int, Callable[[], int]]:
@@ -84,8 +89,8 @@ def host_step(slots: int, step_nodes: int) -> tuple[Callable[[], bool], int, Cal
 
 def measure(slots: int, step_nodes: int, device: str) -> dict[str, Any]:
     step, nodes, violations = (cuda_step if device == "cuda" else host_step)(slots, step_nodes)
-    cold = round_step_times(step, device)
-    warm = round_step_times(step, device)
+    cold, _ = round_step_times(step, device)
+    warm, warm_cpu_us = round_step_times(step, device)
     return {
         "slots": slots,
         "nodes": nodes,
@@ -96,6 +101,8 @@ def measure(slots: int, step_nodes: int, device: str) -> dict[str, Any]:
         "warm_p99_us": sorted(warm)[min(len(warm) - 1, math.ceil(0.99 * len(warm)) - 1)],
         "warm_max_us": max(warm),
         "warm_us_per_node": sum(warm) / max(nodes, 1),
+        "warm_cpu_us_per_step": warm_cpu_us / len(warm),
+        "warm_cpu_us_per_node": warm_cpu_us / max(nodes, 1),
         "violations": violations(),
     }
 
@@ -112,9 +119,10 @@ def main() -> None:
     print(f"device {name}, {NODE_TOKENS}-token nodes; host us per step = per forward at sweep_interval 1")
     print(
         "| cached slots | nodes | step nodes | steps / round | host us / step, 1st round | host us / step "
-        "| p99 | max | us / node | interval for <= 50 us/forward | round in forwards then | violations |"
+        "| p99 | max | us / node | thread CPU us / step | CPU us / node | interval for <= 50 us/forward "
+        "| round in forwards then | violations |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for slots in (size for size in SIZES if size <= args.max_slots):
         for step_nodes in args.step_nodes:
@@ -126,7 +134,8 @@ def main() -> None:
             print(
                 f"| {slots} | {row['nodes']} | {step_nodes} | {row['steps_per_round']} | {row['cold_mean_us']:.0f} | "
                 f"{row['warm_mean_us']:.0f} | {row['warm_p99_us']:.0f} | {row['warm_max_us']:.0f} | "
-                f"{row['warm_us_per_node']:.2f} | {interval} | {row['round_forwards_for_goal']} | "
+                f"{row['warm_us_per_node']:.2f} | {row['warm_cpu_us_per_step']:.0f} | "
+                f"{row['warm_cpu_us_per_node']:.2f} | {interval} | {row['round_forwards_for_goal']} | "
                 f"{row['violations']} |",
                 flush=True,
             )
