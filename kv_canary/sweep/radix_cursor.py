@@ -97,6 +97,11 @@ class RadixCursor:
         self._known: dict[int, _Known] = {}  # id(node) -> its segment, least recently met first
         self.rounds_started = 0
 
+    @property
+    def known_nodes(self) -> int:
+        """Nodes whose segment is kept for the next rounds."""
+        return len(self._known)
+
     def next_slice(self, cache: RadixTree, *, max_nodes: int, max_tokens: int) -> CursorSlice:
         root = cache.root_node
         if root is not self._root or not self._stack:
