@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from kv_canary.plans import SweepSegment
 from kv_canary.sweep.radix_cursor import RadixCursor
 from tests.unit.canary.fake_radix import FakeRadixCache
 
 CPU = torch.device("cpu")
 
 
-def _round(cursor: RadixCursor, cache: FakeRadixCache, max_nodes: int = 2) -> list:
-    segments = []
+def _round(cursor: RadixCursor, cache: FakeRadixCache, max_nodes: int = 2) -> list[SweepSegment]:
+    segments: list[SweepSegment] = []
     while True:
         listed = cursor.next_slice(cache, max_nodes=max_nodes, max_tokens=1 << 20)
         segments.extend(listed.segments)
