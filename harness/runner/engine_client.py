@@ -25,10 +25,22 @@ class EngineClient:
         self.timeout_s = timeout_s
         self.headers = headers or {}
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict[str, Any]:
-        return self._call(
-            "POST", "/generate", {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
-        )
+    def generate(self, input_ids: list[int], max_new_tokens: int, *, rid: str | None = None) -> dict[str, Any]:
+        """``rid`` names the request for ``abort``; an aborted one answers with finish_reason ``abort``."""
+        body: dict[str, object] = {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
+        if rid is not None:
+            body["rid"] = rid
+        return self._call("POST", "/generate", body)
+
+    def abort(self, rid: str) -> None:
+        """SGLang's ``POST /abort_request``: drop request ``rid`` if it is still pending. SGLang answers
+        with an empty body, so whether it landed shows in the request's answer (finish reason abort)."""
+        self._send("POST", "/abort_request", {"rid": rid})
+
+    def flush_cache(self) -> None:
+        """``POST /flush_cache``: empty the radix cache; refused (mock: 409, SGLang: 400) unless idle.
+        SGLang answers with text, the mock server with JSON: only the status counts."""
+        self._send("POST", "/flush_cache")
 
     def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")
@@ -66,11 +78,7 @@ class EngineClient:
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = requests.request(
-            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
-        )
-        if response.status_code != 200:
-            raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
+        response = self._send(method, path, body)
         try:
             answer = response.json()
         except ValueError:
@@ -78,3 +86,11 @@ class EngineClient:
         if not isinstance(answer, dict):
             raise EngineHttpError(f"{method} {path} answered {answer!r}, expected a JSON object")
         return answer
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+        response = requests.request(
+            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
+        )
+        if response.status_code != 200:
+            raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
+        return response
