@@ -15,6 +15,8 @@ from harness.scenario.problems import Location, ScenarioProblem, ScenarioValidat
 from harness.scenario.rules import CONTRACT_RULES, FILE_RULES, check_rules
 from harness.scenario.yaml_document import YamlDocument, YamlDocumentError, read_yaml_document
 
+# Why a scenario does not run in a mode it leaves out, when neither its file nor the contract says.
+UNSTATED_REASON = "not in model_modes (the file gives no reason)"
 MAX_SCENARIO_BYTES = 256 * 1024  # scenarios are a screenful; anything larger is a wrong file
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 
@@ -174,7 +176,7 @@ def _not_applicable(scenario: Scenario, data: object) -> dict[str, str]:
             reasons[mode] = declared
             continue
         refused = _contract_refusals(typing.cast(dict[str, object], data), mode)
-        reasons[mode] = "; ".join(refused) if refused else "not in model_modes"
+        reasons[mode] = "; ".join(refused) if refused else UNSTATED_REASON
     return reasons
 
 
