@@ -68,7 +68,7 @@ def _prompts(workload: Workload, vocab_size: int) -> list[list[tuple[int, ...]]]
     prompts: list[list[tuple[int, ...]]] = []
     made = 0
     for spec in workload.requests:
-        prefix = prefixes[spec.shared_prefix] if spec.shared_prefix is not None else []
+        prefix = prefixes[spec.shared_prefix][: spec.prefix_tokens] if spec.shared_prefix is not None else []
         of_spec = []
         for _ in range(spec.count):
             suffix = _tokens(f"{workload.seed}/request/{made}", spec.prompt_len - len(prefix), vocab_size)

@@ -63,6 +63,13 @@ class RequestSpec(ContractModel):
     shared_prefix: PrefixName | None = Field(
         None, description="Name from workload.shared_prefixes the prompt starts with."
     )
+    prefix_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOKENS,
+        description="How many tokens of the shared prefix the prompt starts with (default: all of it), so that "
+        "prompts can share a prefix's first part and diverge where a scenario needs (inside a page, say).",
+    )
     prompt_len: int = Field(ge=1, le=MAX_TOKENS, description="Prompt length in tokens, the shared prefix included.")
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
     count: int = Field(

@@ -21,12 +21,22 @@ def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
                     loc=(*loc, "shared_prefix"),
                     message=f"'{request.shared_prefix}' is not in workload.shared_prefixes ({known})",
                 )
-            elif request.prompt_len < prefixes[request.shared_prefix]:
+            elif request.prefix_tokens is not None and request.prefix_tokens > prefixes[request.shared_prefix]:
+                yield RuleProblem(
+                    loc=(*loc, "prefix_tokens"),
+                    message=f"{request.prefix_tokens} is more than shared prefix '{request.shared_prefix}' has "
+                    f"({prefixes[request.shared_prefix]} tokens)",
+                )
+            elif request.prompt_len < (used := request.prefix_tokens or prefixes[request.shared_prefix]):
                 yield RuleProblem(
                     loc=(*loc, "prompt_len"),
-                    message=f"{request.prompt_len} is shorter than its "
-                    f"shared prefix '{request.shared_prefix}' ({prefixes[request.shared_prefix]} tokens)",
+                    message=f"{request.prompt_len} is shorter than the {used} tokens of its "
+                    f"shared prefix '{request.shared_prefix}' it starts with",
                 )
+        elif request.prefix_tokens is not None:
+            yield RuleProblem(
+                loc=(*loc, "prefix_tokens"), message="takes part of a shared prefix: give shared_prefix too"
+            )
         needed = request.prompt_len + request.max_new_tokens
         if needed > scenario.engine.max_total_tokens:
             yield RuleProblem(

@@ -181,3 +181,31 @@ def test_docs_design_md_shows_a_valid_v2_example(load_text):
     assert set(loaded.modes) == {"mha", "swa"} and set(loaded.not_applicable) == {"dsv4"}
     assert loaded.in_mode("swa").faults["second"].target.group == "swa"
     assert [len(phase.requests) for phase in plan_phases(loaded.scenario.workload, vocab_size=100)] == [2, 2, 2]
+
+
+PREFIX_PARTS = """\
+name: prefix-parts
+description: Prompts sharing a prefix's first 22 tokens, diverging inside a page of 4.
+model_modes: [mha]
+workload:
+  shared_prefixes: {d: 30}
+  requests:
+    - {name: whole, shared_prefix: d, prompt_len: 30, max_new_tokens: 4}
+    - {name: part, shared_prefix: d, prefix_tokens: 22, prompt_len: 30, max_new_tokens: 4}
+  phases: [{send: [whole]}, {send: [part]}]
+expect:
+  detected: false
+"""
+
+
+def test_a_request_can_start_with_part_of_a_shared_prefix(load_text, write_scenario):
+    phases = plan_phases(load_text(PREFIX_PARTS).scenario.workload, vocab_size=1000)
+    whole, part = phases[0].requests[0].input_ids, phases[1].requests[0].input_ids
+    assert len(whole) == len(part) == 30
+    assert part[:22] == whole[:22] and part[22:] != whole[22:]
+    too_many = problems_of(write_scenario, PREFIX_PARTS.replace("prefix_tokens: 22", "prefix_tokens: 31"))
+    assert any(
+        "workload.requests[1].prefix_tokens: 31 is more than shared prefix 'd' has (30 tokens)" in p for p in too_many
+    )
+    no_prefix = problems_of(write_scenario, PREFIX_PARTS.replace("shared_prefix: d, prefix_tokens", "prefix_tokens"))
+    assert any("prefix_tokens: takes part of a shared prefix: give shared_prefix too" in p for p in no_prefix)
