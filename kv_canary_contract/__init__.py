@@ -9,6 +9,7 @@ accepts the others accept too, with the same reasons. It depends on pydantic onl
 * ``fault_kinds``: the fault kinds, their target keys and values, what each needs (one entry a kind);
 * ``fault``: the fault mapping / inject body (pydantic); ``fault_rules``: its checks, target defaults;
 * ``engine_settings``: the engine settings (pydantic), their flags, the engine's start-up rules;
+* ``engine_bugs``: the engine bug modes (named re-enactments of public bug reports) and their rules;
 * ``injections``: the statuses of an injection; ``bounds``: the numeric bounds;
 * ``token_oracle``: the tokens the mock engine must generate, which the harness checks outputs against.
 
@@ -16,10 +17,19 @@ docs/DESIGN.md is the prose of this contract.
 """
 
 from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.engine_bugs import (
+    ENGINE_BUG_NAMES,
+    ENGINE_BUGS,
+    EngineBug,
+    SettingNeed,
+    bug_problems,
+    engine_bug,
+)
 from kv_canary_contract.engine_settings import (
     CANARY_SETTINGS,
     EngineSettings,
     engine_setting_problems,
+    setting_argument,
     setting_bounds,
     setting_flag,
 )
@@ -40,6 +50,8 @@ from kv_canary_contract.token_oracle import OracleState, TokenOracle
 
 __all__ = [
     "CANARY_SETTINGS",
+    "ENGINE_BUGS",
+    "ENGINE_BUG_NAMES",
     "FAULT_KINDS",
     "FAULT_KIND_RULES",
     "INJECTION_STATUSES",
@@ -55,6 +67,7 @@ __all__ = [
     "TRIGGERS",
     "ContractModel",
     "ContractProblem",
+    "EngineBug",
     "EngineSettings",
     "Fault",
     "FaultKind",
@@ -67,12 +80,16 @@ __all__ = [
     "OracleState",
     "PoolGroup",
     "ResolvedTarget",
+    "SettingNeed",
     "TokenOracle",
+    "bug_problems",
+    "engine_bug",
     "engine_setting_problems",
     "fault_kinds_in_mode",
     "fault_problems",
     "model_mode",
     "resolve_target",
+    "setting_argument",
     "setting_bounds",
     "setting_flag",
 ]

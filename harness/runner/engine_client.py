@@ -32,10 +32,13 @@ class EngineClient:
             body["rid"] = rid
         return self._call("POST", "/generate", body)
 
-    def abort(self, rid: str) -> None:
-        """SGLang's ``POST /abort_request``: drop request ``rid`` if it is still pending. SGLang answers
-        with an empty body, so whether it landed shows in the request's answer (finish reason abort)."""
-        self._send("POST", "/abort_request", {"rid": rid})
+    def abort(self, rid: str) -> bool:
+        """SGLang's ``POST /abort_request``: drop request ``rid``; False if it was not pending any more."""
+        answer = self._call("POST", "/abort_request", {"rid": rid})
+        aborted = answer.get("aborted")
+        if not isinstance(aborted, int):
+            raise EngineHttpError(f"POST /abort_request has no integer 'aborted': {answer!r}")
+        return aborted > 0
 
     def flush_cache(self) -> None:
         """``POST /flush_cache``: empty the radix cache; refused (mock: 409, SGLang: 400) unless idle.

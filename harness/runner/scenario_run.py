@@ -129,9 +129,7 @@ def clean_twin(scenario: Scenario) -> Scenario:
     """The same scenario without its faults and engine bugs, expected to stay clean."""
     return scenario.model_copy(
         update={
-            "engine": scenario.engine.model_copy(update={"bugs": None})
-            if "bugs" in type(scenario.engine).model_fields  # TEMPORARY until the bugs branch lands
-            else scenario.engine,
+            "engine": scenario.engine.model_copy(update={"bugs": None}),
             "fault": None,
             "faults": None,
             "expect": Expectations.model_validate({"detected": False}),

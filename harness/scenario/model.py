@@ -213,7 +213,7 @@ class Scenario(ContractModel):
     @property
     def bugs(self) -> tuple[str, ...]:
         """The engine bug modes the scenario turns on (``engine.bugs``)."""
-        return tuple(getattr(self.engine, "bugs", None) or ())  # TEMPORARY until the bugs branch lands
+        return tuple(self.engine.bugs or ())
 
     @property
     def injects_fault(self) -> bool:

@@ -24,8 +24,11 @@ class LiveSglangClient(EngineClient):
             body["rid"] = rid
         return self._sglang._call("POST", "/generate", body)
 
-    def abort(self, rid: str) -> None:
-        self._sglang.abort(rid)
+    def abort(self, rid: str) -> bool:
+        """SGLang's own ``POST /abort_request``: it answers 200 with an empty body whether or not the request
+        was still pending, so True means only that SGLang took the abort (its answer says whether it landed)."""
+        self._sglang._send("POST", "/abort_request", {"rid": rid})
+        return True
 
     def flush_cache(self) -> None:
         self._sglang.flush_cache()
