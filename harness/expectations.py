@@ -72,10 +72,14 @@ class ExpectationResult:
         return self.latency_steps - self.within_steps
 
     def expected_text(self) -> str:
-        """The expectation in a few words: 'detect <=4' or 'clean' ('?' for older results)."""
+        """The expectation in a few words: 'detect <=4', 'detect by harm' (an engine bug) or 'clean' ('?' for
+        older results)."""
         if self.expects_detection is None:
             return "?"
-        return f"detect <={self.within_steps}" if self.expects_detection else "clean"
+        if not self.expects_detection:
+            return "clean"
+        # An engine bug has no injection step to bound from: it must be caught before harm instead.
+        return f"detect <={self.within_steps}" if self.within_steps is not None else "detect by harm"
 
     def detected_text(self) -> str:
         """'yes', 'no', or 'late +N' for a violation past the bound (N forwards past it)."""

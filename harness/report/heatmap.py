@@ -28,12 +28,17 @@ _MIN_WIDTH_IN = 5.0  # room for the title and the legend even with one mode
 
 
 def cell_label(result: RunResult) -> str:
-    """What a cell says: the latency of a held detection, 'clean', or why the pair failed."""
+    """What a cell says: the latency of a held detection ('caught' for an engine bug, which has no injection
+    step), 'clean', 'blind spot' (a pinned one: harm, no detection), or why the pair failed."""
     if result.error is not None or result.check is None:
         return "error"
     check = result.check
     if check.passed:
-        return "clean" if check.latency_steps is None else f"+{check.latency_steps}"
+        if check.latency_steps is not None:
+            return f"+{check.latency_steps}"
+        if check.expects_detection:
+            return "caught"
+        return "blind spot" if check.first_wrong is not None else "clean"  # pinned: harm the canary cannot see
     return next((outcome.label for outcome in check.unmet() if outcome.label), "failed")
 
 

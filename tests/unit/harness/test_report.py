@@ -278,3 +278,14 @@ def test_the_markdown_table_gives_the_first_wrong_output_and_whether_detection_c
     assert "| chain_hash,position | 1.2 | step 23 | no |" in rendered.markdown.read_text()
     (harm,) = json.loads(rendered.json.read_text())["harm"]
     assert (harm["first_wrong_step"], harm["detected_before_harm"], harm["outputs_judged"]) == (23, False, True)
+
+
+def test_an_engine_bug_and_a_blind_spot_read_as_what_they_are():
+    bug = result("bug-x", "mha", latency=None)
+    bug = dataclasses.replace(bug, check=dataclasses.replace(bug.check, detected=True, within_steps=None))
+    assert (cell_label(bug), bug.check.expected_text()) == ("caught", "detect by harm")
+    wrong = WrongOutput(request="r#0", index=0, step=5, why="digest")
+    blind = result("blind", "mha", latency=None, expects_detection=False)
+    blind = dataclasses.replace(blind, check=dataclasses.replace(blind.check, first_wrong=wrong, harm_judged=True))
+    assert (cell_label(blind), blind.check.expected_text()) == ("blind spot", "clean")
+    assert cell_label(result("baseline", "mha", latency=None, expects_detection=False)) == "clean"
