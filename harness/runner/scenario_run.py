@@ -1,6 +1,7 @@
 """One (scenario, mode) end to end: start the server, schedule the faults, drive the workload, keep
-stepping until each fault had its chance to be detected, collect, stop; then the same workload on a
-clean twin server (no fault, no engine bug) for the reference outputs; judge."""
+stepping until each fault had its chance to be detected, collect, stop; then, for an engine bug or a
+scenario asserting harm, the same workload on a clean twin server (no fault, no engine bug) for the
+reference outputs; judge."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
         error = f"{type(failure).__name__}: {failure}"
     judges_outputs = options.target is None or options.target.samples_with_token_oracle
     twin = None
-    if collected is not None and scenario.has_culprit and judges_outputs:
+    if collected is not None and needs_clean_twin(scenario) and judges_outputs:
         twin, twin_answers = _run_the_clean_twin(scenario, mode, options, deadline, collected, log_path=log_path)
     outputs = None
     if collected is not None and judges_outputs and collected.oracle is not None:
@@ -123,6 +124,13 @@ def run_scenario(loaded: LoadedScenario, mode: str, options: RunOptions) -> RunR
         twin=twin,
         not_applicable=dict(loaded.not_applicable),
     )
+
+
+def needs_clean_twin(scenario: Scenario) -> bool:
+    """An engine bug's pair, or one asserting harm: their outputs are judged against the same workload run
+    without the bug or faults (the digests of what a corrupted read harms; the tokens stay the oracle's).
+    Other fault pairs are judged on their tokens alone, which keeps the default test run cheap."""
+    return bool(scenario.bugs) or (scenario.has_culprit and scenario.expect.harm is not None)
 
 
 def clean_twin(scenario: Scenario) -> Scenario:
