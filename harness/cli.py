@@ -30,7 +30,7 @@ from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
 from harness.runner.safety_net import stop_all, termination_signals_exit
 from harness.runner.scenario_run import EngineTarget
 from harness.runner.server_program import ServerCommandError, check_server_program, split_server_command
-from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenarios
+from harness.scenario import MODEL_MODES, LoadedScenario, Scenario, ScenarioValidationError, load_scenarios
 from harness.scenario.json_schema import SCHEMA_FILE, render_json_schema
 from harness.text_table import aligned_columns
 
@@ -392,13 +392,23 @@ def list_scenarios(scenario_dir: Path) -> None:
             (
                 item.scenario.name,
                 ",".join(item.scenario.model_modes),
-                item.scenario.fault.kind if item.scenario.fault is not None and item.scenario.injects_fault else "none",
-                "detected" if item.scenario.expects_detection else "clean",
+                _culprits(item.scenario),
+                "detected"
+                if item.scenario.expects_detection
+                else "blind spot"
+                if item.scenario.expect.blind_spot
+                else "clean",
             )
             for item in loaded
         ),
     ]
     click.echo(aligned_columns(rows))
+
+
+def _culprits(scenario: Scenario) -> str:
+    """What the scenario turns on: its fault kinds and engine bugs ('double_free+bug:<name>'), or 'none'."""
+    kinds = [fault.kind for _, fault in scenario.named_faults()] + [f"bug:{bug}" for bug in scenario.bugs]
+    return "+".join(kinds) or "none"
 
 
 @cli.command()
