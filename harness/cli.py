@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import shlex
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from harness.report import (
     render_report,
     terminal_table,
 )
+from harness.run_result import RunResult
 from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
 from harness.runner.safety_net import stop_all, termination_signals_exit
 from harness.runner.scenario_run import EngineTarget
@@ -338,21 +340,29 @@ def _render_or_exit(run_dir: RunDirectory) -> RenderedReport:
 def _run_pairs(
     pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory, *, jobs: int
 ) -> Iterator[None]:
-    """Runs the pairs, ``jobs`` at a time (each on its own server), records each result as it comes and
-    re-renders the report; yields after each. Results are read back sorted, so the report does not
-    depend on the order pairs finish in."""
+    """Runs the pairs, ``jobs`` at a time (each on its own server); yields after each. A pair's result is
+    recorded and the report re-rendered before its thread starts another pair, so a run killed at any
+    moment leaves every finished pair in the report. Results are read back sorted, so the report does
+    not depend on the order pairs finish in."""
     from tqdm import tqdm  # only `run` draws a progress bar
+
+    recording = threading.Lock()
+
+    def run_and_record(item: LoadedScenario, mode: str) -> RunResult:
+        result = run_scenario(item, mode, options)
+        with recording:
+            run_dir.write_result(result)
+            render_report(run_dir.root)
+        return result
 
     with tqdm(total=len(pairs), unit="pair", file=sys.stderr, dynamic_ncols=True) as progress:
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kv-canary-pair")
         try:
-            futures = [executor.submit(run_scenario, item, mode, options) for item, mode in pairs]
+            futures = [executor.submit(run_and_record, item, mode) for item, mode in pairs]
             for future in concurrent.futures.as_completed(futures):
                 result = future.result()
                 progress.set_description(pair_id(result.scenario, result.mode))
                 progress.update()
-                run_dir.write_result(result)
-                render_report(run_dir.root)
                 if not result.passed:
                     progress.write(result.failure_message(), file=sys.stderr)
                 yield

@@ -159,7 +159,13 @@ def _scenario_in_each_mode(
             found.setdefault((document.line_of(loc), dotted_key(loc), rule.message), []).append(mode)
     problems = []
     for (line, key, message), with_it in found.items():
-        where = f"in mode{'s' if len(with_it) > 1 else ''} {', '.join(with_it)}: " if len(with_it) < len(listed) else ""
+        # Said only where the message does not name the modes itself (the contract's "... mode mha" does).
+        named = all(f"mode {mode}" in message for mode in with_it)
+        where = (
+            f"in mode{'s' if len(with_it) > 1 else ''} {', '.join(with_it)}: "
+            if len(with_it) < len(listed) and not named
+            else ""
+        )
         problems.append({"line": line, "key": key, "message": where + message})
     return modes, problems
 

@@ -100,7 +100,11 @@ def test_a_problem_in_one_mode_points_at_the_override_and_names_the_mode(write_s
     text = EVERY_MODE.replace('launch_tag: "HEAD_K_SWA"', 'launch_tag: "HEAD_V_FULL"')
     (problem,) = problems_of(write_scenario, text)
     line = next(number for number, row in enumerate(text.splitlines(), 1) if "HEAD_V_FULL" in row)
-    assert problem.startswith(f"{line}: per_mode.dsv4.expect.violations[0].launch_tag: in mode dsv4: ")
+    assert problem.startswith(f"{line}: per_mode.dsv4.expect.violations[0].launch_tag: ")
+    assert "mode dsv4" in problem  # the message names it; others are prefixed 'in mode dsv4: '
+    text = EVERY_MODE.replace("fault: {at_step: null, after_warmup_steps: 1}", "fault: {at_step: null}")
+    (problem,) = problems_of(write_scenario, text)
+    assert ": in mode dsv4: " in problem, problem
 
 
 def test_an_override_for_a_mode_not_listed_and_a_listed_mode_called_not_applicable_are_refused(write_scenario):
