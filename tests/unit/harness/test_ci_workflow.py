@@ -34,6 +34,6 @@ def test_the_static_checks_run_in_hosted_ci_as_in_ci_run() -> None:
 
 def test_the_detection_report_step_runs_the_library_pairs_in_parallel_per_mode() -> None:
     steps = [step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["e2e"]["steps"]]
-    assert any(
-        "kv-canary run scenarios/ -j 2 --model-mode ${{ matrix.model-mode }}" in command for command in steps
-    ), steps
+    assert any("kv-canary run scenarios/ -j 2 --model-mode ${{ matrix.model-mode }}" in command for command in steps), (
+        steps
+    )
