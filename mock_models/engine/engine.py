@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig
 from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.forward_batch import ForwardBatch
@@ -32,7 +33,6 @@ from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
 from mock_models.engine.request import GenerationResult, Request
 from mock_models.engine.scheduler import ScheduledBatch, Scheduler
-from mock_models.models.token_oracle import TokenOracle
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
-from mock_models.models.token_oracle import TokenOracle
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 from mock_models.server.fault_routes import build_fault_router
@@ -82,8 +82,9 @@ def replay(client: TestClient, work: list[tuple[list[int], int]]) -> list[dict]:
 
 def violations(client: TestClient) -> list[ViolationRecord]:
     body = client.get("/kv_canary/violations").json()
-    records = [ViolationRecord.parse(line) for line in body["lines"]]
-    assert body["count"] == len(records) and None not in records, body
+    parsed = [ViolationRecord.parse(line) for line in body["lines"]]
+    records = [record for record in parsed if record is not None]
+    assert body["count"] == len(parsed) == len(records), body
     return records
 
 
