@@ -18,10 +18,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.faults import FaultInjector
-from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 from mock_models.server.fault_routes import build_fault_router
