@@ -26,6 +26,8 @@ FaultKind = Literal[
     "remap_swa_slot",
     "stale_prefix",
     "swap_next_token",
+    "lost_write",
+    "misdirected_write",
     "transfer_drop_group",
     "transfer_misorder_pages",
     "transfer_foreign_pages",
@@ -113,6 +115,14 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         ),
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+        # A forward's K/V write of one token in one layer of the group: skipped, or landed in
+        # another live slot. Only the lost-write check sees the row left unwritten.
+        "lost_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
+        "misdirected_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
         # A prefill-to-decode KV transfer: one pool group's buffers left out, a group's page list
         # misordered, or the pages of another request delivered (every group).
         "transfer_drop_group": FaultKindRule(

@@ -35,6 +35,7 @@ from mock_models.faults.fault_request import FaultSpec
 from mock_models.faults.host_tier_faults import host_copy_overwrite, restore_wrong_slots, stale_swa_translation
 from mock_models.faults.injection_log import InjectionEntry, InjectionLog
 from mock_models.faults.kv_bytes import corrupt_kv_bytes
+from mock_models.faults.kv_writes import lost_write, misdirected_write
 from mock_models.faults.radix_faults import evict_radix_node, stale_prefix
 from mock_models.faults.slot_maps import remap_swa_slot, req_to_token_remap
 from mock_models.faults.speculative_faults import draft_position_shift
@@ -64,6 +65,8 @@ APPLIERS: dict[str, Applier] = {
     "remap_swa_slot": remap_swa_slot,
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
+    "lost_write": lost_write,
+    "misdirected_write": misdirected_write,
     "transfer_drop_group": transfer_drop_group,
     "transfer_misorder_pages": transfer_misorder_pages,
     "transfer_foreign_pages": transfer_foreign_pages,

@@ -20,7 +20,7 @@ import dataclasses
 
 from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.request import Request
-from mock_models.models.token_oracle import OracleState, TokenOracle
+from kv_canary_contract.token_oracle import OracleState, TokenOracle
 
 _MISS_ONE_IN = 4  # the draft head misses about one draft token in this many
 

@@ -19,7 +19,7 @@ from mock_models.engine.request import Request
 from mock_models.engine.scheduler import ScheduledBatch, Scheduler
 from mock_models.engine.speculative.draft_worker import DraftWindow, DraftWorker
 from mock_models.engine.speculative.kv_cache import SpeculativeKVCacheManager
-from mock_models.models.token_oracle import TokenOracle
+from kv_canary_contract.token_oracle import TokenOracle
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -67,6 +67,7 @@ def fault_run():
         *,
         sweep_interval: int = 4,
         real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
+        check_lost_writes: bool = False,
         **engine_settings: typing.Any,
     ) -> FaultRun:
         settings: dict[str, typing.Any] = {"swa_window": WINDOW, "max_total_tokens": 1024, **engine_settings}
@@ -80,6 +81,7 @@ def fault_run():
             verify_capacity=4096,
             write_capacity=1024,
             max_requests_per_forward=32,
+            check_lost_writes=check_lost_writes,
         )
         engine = build_engine(config, canary_config=canary)
         return FaultRun(engine=engine, injector=FaultInjector.install(engine))
