@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from kv_canary_contract.token_oracle import OracleState, TokenOracle
 from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.request import Request
-from kv_canary_contract.token_oracle import OracleState, TokenOracle
 
 _MISS_ONE_IN = 4  # the draft head misses about one draft token in this many
 

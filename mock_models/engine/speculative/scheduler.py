@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardMode, VerifyInput
 from mock_models.engine.kv_cache_manager import KVCacheManager
@@ -19,7 +20,6 @@ from mock_models.engine.request import Request
 from mock_models.engine.scheduler import ScheduledBatch, Scheduler
 from mock_models.engine.speculative.draft_worker import DraftWindow, DraftWorker
 from mock_models.engine.speculative.kv_cache import SpeculativeKVCacheManager
-from kv_canary_contract.token_oracle import TokenOracle
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
