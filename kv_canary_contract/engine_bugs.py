@@ -41,6 +41,9 @@ class EngineBug:
     needs: tuple[SettingNeed, ...] = ()
     # Why the canary cannot see it, for a mechanism whose damage lies outside what it guards; None: seen.
     undetected_because: str | None = None
+    # False: the damage reaches neither the guarded KV nor any output, so a scenario (judged on the canary's
+    # log and the outputs) cannot show the mechanism fired; the bug's unit test pins it instead.
+    harms_outputs: bool = True
 
     @property
     def detected(self) -> bool:
@@ -147,6 +150,7 @@ _BUGS = (
         undetected_because="the wrong positions reach only the draft model (its RoPE positions, its own KV, which "
         "the canary does not guard); its drafts are then rejected by the target's verify, so the outputs stay "
         "exact and the target's KV right: the harm is the acceptance rate, not the KV cache",
+        harms_outputs=False,
     ),
     EngineBug(
         name="drafter-writes-unallocated-lookahead",
