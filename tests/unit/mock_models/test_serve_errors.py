@@ -61,7 +61,7 @@ def test_pools_that_do_not_fit_in_memory(monkeypatch, failure):
     def allocate(*_args: object, **_kwargs: object) -> None:
         raise failure
 
-    monkeypatch.setattr(startup, "Engine", allocate)
+    monkeypatch.setattr(startup, "build_feature_engine", allocate)
     with pytest.raises(ServeError) as refusal:
         build_engine(EngineConfig(max_total_tokens=1 << 20), CanaryConfig(mode=CanaryMode.NONE))
     assert refusal.value.exit_code == 2
@@ -74,7 +74,7 @@ def test_an_engine_error_that_is_not_about_memory_is_not_hidden(monkeypatch):
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(startup, "Engine", broken)
+    monkeypatch.setattr(startup, "build_feature_engine", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         build_engine(EngineConfig(), CanaryConfig(mode=CanaryMode.NONE))
 
