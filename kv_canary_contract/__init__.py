@@ -14,11 +14,20 @@ accepts the others accept too, with the same reasons. It depends on pydantic onl
 docs/DESIGN.md is the prose of this contract.
 """
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import (
+    MAX_FORWARDS,
+    MAX_PAGE_SIZE,
+    MAX_RANKS,
+    MAX_REQUESTS,
+    MAX_TOKENS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from kv_canary_contract.engine_settings import (
     CANARY_SETTINGS,
     EngineSettings,
     engine_setting_problems,
+    rank_count,
     setting_bounds,
     setting_flag,
 )
@@ -43,6 +52,7 @@ __all__ = [
     "INJECTION_STATUSES",
     "MAX_FORWARDS",
     "MAX_PAGE_SIZE",
+    "MAX_RANKS",
     "MAX_REQUESTS",
     "MAX_TOKENS",
     "MODEL_MODES",
@@ -68,6 +78,7 @@ __all__ = [
     "fault_kinds_in_mode",
     "fault_problems",
     "model_mode",
+    "rank_count",
     "resolve_target",
     "setting_bounds",
     "setting_flag",

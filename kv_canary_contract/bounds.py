@@ -12,4 +12,5 @@ MAX_TOKENS = 1 << 20  # pool slots, windows, chunks, prompt and prefix lengths
 MAX_PAGE_SIZE = 1024
 MAX_FORWARDS = 10_000_000  # forward counts: intervals, trigger steps, latency bounds
 MAX_REQUESTS = 100_000  # requests of a workload (counts summed), running at once, fault applications
+MAX_RANKS = 8  # tensor- or pipeline-parallel ranks of one engine (the mock engine's are processes on one host)
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit integer, as torch seeds take

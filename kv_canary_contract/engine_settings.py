@@ -15,7 +15,15 @@ from typing import Literal
 import annotated_types
 from pydantic import Field
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_PAGE_SIZE, MAX_REQUESTS, MAX_TOKENS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import (
+    MAX_FORWARDS,
+    MAX_PAGE_SIZE,
+    MAX_RANKS,
+    MAX_REQUESTS,
+    MAX_TOKENS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from kv_canary_contract.modes import MODES, ModelMode
 from kv_canary_contract.problems import ContractModel, ContractProblem
 
@@ -59,10 +67,28 @@ class EngineSettings(ContractModel):
         description="Forwards between kv_canary_swa_divergence lines; 0 = off. The harness passes 1 when a "
         "scenario sets expect.swa_divergence and not this.",
     )
+    tp: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RANKS,
+        description="Tensor-parallel ranks, each holding a slice of every layer's KV heads and its own canary.",
+    )
+    pp: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RANKS,
+        description="Pipeline-parallel ranks, each holding its own layers' KV and its own canary.",
+    )
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
 CANARY_SETTINGS = ("sweep_interval", "real_kv", "canary_mode", "stats_interval", "swa_divergence_interval")
+
+
+def rank_count(values: Mapping[str, object]) -> int:
+    """The engine's ranks (tp x pp) for settings that passed ``engine_setting_problems``; 1 when neither is set."""
+    tp, pp = values.get("tp"), values.get("pp")
+    return (tp if isinstance(tp, int) else 1) * (pp if isinstance(pp, int) else 1)
 
 
 def setting_flag(name: str) -> str:
@@ -124,9 +150,34 @@ def _cross_problems(
             message=f"{max_total_tokens} is not a multiple of page_size ({page_size}): the pool is whole pages; "
             f"use {below or page_size} or {below + page_size}",
         )
+    yield from _rank_problems(settings, mode=mode)
     if compress_ratio is not None and swa_window < compress_ratio:
         yield ContractProblem(
             loc=("swa_window",),
             message=f"{swa_window} is less than mode {mode}'s compress ratio ({compress_ratio}): its compressed "
             "pool pools groups of that many tokens from the window, so the window must hold at least that many",
+        )
+
+
+def _rank_problems(settings: Mapping[str, object], *, mode: ModelMode) -> Iterator[ContractProblem]:
+    facts = MODES[mode]
+    tp = typing.cast("int | None", settings["tp"]) or 1
+    pp = typing.cast("int | None", settings["pp"]) or 1
+    if tp > 1 and pp > 1:
+        yield ContractProblem(
+            loc=("pp",),
+            message=f"tp {tp} with pp {pp}: the mock engine runs one kind of parallelism at a time; "
+            "set tp or pp, not both",
+        )
+    if facts.num_heads % tp:
+        yield ContractProblem(
+            loc=("tp",),
+            message=f"{tp} does not divide mode {mode}'s {facts.num_heads} attention heads: each rank holds a "
+            f"whole number of heads; use a divisor of {facts.num_heads}",
+        )
+    if pp > facts.num_layers:
+        yield ContractProblem(
+            loc=("pp",),
+            message=f"{pp} pipeline ranks for mode {mode}'s {facts.num_layers} layers: each rank holds at least "
+            f"one layer; use at most {facts.num_layers}",
         )

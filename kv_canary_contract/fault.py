@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_REQUESTS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import MAX_FORWARDS, MAX_RANKS, MAX_REQUESTS, SEED_MAX, SEED_MIN
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
     FaultKind,
@@ -30,6 +30,13 @@ class FaultTarget(ContractModel):
     slot: SlotState | None = None
     node: NodeChoice | None = None
     position: PositionChoice | None = None
+    rank: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_RANKS - 1,
+        description="The engine rank whose own state (KV shard, canary records) is corrupted; default 0. "
+        "Only kinds that corrupt one rank's state take it.",
+    )
 
 
 class Fault(ContractModel):

@@ -25,10 +25,12 @@ FaultKind = Literal[
     "remap_swa_slot",
     "stale_prefix",
     "swap_next_token",
+    "skip_canary_write",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = typing.get_args(FaultKind)
 
-# The target keys and their values. A key a fault leaves out takes the kind's default.
+# The target keys and their values. A key a fault leaves out takes the kind's default. ``rank``
+# (an engine rank, 0 up to the engine's ranks) is not listed: kinds take it by ``per_rank``.
 RequestState = Literal["running", "finished"]
 SlotState = Literal["used", "cached_unused", "post_forward"]
 NodeChoice = Literal["deepest_locked", "any_unlocked"]
@@ -64,6 +66,9 @@ class FaultKindRule:
     # May take out-of-window positions in group swa: it gives such a position an SWA slot.
     gives_swa_slots: bool = False
     needs_canary: bool = False  # corrupts the canary's own records
+    # Corrupts one rank's own state (its shard of the KV pool, its canary records), so it takes
+    # target.rank; the other kinds corrupt the scheduler's state, which every rank shares.
+    per_rank: bool = False
 
     def runs_in(self, mode: ModelMode) -> bool:
         return self.injects and (MODES[mode].has_swa_pool or not self.needs_swa_pool)
@@ -82,9 +87,11 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
     {
         "none": FaultKindRule(targets={}, injects=False),
         "corrupt_kv_bytes": FaultKindRule(
-            targets={**_LIVE_SLOT_TARGETS, "slot": TARGET_VALUES["slot"]}, touches_guarded_state=True
+            targets={**_LIVE_SLOT_TARGETS, "slot": TARGET_VALUES["slot"]}, touches_guarded_state=True, per_rank=True
         ),
-        "corrupt_canary": FaultKindRule(targets=_LIVE_SLOT_TARGETS, touches_guarded_state=True, needs_canary=True),
+        "corrupt_canary": FaultKindRule(
+            targets=_LIVE_SLOT_TARGETS, touches_guarded_state=True, needs_canary=True, per_rank=True
+        ),
         "req_to_token_remap": FaultKindRule(
             targets={"group": POOL_GROUPS, "request": ("running",), "position": TARGET_VALUES["position"]}
         ),
@@ -99,6 +106,7 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         ),
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+        "skip_canary_write": FaultKindRule(targets={}, needs_canary=True, per_rank=True),
     }
 )
 

@@ -33,13 +33,23 @@ class ResolvedTarget:
     slot: str | None
     node: str | None
     position: str | None
+    rank: int | None = None  # the rank whose own state is corrupted; None: the kind corrupts shared state
 
 
-def fault_problems(fault: Fault, *, mode: ModelMode, canary_on: bool = True) -> list[ContractProblem]:
-    """Every reason ``fault`` cannot be applied in ``mode``; empty when it can."""
+def fault_problems(fault: Fault, *, mode: ModelMode, canary_on: bool = True, ranks: int = 1) -> list[ContractProblem]:
+    """Every reason ``fault`` cannot be applied in ``mode`` on an engine of ``ranks`` ranks; empty when it can."""
     problems = [*_trigger_problems(fault), *_target_key_problems(fault)]
     if not problems and fault.injects:
-        problems += _mode_problems(fault, resolve_target(fault, mode), mode, canary_on=canary_on)
+        target = resolve_target(fault, mode)
+        problems += _mode_problems(fault, target, mode, canary_on=canary_on)
+        if target.rank is not None and target.rank >= ranks:
+            problems.append(
+                ContractProblem(
+                    loc=("target", "rank"),
+                    message=f"target.rank={target.rank}: the engine runs {ranks} rank{'s' if ranks > 1 else ''} "
+                    f"(tp x pp); use a rank from 0 to {ranks - 1}",
+                )
+            )
     return problems
 
 
@@ -57,7 +67,8 @@ def resolve_target(fault: Fault, mode: ModelMode) -> ResolvedTarget:
     position = value("position", None) if slot is None or slot in POSITIONED_SLOTS else None
     node = value("node", accepted["node"][0] if "node" in accepted else None)
     group = typing.cast("PoolGroup | None", value("group", default_group(fault.kind, mode)))
-    return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position)
+    rank = (given.rank or 0) if FAULT_KIND_RULES[fault.kind].per_rank else None
+    return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position, rank=rank)
 
 
 def _trigger_problems(fault: Fault) -> Iterator[ContractProblem]:
@@ -83,8 +94,15 @@ def _target_key_problems(fault: Fault) -> Iterator[ContractProblem]:
     kind, target = fault.kind, fault.target
     accepted = FAULT_KIND_RULES[kind].targets
     for key, value in target.model_dump(exclude_none=True).items():
-        if key not in accepted:
-            keys = ", ".join(accepted) or "no target keys"
+        if key == "rank":
+            if not FAULT_KIND_RULES[kind].per_rank:
+                yield ContractProblem(
+                    loc=("target", "rank"),
+                    message=f"target.rank does not apply to {kind}: it corrupts the scheduler's state, which every "
+                    "rank shares; only kinds that corrupt one rank's own state take a rank",
+                )
+        elif key not in accepted:
+            keys = ", ".join([*accepted, *(["rank"] if FAULT_KIND_RULES[kind].per_rank else [])]) or "no target keys"
             yield ContractProblem(
                 loc=("target", key), message=f"target.{key} does not apply to {kind}; it accepts {keys}"
             )

@@ -58,6 +58,10 @@ class EngineConfig:
     # server under fault injection keeps serving while the canary reports what went wrong.
     strict_allocator: bool = False
     mem_backend: MemBackend = MemBackend.MOCK
+    # Ranks (processes joined by torch.distributed), each with its shard of the KV pool and its own
+    # canary: tp splits every layer's attention heads, pp the layers. 1 and 1: one process, as ever.
+    tp: int = 1
+    pp: int = 1
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
@@ -74,6 +78,11 @@ class EngineConfig:
                 f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
                 f"page_size {self.page_size}); use mem_backend mock for the others",
             )
+        _require(
+            self.mem_backend is MemBackend.MOCK or self.ranks == 1,
+            "mem_backend",
+            f"= sglang runs one rank (got tp {self.tp}, pp {self.pp}); use mem_backend mock for several ranks",
+        )
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -101,6 +110,10 @@ class EngineConfig:
                 f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
                 "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those",
             )
+
+    @property
+    def ranks(self) -> int:
+        return self.tp * self.pp
 
     @property
     def has_swa_pool(self) -> bool:
@@ -134,6 +147,43 @@ class EngineConfig:
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RankLayout:
+    """Where one rank sits: rank ``tp_rank + tp * pp_rank`` of ``tp * pp``, as SGLang numbers them."""
+
+    rank: int = 0
+    tp: int = 1
+    pp: int = 1
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.rank < self.tp * self.pp, "rank", f"= {self.rank}: must be in [0, tp * pp)")
+
+    @classmethod
+    def of(cls, config: EngineConfig, rank: int) -> RankLayout:
+        return cls(rank=rank, tp=config.tp, pp=config.pp)
+
+    @property
+    def size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // self.tp
+
+    def rank_of(self, *, tp_rank: int, pp_rank: int) -> int:
+        return tp_rank + self.tp * pp_rank
+
+    def layers(self, num_layers: int) -> range:
+        """This rank's pipeline stage: a contiguous run of layers, the first stages one longer when uneven."""
+        base, extra = divmod(num_layers, self.pp)
+        start = self.pp_rank * base + min(self.pp_rank, extra)
+        return range(start, start + base + (self.pp_rank < extra))
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, name: str) -> enum.Enum:

@@ -15,7 +15,7 @@ from harness.scenario.modes import launch_tags_of_mode, mode_has_full_and_swa_gr
 from harness.scenario.patterns import alternatives, matches_any
 from harness.scenario.problems import Location
 from kv_canary.launch_tags import FailReason, LaunchTag
-from kv_canary_contract import MAX_REQUESTS, engine_setting_problems, fault_problems
+from kv_canary_contract import MAX_REQUESTS, engine_setting_problems, fault_problems, rank_count
 
 KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
 KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
@@ -40,8 +40,9 @@ def _fault_fits_the_contract(scenario: Scenario) -> Iterator[RuleProblem]:
     """What the server would refuse at ``POST /kv_canary/inject``, for every mode the scenario runs in."""
     if scenario.fault is None:
         return
+    ranks = rank_count(scenario.engine.model_dump())
     for mode in scenario.model_modes:
-        for problem in fault_problems(scenario.fault, mode=mode):
+        for problem in fault_problems(scenario.fault, mode=mode, ranks=ranks):
             yield RuleProblem(loc=("fault", *problem.loc), message=problem.message)
 
 
