@@ -65,6 +65,8 @@ class ExpectationResult:
     fail_reasons_seen: tuple[str, ...]
     expects_detection: bool | None = None  # the scenario's expect.detected; None in older results
     within_steps: int | None = None  # its bound, when detection is expected
+    # Violations logged by each rank of a multi-rank engine (lines with rank=); empty for one rank.
+    violations_by_rank: tuple[tuple[int, int], ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -98,6 +100,7 @@ class ExpectationResult:
         payload["outcomes"] = [outcome.to_json() for outcome in self.outcomes]
         payload["launch_tags_seen"] = list(self.launch_tags_seen)
         payload["fail_reasons_seen"] = list(self.fail_reasons_seen)
+        payload["violations_by_rank"] = [list(pair) for pair in self.violations_by_rank]
         return payload
 
     @classmethod
@@ -112,7 +115,12 @@ class ExpectationResult:
             fail_reasons_seen=tuple(payload["fail_reasons_seen"]),
             expects_detection=payload.get("expects_detection"),
             within_steps=payload.get("within_steps"),
+            violations_by_rank=tuple((rank, count) for rank, count in payload.get("violations_by_rank", ())),
         )
+
+    def ranks_text(self) -> str:
+        """'rank0:3 rank1:12': the violations each rank of a multi-rank engine logged; '' for one rank."""
+        return " ".join(f"rank{rank}:{count}" for rank, count in self.violations_by_rank)
 
 
 def check_expectations(
@@ -145,7 +153,24 @@ def check_expectations(
         fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
         expects_detection=scenario.expects_detection,
         within_steps=scenario.expect.within_steps if scenario.expects_detection else None,
+        violations_by_rank=_violations_by_rank(violations, ViolationRepeatsLog.find_all(log_text)),
     )
+
+
+def _violations_by_rank(
+    violations: Sequence[ViolationRecord], repeats: Sequence[ViolationRepeatsLog]
+) -> tuple[tuple[int, int], ...]:
+    """Violations (logged, and counted as repeats) of each rank of a multi-rank engine, by rank."""
+    counts = collections.Counter(v.rank for v in violations if v.rank is not None)
+    for line in repeats:
+        if line.rank is not None:
+            counts[line.rank] += line.repeats
+    return tuple(sorted(counts.items()))
+
+
+def rank_of(violation: ViolationRecord) -> int:
+    """The rank whose canary logged ``violation``; a line without ``rank=`` comes from a one-rank engine."""
+    return violation.rank if violation.rank is not None else 0
 
 
 def _lines(violations: Sequence[ViolationRecord]) -> tuple[str, ...]:
@@ -255,11 +280,14 @@ def _detection(
 
 def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
     expectation = f"a violation with launch_tag={pattern.launch_tag} fail_reason={pattern.fail_reason}"
+    if pattern.rank is not None:
+        expectation += f" rank={pattern.rank}"
     matching = [
         v
         for v in violations
         if matches(pattern.launch_tag, v.launch_tag)
         and any(matches(pattern.fail_reason, reason) for reason in v.fail_reasons)
+        and (pattern.rank is None or rank_of(v) == pattern.rank)
     ]
     if matching:
         return ExpectationOutcome(
@@ -269,7 +297,10 @@ def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRe
             line_count=len(matching),
             reason=f"{len(matching)} of {len(violations)} violations after the injection match",
         )
-    seen = collections.Counter(f"{v.launch_tag} {'+'.join(v.fail_reasons)}" for v in violations)
+    seen = collections.Counter(
+        f"{v.launch_tag} {'+'.join(v.fail_reasons)}" + (f" rank={v.rank}" if v.rank is not None else "")
+        for v in violations
+    )
     summary = ", ".join(f"{kind} x{count}" for kind, count in seen.most_common()) or "none"
     return ExpectationOutcome(
         expectation=expectation,

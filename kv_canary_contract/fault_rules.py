@@ -42,6 +42,15 @@ def fault_problems(fault: Fault, *, mode: ModelMode, canary_on: bool = True, ran
     if not problems and fault.injects:
         target = resolve_target(fault, mode)
         problems += _mode_problems(fault, target, mode, canary_on=canary_on)
+        if target.rank and target.slot == "cached_unused":
+            problems.append(
+                ContractProblem(
+                    loc=("target", "rank"),
+                    message=f"target.rank={target.rank} with slot cached_unused: only rank 0 keeps the radix cache "
+                    "the sweep walks (the other ranks run rank 0's forwards), so nothing would read that rank's "
+                    "cached slots; use rank 0, or a live slot (slot used)",
+                )
+            )
         if target.rank is not None and target.rank >= ranks:
             problems.append(
                 ContractProblem(

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from mock_models.engine.engine import Engine
 from mock_models.engine.scheduler import ScheduledBatch
 from mock_models.faults.canary_records import corrupt_canary
+from mock_models.faults.canary_writes import skip_canary_write
 from mock_models.faults.double_free import double_free
 from mock_models.faults.fault_request import FaultSpec
 from mock_models.faults.injection_log import InjectionEntry, InjectionLog
@@ -60,6 +61,7 @@ APPLIERS: dict[str, Applier] = {
     "remap_swa_slot": remap_swa_slot,
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
+    "skip_canary_write": skip_canary_write,
 }
 # Kinds whose corruption is read through admission (a waiting request's prefix match): applied in
 # the step hook, before the forward is scheduled; every other kind once it is scheduled.

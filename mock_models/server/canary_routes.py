@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from fastapi import APIRouter, Request
 
-from kv_canary import KvCanaryViolationError
 from mock_models.engine.engine import Engine
+from mock_models.engine.ranks.jobs import CanaryDrain, drain_canary
 from mock_models.server.handoff import run_on_engine
 
 canary_router = APIRouter()
@@ -15,18 +13,19 @@ canary_router = APIRouter()
 
 @canary_router.get("/violations")
 async def violations(request: Request) -> dict:
-    """Drain the canary (between forwards) and return every violation reported so far."""
+    """Drain the canary of every rank (between forwards) and return every violation reported so far."""
 
     def collect(engine: Engine) -> dict:
         if engine.canary is None:
             return {"count": 0, "lines": [], "canary_enabled": False}
-        # Mode raise: the rows were recorded before it raised, and are answered below.
-        with contextlib.suppress(KvCanaryViolationError):
-            engine.canary.flush()
-        lines = [record.format() for record in engine.canary.violations]
-        # Every violation ever recorded, ring rows that overflowed before a drain included.
-        count = engine.canary.stats_snapshot()["violations_total"]
-        return {"count": count, "lines": lines, "canary_enabled": True}
+        drains = [drain for drain in engine.on_ranks(drain_canary) if isinstance(drain, CanaryDrain)]
+        return {
+            # Every violation ever recorded, ring rows that overflowed before a drain included.
+            "count": sum(drain.count for drain in drains),
+            "lines": [line for drain in drains for line in drain.lines],
+            "canary_enabled": True,
+            "count_by_rank": [drain.count for drain in drains],
+        }
 
     return await run_on_engine(request, collect)
 

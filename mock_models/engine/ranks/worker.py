@@ -94,6 +94,10 @@ def main() -> None:
         format=f"%(asctime)s %(levelname)s %(name)s[rank {launch.rank}]: %(message)s",
     )
     serve_rank(launch)
+    logging.shutdown()
+    # Without the interpreter's shutdown: a collective library's threads can hold it up, and there
+    # is nothing left to clean (the canary is drained, the group left, stderr flushed).
+    os._exit(0)
 
 
 if __name__ == "__main__":
