@@ -12,5 +12,6 @@ MAX_TOKENS = 1 << 20  # pool slots, windows, chunks, prompt and prefix lengths
 MAX_PAGE_SIZE = 1024
 MAX_FORWARDS = 10_000_000  # forward counts: intervals, trigger steps, latency bounds
 MAX_REQUESTS = 100_000  # requests of a workload (counts summed), running at once, fault applications
-MAX_RANKS = 8  # tensor- or pipeline-parallel ranks of one engine (the mock engine's are processes on one host)
+MAX_RANKS = 8  # ranks of one engine a fault may target (fault_kinds.EngineRank names each)
+MOCK_MODEL_MAX_RANKS = 2  # tp or pp of the mock server: its models have 2 attention heads and (mha, dsv4) 2 layers
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit integer, as torch seeds take

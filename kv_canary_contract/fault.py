@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kv_canary_contract.bounds import MAX_FORWARDS, MAX_RANKS, MAX_REQUESTS, SEED_MAX, SEED_MIN
+from kv_canary_contract.bounds import MAX_FORWARDS, MAX_REQUESTS, SEED_MAX, SEED_MIN
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
+    EngineRank,
     FaultKind,
     NodeChoice,
     PositionChoice,
@@ -30,13 +31,7 @@ class FaultTarget(ContractModel):
     slot: SlotState | None = None
     node: NodeChoice | None = None
     position: PositionChoice | None = None
-    rank: int | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_RANKS - 1,
-        description="The engine rank whose own state (KV shard, canary records) is corrupted; default 0. "
-        "Only kinds that corrupt one rank's state take it.",
-    )
+    rank: EngineRank | None = None  # kinds that corrupt one rank's own state; default 0
 
 
 class Fault(ContractModel):

@@ -16,6 +16,7 @@ from kv_canary_contract.fault import TRIGGERS, Fault
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
     POSITIONED_SLOTS,
+    RANK_KEY,
     SLOT_HOLDER,
     SLOT_OF_REQUEST,
     default_group,
@@ -74,7 +75,7 @@ def resolve_target(fault: Fault, mode: ModelMode) -> ResolvedTarget:
     slot = value("slot", SLOT_OF_REQUEST.get(given.request or "", "used"))
     request = value("request", SLOT_HOLDER.get(slot or "", "running"))
     position = value("position", None) if slot is None or slot in POSITIONED_SLOTS else None
-    node = value("node", accepted["node"][0] if "node" in accepted else None)
+    node = value("node", str(accepted["node"][0]) if "node" in accepted else None)
     group = typing.cast("PoolGroup | None", value("group", default_group(fault.kind, mode)))
     rank = (given.rank or 0) if FAULT_KIND_RULES[fault.kind].per_rank else None
     return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position, rank=rank)
@@ -103,22 +104,21 @@ def _target_key_problems(fault: Fault) -> Iterator[ContractProblem]:
     kind, target = fault.kind, fault.target
     accepted = FAULT_KIND_RULES[kind].targets
     for key, value in target.model_dump(exclude_none=True).items():
-        if key == "rank":
-            if not FAULT_KIND_RULES[kind].per_rank:
-                yield ContractProblem(
-                    loc=("target", "rank"),
-                    message=f"target.rank does not apply to {kind}: it corrupts the scheduler's state, which every "
-                    "rank shares; only kinds that corrupt one rank's own state take a rank",
-                )
+        if key == RANK_KEY and not FAULT_KIND_RULES[kind].per_rank:
+            yield ContractProblem(
+                loc=("target", "rank"),
+                message=f"target.rank does not apply to {kind}: it corrupts the scheduler's state, which every "
+                "rank shares; only kinds that corrupt one rank's own state take a rank",
+            )
         elif key not in accepted:
-            keys = ", ".join([*accepted, *(["rank"] if FAULT_KIND_RULES[kind].per_rank else [])]) or "no target keys"
+            keys = ", ".join(accepted) or "no target keys"
             yield ContractProblem(
                 loc=("target", key), message=f"target.{key} does not apply to {kind}; it accepts {keys}"
             )
         elif value not in accepted[key]:
             yield ContractProblem(
                 loc=("target", key),
-                message=f"target.{key}={value} does not apply to {kind}; use {' or '.join(accepted[key])}",
+                message=f"target.{key}={value} does not apply to {kind}; use {' or '.join(map(str, accepted[key]))}",
             )
     request, slot = target.request, target.slot
     if request is not None and slot is not None and SLOT_HOLDER[slot] != request:

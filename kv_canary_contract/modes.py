@@ -23,10 +23,6 @@ class ModeFacts:
     has_swa_pool: bool  # sliding-window layers, in an SWA sub-pool behind full_to_swa_index_mapping
     guarded: frozenset[tuple[PoolGroup, KvHalf]]  # (pool group, K/V half) pairs the canary guards
     compress_ratio: int | None = None  # a compressed pool pools this many tokens per entry
-    # The mock model's shape, which bounds its ranks: tensor parallelism splits the attention heads
-    # (a K-only latent pool, like MLA's, is replicated on every rank), pipeline parallelism the layers.
-    num_heads: int = 2
-    num_layers: int = 2
 
     @property
     def guarded_groups(self) -> tuple[PoolGroup, ...]:
@@ -45,7 +41,6 @@ MODES: Mapping[ModelMode, ModeFacts] = MappingProxyType(
         "swa": ModeFacts(
             has_swa_pool=True,
             guarded=frozenset({(group, half) for group in POOL_GROUPS for half in typing.get_args(KvHalf)}),
-            num_layers=4,
         ),
         # DSv4's SWA sub-pool holds K only (a latent); its full-pool slots index the compressed
         # pool, which holds no per-slot K/V and is not guarded.

@@ -14,7 +14,7 @@ def plan_of(batch: ForwardBatch, full_to_swa_index_mapping: torch.Tensor | None)
     """What the other ranks need of ``batch`` and of rank 0's request rows. Reads device values on
     the host (a rank's plan is sent from the host): several ranks cost a copy per forward."""
     rows = batch.req_to_token_pool
-    seq_lens = batch.seq_lens_cpu.tolist()
+    lengths = list(zip(batch.req_pool_indices_cpu, batch.seq_lens_cpu.tolist(), strict=True))
     return ForwardPlan(
         forward_mode=batch.forward_mode.value,
         input_ids=batch.input_ids.tolist(),
@@ -23,8 +23,8 @@ def plan_of(batch: ForwardBatch, full_to_swa_index_mapping: torch.Tensor | None)
         extend_prefix_lens=list(batch.extend_prefix_lens_cpu),
         extend_seq_lens=list(batch.extend_seq_lens_cpu),
         out_cache_loc=batch.out_cache_loc.tolist(),
-        req_to_token_rows=[rows.req_to_token[row, :n].cpu() for row, n in zip(batch.req_pool_indices_cpu, seq_lens)],
-        req_token_id_rows=[rows.req_token_ids[row, :n].cpu() for row, n in zip(batch.req_pool_indices_cpu, seq_lens)],
+        req_to_token_rows=[rows.req_to_token[row, :n].cpu() for row, n in lengths],
+        req_token_id_rows=[rows.req_token_ids[row, :n].cpu() for row, n in lengths],
         full_to_swa_index_mapping=None if full_to_swa_index_mapping is None else full_to_swa_index_mapping.cpu(),
     )
 

@@ -75,7 +75,7 @@ class RankGroup:
         self.links.broadcast(plan)
 
     def run(self, job: RankJob, ranks: tuple[int, ...], *, on_rank0: object) -> list[object]:
-        """Run ``job`` on ``ranks`` (rank 0's own runner is ``on_rank0``); the answers by rank, None where it did not run."""
+        """Run ``job`` on ``ranks`` (rank 0's runner: ``on_rank0``); the answers by rank, None where it did not run."""
         self.links.broadcast(RunJob(job=job, ranks=ranks))
         answers = self.links.gather(job(on_rank0) if 0 in ranks else None)
         assert answers is not None  # rank 0 gathers

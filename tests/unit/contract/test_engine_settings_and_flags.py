@@ -78,6 +78,7 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         seed=-9,
         stats_interval=7,
         swa_divergence_interval=2,
+        tp=2,
     )
     argv = server_argv(server_command=(), engine=settings, mode="dsv4", port=0, device="cpu", swa_divergence_interval=2)
     with serve_command.make_context("serve", argv) as context:
@@ -96,6 +97,8 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "max_running_requests": 5,
         "chunked_prefill_size": 16,
         "seed": -9,
+        "tp": 2,
+        "pp": 1,  # left out: the server's default
     }
     assert (canary.sweep_interval, canary.real_kv_hash, canary.mode) == (3, RealKvHashMode.ALL, CanaryMode.RAISE)
     assert (canary.stats_interval, canary.swa_divergence_interval) == (7, 2)
