@@ -34,7 +34,7 @@ class ResolvedTarget:
     slot: str | None
     node: str | None
     position: str | None
-    rank: int | None = None  # the rank whose own state is corrupted; None: the kind corrupts shared state
+    rank: int | None = None  # the rank whose own state is corrupted; None: rank 0, or a kind of shared state
 
 
 def fault_problems(fault: Fault, *, mode: ModelMode, canary_on: bool = True, ranks: int = 1) -> list[ContractProblem]:
@@ -77,7 +77,7 @@ def resolve_target(fault: Fault, mode: ModelMode) -> ResolvedTarget:
     position = value("position", None) if slot is None or slot in POSITIONED_SLOTS else None
     node = value("node", str(accepted["node"][0]) if "node" in accepted else None)
     group = typing.cast("PoolGroup | None", value("group", default_group(fault.kind, mode)))
-    rank = (given.rank or 0) if FAULT_KIND_RULES[fault.kind].per_rank else None
+    rank = given.rank if FAULT_KIND_RULES[fault.kind].per_rank else None
     return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position, rank=rank)
 
 
