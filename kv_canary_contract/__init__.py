@@ -9,6 +9,7 @@ accepts the others accept too, with the same reasons. It depends on pydantic onl
 * ``fault_kinds``: the fault kinds, their target keys and values, what each needs (one entry a kind);
 * ``fault``: the fault mapping / inject body (pydantic); ``fault_rules``: its checks, target defaults;
 * ``engine_settings``: the engine settings (pydantic), their flags, the engine's start-up rules;
+* ``engine_bugs``: the engine bug modes (named re-enactments of public bug reports) and their rules;
 * ``injections``: the statuses of an injection; ``bounds``: the numeric bounds.
 
 docs/DESIGN.md is the prose of this contract.
@@ -23,11 +24,20 @@ from kv_canary_contract.bounds import (
     SEED_MAX,
     SEED_MIN,
 )
+from kv_canary_contract.engine_bugs import (
+    ENGINE_BUG_NAMES,
+    ENGINE_BUGS,
+    EngineBug,
+    SettingNeed,
+    bug_problems,
+    engine_bug,
+)
 from kv_canary_contract.engine_settings import (
     CANARY_SETTINGS,
     EngineSettings,
     engine_setting_problems,
     rank_count,
+    setting_argument,
     setting_bounds,
     setting_flag,
 )
@@ -47,6 +57,8 @@ from kv_canary_contract.problems import ContractModel, ContractProblem, Location
 
 __all__ = [
     "CANARY_SETTINGS",
+    "ENGINE_BUGS",
+    "ENGINE_BUG_NAMES",
     "FAULT_KINDS",
     "FAULT_KIND_RULES",
     "INJECTION_STATUSES",
@@ -63,6 +75,7 @@ __all__ = [
     "TRIGGERS",
     "ContractModel",
     "ContractProblem",
+    "EngineBug",
     "EngineSettings",
     "Fault",
     "FaultKind",
@@ -74,12 +87,16 @@ __all__ = [
     "ModelMode",
     "PoolGroup",
     "ResolvedTarget",
+    "SettingNeed",
+    "bug_problems",
+    "engine_bug",
     "engine_setting_problems",
     "fault_kinds_in_mode",
     "fault_problems",
     "model_mode",
     "rank_count",
     "resolve_target",
+    "setting_argument",
     "setting_bounds",
     "setting_flag",
 ]

@@ -24,6 +24,7 @@ from kv_canary_contract.bounds import (
     SEED_MAX,
     SEED_MIN,
 )
+from kv_canary_contract.engine_bugs import bug_problems
 from kv_canary_contract.modes import MODES, ModelMode
 from kv_canary_contract.problems import ContractModel, ContractProblem
 
@@ -80,6 +81,22 @@ class EngineSettings(ContractModel):
         le=MOCK_MODEL_MAX_RANKS,
         description="Pipeline-parallel ranks, each holding its own layers' KV and its own canary.",
     )
+    overlap_schedule: bool | None = Field(
+        default=None,
+        description="Prepare each forward before the previous forward's results are processed, as SGLang's "
+        "overlap scheduler does (the server's default: off).",
+    )
+    new_token_ratio: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of a request's max_new_tokens whose pages admission reserves; below 1 admits more "
+        "requests, and a decode that runs out of pages retracts one (the server's default: 1, never retract).",
+    )
+    bugs: list[str] | None = Field(
+        default=None,
+        description="Engine bug modes to turn on (docs/FAULTS.md, Bug modes); the flag takes them comma-separated.",
+    )
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
@@ -97,14 +114,23 @@ def setting_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def setting_bounds(name: str) -> tuple[int | None, int | None]:
-    """(least, greatest) value of an integer setting, as declared on ``EngineSettings``."""
+def setting_argument(value: object) -> str | None:
+    """A setting's value as its flag's argument; None: pass no flag (unset, or an empty list)."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def setting_bounds(name: str) -> tuple[int | float | None, int | float | None]:
+    """(least, greatest) value of a numeric setting, as declared on ``EngineSettings``."""
     least = greatest = None
     for constraint in EngineSettings.model_fields[name].metadata:
         if isinstance(constraint, annotated_types.Ge):
-            least = typing.cast(int, constraint.ge)
+            least = typing.cast(int | float, constraint.ge)
         elif isinstance(constraint, annotated_types.Le):
-            greatest = typing.cast(int, constraint.le)
+            greatest = typing.cast(int | float, constraint.le)
     return least, greatest
 
 
@@ -129,7 +155,7 @@ def engine_setting_problems(
 
 def _bound_problems(values: Mapping[str, object]) -> Iterator[ContractProblem]:
     for name, value in values.items():
-        if name not in EngineSettings.model_fields or not isinstance(value, int) or isinstance(value, bool):
+        if name not in EngineSettings.model_fields or not isinstance(value, int | float) or isinstance(value, bool):
             continue
         least, greatest = setting_bounds(name)
         if least is not None and value < least:
@@ -152,6 +178,7 @@ def _cross_problems(
             f"use {below or page_size} or {below + page_size}",
         )
     yield from _rank_problems(settings)
+    yield from bug_problems(typing.cast("list[str]", settings["bugs"] or []), mode=mode, settings=settings)
     if compress_ratio is not None and swa_window < compress_ratio:
         yield ContractProblem(
             loc=("swa_window",),

@@ -24,7 +24,7 @@ class MemBackend(enum.Enum):
     """Whose classes hold the engine's memory (request rows, KV pools, allocators, radix cache)."""
 
     MOCK = "mock"  # the engine's own
-    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa, page_size 1; needs .ci/install-sglang)
+    SGLANG = "sglang"  # SGLang 0.5.23's real ones (mha and swa; needs .ci/install-sglang)
 
 
 _KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -62,6 +62,11 @@ class EngineConfig:
     # canary: tp splits every layer's attention heads, pp the layers. 1 and 1: one process, as ever.
     tp: int = 1
     pp: int = 1
+    # Prepare forward T+1 before forward T's results are processed, as SGLang's overlap scheduler does.
+    overlap_schedule: bool = False
+    # Share of max_new_tokens whose pages admission reserves; below 1 a decode short of pages retracts.
+    new_token_ratio: float = 1.0
+    bugs: tuple[str, ...] = ()  # engine bug modes (kv_canary_contract.ENGINE_BUGS) this engine re-enacts
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.
@@ -71,12 +76,20 @@ class EngineConfig:
         mem_backend: object = self.mem_backend
         if not isinstance(mem_backend, MemBackend):
             object.__setattr__(self, "mem_backend", _enum_value(MemBackend, mem_backend, "mem_backend"))
+        bugs: object = self.bugs
+        if not isinstance(bugs, tuple):
+            object.__setattr__(self, "bugs", tuple(typing.cast("list[str]", bugs)))
         if self.mem_backend is MemBackend.SGLANG:
             _require(
-                self.model_mode in (ModelMode.MHA, ModelMode.SWA) and self.page_size == 1,
+                not self.bugs,
+                "bugs",
+                f"= {list(self.bugs)}: bug modes re-enact mechanisms in the mock engine's own memory code; "
+                "use mem_backend mock",
+            )
+            _require(
+                self.model_mode in (ModelMode.MHA, ModelMode.SWA),
                 "mem_backend",
-                f"= sglang runs model modes mha and swa with page_size 1 (got {self.model_mode.value}, "
-                f"page_size {self.page_size}); use mem_backend mock for the others",
+                f"= sglang runs model modes mha and swa (got {self.model_mode.value}); use mem_backend mock for dsv4",
             )
         _require(
             self.mem_backend is MemBackend.MOCK or self.ranks == 1,
@@ -108,7 +121,8 @@ class EngineConfig:
                 self.swa_max_total_tokens >= least,
                 "swa_max_total_tokens",
                 f"= {self.swa_max_total_tokens}: one request may hold up to {least} SWA slots "
-                "(2 * (swa_window + page_size) + chunked_prefill_size); raise it or lower those",
+                "(2 * (swa_window + page_size) + chunked_prefill_size, twice that chunk with overlap_schedule); "
+                "raise it or lower those",
             )
 
     @property
@@ -118,6 +132,12 @@ class EngineConfig:
     @property
     def has_swa_pool(self) -> bool:
         return MODES[self.model_mode.value].has_swa_pool
+
+    @property
+    def overrun_tokens(self) -> int:
+        """Tokens a request computes past its last output: the overlap scheduler's forward in flight
+        when its results finish it (its K/V is the last output token's)."""
+        return 1 if self.overlap_schedule else 0
 
     @property
     def torch_kv_dtype(self) -> torch.dtype:
@@ -135,14 +155,28 @@ class EngineConfig:
         least = self.swa_request_budget(uncached_tokens=self.max_total_tokens, max_new_tokens=0)
         return max(self.max_total_tokens // 2, least)
 
+    @property
+    def swa_pages_in_step(self) -> bool:
+        """Whether SWA slots are taken in whole pages, one SWA page per new full-pool page (SGLang's
+        paged SWA allocator), rather than one per token (the engine's own)."""
+        return self.mem_backend is MemBackend.SGLANG and self.page_size > 1
+
     def swa_request_budget(self, *, uncached_tokens: int, max_new_tokens: int) -> int:
         """SWA slots a request can hold at once, as its own (see mock_models/README.md, SWA budget).
 
         Out-of-window slots are released after every forward, so at most the window plus a page
         plus one chunk are private; the prompt's tail that ``cache_unfinished_req`` hands to the
-        radix tree (at most a window plus a page) stays resident while the request locks it.
+        radix tree (at most a window plus a page) stays resident while the request locks it. The
+        overlap scheduler allocates a forward's chunk before the previous chunk's release: one more.
+        Taken in whole pages (``swa_pages_in_step``), the private run also rounds up to a page at its end.
         """
-        bound = 2 * (self.swa_window + self.page_size) + self.chunked_prefill_size
+        chunks = 2 if self.overlap_schedule else 1
+        bound = 2 * (self.swa_window + self.page_size) + chunks * self.chunked_prefill_size
+        if self.swa_pages_in_step:
+            return min(
+                _align_up(uncached_tokens + max_new_tokens, self.page_size),
+                _align_up(bound, self.page_size) + self.page_size,
+            )
         return min(uncached_tokens + max_new_tokens, bound)
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
@@ -184,6 +218,8 @@ class RankLayout:
         base, extra = divmod(num_layers, self.pp)
         start = self.pp_rank * base + min(self.pp_rank, extra)
         return range(start, start + base + (self.pp_rank < extra))
+def _align_up(length: int, page_size: int) -> int:
+    return -(-length // page_size) * page_size
 
 
 def _enum_value(enum_type: type[enum.Enum], value: object, name: str) -> enum.Enum:

@@ -25,10 +25,20 @@ class EngineClient:
         self.timeout_s = timeout_s
         self.headers = headers or {}
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict[str, Any]:
-        return self._call(
-            "POST", "/generate", {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
-        )
+    def generate(self, input_ids: list[int], max_new_tokens: int, *, rid: str | None = None) -> dict[str, Any]:
+        """``rid`` names the request for ``abort``; an aborted one answers with finish_reason ``abort``."""
+        body: dict[str, object] = {"input_ids": input_ids, "sampling_params": {"max_new_tokens": max_new_tokens}}
+        if rid is not None:
+            body["rid"] = rid
+        return self._call("POST", "/generate", body)
+
+    def abort(self, rid: str) -> bool:
+        """SGLang's ``POST /abort_request``: drop request ``rid``; False if it was not pending any more."""
+        answer = self._call("POST", "/abort_request", {"rid": rid})
+        aborted = answer.get("aborted")
+        if not isinstance(aborted, int):
+            raise EngineHttpError(f"POST /abort_request has no integer 'aborted': {answer!r}")
+        return aborted > 0
 
     def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from kv_canary_contract import EngineSettings, setting_flag
+from kv_canary_contract import EngineSettings, setting_argument, setting_flag
 
 DEFAULT_SERVER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "mock_models.server")
 
@@ -19,13 +19,14 @@ def server_argv(
     swa_divergence_interval: int | None,
 ) -> list[str]:
     """Every engine setting as its flag, in the order ``EngineSettings`` declares them; an optional
-    one left ``None`` is not passed, so the server's default applies. ``swa_divergence_interval`` is
+    one left ``None`` (or an empty list) is not passed, so the server's default applies. ``swa_divergence_interval`` is
     the effective one (see ``effective_swa_divergence_interval``)."""
     argv = [*server_command, "--model-mode", mode, "--port", str(port), "--device", device]
     settings = engine.model_dump() | {"swa_divergence_interval": swa_divergence_interval}
     for name, value in settings.items():
-        if value is not None:
-            argv += [setting_flag(name), str(value)]
+        argument = setting_argument(value)
+        if argument is not None:
+            argv += [setting_flag(name), argument]
     return argv
 
 

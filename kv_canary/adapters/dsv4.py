@@ -12,7 +12,7 @@ token-indexed sub-pool (``swa_kv_pool`` is None) are not supported.
 
 from __future__ import annotations
 
-from kv_canary.adapters.buffer_info import report_canary_buffers
+from kv_canary.adapters.buffer_info import BufferListLayout, report_canary_buffers
 from kv_canary.adapters.group_builder import build_group
 from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.adapters.swa import require_mapping, require_window
@@ -41,5 +41,13 @@ def attach_dsv4(
         full_to_swa_index_mapping=require_mapping(pool),
         window=window,
     )
-    report_canary_buffers(pool, "get_state_buf_infos", group, getattr(pool, "page_size", 1))
+    # SGLang's DeepSeek-V4 state list is flat (the SWA latent layers, then the compression
+    # states), addressed by SWA page: one item per swa_page_size slots.
+    report_canary_buffers(
+        pool,
+        "get_state_buf_infos",
+        group,
+        page_size=getattr(pool, "swa_page_size", getattr(pool, "page_size", 1)),
+        layout=BufferListLayout.FLAT,
+    )
     return (group,)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kv_canary.adapters.buffer_info import report_canary_buffers
+from kv_canary.adapters.buffer_info import BufferListLayout, report_canary_buffers
 from kv_canary.adapters.group_builder import build_group
 from kv_canary.adapters.pool_layers import read_pool_layers
 from kv_canary.buffer_group import CanaryBufferGroup
@@ -47,13 +47,19 @@ def attach_swa(pool: HybridSwaKvPool, *, config: CanaryConfig, swa_window: int |
     groups = []
     if full.k_buffers:
         full_group = build_group(kind=PoolGroupKind.FULL, layers=full, config=config)
-        report_canary_buffers(pool, "get_contiguous_buf_infos", full_group, page_size)
+        # SWAKVPool lists the full sub-pool's K then V buffers here, the SWA sub-pool's in
+        # get_state_buf_infos (SGLang ships those as its SWA state component).
+        report_canary_buffers(
+            pool, "get_contiguous_buf_infos", full_group, page_size=page_size, layout=BufferListLayout.K_THEN_V
+        )
         groups.append(full_group)
     if swa.k_buffers:
         swa_group = build_group(
             kind=PoolGroupKind.SWA, layers=swa, config=config, full_to_swa_index_mapping=mapping, window=window
         )
-        report_canary_buffers(pool, "get_state_buf_infos", swa_group, page_size)
+        report_canary_buffers(
+            pool, "get_state_buf_infos", swa_group, page_size=page_size, layout=BufferListLayout.K_THEN_V
+        )
         groups.append(swa_group)
     if not groups:
         raise PoolLayoutError(f"kv_canary: {type(pool).__name__} has no layers in either sub-pool to guard")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from mock_models.engine.memory_protocols import ExtendSpan
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,16 @@ class PagedTokenAllocator:
         return [
             page * self.page_size + offset for page in self.alloc_pages(num_pages) for offset in range(self.page_size)
         ]
+
+    def alloc_extend(self, spans: Sequence[ExtendSpan]) -> list[int]:
+        """Each span continues its partly filled last page, then takes fresh pages."""
+        slots: list[int] = []
+        for span in spans:
+            room = 0 if span.continue_after < 0 else self.page_size - 1 - span.continue_after % self.page_size
+            continued = [span.continue_after + 1 + i for i in range(min(span.extend_len, room))]
+            fresh = span.extend_len - len(continued)
+            slots += continued + self.alloc_slots(-(-fresh // self.page_size))[:fresh]
+        return slots
 
     def free(self, slots: Iterable[int]) -> None:
         """Free the pages holding ``slots``; the caller owns every slot of those pages."""

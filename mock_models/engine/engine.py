@@ -7,18 +7,24 @@ they changed); batch hooks once it is scheduled, with its ``ScheduledBatch`` (th
 are known, no slot is allocated yet). Internals stay reachable as plain attributes for fault injection:
 ``token_to_kv_pool``, ``req_to_token_pool``, ``full_allocator``, ``swa_allocator``,
 ``radix_cache``, ``scheduler`` (``waiting``, ``running``), ``last_forward_batch``.
+
+With ``overlap_schedule`` a step plans forward T+1 before it processes forward T's results (as
+SGLang's overlap scheduler launches the next batch before it processes the last one's), then runs
+forward T+1; the last step of a run only processes (it runs no forward).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
 from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
 from mock_models.config import EngineConfig, RankLayout
+from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
@@ -87,12 +93,14 @@ class Engine:
             full_allocator=self.full_allocator,
             swa_allocator=self.swa_allocator,
             radix_cache=self.radix_cache,
+            bugs=EngineBugs(config.bugs),
         )
         self.oracle = TokenOracle(seed=config.seed, vocab_size=config.vocab_size)
         self.scheduler = Scheduler(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
         self.canary = self.model_runner.install_canary(self.canary_config, self.radix_cache)
         self.forward_count = 0
         self.last_forward_batch: ForwardBatch | None = None
+        self._in_flight: ScheduledBatch | None = None  # overlap: the forward run, its results not yet processed
         self._step_hooks: list[StepHook] = []
         self._batch_hooks: list[BatchHook] = []
         # rids of the last forwards, by forward number: a violation names the step that recorded it.
@@ -116,7 +124,7 @@ class Engine:
                 f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
                 f"{total} exceeds max_context_len {config.max_context_len}"
             )
-        pages = self.kv_cache.pages_needed(kv_positions=total - 1, prefix_len=0)
+        pages = self.kv_cache.pages_needed(kv_positions=total - 1 + config.overrun_tokens, prefix_len=0)
         if pages > config.num_pages:
             raise InvalidRequestError(
                 f"prompt + max_new_tokens needs {pages} pages of {config.page_size} "
@@ -147,8 +155,12 @@ class Engine:
             logger.info("request %s aborted", rid)
         return aborted
 
+    def pending(self, rid: str) -> Request | None:
+        """The waiting or running request ``rid``, if there is one."""
+        return next((req for req in (*self.scheduler.waiting, *self.scheduler.running) if req.rid == rid), None)
+
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._in_flight is not None
 
     @property
     def num_waiting(self) -> int:
@@ -176,23 +188,44 @@ class Engine:
 
         Raises CanaryRaisedError (canary mode ``raise``) after a complete step that surfaced violations.
         """
-        if not self.scheduler.has_work():
+        if not self.has_work():
             return []
         for hook in list(self._step_hooks):
             hook(self)
         batch = self.scheduler.schedule()
-        if batch is None:
+        in_flight, self._in_flight = self._in_flight, None
+        if batch is None and in_flight is None:
             raise RuntimeError(
                 f"{self.num_waiting} requests wait but none can be admitted with nothing "
                 "running; the pools are smaller than a request validate() accepted"
             )
-        for batch_hook in list(self._batch_hooks):
-            batch_hook(self, batch)
-        self.model_runner.reset_checksums([req.req_pool_idx for req in batch.admitted])
-        out_cache_loc = self.kv_cache.allocate(batch.items)
+        finished: list[Request] = []
+        overrun: list[Request] = []
+        if batch is not None:
+            for batch_hook in list(self._batch_hooks):
+                batch_hook(self, batch)
+            self._carry_digests(batch)
+            out_cache_loc = self.kv_cache.allocate([(item.req, item.count) for item in batch.items])
+        if in_flight is not None:  # overlap: forward T's results, once forward T+1 is planned
+            finished = self.scheduler.process_forward(in_flight, step=self.forward_count, next_batch=batch)
+            overrun = list(self.scheduler.retiring)
+        violation = None
+        if batch is not None:
+            violation = self._forward(batch, out_cache_loc)
+            if self.config.overlap_schedule:
+                self._in_flight = batch
+                self.scheduler.retire()
+            else:
+                finished = self.scheduler.process_forward(batch, step=self.forward_count)
+        results = self._results(finished, overrun)
+        if violation is not None:
+            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
+        return results
+
+    def _forward(self, batch: ScheduledBatch, out_cache_loc: list[int]) -> KvCanaryViolationError | None:
         forward_batch = ForwardBatch.build(
             forward_mode=batch.forward_mode,
-            items=batch.items,
+            items=[(item.req, item.start, item.count) for item in batch.items],
             out_cache_loc=out_cache_loc,
             req_to_token_pool=self.req_to_token_pool,
             token_to_kv_pool=self.token_to_kv_pool,
@@ -205,7 +238,10 @@ class Engine:
         violation = None
         try:
             self.model_runner.forward(
-                forward_batch, [index for index, _ in sampling], [req.req_pool_idx for _, req in sampling]
+                forward_batch,
+                [index for index, _ in sampling],
+                [item.req.req_pool_idx for _, item in sampling],
+                [len(item.req.output_ids) - item.req.digest_base for _, item in sampling],
             )
         except KvCanaryViolationError as error:
             # Raised by the canary's host-side reporter after the model's forward and the TAIL
@@ -213,25 +249,38 @@ class Engine:
             violation = error
         self.forward_count += 1
         self.last_forward_batch = forward_batch
-        self._remember_forward([req.rid for req, _ in batch.items])
-        finished = self.scheduler.process_forward(batch)
-        checksums = self.model_runner.read_checksums([req.req_pool_idx for req in finished])
+        self._remember_forward([item.req.rid for item in batch.items])
+        return violation
+
+    def _carry_digests(self, batch: ScheduledBatch) -> None:
+        """A retracted request's output digests leave with its row: keep them on the request."""
+        spans = [(retraction.row, retraction.outputs) for retraction in batch.retracted]
+        for retraction, digests in zip(batch.retracted, self.model_runner.read_digests(spans), strict=True):
+            retraction.req.carried_digests += digests
+
+    def _results(self, finished: list[Request], overrun: list[Request]) -> list[GenerationResult]:
+        """Results of the requests finished this step (``overrun``: released after this step's forward)."""
+        released = {id(req) for req in overrun}
+        done = [req for req in finished if id(req) not in released] + overrun
+        spans = [(req.req_pool_idx, len(req.output_ids) - req.digest_base) for req in done]
         now = time.perf_counter()
-        results = [
-            GenerationResult(
-                rid=req.rid,
-                output_ids=tuple(req.output_ids),
-                prompt_tokens=req.prompt_len,
-                completion_tokens=len(req.output_ids),
-                cached_tokens=req.cached_tokens,
-                finish_reason=req.finish_reason or "length",  # process_forward sets it on every finished request
-                attention_checksum=checksum,
-                e2e_latency=now - req.submit_time,
+        results = []
+        for req, digests in zip(done, self.model_runner.read_digests(spans), strict=True):
+            output_digests = (*req.carried_digests, *digests)
+            results.append(
+                GenerationResult(
+                    rid=req.rid,
+                    output_ids=tuple(req.output_ids),
+                    prompt_tokens=req.prompt_len,
+                    completion_tokens=len(req.output_ids),
+                    cached_tokens=req.cached_tokens,
+                    finish_reason=req.finish_reason or "length",
+                    attention_checksum=math.fsum(output_digests),
+                    e2e_latency=now - req.submit_time,
+                    output_steps=tuple(req.output_steps),
+                    output_digests=output_digests,
+                )
             )
-            for req, checksum in zip(finished, checksums, strict=True)
-        ]
-        if violation is not None:
-            raise CanaryRaisedError(violation, rids=self._rids_of_steps(violation.records), results=results)
         return results
 
     def _remember_forward(self, rids: list[str]) -> None:

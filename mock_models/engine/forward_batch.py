@@ -56,23 +56,24 @@ class ForwardBatch:
         cls,
         *,
         forward_mode: ForwardMode,
-        items: Sequence[tuple[Request, int]],
+        items: Sequence[tuple[Request, int, int]],
         out_cache_loc: list[int],
         req_to_token_pool: RequestRows,
         token_to_kv_pool: KvPool,
         device: torch.device,
     ) -> ForwardBatch:
-        prefix_lens = [req.kv_len for req, _ in items]
-        extend_lens = [n for _, n in items]
+        """``items``: (request, first position computed, positions computed) per request."""
+        prefix_lens = [start for _, start, _ in items]
+        extend_lens = [n for _, _, n in items]
         input_ids: list[int] = []
         positions: list[int] = []
         starts: list[int] = []
-        for (req, n), prefix in zip(items, prefix_lens, strict=True):
+        for req, prefix, n in items:
             starts.append(len(input_ids))
             input_ids += req.fill_ids[prefix : prefix + n]
             positions += range(prefix, prefix + n)
         seq_lens = [p + n for p, n in zip(prefix_lens, extend_lens, strict=True)]
-        rows = [req.req_pool_idx for req, _ in items]
+        rows = [req.req_pool_idx for req, _, _ in items]
 
         def on_device(values: list[int], dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

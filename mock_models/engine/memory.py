@@ -13,6 +13,7 @@ import torch
 
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.kv_pools import DeepSeekV4TokenToKVPool, MHATokenToKVPool, SWAKVPool
 from mock_models.engine.memory_protocols import EngineMemory
 from mock_models.engine.radix_cache import RadixCache
@@ -46,6 +47,7 @@ def build_memory(config: EngineConfig, spec: ModelSpec) -> EngineMemory:
         full_allocator=full_allocator,
         swa_allocator=swa_allocator,
         swa_window=config.swa_window if config.has_swa_pool else None,
+        bugs=EngineBugs(config.bugs),
     )
     return EngineMemory(
         req_to_token_pool=ReqToTokenPool(

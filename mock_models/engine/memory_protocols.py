@@ -43,8 +43,23 @@ class RequestRows(Protocol):
     def write_tokens(self, rows: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ExtendSpan:
+    """One request's part of a forward's allocation, as SGLang's ``alloc_extend`` takes it."""
+
+    prefix_len: int  # positions that already have a slot
+    extend_len: int  # new positions this forward writes
+    # The slot of position ``prefix_len - 1`` when its page has room left (the new positions
+    # continue that page first); -1 when there is nothing to continue (no prefix, or a full page).
+    continue_after: int
+
+
 class FullSlotAllocator(Protocol):
-    """Hands out whole pages of full-pool slots; page 0 is padding and never handed out."""
+    """Hands out full-pool slots in whole pages; page 0 is padding and never handed out.
+
+    A page belongs to one request: ``alloc_extend`` continues each span's partly filled last page,
+    then takes fresh pages.
+    """
 
     page_size: int
     num_pages: int
@@ -55,15 +70,22 @@ class FullSlotAllocator(Protocol):
 
     def available_pages(self) -> int: ...
     def available_size(self) -> int: ...
-    def alloc_slots(self, num_pages: int) -> list[int]: ...
+    def alloc_extend(self, spans: Sequence[ExtendSpan]) -> list[int]:
+        """The slots of every span's new positions, span after span."""
+        ...
+
     def free(self, slots: Iterable[int]) -> None: ...
     def free_slots_unchecked(self, slots: Iterable[int]) -> None:
-        """Fault-injection path: free while in use, so that the next allocation hands them out."""
+        """Fault-injection path: free the pages of ``slots`` while in use, so that the next
+        allocation hands them out."""
         ...
 
 
 class SwaSlotAllocator(Protocol):
-    """The SWA sub-pool's slots and the full-to-SWA index map it owns (0: not resident)."""
+    """The SWA sub-pool's slots and the full-to-SWA index map it owns (0: not resident).
+
+    ``alloc_for`` is called right after the full-pool slots were allocated, with those slots.
+    """
 
     size: int
     page_size: int

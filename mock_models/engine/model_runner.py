@@ -55,8 +55,11 @@ class ModelRunner:
         self.full_allocator = memory.full_allocator
         self.swa_allocator = memory.swa_allocator
         self.radix_cache = memory.radix_cache
-        # Sum of digests of each request row's sampled hidden states; reset when a row is reused.
-        self.attention_checksums = torch.zeros(config.max_running_requests + 1, dtype=torch.float64, device=self.device)
+        # The digest of the hidden state each output was sampled from, by request row and output
+        # index since the row's admission (an overlap overrun lands one past the last output).
+        self.output_digests = torch.zeros(
+            config.max_running_requests + 1, config.max_context_len + 1, dtype=torch.float64, device=self.device
+        )
         self.canary: CanaryManager | None = None
         self._interceptors: list[ForwardInterceptor] = []
 
@@ -75,10 +78,6 @@ class ModelRunner:
             self.canary.attach_prefix_cache(radix_cache)
             logger.info("kv canary installed: mode=%s", canary_config.mode.value)
         return self.canary
-
-    def reset_checksums(self, rows: list[int]) -> None:
-        if rows:
-            self.attention_checksums[torch.tensor(rows, device=self.device)] = 0.0
 
     def intercept_next_forward(self, interceptor: ForwardInterceptor) -> None:
         """Let ``interceptor`` run the next forward (once)."""
@@ -101,16 +100,29 @@ class ModelRunner:
             raise RuntimeError(f"forward interceptors {interceptors!r} ran the forward {len(hidden)} times, not once")
         return hidden[0]
 
-    def forward(self, batch: ForwardBatch, sampled_token_indices: list[int], sampled_rows: list[int]) -> None:
+    def forward(
+        self, batch: ForwardBatch, sampled_token_indices: list[int], sampled_rows: list[int], output_indices: list[int]
+    ) -> None:
+        """Run the model; the hidden state at each sampled token's index is digested into
+        ``output_digests[row, output index]``."""
         hidden = self.run_model(batch)
         if sampled_token_indices:
             indices = torch.tensor(sampled_token_indices, dtype=torch.int64).to(self.device)
             rows = torch.tensor(sampled_rows, dtype=torch.int64).to(self.device)
-            self.attention_checksums.index_add_(0, rows, self.model.digest(hidden[indices]))
+            outputs = torch.tensor(output_indices, dtype=torch.int64).to(self.device)
+            self.output_digests[rows, outputs] = self.model.digest(hidden[indices])
 
-    def read_checksums(self, rows: list[int]) -> list[float]:
-        # One device read per step with finished requests: their results go back to the host anyway.
-        return self.attention_checksums[torch.tensor(rows, device=self.device)].tolist() if rows else []
+    def read_digests(self, spans: list[tuple[int, int]]) -> list[list[float]]:
+        """The digests of the first ``count`` outputs of each (row, count), in one device read: done
+        once per step that finishes or retracts requests, whose results go back to the host anyway."""
+        if not spans:
+            return []
+        flat = torch.cat([self.output_digests[row, :count] for row, count in spans]).tolist()
+        digests, start = [], 0
+        for _, count in spans:
+            digests.append(flat[start : start + count])
+            start += count
+        return digests
 
     def close_canary(self) -> None:
         """Drain the canary's last reports. Call between forwards, from the thread that steps."""

@@ -26,6 +26,7 @@ from typing import TypeVar
 import torch
 
 from mock_models.engine.allocator import PagedTokenAllocator
+from mock_models.engine.bugs import NO_BUGS, EngineBugs
 from mock_models.engine.memory_protocols import EngineRadixNode, InsertResult, MatchResult
 from mock_models.engine.swa_allocator import SWATokenAllocator
 
@@ -53,6 +54,7 @@ class RadixCache:
         full_allocator: PagedTokenAllocator,
         swa_allocator: SWATokenAllocator | None = None,
         swa_window: int | None = None,
+        bugs: EngineBugs = NO_BUGS,
     ) -> None:
         if (swa_allocator is None) != (swa_window is None):
             raise ValueError("RadixCache: pass swa_allocator and swa_window together (SWA modes) or neither")
@@ -61,6 +63,7 @@ class RadixCache:
         self.full_allocator = full_allocator
         self.swa_allocator = swa_allocator
         self.swa_window = swa_window
+        self.bugs = bugs
         self._clock = itertools.count(1)
         self.root_node = self._new_root()
 
@@ -219,6 +222,11 @@ class RadixCache:
         while freed < num_tokens and leaves:
             node = heapq.heappop(leaves)[-1]
             freed += len(node.key)
+            if node.parent is self.root_node and self.bugs.on("eviction-leaves-phantom-prefix"):
+                # vLLM#50630: the last node of a prefix (the whole prefix is gone) has its slots freed
+                # but stays findable, so a later lookup of the prefix hits slots reused since.
+                self._free_slots(node)
+                continue
             parent = self._remove_leaf(node)
             if parent is not self.root_node and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(leaves, self._lru_entry(parent))
@@ -300,6 +308,10 @@ class RadixCache:
         matched = 0
         while matched < limit and node_key[matched] == key[offset + matched]:
             matched += 1
+        if self.bugs.on("paged-match-aliases-boundary-page"):
+            # SGLang#38840: the paged match keeps a length that ends inside a page, so the node is
+            # split there and the page on the boundary gets two owners.
+            return matched
         return self._align(matched)
 
 

@@ -17,8 +17,13 @@ class GenerationResult:
     completion_tokens: int
     cached_tokens: int  # prompt tokens reused from the radix cache at admission
     finish_reason: str  # "length": max_new_tokens were generated
-    attention_checksum: float  # digest of the final hidden states at every sampled position
+    attention_checksum: float  # digest of the final hidden states at every sampled position (sum of output_digests)
     e2e_latency: float  # seconds from submission to finish
+    # Per output token: the forward that sampled it, and the digest of the hidden state it was sampled
+    # from. Tokens come from the token oracle whatever the KV holds; the digests show what a corrupted
+    # read did to the model's output (compare with a clean run of the same request).
+    output_steps: tuple[int, ...] = ()
+    output_digests: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(kw_only=True, slots=True, eq=False)
@@ -30,6 +35,10 @@ class Request:
       from ``own_start`` (the prefix matched at admission);
     * in SWA modes, private positions below ``swa_released_len`` have had their SWA slots
       released as they slid out of the window.
+
+    ``own_slots`` also holds the slots of a forward still in flight (overlap scheduling), up to
+    ``allocated_len``. A retraction returns everything and sends the request back to the queue with
+    its outputs: it prefills ``prefill_len`` tokens (prompt and outputs) again when readmitted.
     """
 
     rid: str
@@ -41,6 +50,8 @@ class Request:
     # (token_ids, req_token_ids) so that a fault can change only what is fed.
     fill_ids: list[int] = dataclasses.field(default_factory=list)
     submit_time: float = dataclasses.field(default_factory=time.perf_counter)
+    output_steps: list[int] = dataclasses.field(default_factory=list)  # forward that sampled each output
+    carried_digests: list[float] = dataclasses.field(default_factory=list)  # of outputs before a retraction
 
     req_pool_idx: int = 0  # 0 until admitted
     cached_tokens: int = 0
@@ -53,7 +64,12 @@ class Request:
     swa_released_len: int = 0
     full_pages_reserved: int = 0  # pages still promised to this request, not yet allocated
     swa_slots_reserved: int = 0
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "length", or "abort" for a request dropped while running
+    prefill_len: int = 0  # tokens computed before the next sample: the prompt (plus outputs after a retraction)
+    first_match_len: int | None = None  # prefix matched at its first admission attempt, if that one was refused
+    epoch: int = 0  # admissions so far: a batch item planned under an earlier admission is stale
+    digest_base: int = 0  # outputs sampled before this admission (their digests are carried_digests)
+    retractions: int = 0
 
     def __post_init__(self) -> None:
         if not self.fill_ids:
@@ -69,8 +85,18 @@ class Request:
         return len(self.origin_input_ids)
 
     @property
+    def allocated_len(self) -> int:
+        """Positions with a slot: ``kv_len`` plus those a forward in flight writes."""
+        return self.own_start + len(self.own_slots)
+
+    @property
     def needs_prefill(self) -> bool:
-        return self.kv_len < self.prompt_len
+        return self.kv_len < self.prefill_len
+
+    @property
+    def prefill_scheduled(self) -> bool:
+        """Every prefill token has a forward, done or in flight: the next forward decodes."""
+        return self.allocated_len >= self.prefill_len
 
     @property
     def is_finished(self) -> bool:

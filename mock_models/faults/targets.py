@@ -97,7 +97,7 @@ def next_forward_requests(context: FaultContext) -> list[Request]:
     """The requests the coming forward runs, those with the most tokens left to generate first."""
     if context.batch is None:
         raise RuntimeError(f"fault kind applied before scheduling asked for the requests of forward {context.step}")
-    return sorted((req for req, _ in context.batch.items), key=lambda req: len(req.output_ids) - req.max_new_tokens)
+    return sorted((item.req for item in context.batch.items), key=lambda req: len(req.output_ids) - req.max_new_tokens)
 
 
 def window_start(engine: Engine, req: Request) -> int:

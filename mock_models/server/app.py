@@ -19,12 +19,12 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from mock_models.engine.engine import CanaryRaisedError, Engine, InvalidRequestError
 from mock_models.engine.request import GenerationResult
 from mock_models.server.canary_routes import canary_router
-from mock_models.server.engine_worker import EngineStoppedError, EngineWorker
+from mock_models.server.engine_worker import EngineStoppedError, EngineWorker, RequestAbortedError
 from mock_models.server.handoff import run_on_engine, worker_of
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
@@ -38,6 +38,12 @@ class SamplingParams(BaseModel):
 class GenerateRequest(BaseModel):
     input_ids: list[StrictInt] = Field(description="prompt token ids; the mock server does not tokenize text")
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
+    rid: StrictStr | None = Field(None, min_length=1, description="names the request for /abort_request")
+
+
+class AbortRequest(BaseModel):
+    rid: StrictStr = ""  # SGLang's AbortReq: a request id, or abort_all
+    abort_all: StrictBool = False
 
 
 core_router = APIRouter()
@@ -47,8 +53,10 @@ core_router = APIRouter()
 async def generate(body: GenerateRequest, request: Request) -> dict[str, object] | JSONResponse:
     worker = worker_of(request)
     max_new_tokens = body.sampling_params.max_new_tokens
+    rid = body.rid or uuid.uuid4().hex
+    if worker.is_pending(rid):
+        raise HTTPException(status_code=400, detail=f"rid {rid!r} names a request that is still running; use another")
     try:
-        rid = uuid.uuid4().hex
         result: GenerationResult = await _unless_client_leaves(
             request,
             asyncio.wrap_future(worker.generate(body.input_ids, max_new_tokens, rid=rid)),
@@ -63,6 +71,15 @@ async def generate(body: GenerateRequest, request: Request) -> dict[str, object]
         raise HTTPException(status_code=503, detail=str(error)) from None
     except CanaryRaisedError as error:  # canary mode raise
         raise HTTPException(status_code=500, detail={"error": "kv_canary violation", "lines": error.lines}) from None
+    except RequestAbortedError as aborted:  # by /abort_request: answered as SGLang does, 200 with finish_reason abort
+        return {
+            "output_ids": list(aborted.output_ids),
+            "meta_info": {
+                "id": rid,
+                "completion_tokens": len(aborted.output_ids),
+                "finish_reason": {"type": "abort", "message": "aborted by /abort_request"},
+            },
+        }
     checksum = result.attention_checksum
     return {
         "output_ids": list(result.output_ids),
@@ -73,10 +90,33 @@ async def generate(body: GenerateRequest, request: Request) -> dict[str, object]
             "cached_tokens": result.cached_tokens,
             "finish_reason": {"type": result.finish_reason, "length": result.completion_tokens},
             # JSON has no NaN/inf; corrupted K/V can produce them, so those go as strings.
-            "attention_checksum": checksum if math.isfinite(checksum) else str(checksum),
+            "attention_checksum": _number(checksum),
             "e2e_latency": result.e2e_latency,
+            # Per output token: the forward that sampled it, and the digest of the hidden state it was
+            # sampled from (the tokens come from the token oracle; the digests show a corrupted read).
+            "output_steps": list(result.output_steps),
+            "output_digests": [_number(digest) for digest in result.output_digests],
         },
     }
+
+
+def _number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+@core_router.post("/abort_request")
+async def abort_request(body: AbortRequest, request: Request) -> dict:
+    """SGLang's abort: drop the request named ``rid`` (or all with ``abort_all``) between two forwards;
+    its /generate answers 200 with finish_reason abort. ``aborted`` counts the requests still pending."""
+    worker = worker_of(request)
+    if not body.abort_all and not body.rid:
+        raise HTTPException(status_code=400, detail="name the request to abort (rid), or set abort_all")
+    try:
+        future = worker.abort_all() if body.abort_all else worker.abort(body.rid)
+        aborted = await asyncio.wrap_future(future)
+    except EngineStoppedError as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+    return {"success": True, "aborted": int(aborted)}
 
 
 class ClientDisconnected(Exception):
@@ -159,6 +199,9 @@ async def get_server_info(request: Request) -> dict:
         "pp": config.pp,
         # The processes of ranks 1.. (rank 0 is this one), for whoever checks they stop with it.
         "rank_pids": engine.rank_group.worker_pids if engine.rank_group is not None else [],
+        "overlap_schedule": config.overlap_schedule,
+        "new_token_ratio": config.new_token_ratio,
+        "bugs": list(config.bugs),
         "forward_count": engine.forward_count,  # an int read across threads: at worst one step stale
         "canary": _plain(dataclasses.asdict(engine.canary_config)),
     }

@@ -82,11 +82,33 @@ def server_default(name: str) -> object:
     return getattr(_ENGINE_DEFAULTS, name)
 
 
+class _NameList(click.ParamType):
+    """``a,b``: a list of names (``setting_argument`` writes lists this way); the contract judges the names."""
+
+    name = "name,..."
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
 def _click_type(name: str) -> click.ParamType:
-    # Integers are bounded by engine_setting_problems in build_configs, whose messages name the
+    # Numbers are bounded by engine_setting_problems in build_configs, whose messages name the
     # setting as a scenario does (page_size, not --page-size).
-    choices = [arg for arg in typing.get_args(EngineSettings.model_fields[name].annotation) if isinstance(arg, str)]
-    return click.Choice([*_SERVER_ONLY_CHOICES.get(name, ()), *choices]) if choices else click.INT
+    kinds = typing.get_args(EngineSettings.model_fields[name].annotation) or (
+        EngineSettings.model_fields[name].annotation,
+    )
+    choices = [arg for arg in kinds if isinstance(arg, str)]
+    if choices:
+        return click.Choice([*_SERVER_ONLY_CHOICES.get(name, ()), *choices])
+    if bool in kinds:
+        return click.BOOL
+    if float in kinds:
+        return click.FLOAT
+    if any(typing.get_origin(kind) is list for kind in kinds):
+        return _NameList()
+    return click.INT
 
 
 def _help(name: str) -> str:

@@ -98,7 +98,7 @@ class _Server(uvicorn.Server):
     type=click.Choice([backend.value for backend in MemBackend]),
     default=MemBackend.MOCK.value,
     show_default=True,
-    help="sglang: SGLang 0.5.23's real pools, allocators and radix cache (mha, swa; page size 1)",
+    help="sglang: SGLang 0.5.23's real pools, paged allocators and radix caches (mha, swa; any page size)",
 )
 @engine_setting_options
 def serve_command(model_mode: str, device: str, host: str, port: int, mem_backend: str, **settings: object) -> None:

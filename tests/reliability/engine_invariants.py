@@ -26,7 +26,8 @@ def check_engine_invariants(engine: Engine) -> None:
 
     assert all(len(node.key) % page_size == 0 for node in nodes), "a radix node is not page-aligned"
     tree_pages = sum(len(node.key) for node in nodes) // page_size
-    own_pages = sum(math.ceil((req.kv_len - req.tree_owned_len) / page_size) for req in running)
+    # A forward in flight (overlap scheduling) has allocated past kv_len: those slots are the request's too.
+    own_pages = sum(math.ceil((req.allocated_len - req.tree_owned_len) / page_size) for req in running)
     free_pages = engine.full_allocator.available_pages()
     assert free_pages + tree_pages + own_pages == config.num_pages, (
         f"full pages leak or are handed out twice: free {free_pages} + radix {tree_pages} + requests' own "
@@ -35,7 +36,7 @@ def check_engine_invariants(engine: Engine) -> None:
 
     if engine.swa_allocator is not None:
         resident = tree.swa_resident_size()
-        own_swa = sum(req.kv_len - max(req.swa_released_len, req.tree_owned_len) for req in running)
+        own_swa = sum(req.allocated_len - max(req.swa_released_len, req.tree_owned_len) for req in running)
         free_swa = engine.swa_allocator.available_size()
         assert free_swa + resident + own_swa == config.swa_pool_size, (
             f"SWA slots leak or are handed out twice: free {free_swa} + radix-resident {resident} + requests' "

@@ -1,9 +1,11 @@
 """Hypothesis state machines: random traffic through the mock engine with the canary on.
 
 ``CleanEngineMachine`` interleaves arrivals (on shared prefixes, cut anywhere, so radix nodes
-split), forwards, aborts, cache flushes and, through small pools, eviction and SWA tombstoning;
-decodes run past the window. After every rule: no violation, no misread (``KvShadow``), every
-finished request equals the token oracle, and the engine's bookkeeping adds up.
+split), forwards, aborts (mid-prefill, between chunks cached as they complete, and mid-decode),
+cache flushes and, through small pools, eviction, SWA tombstoning and (with ``new_token_ratio``
+below 1) retraction; half the cases run the overlap scheduler; decodes run past the window.
+After every rule: no violation, no misread (``KvShadow``), every finished request equals the token
+oracle, and the engine's bookkeeping adds up.
 
 ``FaultEngineMachine`` does the same and injects one fault of a random kind of the contract (docs/DESIGN.md) before a
 random forward. The canary must stay silent before it and, if the corruption is ever read (or
@@ -42,21 +44,29 @@ def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[Engine
     page_size = draw(st.sampled_from([1, 2, 4]))
     window = draw(st.sampled_from([4, 6, 8, 16]))
     chunk = draw(st.sampled_from([8, 16, 64]))
-    # 96..224 tokens: two to four requests of up to 80 tokens fill it, so the radix cache evicts.
-    pages = draw(st.integers(96 // page_size, 224 // page_size))
-    # The least SWA pool allowed, for SWA pressure, in some cases of the modes that have one.
-    swa_pool = 2 * (window + page_size) + chunk if mode != "mha" and draw(st.booleans()) else None
+    # Below 1, admission reserves part of each decode and a decode short of pages retracts requests.
+    new_token_ratio = draw(st.sampled_from([1.0, 0.5, 0.0]))
+    retracting = new_token_ratio < 1
+    # 96..224 tokens: two to four requests of up to 80 tokens fill it, so the radix cache evicts; with
+    # retraction a smaller pool and several requests at once make decodes run short of pages.
+    pages = draw(st.integers(96 // page_size, (128 if retracting else 224) // page_size))
+    least_swa_pool = mode != "mha" and draw(st.booleans())
     engine = EngineConfig(
         model_mode=ModelMode(mode),
         page_size=page_size,
         max_total_tokens=pages * page_size,
         swa_window=window,
         chunked_prefill_size=chunk,
-        max_running_requests=draw(st.integers(1, 4)),
+        max_running_requests=draw(st.integers(2 if retracting else 1, 4)),
         max_context_len=MAX_CONTEXT,
         strict_allocator=not faults,
-        swa_max_total_tokens=swa_pool,
+        overlap_schedule=draw(st.booleans()),
+        new_token_ratio=new_token_ratio,
     )
+    if least_swa_pool:  # the least SWA pool allowed, for SWA pressure
+        engine = engine.replace(
+            swa_max_total_tokens=engine.swa_request_budget(uncached_tokens=engine.max_total_tokens, max_new_tokens=0)
+        )
     # Fault cases too run without a real-KV hash: record checks alone must then see every fault
     # but corrupt_kv_bytes (which finds no target, or in the injector goes unread by the oracle).
     real_kv = draw(st.sampled_from([RealKvHashMode.PARTIAL, RealKvHashMode.ALL, RealKvHashMode.NONE]))
@@ -108,6 +118,14 @@ class CleanEngineMachine(RuleBasedStateMachine):
             return evict(num_tokens)
 
         self.engine.radix_cache.evict = counting_evict
+        self.retractions = 0
+        retract = self.engine.kv_cache.retract
+
+        def counting_retract(req) -> None:
+            self.retractions += 1
+            retract(req)
+
+        self.engine.kv_cache.retract = counting_retract
 
     # -- rules --------------------------------------------------------------------------------------
 
@@ -215,6 +233,9 @@ class CleanEngineMachine(RuleBasedStateMachine):
             "misreads": self.shadow.num_events,
             "reads_checked": self.shadow.reads_checked,
             "evictions": self.evictions,
+            "retractions": self.retractions,
+            "overlap_schedule": config.overlap_schedule,
+            "new_token_ratio": config.new_token_ratio,
             "seconds": round(time.perf_counter() - self.started, 3),
             **self.counts,
             **extra,

@@ -126,7 +126,8 @@ class KvShadow:
         engine = self.engine
         step = engine.forward_count + 1
         mapping = self._mapping()
-        by_row = {req.req_pool_idx: req for req in engine.scheduler.running}
+        # Overlap scheduling: a request the previous results finished is still computed (its overrun).
+        by_row = {req.req_pool_idx: req for req in [*engine.scheduler.running, *engine.scheduler.retiring]}
         out_cache_loc = batch.out_cache_loc.tolist()
         new_swa = mapping[batch.out_cache_loc].tolist() if mapping is not None else []
         written: dict[PoolGroupKind, list[int]] = {kind: [] for kind in self.groups}

@@ -93,11 +93,29 @@ def test_swa_buffer_infos_report_each_groups_canary_records():
     full, swa = attach_canary_buffers(pool, config=CONFIG, swa_window=8)
     for infos, group, num_layers in ((pool.get_contiguous_buf_infos(), full, 1), (pool.get_state_buf_infos(), swa, 2)):
         pointers, lengths, item_lengths = infos
-        records = record_buffers(group)
-        assert len(pointers) == 2 * num_layers + 4  # the pool's K and V layers, then HEAD/TAIL per half
-        assert pointers[-4:] == [r.data_ptr() for r in records]
-        assert lengths[-4:] == [r.nbytes for r in records]
-        assert item_lengths[-4:] == [32] * 4  # one 32-byte record per slot, page size 1
+        k_head, k_tail, v_head, v_tail = record_buffers(group)
+        # SGLang's transfer splits the list into a K half and a V half: each half ends with its records.
+        assert len(pointers) == 2 * num_layers + 4
+        k_records, v_records = slice(num_layers, num_layers + 2), slice(2 * num_layers + 2, None)
+        assert pointers[k_records] == [k_head.data_ptr(), k_tail.data_ptr()]
+        assert pointers[v_records] == [v_head.data_ptr(), v_tail.data_ptr()]
+        assert lengths[k_records] + lengths[v_records] == [r.nbytes for r in (k_head, k_tail, v_head, v_tail)]
+        assert item_lengths[k_records] + item_lengths[v_records] == [32] * 4  # a 32-byte record per slot, page 1
+
+
+class OddListSWAKVPool(SWAKVPool):
+    """Lists one buffer more than K and V halves would hold."""
+
+    def get_contiguous_buf_infos(self):
+        pointers, lengths, item_lengths = super().get_contiguous_buf_infos()
+        return pointers[:1], lengths[:1], item_lengths[:1]
+
+
+def test_a_buffer_list_without_k_and_v_halves_is_refused_when_read():
+    pool = OddListSWAKVPool(num_full_slots=40, num_swa_slots=10)
+    attach_canary_buffers(pool, config=CONFIG, swa_window=8)
+    with pytest.raises(ValueError, match=r"returned 1 buffers, not K and V halves of equal length"):
+        pool.get_contiguous_buf_infos()
 
 
 def test_dsv4_state_buffer_infos_report_the_k_records_per_page():

@@ -221,10 +221,12 @@ def test_buffer_infos_report_the_canary_records_too():
     engine = make_engine(KernelBackend.TORCH)
     pointers, lengths, item_lengths = engine.pool.get_contiguous_buf_infos()
     group = engine.canary.group(PoolGroupKind.FULL)
-    records = [group.records(phase, half) for half in (KvHalf.K, KvHalf.V) for phase in (Phase.HEAD, Phase.TAIL)]
-    assert pointers[-4:] == [r.data_ptr() for r in records]
-    assert lengths[-4:] == [r.nbytes for r in records] and item_lengths[-4:] == [32] * 4
-    assert len(pointers) == 4 + 4  # two layers of K and V, then the canary records
+    k_records, v_records = ([group.records(phase, half) for phase in (Phase.HEAD, Phase.TAIL)] for half in KvHalf)
+    # Two layers of K, the K records, two layers of V, the V records: each half keeps its records.
+    assert len(pointers) == 4 + 4
+    assert pointers[2:4] == [r.data_ptr() for r in k_records] and pointers[6:] == [r.data_ptr() for r in v_records]
+    assert lengths[2:4] + lengths[6:] == [r.nbytes for r in k_records + v_records]
+    assert item_lengths[2:4] + item_lengths[6:] == [32] * 4
 
 
 def test_a_fresh_zeroed_slot_never_passes_for_position_zero():

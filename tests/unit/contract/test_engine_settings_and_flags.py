@@ -40,6 +40,15 @@ def test_every_engine_setting_is_a_server_flag_with_the_same_bounds_or_choices(n
         assert set(server_choices) - set(choices) == ({"none"} if name == "canary_mode" else set())
         assert set(choices) <= set(server_choices)
         return
+    kinds = typing.get_args(EngineSettings.model_fields[name].annotation)
+    if bool in kinds:
+        assert OPTIONS[setting_flag(name)].type is click.BOOL
+        assert server_refusal(name, True) is None and server_refusal(name, False) is None
+        return
+    if list[str] in kinds:  # names, comma-separated; the contract judges them (test_engine_bugs.py)
+        assert server_refusal(name, "eviction-leaves-phantom-prefix") is None
+        assert "unknown bug 'no-such-bug'" in server_refusal(name, "no-such-bug")
+        return
     least, greatest = setting_bounds(name)
     assert server_refusal(name, least) is None and server_refusal(name, greatest) is None
     assert f"{name}: {least - 1} is too small" in server_refusal(name, least - 1)
@@ -79,6 +88,9 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         stats_interval=7,
         swa_divergence_interval=2,
         tp=2,
+        overlap_schedule=True,
+        new_token_ratio=0.5,
+        bugs=["overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"],
     )
     argv = server_argv(server_command=(), engine=settings, mode="dsv4", port=0, device="cpu", swa_divergence_interval=2)
     with serve_command.make_context("serve", argv) as context:
@@ -99,6 +111,9 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "seed": -9,
         "tp": 2,
         "pp": 1,  # left out: the server's default
+        "overlap_schedule": True,
+        "new_token_ratio": 0.5,
+        "bugs": ("overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"),
     }
     assert (canary.sweep_interval, canary.real_kv_hash, canary.mode) == (3, RealKvHashMode.ALL, CanaryMode.RAISE)
     assert (canary.stats_interval, canary.swa_divergence_interval) == (7, 2)

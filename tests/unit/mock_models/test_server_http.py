@@ -16,6 +16,7 @@ import pytest
 from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 
+from harness.runner.engine_client import EngineClient
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
@@ -54,8 +55,13 @@ def test_generate_returns_the_oracles_tokens_and_sglang_meta_info():
         "finish_reason",
         "attention_checksum",
         "e2e_latency",
+        "output_steps",
+        "output_digests",
     }
     assert (meta["prompt_tokens"], meta["completion_tokens"], meta["cached_tokens"]) == (3, 6, 0)
+    assert len(meta["output_steps"]) == len(meta["output_digests"]) == 6
+    assert meta["output_steps"] == sorted(meta["output_steps"])
+    assert meta["attention_checksum"] == pytest.approx(sum(meta["output_digests"]))
     assert meta["finish_reason"] == {"type": "length", "length": 6}
     assert isinstance(meta["attention_checksum"], float)
     assert again["meta_info"]["cached_tokens"] == 3
@@ -254,3 +260,17 @@ def test_sigterm_fails_pending_requests_with_503_and_exits_cleanly():
         assert process.stop() == 0
         assert pending.result().status_code == 503
     assert any("engine loop stopped" in line for line in process.log)
+
+
+def test_the_harness_client_names_a_request_and_aborts_it(server):
+    client = EngineClient(server.url, timeout_s=60)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.generate, [7, 8, 9], 900, rid="harness-long")
+        deadline = time.monotonic() + 30
+        while not client.abort("harness-long"):  # False until the request reached the engine
+            assert time.monotonic() < deadline, "the request never became abortable"
+            time.sleep(0.01)
+        body = answer.result(timeout=60)
+    assert body["meta_info"]["finish_reason"]["type"] == "abort" and body["meta_info"]["id"] == "harness-long"
+    assert body["output_ids"] == ORACLE.continuation([7, 8, 9], len(body["output_ids"]))
+    assert not client.abort("harness-long")

@@ -29,20 +29,21 @@ TREE_KINDS = ("radix", "unified-python", "unified-rust")
 
 
 class TinyModel(torch.nn.Module):
-    def __init__(self, pool: Any, layer_ids: list[int]) -> None:
+    def __init__(self, pool: Any, layer_ids: list[int], *, head_dim: int = HEAD_DIM) -> None:
         super().__init__()
         self.pool = pool
         self.layer_ids = layer_ids
+        self.head_dim = head_dim
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: Any) -> None:
         base = (input_ids * 31 + positions).to(torch.float32)[:, None, None]
-        pattern = torch.arange(HEADS * HEAD_DIM, dtype=torch.float32).view(HEADS, HEAD_DIM) / 64
+        pattern = torch.arange(HEADS * self.head_dim, dtype=torch.float32).view(HEADS, self.head_dim) / 64
         loc = forward_batch.out_cache_loc
         if isinstance(self.pool, sgl.SWAKVPool):
             loc = sgl.KVWriteLoc(loc, swa_loc=self.pool.translate_loc_from_full_to_swa(loc))
         for layer_id in self.layer_ids:
             k = (base + pattern + layer_id).to(DTYPE)
-            v = (-base - layer_id).expand(-1, HEADS, HEAD_DIM).to(DTYPE)
+            v = (-base - layer_id).expand(-1, HEADS, self.head_dim).to(DTYPE)
             self.pool.set_kv_buffer(types.SimpleNamespace(layer_id=layer_id), loc, k, v)
 
 
