@@ -168,12 +168,24 @@ def _requests_fit(scenario: Scenario) -> Iterator[RuleProblem]:
         )
 
 
+def _violation_ranks_exist(scenario: Scenario) -> Iterator[RuleProblem]:
+    ranks = rank_count(scenario.engine.model_dump())
+    for index, pattern in enumerate(scenario.expect.violations):
+        if pattern.rank is not None and pattern.rank >= ranks:
+            yield RuleProblem(
+                loc=("expect", "violations", index, "rank"),
+                message=f"rank {pattern.rank}: the engine runs {ranks} rank{'s' if ranks > 1 else ''} (engine.tp x "
+                f"engine.pp), so no line can name it; use a rank from 0 to {ranks - 1}",
+            )
+
+
 RULES: tuple[Rule, ...] = (
     _unique_modes,
     _engine_fits_the_contract,
     _fault_fits_the_contract,
     _detection_is_decidable,
     _violation_patterns_can_match,
+    _violation_ranks_exist,
     _swa_divergence_is_observable,
     _requests_fit,
 )
