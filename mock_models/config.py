@@ -218,6 +218,8 @@ class RankLayout:
         base, extra = divmod(num_layers, self.pp)
         start = self.pp_rank * base + min(self.pp_rank, extra)
         return range(start, start + base + (self.pp_rank < extra))
+
+
 def _align_up(length: int, page_size: int) -> int:
     return -(-length // page_size) * page_size
 

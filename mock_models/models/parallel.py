@@ -10,6 +10,7 @@ torch.distributed in ``engine/ranks``); the models never import the engine.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Protocol
 
 import torch
@@ -20,7 +21,7 @@ from mock_models.models.attention import AttentionContext, CompressedWindowAtten
 from mock_models.models.forward_inputs import ForwardInputs
 from mock_models.models.layers import Linear, QueryLayout
 from mock_models.models.spec import ModelSpec
-from mock_models.models.tiny_decoder import TinyDecoderModel
+from mock_models.models.tiny_decoder import DecoderLayer, TinyDecoderModel
 
 
 class TensorParallelLinks(Protocol):
@@ -104,7 +105,11 @@ class PipelineStage(nn.Module):
         self.embed_tokens = model.embed_tokens
         self.layers = nn.ModuleList(model.layers[layer] for layer in stage)
         for local_id, layer in enumerate(self.layers):
-            layer.attention.layer_id = local_id  # this rank's pool holds its layers only, from 0
+            attention = typing.cast(DecoderLayer, layer).attention
+            if isinstance(attention, _AllReducedAttention):
+                attention = attention.inner
+            # This rank's pool holds its layers only, numbered from 0.
+            typing.cast(FullAttention | CompressedWindowAttention, attention).layer_id = local_id
         self.norm = model.norm
         self.digest_direction = model.digest_direction
         self._links = links
@@ -135,7 +140,7 @@ def model_for_rank(
     *,
     tensor_links: TensorParallelLinks | None,
     pipeline_links: PipelineLinks | None,
-) -> nn.Module:
+) -> TinyDecoderModel | PipelineStage:
     """The part of the model ``layout`` says this rank runs; the whole model for one rank."""
     model = TinyDecoderModel(spec, device)
     if layout.tp > 1:

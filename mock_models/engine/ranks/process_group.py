@@ -15,6 +15,9 @@ import datetime
 import torch
 import torch.distributed as dist
 
+# Where torch defines them (torch.distributed re-exports them without declaring it to type checkers).
+from torch._C._distributed_c10d import Store, TCPStore
+
 from mock_models.config import RankLayout
 from mock_models.engine.ranks.messages import Message
 
@@ -24,9 +27,9 @@ HOST = "127.0.0.1"
 JOIN_TIMEOUT = datetime.timedelta(seconds=120)
 
 
-def open_store(*, port: int, layout: RankLayout) -> dist.TCPStore:
+def open_store(*, port: int, layout: RankLayout) -> TCPStore:
     """Rank 0 serves the store (``port`` 0: a free loopback port, read back from ``store.port``)."""
-    return dist.TCPStore(
+    return TCPStore(
         HOST, port, layout.size, is_master=layout.rank == 0, timeout=JOIN_TIMEOUT, wait_for_workers=False
     )
 
@@ -34,7 +37,7 @@ def open_store(*, port: int, layout: RankLayout) -> dist.TCPStore:
 class RankLinks:
     """This rank's membership of the group; satisfies the models' TensorParallelLinks and PipelineLinks."""
 
-    def __init__(self, *, store: dist.Store, layout: RankLayout, device: torch.device) -> None:
+    def __init__(self, *, store: Store, layout: RankLayout, device: torch.device) -> None:
         self.layout = layout
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, store=store, rank=layout.rank, world_size=layout.size, timeout=JOIN_TIMEOUT)
