@@ -29,9 +29,7 @@ JOIN_TIMEOUT = datetime.timedelta(seconds=120)
 
 def open_store(*, port: int, layout: RankLayout) -> TCPStore:
     """Rank 0 serves the store (``port`` 0: a free loopback port, read back from ``store.port``)."""
-    return TCPStore(
-        HOST, port, layout.size, is_master=layout.rank == 0, timeout=JOIN_TIMEOUT, wait_for_workers=False
-    )
+    return TCPStore(HOST, port, layout.size, is_master=layout.rank == 0, timeout=JOIN_TIMEOUT, wait_for_workers=False)
 
 
 class RankLinks:
