@@ -29,7 +29,7 @@ from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import MatchResult
 from mock_models.engine.request import Request
 
-KV_BYTE_SLOTS = FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]
+KV_BYTE_SLOTS = tuple(map(str, FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]))
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

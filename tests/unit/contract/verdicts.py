@@ -86,7 +86,7 @@ def server_settings_verdict(*, mode: str, engine: Mapping[str, object]) -> Verdi
 def inject_clients() -> Iterator[dict[str, TestClient]]:
     """One in-process server per mode, with the canary on and the fault router, as ``serve`` mounts them.
     Nothing runs a forward, so the faults it accepts stay scheduled."""
-    clients = {mode: _inject_client(mode, tp=1) for mode in MODEL_MODES}
+    clients: dict[str, TestClient] = {mode: _inject_client(mode, tp=1) for mode in MODEL_MODES}
     yield clients
     for client in clients.values():
         client.__exit__(None, None, None)
