@@ -19,13 +19,15 @@ async def violations(request: Request) -> dict:
         if engine.canary is None:
             return {"count": 0, "lines": [], "canary_enabled": False}
         drains = [drain for drain in engine.on_ranks(drain_canary) if isinstance(drain, CanaryDrain)]
-        return {
+        answer: dict[str, object] = {
             # Every violation ever recorded, ring rows that overflowed before a drain included.
             "count": sum(drain.count for drain in drains),
             "lines": [line for drain in drains for line in drain.lines],
             "canary_enabled": True,
-            "count_by_rank": [drain.count for drain in drains],
         }
+        if engine.config.ranks > 1:
+            answer["count_by_rank"] = [drain.count for drain in drains]
+        return answer
 
     return await run_on_engine(request, collect)
 

@@ -28,6 +28,7 @@ from kv_canary_contract import FAULT_KIND_RULES
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import MatchResult
 from mock_models.engine.request import Request
+from mock_models.faults.canary_writes import skip_next_canary_write
 
 KV_BYTE_SLOTS = tuple(map(str, FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]))
 
@@ -285,6 +286,18 @@ def _swap_next_token(engine: Engine, rng: random.Random, target: str | None) -> 
     return fault
 
 
+def _skip_canary_write(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
+    if not _next_reads(engine):
+        return None  # no request runs on: the coming forward might not run, or write nothing read again
+    skip_next_canary_write(engine.model_runner)
+    return PendingFault(
+        kind="skip_canary_write",
+        target="rank 0",
+        step=engine.forward_count + 1,
+        detail="the canary records of the coming forward's new slots put back after it",
+    )
+
+
 def _cached_paths(cache, length: int) -> list[tuple[list[int], torch.Tensor]]:
     """(first ``length`` tokens, their slots) of every root path at least that long."""
     paths = []
@@ -317,5 +330,6 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "remap_swa_slot": _remap_swa_slot,
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
+    "skip_canary_write": _skip_canary_write,
 }
 assert set(_APPLIERS) == {kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects}
