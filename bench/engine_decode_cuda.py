@@ -5,7 +5,7 @@ each step is timed on the wall clock after a device synchronize (the engine itse
 step to read the sampled tokens). The mock engine is a small Python engine, so its step time is
 mostly host work: the ratio shows what the canary adds to an engine step, not to a real model's.
 
-    python -m bench.engine_decode_cuda [--json out.json]
+    python -m bench.engine_decode_cuda [--json out.json] [--warm mha|swa]
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
 
 DECODE_STEPS = 40
+MODES = ("mha", "swa")
+SHAPES = ((8, 512), (32, 512))  # (batch, prompt tokens)
 
 
-def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode) -> float:
+def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode, steps: int = DECODE_STEPS) -> float:
     config = EngineConfig(
         model_mode=ModelMode(mode),
         device="cuda",
@@ -42,11 +44,11 @@ def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode) -
         ),
     )
     for index in range(batch):
-        engine.submit([(index * 7 + i) % 1000 for i in range(prompt_len)], DECODE_STEPS + 5)
+        engine.submit([(index * 7 + i) % 1000 for i in range(prompt_len)], steps + 5)
     while engine.num_waiting:
         engine.step()
     times = []
-    for _ in range(DECODE_STEPS):
+    for _ in range(steps):
         torch.cuda.synchronize()
         started = time.perf_counter()
         engine.step()
@@ -57,19 +59,24 @@ def decode_step_ms(mode: str, batch: int, prompt_len: int, canary: CanaryMode) -
         lines = [record.format() for record in engine.canary.violations]
         if lines:
             raise AssertionError(f"a clean decode reported {len(lines)} violations:\n" + "\n".join(lines[:8]))
-    return statistics.median(times[5:])
+    return statistics.median(times[min(5, steps - 1) :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path)
+    parser.add_argument("--warm", choices=MODES, help="only compile the kernel variants this mode's rows launch")
     args = parser.parse_args()
+    if args.warm:
+        for batch, prompt_len in SHAPES:
+            decode_step_ms(args.warm, batch, prompt_len, CanaryMode.LOG, steps=2)
+        return
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| mode | batch | prompt | step ms, canary off | step ms, canary on | on / off |")
     print("|---|---|---|---|---|---|")
     rows = []
-    for mode in ("mha", "swa"):
-        for batch, prompt_len in ((8, 512), (32, 512)):
+    for mode in MODES:
+        for batch, prompt_len in SHAPES:
             off = decode_step_ms(mode, batch, prompt_len, CanaryMode.NONE)
             on = decode_step_ms(mode, batch, prompt_len, CanaryMode.LOG)
             rows.append({"mode": mode, "batch": batch, "prompt_len": prompt_len, "off_ms": off, "on_ms": on})

@@ -58,7 +58,9 @@ def batch_rows(
         extend_lens=None if decode else torch.full((batch,), new, device=device),
         seq_lens=torch.full((batch,), prefix + 1, device=device) if decode else None,
         out_cache_loc=new_slots,
-        input_ids=token_ids[1 : batch + 1, prefix : prefix + new].contiguous().view(-1),
+        # A copy, as an engine's own tensor: a view's offset would change the alignment Triton
+        # specializes on, and so the compiled variant, from one batch shape to the next.
+        input_ids=token_ids[1 : batch + 1, prefix : prefix + new].flatten().clone(),
         positions=torch.arange(prefix, prefix + new, device=device).repeat(batch),
         req_to_token=req_to_token,
         req_token_ids=token_ids,

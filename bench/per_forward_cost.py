@@ -30,6 +30,7 @@ from bench.fixtures import MHATokenToKVPool, SWAKVPool, batch_rows, manager_for,
 from bench.timing import time_eager_us, time_graph_us
 from kv_canary import CanaryConfig, KernelBackend, RealKvHashMode
 from kv_canary.forward_rows import ForwardRows
+from kv_canary.kernels import forward_launch
 from kv_canary.manager import CanaryManager
 from kv_canary.observers.defaults import build_default_observers
 
@@ -60,6 +61,7 @@ class Case:
 
 QUICK_DECODE = ((1, 0), (1, 1024), (1, 4096), (32, 0), (32, 1024), (32, 4096), (256, 4096), (1024, 1024))
 QUICK_ALL = {"decode bs=32 prefix=1024 new=32", "extend bs=4 prefix=1024 new=512"}  # `all` hashes every byte
+QUICK_LOST_WRITES = {"decode bs=1 prefix=0 new=1", "decode bs=32 prefix=1024 new=32"}
 
 
 def cases(quick: bool) -> list[Case]:
@@ -76,17 +78,36 @@ def cases(quick: bool) -> list[Case]:
 
 
 def settings(quick: bool) -> list[tuple[Case, str, str]]:
-    """(case, mode, real KV) of every measurement."""
+    """(case, mode, real KV) of every measurement, the goals' first: a run cut short still has them.
+
+    Real-KV settings come after every `none` one (each of their variants takes far longer to compile)."""
     chosen = []
-    for case in cases(quick):
-        for mode in MODES:
-            for real_kv in REAL_KV:
+    for real_kv in REAL_KV:
+        for case in cases(quick):
+            for mode in MODES:
                 if real_kv != "none" and case.slots > MAX_SLOTS_WITH_REAL_KV:
                     continue
                 if quick and real_kv == "all" and case.label not in QUICK_ALL:
                     continue
+                if quick and real_kv == "partial+lw" and case.label not in QUICK_LOST_WRITES:
+                    continue
                 chosen.append((case, mode, real_kv))
-    return chosen
+    return sorted(chosen, key=lambda setting: not _judges_a_goal(*setting))
+
+
+def _judges_a_goal(case: Case, mode: str, real_kv: str) -> bool:
+    if case.kind != "decode":
+        return False
+    return (case.batch == 1 and real_kv == "none") or (case.batch <= 32 and real_kv in ("none", "partial"))
+
+
+def compile_key(case: Case, mode: str, real_kv: str) -> tuple[object, ...]:
+    """What decides the kernel variants a setting compiles (``kernels/forward_launch.py``): the layout,
+    the real-KV setting, the verify shape (from the entries read) and whether a run outgrows the short
+    write block. Settings of one key compile the same variants, so a warm-up compiles each key once."""
+    entries = max(case.batch * case.prefix, 1)
+    shape = next(shape for shape in forward_launch._VERIFY_SHAPES if entries <= shape[0])
+    return (mode, real_kv, shape, case.new_tokens > forward_launch._SHORT_RUN_WRITE_BLOCK)
 
 
 def build(
@@ -158,8 +179,13 @@ def warm(quick: bool, shard: int, shards: int, device: str) -> None:
     """Compile this shard's share of the kernel variants the measurements launch, into Triton's cache.
 
     A variant depends on the launch shape, not on the sizes: a one-request copy of each case whose
-    captured launch is sized for the case's entries compiles what the case will, in little memory."""
-    for index, (case, mode, real_kv) in enumerate(settings(quick)):
+    captured launch is sized for the case's entries compiles what the case will, in little memory.
+    One setting per compile key, the slowest to compile (real-KV hashing, two groups) dealt first."""
+    first_of_key: dict[tuple[object, ...], tuple[Case, str, str]] = {}
+    for setting in settings(quick):
+        first_of_key.setdefault(compile_key(*setting), setting)
+    by_cost = sorted(first_of_key.values(), key=lambda setting: (setting[2] == "none", setting[1] != "swa"))
+    for index, (case, mode, real_kv) in enumerate(by_cost):
         if index % shards != shard:
             continue
         small = Case(kind=case.kind, batch=1, prefix=min(case.prefix, 8), new_tokens=case.new_tokens)
@@ -193,8 +219,12 @@ def main() -> None:
     parser.add_argument("--json", type=pathlib.Path)
     parser.add_argument("--quick", action="store_true", help="fewer cases: the goals' and a few around them")
     parser.add_argument("--warm", metavar="SHARD/SHARDS", help="only compile this shard's kernel variants")
+    parser.add_argument("--count-keys", action="store_true", help="print how many compile keys the run has")
     args = parser.parse_args()
     device = "cuda"
+    if args.count_keys:
+        print(len({compile_key(*setting) for setting in settings(args.quick)}), "compile keys")
+        return
     if args.warm:
         shard, shards = (int(part) for part in args.warm.split("/"))
         warm(args.quick, shard, shards, device)

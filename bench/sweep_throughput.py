@@ -11,7 +11,7 @@ Bytes counted per cached slot are those a pass must read: its slot (8 B, the nod
 its token id (4 B) and its four records (4 x 32 B), 140 B; `partial` adds 2 x 4 x 16 B of real
 K/V, pieces of rows far apart that each cost a whole 32-byte sector (about 1.4x the bytes counted).
 
-    python -m bench.sweep_throughput [--json out.json]
+    python -m bench.sweep_throughput [--json out.json] [--warm none|partial]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from kv_canary.sweep.radix_cursor import RadixCursor
 
 GOAL_OF_COPY = 0.80  # at 1M cached slots, real KV none
 PARTIAL_BYTES = 16
+REAL_KV = (RealKvHashMode.NONE, RealKvHashMode.PARTIAL)
 
 
 def bytes_per_slot(real_kv: RealKvHashMode) -> int:
@@ -68,24 +69,27 @@ def measure(slots: int, real_kv: RealKvHashMode, device: str) -> dict[str, Any]:
     }
 
 
-def warm(device: str) -> None:
+def warm(device: str, real_kv: RealKvHashMode) -> None:
     """Compile the kernel variants the measurements launch, in a tiny cache of the same shape: 64-token
     nodes (the sweep's block) in chains of 1024 tokens or more (the prefill's write block)."""
-    for real_kv in (RealKvHashMode.NONE, RealKvHashMode.PARTIAL):
-        swept = swept_cache(16 * 64, real_kv, device, step_nodes=1 << 30, step_tokens=1 << 40, branches=1)
-        listed = RadixCursor(device=torch.device(device)).next_slice(swept.cache, max_nodes=1 << 30, max_tokens=1 << 40)
-        swept.manager.kernels.sweep.verify(SweepSlice(segments=listed.segments), verify=None)
+    swept = swept_cache(16 * 64, real_kv, device, step_nodes=1 << 30, step_tokens=1 << 40, branches=1)
+    listed = RadixCursor(device=torch.device(device)).next_slice(swept.cache, max_nodes=1 << 30, max_tokens=1 << 40)
+    swept.manager.kernels.sweep.verify(SweepSlice(segments=listed.segments), verify=None)
     torch.cuda.synchronize()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=pathlib.Path)
-    parser.add_argument("--warm", action="store_true", help="only compile the kernel variants the run launches")
+    parser.add_argument(
+        "--warm",
+        choices=[mode.value for mode in REAL_KV],
+        help="only compile the kernel variants the rows of this real-KV setting launch",
+    )
     args = parser.parse_args()
     device = "cuda"
     if args.warm:
-        warm(device)
+        warm(device, RealKvHashMode(args.warm))
         return
     copy = copy_bandwidth_gbps(device)
     print(f"device {torch.cuda.get_device_name()}, copy bandwidth {copy:.0f} GB/s (read + write)")
@@ -96,7 +100,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for slots in (1 << 20, 8 << 20):
-        for real_kv in (RealKvHashMode.NONE, RealKvHashMode.PARTIAL):
+        for real_kv in REAL_KV:
             row = measure(slots, real_kv, device)
             rows.append(row)
             print(

@@ -114,6 +114,23 @@ class SweepSegment:
     pred_values: torch.Tensor | None
     pred_index: int
     swa_resident: bool  # False: tombstoned, SWA groups skip it
+    # The segment's row of the Triton sweep's segment table (``SegmentField`` order), read once here:
+    # the radix cursor keeps a node's segment from round to round, so a step only copies rows.
+    table_row: tuple[int, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pred = self.pred_values
+        row = (
+            self.slots.data_ptr(),
+            self.slots.element_size() // 4,
+            0 if self.tokens is None else self.tokens.data_ptr(),
+            self.slots.shape[0],
+            self.first_position,
+            0 if pred is None else pred.data_ptr() + self.pred_index * pred.element_size(),
+            1 if pred is None else pred.element_size() // 4,
+            int(self.swa_resident),
+        )
+        object.__setattr__(self, "table_row", row)
 
     @property
     def length(self) -> int:

@@ -31,7 +31,10 @@ from kv_canary.launch_tags import Phase
 # (entries up to, block, warps), tuned on an H100 for the verify kernel this one folds in.
 _VERIFY_SHAPES = ((4096, 32, 1), (1 << 19, 128, 4), (1 << 62, 256, 8))
 _BLOCK_WITH_REAL_KV, _WARPS_WITH_REAL_KV = 64, 2
-_MIN_WRITE_BLOCK, _MAX_WRITE_BLOCK = 16, 1024
+# Write blocks: runs of a decode (one token) or a short extend take the small block, longer runs
+# loop over the large one. Two sizes only: every block size is a compiled variant of each launch
+# kind, and a variant that hashes real K/V takes a minute of Triton compile time.
+_SHORT_RUN_WRITE_BLOCK, _LONG_RUN_WRITE_BLOCK = 32, 256
 _REQUEST_BLOCK = 256  # a program reads the batch's lengths in vectors of this many requests
 _TARGET_PROGRAMS = 2048  # an H200's 132 SMs about sixteen times over
 _LAUNCHES = LaunchCache(_forward_kernel)
@@ -129,7 +132,7 @@ class TritonForward:
         # A launch without verify programs keeps the smallest verify block, and one without write programs
         # the smallest write block, so that each compiles once.
         verify_block, warps, splits = self._verify_shape(rows, kind.hashes) if kind.verify else (32, 1, 1)
-        write_block = _write_block(rows) if kind.write else _MIN_WRITE_BLOCK
+        write_block = _write_block(rows) if kind.write else _SHORT_RUN_WRITE_BLOCK
         if not kind.verify:
             warps = max(1, min(4, write_block // 32))
         verify_programs = max(batch_size, 1) * splits if kind.verify else 0
@@ -189,11 +192,11 @@ class TritonForward:
 
 
 def _write_block(rows: ForwardRows) -> int:
-    """Lanes of a write block: the longest run of one request, rounded up to a power of two."""
+    """Lanes of a write block: the small block when no request writes more tokens than it holds."""
     longest = rows.longest_run
-    if longest is None:
-        longest = _MAX_WRITE_BLOCK
-    return min(_MAX_WRITE_BLOCK, max(_MIN_WRITE_BLOCK, 1 << (max(longest, 1) - 1).bit_length()))
+    if longest is not None and longest <= _SHORT_RUN_WRITE_BLOCK:
+        return _SHORT_RUN_WRITE_BLOCK
+    return _LONG_RUN_WRITE_BLOCK
 
 
 def _engine_tensors(rows: ForwardRows, full_to_swa: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

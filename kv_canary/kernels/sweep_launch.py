@@ -9,6 +9,7 @@ walk only the SWA-resident tokens.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 
 import torch
@@ -86,7 +87,7 @@ class TritonSweep:
 
     def prepare_segments(self, segments: tuple[SweepSegment, ...]) -> PreparedSegments:
         """The host's part of a segment launch: the table, on its way to the device."""
-        table, longest, tokens = _segment_table(segments, self._device)
+        table, longest, tokens = segment_table(segments, self._device)
         return PreparedSegments(table=table, num_segments=len(segments) or 1, longest=longest, num_tokens=tokens)
 
     def launch_segments(self, prepared: PreparedSegments) -> None:
@@ -143,30 +144,21 @@ def _stride(values: torch.Tensor) -> int:
     return values.element_size() // 4
 
 
-def _segment_table(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[torch.Tensor, int, int]:
-    """(the table on the device, the longest segment, tokens in all)."""
-    rows: list[tuple[int, ...]] = []
+def segment_table(segments: tuple[SweepSegment, ...], device: torch.device) -> tuple[torch.Tensor, int, int]:
+    """(the table on the device, the longest segment, tokens in all): each segment's row was read when
+    the segment was made, so this only copies ints."""
+    host = array.array("q")
     longest = tokens = 0
     for segment in segments:
-        length = segment.length
-        pred = segment.pred_values
-        rows.append(
-            (
-                segment.slots.data_ptr(),
-                _stride(segment.slots),
-                0 if segment.tokens is None else segment.tokens.data_ptr(),
-                length,
-                segment.first_position,
-                0 if pred is None else pred.data_ptr() + segment.pred_index * pred.element_size(),
-                1 if pred is None else _stride(pred),
-                int(segment.swa_resident),
-            )
-        )
+        row = segment.table_row
+        host.extend(row)
+        length = row[SegmentField.LENGTH]
         longest = max(longest, length)
         tokens += length
-    if not rows:
-        rows.append((0,) * len(SegmentField))
-    return _on_device(torch.tensor(rows, dtype=torch.int64, device="cpu"), device), longest, tokens
+    if not segments:
+        host.extend((0,) * len(SegmentField))
+    table = torch.frombuffer(host, dtype=torch.int64).view(-1, len(SegmentField))
+    return _on_device(table, device), longest, tokens
 
 
 def _walk_table(walk: RadixWalk, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -196,4 +188,4 @@ def _on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     # until the copy has run.
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    return host.clone()  # not a view of a host buffer its caller may drop

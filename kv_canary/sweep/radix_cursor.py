@@ -24,15 +24,21 @@ slots cached during a round may wait for the next. A round lasts about ``nodes /
 steps (``tokens / max_tokens`` for caches of long nodes), a step runs every ``sweep_interval``
 forwards.
 
-Token ids are the one per-token cost on the host: each node key is converted once into a
-device tensor and kept (by the key object's identity, keys being replaced, never edited, when
-nodes split) for as long as the sweep keeps meeting it.
+Host cost: a node met for the first time costs its token ids' conversion (one host-to-device
+copy per step for all such nodes) and the building of its segment; the node's segment is then
+kept, keyed by the node, and reused at every later round for as long as the node, its key, its
+value and its parent's value are the same objects (a split replaces the key and value of the
+node it cuts, so a changed node is rebuilt). A step over nodes already met costs a dictionary
+look-up and a few identity checks per node: the host time of a round grows with what changed in
+the tree, plus about a microsecond per cached node. Segments of nodes not met during a whole
+round (evicted) are forgotten a few at a time.
 """
 
 from __future__ import annotations
 
 import array
 import dataclasses
+import itertools
 from collections.abc import Hashable
 
 import torch
@@ -56,60 +62,31 @@ class CursorSlice:
     round_completed: bool  # this slice listed the last nodes of a round
 
 
-class _KeyTokens:
-    """Device int32 token ids per node key, kept while the sweep keeps meeting the key."""
+@dataclasses.dataclass(slots=True)
+class _Known:
+    """A node's segment, valid while the node still has these key, value and parent value objects."""
 
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
-        self._entries: dict[int, tuple[object, torch.Tensor, int]] = {}  # id(key) -> (key, tokens, round)
-
-    def lookup(self, key: object, length: int, round_index: int) -> torch.Tensor | None:
-        entry = self._entries.pop(id(key), None)
-        if entry is None or entry[0] is not key or entry[1].shape[0] != length:
-            return None
-        self._entries[id(key)] = (key, entry[1], round_index)  # reinserted: most recently used last
-        return entry[1]
-
-    def convert(self, keys: list[tuple[object, int]], round_index: int) -> list[torch.Tensor]:
-        """The token ids of ``(key, length)``s met for the first time, in one host-to-device copy."""
-        if not keys:
-            return []
-        host = array.array("i")
-        for key, length in keys:
-            # array.array converts a list of ints about five times faster than torch.tensor does.
-            host.extend(getattr(key, "token_ids", key)[:length])  # type: ignore[index]
-        tokens = _to_device(
-            torch.frombuffer(host, dtype=torch.int32) if host else torch.zeros(0, dtype=torch.int32, device="cpu"),
-            self._device,
-        )
-        converted = []
-        start = 0
-        for key, length in keys:
-            view = tokens[start : start + length]
-            self._entries[id(key)] = (key, view, round_index)
-            converted.append(view)
-            start += length
-        return converted
-
-    def forget_older_than(self, round_index: int, limit: int) -> None:
-        """Drop up to ``limit`` of the least recently used keys not met since ``round_index`` began."""
-        for key_id in list(self._entries)[:limit]:
-            if self._entries[key_id][2] >= round_index:
-                return
-            del self._entries[key_id]
+    node: RadixNode  # held, so that its id stays this node's while the entry lives
+    key: object
+    value: object
+    pred_values: object
+    swa_resident: bool
+    segment: SweepSegment
+    length: int
+    round_index: int  # the last round that met it
 
 
 @dataclasses.dataclass(slots=True)
-class _Listed:
-    """A node listed in this slice, its token ids looked up or pending conversion."""
+class _Pending:
+    """A node met for the first time in this slice: its segment waits for its token ids."""
 
+    index: int  # its place in the slice
+    node: RadixNode
     value: torch.Tensor
-    key: object
     length: int
     first_position: int
     pred_values: torch.Tensor | None
     swa_resident: bool
-    tokens: torch.Tensor | None
 
 
 class RadixCursor:
@@ -117,89 +94,151 @@ class RadixCursor:
         self._device = device
         self._root: RadixNode | None = None
         self._stack: list[_Frame] = []
-        self._tokens = _KeyTokens(device)
+        self._known: dict[int, _Known] = {}  # id(node) -> its segment, least recently met first
         self.rounds_started = 0
+
+    @property
+    def known_nodes(self) -> int:
+        """Nodes whose segment is kept for the next rounds."""
+        return len(self._known)
 
     def next_slice(self, cache: RadixTree, *, max_nodes: int, max_tokens: int) -> CursorSlice:
         root = cache.root_node
         if root is not self._root or not self._stack:
             self._start_round(root)
-        listed: list[_Listed] = []
+        known, round_index, stack = self._known, self.rounds_started, self._stack
+        segments: list[SweepSegment | None] = []
+        pending: list[_Pending] = []
         tokens = 0
-        while self._stack and len(listed) < max_nodes and (tokens < max_tokens or not listed):
-            frame = self._stack[-1]
+        while stack and len(segments) < max_nodes and (tokens < max_tokens or not segments):
+            frame = stack[-1]
             if frame.next_index == len(frame.keys):
-                self._stack.pop()
+                stack.pop()
                 continue
             key = frame.keys[frame.next_index]
             frame.next_index += 1
             child = frame.parent.children.get(key)
             if child is None:
                 continue  # evicted since the parent was listed, with everything below it
-            node = self._list(child, frame)
-            if node is None:
+            value = child.value
+            if value is None:
                 continue  # its K/V is not on the device: skip it and everything below it
-            listed.append(node)
-            tokens += node.length
+            pred_values = frame.parent.value if frame.has_slots else None
+            swa_resident = not getattr(child, "swa_tombstone", False)
+            entry = known.pop(id(child), None)
+            if (
+                entry is not None
+                and entry.node is child
+                and entry.value is value
+                and entry.key is child.key
+                and entry.pred_values is pred_values
+                and entry.swa_resident is swa_resident
+                and entry.segment.first_position == frame.depth
+            ):
+                segment = entry.segment
+                entry.round_index = round_index
+                known[id(child)] = entry  # reinserted: most recently met last
+                segments.append(segment)
+                length = entry.length
+            else:
+                length = _key_length(child.key)
+                pending.append(self._pending(child, value, length, frame, pred_values, swa_resident, len(segments)))
+                segments.append(None)
+            tokens += length
             if child.children:
-                self._stack.append(
+                stack.append(
                     _Frame(
                         parent=child,
                         keys=list(child.children),
                         next_index=0,
-                        depth=frame.depth + node.length,
+                        depth=frame.depth + length,
                         has_slots=True,
                     )
                 )
-        while self._stack and self._stack[-1].next_index == len(self._stack[-1].keys):
-            self._stack.pop()  # so that a slice that listed the round's last node completes it
-        segments = self._segments(listed)
-        self._tokens.forget_older_than(self.rounds_started, 2 * max(len(segments), 1))
-        return CursorSlice(segments=segments, round_completed=not self._stack)
+        while stack and stack[-1].next_index == len(stack[-1].keys):
+            stack.pop()  # so that a slice that listed the round's last node completes it
+        self._build(pending, segments)
+        self._forget_unmet(2 * max(len(segments), 1))
+        return CursorSlice(segments=tuple(segments), round_completed=not stack)  # type: ignore[arg-type]
 
     def _start_round(self, root: RadixNode) -> None:
         self._root = root
         self._stack = [_Frame(parent=root, keys=list(root.children), next_index=0, depth=0, has_slots=False)]
         self.rounds_started += 1
 
-    def _list(self, node: RadixNode, frame: _Frame) -> _Listed | None:
-        value = node.value
-        if value is None:
-            return None
-        length = _key_length(node.key)
+    def _pending(
+        self,
+        node: RadixNode,
+        value: torch.Tensor,
+        length: int,
+        frame: _Frame,
+        pred_values: torch.Tensor | None,
+        swa_resident: bool,
+        index: int,
+    ) -> _Pending:
         if value.dim() != 1 or value.shape[0] != length:
             raise ValueError(
                 f"kv_canary radix sweep: a node at depth {frame.depth} has {length} key tokens but a value of "
                 f"shape {tuple(value.shape)}; node.value must hold one slot per key token"
             )
-        if value.device != self._device or value.dtype not in (torch.int32, torch.int64) or value.stride(0) != 1:
-            value = value.to(device=self._device, dtype=torch.int64).contiguous()
-        return _Listed(
+        return _Pending(
+            index=index,
+            node=node,
             value=value,
-            key=node.key,
             length=length,
             first_position=frame.depth,
-            pred_values=frame.parent.value if frame.has_slots else None,
-            swa_resident=not getattr(node, "swa_tombstone", False),
-            tokens=self._tokens.lookup(node.key, length, self.rounds_started),
+            pred_values=pred_values,
+            swa_resident=swa_resident,
         )
 
-    def _segments(self, listed: list[_Listed]) -> tuple[SweepSegment, ...]:
-        missing = [node for node in listed if node.tokens is None]
-        converted = self._tokens.convert([(node.key, node.length) for node in missing], self.rounds_started)
-        for node, tokens in zip(missing, converted, strict=True):
-            node.tokens = tokens
-        return tuple(
-            SweepSegment(
-                slots=node.value,
-                tokens=node.tokens,
+    def _build(self, pending: list[_Pending], segments: list[SweepSegment | None]) -> None:
+        """The segments of the nodes met for the first time, their token ids in one host-to-device copy."""
+        if not pending:
+            return
+        host = array.array("i")
+        for node in pending:
+            # array.array converts a list of ints about five times faster than torch.tensor does.
+            host.extend(getattr(node.node.key, "token_ids", node.node.key)[: node.length])  # type: ignore[index]
+        tokens = _to_device(torch.frombuffer(host, dtype=torch.int32) if host else _EMPTY_TOKENS, self._device)
+        start = 0
+        for node in pending:
+            value = node.value
+            if value.device != self._device or value.dtype not in (torch.int32, torch.int64) or value.stride(0) != 1:
+                value = value.to(device=self._device, dtype=torch.int64).contiguous()
+            segment = SweepSegment(
+                slots=value,
+                tokens=tokens[start : start + node.length],
                 first_position=node.first_position,
                 pred_values=node.pred_values,
                 pred_index=0 if node.pred_values is None else node.pred_values.shape[0] - 1,
                 swa_resident=node.swa_resident,
             )
-            for node in listed
-        )
+            start += node.length
+            segments[node.index] = segment
+            self._known[id(node.node)] = _Known(
+                node=node.node,
+                key=node.node.key,
+                value=node.value,
+                pred_values=node.pred_values,
+                swa_resident=node.swa_resident,
+                segment=segment,
+                length=node.length,
+                round_index=self.rounds_started,
+            )
+
+    def _forget_unmet(self, limit: int) -> None:
+        """Drop up to ``limit`` of the least recently met nodes not met in the last round or this one:
+        gone from the tree (or cut by a split), they would otherwise be kept alive here."""
+        stale = []
+        for node_id, entry in itertools.islice(self._known.items(), limit):
+            if entry.round_index >= self.rounds_started - 1:
+                break
+            stale.append(node_id)
+        for node_id in stale:
+            del self._known[node_id]
+
+
+_EMPTY_TOKENS = torch.zeros(0, dtype=torch.int32, device="cpu")
 
 
 def _key_length(key: object) -> int:

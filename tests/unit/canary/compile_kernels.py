@@ -37,8 +37,8 @@ FORWARD: dict[str, object] = {
     "WORD_CHUNK": 1,
     "REQUEST_BLOCK": 256,
     "VERIFY_BLOCK": 128,
-    "WRITE_BLOCK": 16,
-    "WRITE_BLOCK_LOG2": 4,
+    "WRITE_BLOCK": 32,
+    "WRITE_BLOCK_LOG2": 5,
 }
 HASHING: dict[str, object] = {"HASH_REAL_KV": True, "LOST_WRITES": True, "LAYER_BLOCK": 4, "WORD_CHUNK": 2}
 FORWARD_VARIANTS: list[dict[str, object]] = [

@@ -283,7 +283,8 @@ def test_programs_loop_over_the_blocks_of_long_prefixes_and_runs(device, monkeyp
     """With one program per request and small blocks, each program walks many blocks of its request."""
     monkeypatch.setattr(forward_launch, "_TARGET_PROGRAMS", 1)
     monkeypatch.setattr(forward_launch, "_VERIFY_SHAPES", ((1 << 62, 16, 1),))
-    monkeypatch.setattr(forward_launch, "_MAX_WRITE_BLOCK", 16)
+    monkeypatch.setattr(forward_launch, "_SHORT_RUN_WRITE_BLOCK", 16)
+    monkeypatch.setattr(forward_launch, "_LONG_RUN_WRITE_BLOCK", 16)
     run_case("swa", RealKvHashMode.PARTIAL, 6, device, forwards=2)
 
 
