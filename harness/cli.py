@@ -6,10 +6,12 @@ missing files, nothing to run); 130 when interrupted.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import importlib.metadata
 import shlex
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +23,16 @@ from harness.report import (
     RunDirectoryError,
     RunPlan,
     incomplete_summary,
+    pair_id,
     render_report,
     terminal_table,
 )
+from harness.run_result import RunResult
 from harness.runner import DEFAULT_SERVER_COMMAND, RunOptions, run_scenario
-from harness.runner.safety_net import termination_signals_exit
+from harness.runner.safety_net import stop_all, termination_signals_exit
 from harness.runner.scenario_run import EngineTarget
 from harness.runner.server_program import ServerCommandError, check_server_program, split_server_command
-from harness.scenario import MODEL_MODES, LoadedScenario, ScenarioValidationError, load_scenarios
+from harness.scenario import MODEL_MODES, LoadedScenario, Scenario, ScenarioValidationError, load_scenarios
 from harness.scenario.json_schema import SCHEMA_FILE, render_json_schema
 from harness.text_table import aligned_columns
 
@@ -163,6 +167,14 @@ def _load_or_exit(paths: tuple[Path, ...]) -> list[LoadedScenario]:
     help="With --target sglang --device cuda: let SGLang capture and replay CUDA graphs.",
 )
 @click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pairs run at once, each on its own server (and clean twin); the results are those of a serial run.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Finish the run recorded in --report DIR: run its pairs that have no result yet, with the scenario "
@@ -179,6 +191,7 @@ def run(
     run_timeout_s: float,
     target_name: str,
     cuda_graphs: bool,
+    jobs: int,
     resume: bool,
 ) -> None:
     """Run SCENARIO files (or directories of them) against the mock server (or a live SGLang server) and
@@ -216,7 +229,7 @@ def run(
     with termination_signals_exit():
         _render_or_exit(run_dir)  # from the start, the directory says which pairs have not run
         try:
-            for _ in _run_pairs(pairs, options, run_dir):
+            for _ in _run_pairs(pairs, options, run_dir, jobs=jobs):
                 finished += 1
         except KeyboardInterrupt:
             interrupted = True  # the interrupted pair's server is already stopped; report what finished
@@ -324,19 +337,42 @@ def _render_or_exit(run_dir: RunDirectory) -> RenderedReport:
         raise BadInput(str(error)) from None
 
 
-def _run_pairs(pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory) -> Iterator[None]:
-    """Runs each pair, records its result and re-renders the report; yields after each."""
+def _run_pairs(
+    pairs: list[tuple[LoadedScenario, str]], options: RunOptions, run_dir: RunDirectory, *, jobs: int
+) -> Iterator[None]:
+    """Runs the pairs, ``jobs`` at a time (each on its own server); yields after each. A pair's result is
+    recorded and the report re-rendered before its thread starts another pair, so a run killed at any
+    moment leaves every finished pair in the report. Results are read back sorted, so the report does
+    not depend on the order pairs finish in."""
     from tqdm import tqdm  # only `run` draws a progress bar
 
-    with tqdm(pairs, unit="pair", file=sys.stderr, dynamic_ncols=True) as progress:
-        for item, mode in progress:
-            progress.set_description(f"{item.scenario.name}[{mode}]")
-            result = run_scenario(item, mode, options)
+    recording = threading.Lock()
+
+    def run_and_record(item: LoadedScenario, mode: str) -> RunResult:
+        result = run_scenario(item, mode, options)
+        with recording:
             run_dir.write_result(result)
             render_report(run_dir.root)
-            if not result.passed:
-                progress.write(result.failure_message(), file=sys.stderr)
-            yield
+        return result
+
+    with tqdm(total=len(pairs), unit="pair", file=sys.stderr, dynamic_ncols=True) as progress:
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kv-canary-pair")
+        try:
+            futures = [executor.submit(run_and_record, item, mode) for item, mode in pairs]
+            for future in concurrent.futures.as_completed(futures):
+                result = future.result()
+                progress.set_description(pair_id(result.scenario, result.mode))
+                progress.update()
+                if not result.passed:
+                    progress.write(result.failure_message(), file=sys.stderr)
+                yield
+        except BaseException:
+            # Interrupted: pairs not started are dropped, and the servers of running ones are stopped, so
+            # that their threads unwind (a pair whose server is gone fails fast) instead of running on.
+            executor.shutdown(wait=False, cancel_futures=True)
+            stop_all()
+            raise
+        executor.shutdown(wait=True)
 
 
 @cli.command()
@@ -366,13 +402,23 @@ def list_scenarios(scenario_dir: Path) -> None:
             (
                 item.scenario.name,
                 ",".join(item.scenario.model_modes),
-                item.scenario.fault.kind if item.scenario.fault is not None and item.scenario.injects_fault else "none",
-                "detected" if item.scenario.expects_detection else "clean",
+                _culprits(item.scenario),
+                "detected"
+                if item.scenario.expects_detection
+                else "blind spot"
+                if item.scenario.expect.blind_spot
+                else "clean",
             )
             for item in loaded
         ),
     ]
     click.echo(aligned_columns(rows))
+
+
+def _culprits(scenario: Scenario) -> str:
+    """What the scenario turns on: its fault kinds and engine bugs ('double_free+bug:<name>'), or 'none'."""
+    kinds = [fault.kind for _, fault in scenario.named_faults()] + [f"bug:{bug}" for bug in scenario.bugs]
+    return "+".join(kinds) or "none"
 
 
 @cli.command()

@@ -8,50 +8,41 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.detection_outcomes import Applied, bug_detected, detection, fault_applied, fault_windows, stays_clean
+from harness.expectation_outcome import ExpectationOutcome
+from harness.harm_outcomes import harm, twin_and_actions
 from harness.injections import Injection
+from harness.outputs import WrongOutput
+from harness.run_evidence import RunEvidence
 from harness.scenario.comparison import Comparison
-from harness.scenario.model import Fault, Scenario, SwaDivergenceExpectation, ViolationPattern
+from harness.scenario.model import Scenario, SwaDivergenceExpectation
 from harness.scenario.modes import mode_has_full_and_swa_groups
-from harness.scenario.patterns import matches
+from harness.scenario.rules import fault_bound
 from kv_canary.log_lines import SwaDivergenceLog, ViolationRecord, ViolationRepeatsLog
 
-MAX_LINES_PER_OUTCOME = 10  # kept in the result; a failure message shows the first and the count
+__all__ = ["ExpectationOutcome", "ExpectationResult", "FaultVerdict", "check_expectations"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class ExpectationOutcome:
-    expectation: str  # what was expected, in the scenario's words
-    held: bool
-    reason: str  # why it held or not, with the numbers
-    log_lines: tuple[str, ...] = ()  # the first MAX_LINES_PER_OUTCOME of the lines behind it
-    line_count: int = 0  # how many lines are behind it in all
-    label: str = ""  # a few words for a report cell when it does not hold: "late +2", "missed", ...
+class FaultVerdict:
+    """One injected fault: when it was applied, and whether (and how soon) a violation followed."""
+
+    name: str
+    kind: str
+    injection_step: int | None  # its first application; None if it was never applied
+    detected: bool  # a violation in its window, within its bound when detection is expected
+    latency_steps: int | None  # the first violation in its window minus its injection step
+    within_steps: int | None
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "expectation": self.expectation,
-            "held": self.held,
-            "reason": self.reason,
-            "log_lines": list(self.log_lines),
-            "line_count": self.line_count,
-            "label": self.label,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> ExpectationOutcome:
-        log_lines = tuple(payload["log_lines"])
-        return cls(
-            expectation=payload["expectation"],
-            held=payload["held"],
-            reason=payload["reason"],
-            log_lines=log_lines,
-            # Results written before these fields existed still read.
-            line_count=payload.get("line_count", len(log_lines)),
-            label=payload.get("label", ""),
-        )
+    def from_json(cls, payload: dict[str, Any]) -> FaultVerdict:
+        return cls(**payload)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,7 +55,11 @@ class ExpectationResult:
     launch_tags_seen: tuple[str, ...]
     fail_reasons_seen: tuple[str, ...]
     expects_detection: bool | None = None  # the scenario's expect.detected; None in older results
-    within_steps: int | None = None  # its bound, when detection is expected
+    within_steps: int | None = None  # its bound, when detection is expected (the first fault's)
+    faults: tuple[FaultVerdict, ...] = ()  # each injected fault on its own
+    first_wrong: WrongOutput | None = None  # the first harm: the earliest output that went wrong
+    harm_judged: bool = False  # outputs were checked (the target has a token oracle)
+    detected_before_harm: bool | None = None  # the first violation came no later than the first wrong output
     # Violations logged by each rank of a multi-rank engine (lines with rank=); empty for one rank.
     violations_by_rank: tuple[tuple[int, int], ...] = ()
 
@@ -80,10 +75,14 @@ class ExpectationResult:
         return self.latency_steps - self.within_steps
 
     def expected_text(self) -> str:
-        """The expectation in a few words: 'detect <=4' or 'clean' ('?' for older results)."""
+        """The expectation in a few words: 'detect <=4', 'detect by harm' (an engine bug) or 'clean' ('?' for
+        older results)."""
         if self.expects_detection is None:
             return "?"
-        return f"detect <={self.within_steps}" if self.expects_detection else "clean"
+        if not self.expects_detection:
+            return "clean"
+        # An engine bug has no injection step to bound from: it must be caught before harm instead.
+        return f"detect <={self.within_steps}" if self.within_steps is not None else "detect by harm"
 
     def detected_text(self) -> str:
         """'yes', 'no', or 'late +N' for a violation past the bound (N forwards past it)."""
@@ -95,11 +94,27 @@ class ExpectationResult:
     def unmet(self) -> list[ExpectationOutcome]:
         return [outcome for outcome in self.outcomes if not outcome.held]
 
+    def harm_text(self) -> str:
+        """The step of the first wrong output: 'step 31', 'none', or 'n/a' where outputs were not judged."""
+        if not self.harm_judged:
+            return "n/a"
+        if self.first_wrong is None:
+            return "none"
+        return f"step {self.first_wrong.step}" if self.first_wrong.step is not None else "yes"
+
+    def before_harm_text(self) -> str:
+        """Whether the canary spoke no later than the first wrong output: 'yes', 'no' or '-'."""
+        if self.detected_before_harm is None:
+            return "-"
+        return "yes" if self.detected_before_harm else "no"
+
     def to_json(self) -> dict[str, object]:
         payload = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         payload["outcomes"] = [outcome.to_json() for outcome in self.outcomes]
         payload["launch_tags_seen"] = list(self.launch_tags_seen)
         payload["fail_reasons_seen"] = list(self.fail_reasons_seen)
+        payload["faults"] = [verdict.to_json() for verdict in self.faults]
+        payload["first_wrong"] = self.first_wrong.to_json() if self.first_wrong is not None else None
         payload["violations_by_rank"] = [list(pair) for pair in self.violations_by_rank]
         return payload
 
@@ -115,6 +130,11 @@ class ExpectationResult:
             fail_reasons_seen=tuple(payload["fail_reasons_seen"]),
             expects_detection=payload.get("expects_detection"),
             within_steps=payload.get("within_steps"),
+            # Results written before these fields existed still read.
+            faults=tuple(FaultVerdict.from_json(item) for item in payload.get("faults", ())),
+            first_wrong=WrongOutput.from_json(payload["first_wrong"]) if payload.get("first_wrong") else None,
+            harm_judged=payload.get("harm_judged", False),
+            detected_before_harm=payload.get("detected_before_harm"),
             violations_by_rank=tuple((rank, count) for rank, count in payload.get("violations_by_rank", ())),
         )
 
@@ -124,24 +144,40 @@ class ExpectationResult:
 
 
 def check_expectations(
-    scenario: Scenario, mode: str, log_text: str, injections: Sequence[Injection]
+    scenario: Scenario,
+    mode: str,
+    log_text: str,
+    injections: Sequence[Injection],
+    evidence: RunEvidence | None = None,
 ) -> ExpectationResult:
+    """Judge a run of ``scenario`` (as it runs in ``mode``). With one fault and no ``evidence.fault_ids``,
+    every injection is that fault's."""
+    evidence = evidence or RunEvidence()
     violations = ViolationRecord.find_all(log_text)
     outcomes: list[ExpectationOutcome] = []
-    injection_step: int | None = None
-    if scenario.fault is not None and scenario.injects_fault:
-        applied, injection_step = _fault_applied(scenario.fault, injections)
-        outcomes.append(applied)
+    applied = _faults_applied(scenario, injections, evidence.fault_ids, outcomes)
+    steps = [step for _, _, step in applied if step is not None]
+    injection_step = min(steps) if steps else None
     after = [v for v in violations if injection_step is not None and v.step >= injection_step]
+    verdicts = _fault_verdicts(scenario, applied, violations)
     if scenario.expects_detection:
-        bound = _latency_bound(scenario)
-        outcomes.extend(_detection(scenario, violations, injection_step, bound))
-        detected = injection_step is not None and any(v.step <= injection_step + bound for v in after)
+        if applied:
+            outcomes.extend(detection(scenario, applied, violations, injection_step))
+            detected = all(verdict.detected for verdict in verdicts)
+        else:  # an engine bug: nothing to count latency from
+            outcomes.extend(bug_detected(scenario, violations))
+            detected = bool(violations)
     else:
-        outcomes.append(_stays_clean(violations))
-        detected = bool(after) if scenario.injects_fault else bool(violations)
+        outcomes.append(stays_clean(violations))
+        detected = bool(after) if applied else bool(violations)
+    candidates = after if applied else violations
+    first_violation = candidates[0] if candidates else None
+    harm_outcomes, before_harm = harm(scenario, evidence.outputs, first_violation)
+    outcomes.extend(harm_outcomes)
+    outcomes.extend(twin_and_actions(evidence))
     if scenario.expect.swa_divergence is not None and mode_has_full_and_swa_groups(mode):
         outcomes.extend(_swa_divergence(scenario.expect.swa_divergence, log_text))
+    first_name = applied[0][0] if applied else None
     return ExpectationResult(
         outcomes=tuple(outcomes),
         injection_step=injection_step,
@@ -152,7 +188,11 @@ def check_expectations(
         launch_tags_seen=tuple(sorted({v.launch_tag for v in violations})),
         fail_reasons_seen=tuple(sorted({reason for v in violations for reason in v.fail_reasons})),
         expects_detection=scenario.expects_detection,
-        within_steps=scenario.expect.within_steps if scenario.expects_detection else None,
+        within_steps=fault_bound(scenario, first_name) if scenario.expects_detection and first_name else None,
+        faults=verdicts,
+        first_wrong=evidence.outputs.first_wrong if evidence.outputs is not None else None,
+        harm_judged=evidence.outputs is not None,
+        detected_before_harm=before_harm,
         violations_by_rank=_violations_by_rank(violations, ViolationRepeatsLog.find_all(log_text)),
     )
 
@@ -168,161 +208,47 @@ def _violations_by_rank(
     return tuple(sorted(counts.items()))
 
 
-def rank_of(violation: ViolationRecord) -> int:
-    """The rank whose canary logged ``violation``; a line without ``rank=`` comes from a one-rank engine."""
-    return violation.rank if violation.rank is not None else 0
+def _faults_applied(
+    scenario: Scenario,
+    injections: Sequence[Injection],
+    fault_ids: Mapping[str, int],
+    outcomes: list[ExpectationOutcome],
+) -> Applied:
+    named = scenario.named_faults()
+    applied: Applied = []
+    for name, fault in named:
+        if name in fault_ids:
+            mine = [injection for injection in injections if injection.fault_id == fault_ids[name]]
+        else:
+            mine = list(injections) if len(named) == 1 else []
+        label = f"fault {fault.kind}" if scenario.faults is None else f"fault {name} ({fault.kind})"
+        outcome, step = fault_applied(label, mine)
+        outcomes.append(outcome)
+        applied.append((name, fault, step))
+    return sorted(applied, key=lambda item: (item[2] is None, item[2] or 0))
 
 
-def _lines(violations: Sequence[ViolationRecord]) -> tuple[str, ...]:
-    return tuple(v.format() for v in violations[:MAX_LINES_PER_OUTCOME])
-
-
-def _fault_applied(fault: Fault, injections: Sequence[Injection]) -> tuple[ExpectationOutcome, int | None]:
-    expectation = f"fault {fault.kind} is applied"
-    if not injections:
-        return ExpectationOutcome(
-            expectation=expectation,
-            held=False,
-            reason="the engine reported no injection for this fault",
-            label="not injected",
-        ), None
-    for injection in injections:
-        if injection.status == "no_target":
-            return ExpectationOutcome(
-                expectation=expectation,
-                held=False,
-                reason=(
-                    f"fault #{injection.fault_id} found no valid target: {injection.detail or 'no detail given'}; "
-                    "the run proves nothing about detection"
-                ),
-                label="no target",
-            ), None
-        if injection.status != "applied" or injection.step is None:
-            return ExpectationOutcome(
-                expectation=expectation,
-                held=False,
-                reason=(
-                    f"fault #{injection.fault_id} was still {injection.status} when the run ended; the workload "
-                    "never reached its trigger"
-                ),
-                label="not applied",
-            ), None
-    steps = sorted(injection.step for injection in injections if injection.step is not None)  # all, as checked
-    return ExpectationOutcome(
-        expectation=expectation, held=True, reason=f"applied at step {', '.join(map(str, steps))}"
-    ), steps[0]
-
-
-def _latency_bound(scenario: Scenario) -> int:
-    bound = scenario.expect.within_steps
-    if bound is None:
-        raise ValueError(
-            f"scenario {scenario.name} expects detection without expect.within_steps; validate it "
-            "(kv-canary validate) before checking a run against it"
-        )
-    return bound
-
-
-def _detection(
-    scenario: Scenario, violations: Sequence[ViolationRecord], injection_step: int | None, bound: int
-) -> list[ExpectationOutcome]:
-    expectation = f"detected within {bound} steps"
-    if injection_step is None:
-        return [
-            ExpectationOutcome(
-                expectation=expectation,
-                held=False,
-                reason="the fault was never applied, so there was nothing to detect",
-                label="not applied",
+def _fault_verdicts(
+    scenario: Scenario, applied: Applied, violations: Sequence[ViolationRecord]
+) -> tuple[FaultVerdict, ...]:
+    windows = fault_windows(applied, violations)
+    verdicts = []
+    for name, fault, step in applied:
+        window = windows.get(name, [])
+        bound = fault_bound(scenario, name) if scenario.expects_detection else None
+        latency = window[0].step - step if window and step is not None else None
+        detected = latency is not None and (bound is None or latency <= bound)
+        verdicts.append(
+            FaultVerdict(
+                name=name,
+                kind=fault.kind,
+                injection_step=step,
+                detected=detected,
+                latency_steps=latency,
+                within_steps=bound,
             )
-        ]
-    before = [v for v in violations if v.step < injection_step]
-    after = [v for v in violations if v.step >= injection_step]
-    outcomes = [
-        ExpectationOutcome(
-            expectation="no violation before the injection",
-            held=not before,
-            log_lines=_lines(before),
-            line_count=len(before),
-            label="flagged before",
-            reason=(
-                f"{len(before)} violations before the injection at step {injection_step}, the first at step "
-                f"{before[0].step}: the canary flagged something the fault did not cause"
-            )
-            if before
-            else f"none before step {injection_step}",
         )
-    ]
-    if not after:
-        reason, held = f"no violation logged at or after the injection at step {injection_step}", False
-        label = "missed"
-    else:
-        latency = after[0].step - injection_step
-        held = latency <= bound
-        reason = (
-            f"first violation at step {after[0].step}, {latency} steps after the injection at step "
-            f"{injection_step}" + ("" if held else f"; the bound is {bound}")
-        )
-        label = f"late +{latency - bound}"
-    outcomes.append(
-        ExpectationOutcome(
-            expectation=expectation,
-            held=held,
-            reason=reason,
-            log_lines=_lines(after),
-            line_count=len(after),
-            label=label,
-        )
-    )
-    outcomes.extend(_pattern_matched(pattern, after) for pattern in scenario.expect.violations)
-    return outcomes
-
-
-def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
-    expectation = f"a violation with launch_tag={pattern.launch_tag} fail_reason={pattern.fail_reason}"
-    if pattern.rank is not None:
-        expectation += f" rank={pattern.rank}"
-    matching = [
-        v
-        for v in violations
-        if matches(pattern.launch_tag, v.launch_tag)
-        and any(matches(pattern.fail_reason, reason) for reason in v.fail_reasons)
-        and (pattern.rank is None or rank_of(v) == pattern.rank)
-    ]
-    if matching:
-        return ExpectationOutcome(
-            expectation=expectation,
-            held=True,
-            log_lines=_lines(matching),
-            line_count=len(matching),
-            reason=f"{len(matching)} of {len(violations)} violations after the injection match",
-        )
-    seen = collections.Counter(
-        f"{v.launch_tag} {'+'.join(v.fail_reasons)}" + (f" rank={v.rank}" if v.rank is not None else "")
-        for v in violations
-    )
-    summary = ", ".join(f"{kind} x{count}" for kind, count in seen.most_common()) or "none"
-    return ExpectationOutcome(
-        expectation=expectation,
-        held=False,
-        log_lines=_lines(violations),
-        line_count=len(violations),
-        reason=f"none of the {len(violations)} violations after the injection match; seen: {summary}",
-        label="other tags",
-    )
-
-
-def _stays_clean(violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
-    if not violations:
-        return ExpectationOutcome(expectation="no violations", held=True, reason="none logged")
-    return ExpectationOutcome(
-        expectation="no violations",
-        held=False,
-        log_lines=_lines(violations),
-        line_count=len(violations),
-        reason=f"{len(violations)} violations logged, the first at step {violations[0].step}",
-        label=f"dirty ({len(violations)})",
-    )
+    return tuple(verdicts)
 
 
 def _swa_divergence(expected: SwaDivergenceExpectation, log_text: str) -> list[ExpectationOutcome]:

@@ -7,6 +7,8 @@ from typing import Any
 
 from harness.expectations import ExpectationResult
 from harness.injections import Injection
+from harness.outputs import OutputCheck
+from harness.run_evidence import ActionRecord, TwinRun
 
 
 def pair_file_stem(scenario: str, mode: str) -> str:
@@ -27,6 +29,11 @@ class RunResult:
     engine_violation_count: int | None = None  # the engine's own count, overflowed ring rows included
     failed_requests: int = 0
     injections: tuple[Injection, ...] = ()
+    fault_ids: dict[str, int] = dataclasses.field(default_factory=dict)  # fault name -> the engine's fault id
+    actions: tuple[ActionRecord, ...] = ()  # the workload's aborts and cache flushes, as they happened
+    outputs: OutputCheck | None = None  # the answers against the token oracle and the clean twin
+    twin: TwinRun | None = None  # the clean twin's run, for a scenario with a fault or an engine bug
+    not_applicable: dict[str, str] = dataclasses.field(default_factory=dict)  # the scenario's other modes: why not
 
     @property
     def passed(self) -> bool:
@@ -66,6 +73,11 @@ class RunResult:
             "engine_violation_count": self.engine_violation_count,
             "failed_requests": self.failed_requests,
             "injections": [injection.to_json() for injection in self.injections],
+            "fault_ids": dict(self.fault_ids),
+            "actions": [action.to_json() for action in self.actions],
+            "outputs": self.outputs.to_json() if self.outputs is not None else None,
+            "twin": self.twin.to_json() if self.twin is not None else None,
+            "not_applicable": dict(self.not_applicable),
             "check": self.check.to_json() if self.check is not None else None,
         }
 
@@ -84,4 +96,10 @@ class RunResult:
             engine_violation_count=payload["engine_violation_count"],
             failed_requests=payload["failed_requests"],
             injections=tuple(Injection.from_json(item) for item in payload["injections"]),
+            # Results written before these fields existed still read.
+            fault_ids=dict(payload.get("fault_ids", {})),
+            actions=tuple(ActionRecord.from_json(item) for item in payload.get("actions", ())),
+            outputs=OutputCheck.from_json(payload["outputs"]) if payload.get("outputs") else None,
+            twin=TwinRun.from_json(payload["twin"]) if payload.get("twin") else None,
+            not_applicable=dict(payload.get("not_applicable", {})),
         )

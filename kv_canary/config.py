@@ -91,6 +91,12 @@ class CanaryConfig:
             "violation_repeat_interval",
         ):
             _require(getattr(self, name) >= 0, name, "must be >= 0 (0 turns it off)")
+        _require(
+            not (self.check_lost_writes and self.real_kv_hash is RealKvHashMode.NONE),
+            "check_lost_writes",
+            "needs real_kv_hash partial or all (the check reads the rows the real-KV hash reads); "
+            "set KV_CANARY_REAL_KV_HASH, or turn the check off",
+        )
 
     @property
     def enabled(self) -> bool:

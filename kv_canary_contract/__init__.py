@@ -10,7 +10,8 @@ accepts the others accept too, with the same reasons. It depends on pydantic onl
 * ``fault``: the fault mapping / inject body (pydantic); ``fault_rules``: its checks, target defaults;
 * ``engine_settings``: the engine settings (pydantic), their flags, the engine's start-up rules;
 * ``engine_bugs``: the engine bug modes (named re-enactments of public bug reports) and their rules;
-* ``injections``: the statuses of an injection; ``bounds``: the numeric bounds.
+* ``injections``: the statuses of an injection; ``bounds``: the numeric bounds;
+* ``token_oracle``: the tokens the mock engine must generate, which the harness checks outputs against.
 
 docs/DESIGN.md is the prose of this contract.
 """
@@ -54,6 +55,7 @@ from kv_canary_contract.fault_rules import ResolvedTarget, fault_problems, resol
 from kv_canary_contract.injections import INJECTION_STATUSES, InjectionStatus
 from kv_canary_contract.modes import MODEL_MODES, MODES, ModeFacts, ModelMode, PoolGroup, model_mode
 from kv_canary_contract.problems import ContractModel, ContractProblem, Location
+from kv_canary_contract.token_oracle import OracleState, TokenOracle
 
 __all__ = [
     "CANARY_SETTINGS",
@@ -85,9 +87,11 @@ __all__ = [
     "Location",
     "ModeFacts",
     "ModelMode",
+    "OracleState",
     "PoolGroup",
     "ResolvedTarget",
     "SettingNeed",
+    "TokenOracle",
     "bug_problems",
     "engine_bug",
     "engine_setting_problems",

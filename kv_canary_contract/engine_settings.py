@@ -17,6 +17,7 @@ from pydantic import Field
 
 from kv_canary_contract.bounds import (
     MAX_FORWARDS,
+    MAX_JITTER_US,
     MAX_PAGE_SIZE,
     MAX_REQUESTS,
     MAX_TOKENS,
@@ -97,10 +98,30 @@ class EngineSettings(ContractModel):
         default=None,
         description="Engine bug modes to turn on (docs/FAULTS.md, Bug modes); the flag takes them comma-separated.",
     )
+    check_lost_writes: bool | None = Field(
+        default=None,
+        description="Mark every new slot's K/V rows before the model runs and report a row left marked "
+        "(lost_write): a K/V write the forward skipped or sent elsewhere. Needs real_kv partial or all.",
+    )
+    jitter_max_us: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_JITTER_US,
+        description="Largest random delay, in microseconds, the engine injects between scheduling, the forward, "
+        "K/V writes and frees, and the HTTP layer before and after each request; 0 = off.",
+    )
+    jitter_seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX, description="Seeds the jitter's delays.")
 
 
 # The settings the canary reads (the server passes them to its CanaryConfig); the rest are the engine's.
-CANARY_SETTINGS = ("sweep_interval", "real_kv", "canary_mode", "stats_interval", "swa_divergence_interval")
+CANARY_SETTINGS = (
+    "sweep_interval",
+    "real_kv",
+    "canary_mode",
+    "stats_interval",
+    "swa_divergence_interval",
+    "check_lost_writes",
+)
 
 
 def rank_count(values: Mapping[str, object]) -> int:
@@ -179,6 +200,12 @@ def _cross_problems(
         )
     yield from _rank_problems(settings)
     yield from bug_problems(typing.cast("list[str]", settings["bugs"] or []), mode=mode, settings=settings)
+    if settings["check_lost_writes"] and settings["real_kv"] == "none":
+        yield ContractProblem(
+            loc=("check_lost_writes",),
+            message="the lost-write check reads the K/V rows the real-KV hash reads, and real_kv is none; "
+            "set real_kv partial or all, or drop check_lost_writes",
+        )
     if compress_ratio is not None and swa_window < compress_ratio:
         yield ContractProblem(
             loc=("swa_window",),

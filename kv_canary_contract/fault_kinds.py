@@ -26,6 +26,8 @@ FaultKind = Literal[
     "stale_prefix",
     "swap_next_token",
     "skip_canary_write",
+    "lost_write",
+    "misdirected_write",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = typing.get_args(FaultKind)
 
@@ -113,6 +115,14 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
         "skip_canary_write": FaultKindRule(targets={RANK_KEY: TARGET_VALUES["rank"]}, needs_canary=True),
+        # A forward's K/V write of one token in one layer of the group: skipped, or landed in
+        # another live slot. Only the lost-write check sees the row left unwritten.
+        "lost_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
+        "misdirected_write": FaultKindRule(
+            targets={"group": POOL_GROUPS, "request": ("running",)}, touches_guarded_state=True
+        ),
     }
 )
 

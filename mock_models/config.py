@@ -67,6 +67,10 @@ class EngineConfig:
     # Share of max_new_tokens whose pages admission reserves; below 1 a decode short of pages retracts.
     new_token_ratio: float = 1.0
     bugs: tuple[str, ...] = ()  # engine bug modes (kv_canary_contract.ENGINE_BUGS) this engine re-enacts
+    # Random delays (mock_models/engine/jitter.py) of up to this many microseconds between scheduling,
+    # the forward, K/V writes and frees, drawn from jitter_seed; 0: none.
+    jitter_max_us: int = 0
+    jitter_seed: int = 0
 
     def __post_init__(self) -> None:
         # Callers may pass the enums' values ("swa", "sglang"), as the server's flags and the tests do.

@@ -1,9 +1,11 @@
 """The scenario x mode heatmap: green held (the cell gives the latency), red failed (the cell says
-why), dark grey planned but never run, light grey not a mode of the scenario; a legend says so."""
+why), dark grey planned but never run, light grey 'n/a: reason' where the scenario does not run in
+that mode (its file says why, or the contract does); a legend says so."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import textwrap
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,20 +20,35 @@ LEGEND = (
     (HELD, "held (+N: detected N forwards after the injection)"),
     (FAILED, "failed (why)"),
     (NOT_RUN, "planned, never ran"),
-    (NOT_A_MODE, "not a mode of the scenario"),
+    (NOT_A_MODE, "n/a: not a mode (why)"),
 )
+_NA_WIDTH, _NA_LINES = 22, 3  # an n/a reason, wrapped to fit its cell; report.md has it whole
 TITLE = "kv-canary detection"
 _MIN_WIDTH_IN = 5.0  # room for the title and the legend even with one mode
 
 
 def cell_label(result: RunResult) -> str:
-    """What a cell says: the latency of a held detection, 'clean', or why the pair failed."""
+    """What a cell says: the latency of a held detection ('caught' for an engine bug, which has no injection
+    step), 'clean', 'blind spot' (a pinned one: harm, no detection), or why the pair failed."""
     if result.error is not None or result.check is None:
         return "error"
     check = result.check
     if check.passed:
-        return "clean" if check.latency_steps is None else f"+{check.latency_steps}"
+        if check.latency_steps is not None:
+            return f"+{check.latency_steps}"
+        if check.expects_detection:
+            return "caught"
+        return "blind spot" if check.first_wrong is not None else "clean"  # pinned: harm the canary cannot see
     return next((outcome.label for outcome in check.unmet() if outcome.label), "failed")
+
+
+def not_applicable_pairs(results: Sequence[RunResult]) -> dict[tuple[str, str], str]:
+    """(scenario, mode) -> why the scenario does not run in that mode, from its results."""
+    return {(result.scenario, mode): reason for result in results for mode, reason in result.not_applicable.items()}
+
+
+def not_applicable_label(reason: str) -> str:
+    return textwrap.fill(f"n/a: {reason}", width=_NA_WIDTH, max_lines=_NA_LINES, placeholder="...")
 
 
 def heatmap_figure(results: Sequence[RunResult], *, not_run: Collection[tuple[str, str]] = ()) -> Figure:
@@ -45,9 +62,10 @@ def heatmap_figure(results: Sequence[RunResult], *, not_run: Collection[tuple[st
     scenarios = sorted({result.scenario for result in results} | {scenario for scenario, _ in not_run})
     modes = [mode for mode in MODEL_MODES if any(r.mode == mode for r in results) or any(m == mode for _, m in not_run)]
     by_pair = {(result.scenario, result.mode): result for result in results}
+    not_applicable: Mapping[tuple[str, str], str] = not_applicable_pairs(results)
     longest_name = max((len(name) for name in scenarios), default=0)
-    width = max(_MIN_WIDTH_IN, 1.2 + 0.07 * longest_name + 1.2 * len(modes))
-    figure = Figure(figsize=(width, 1.8 + 0.35 * len(scenarios)), layout="constrained")
+    width = max(_MIN_WIDTH_IN, 1.2 + 0.07 * longest_name + 1.4 * len(modes))
+    figure = Figure(figsize=(width, 1.8 + 0.45 * len(scenarios)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     colours = [[to_rgb(NOT_A_MODE)] * len(modes) for _ in scenarios]
@@ -58,8 +76,18 @@ def heatmap_figure(results: Sequence[RunResult], *, not_run: Collection[tuple[st
                 colour, label = (HELD if result.passed else FAILED), cell_label(result)
             elif (scenario, mode) in not_run:
                 colour, label = NOT_RUN, "not run"
-            else:
+            elif (scenario, mode) in not_applicable:
+                axes.text(
+                    column,
+                    row,
+                    not_applicable_label(not_applicable[scenario, mode]),
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                )
                 continue
+            else:
+                continue  # a mode this run left out (--model-mode)
             colours[row][column] = to_rgb(colour)
             axes.text(column, row, label, ha="center", va="center", fontsize=7)
     axes.imshow(colours, aspect="auto")

@@ -10,8 +10,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from harness.report.heatmap import render_heatmap
-from harness.report.rows import markdown_table, report_row
+from harness.report.heatmap import not_applicable_pairs, render_heatmap
+from harness.report.rows import harm_row, markdown_table, report_row
 from harness.report.run_directory import RunDirectory
 from harness.run_result import RunResult
 
@@ -59,6 +59,11 @@ def render_report(root: Path) -> RenderedReport:
                 "summary": {"pairs": len(results), "passed": passed, "failed": failed},
                 "run": {"planned": planned, "complete": not not_run, "not_run": [pair_id(*pair) for pair in not_run]},
                 "rows": [report_row(result) for result in results],
+                "harm": [harm_row(result) for result in results],
+                "not_applicable": [
+                    {"scenario": scenario, "mode": mode, "reason": reason}
+                    for (scenario, mode), reason in sorted(not_applicable_pairs(results).items())
+                ],
             },
             indent=2,
         )
@@ -68,6 +73,12 @@ def render_report(root: Path) -> RenderedReport:
     summary = _summary(results, planned, not_run, root)
     sections = [f"# kv-canary detection report\n\n{summary}\n", markdown_table(results)]
     sections.append(f"\n![detection heatmap]({HEATMAP_FILE})\n")
+    not_applicable = not_applicable_pairs(results)
+    if not_applicable:
+        sections.append("## Not applicable\n")
+        sections.append(
+            "\n".join(f"* {pair_id(*pair)}: n/a: {reason}" for pair, reason in sorted(not_applicable.items())) + "\n"
+        )
     if not_run:
         sections.append("## Never ran\n")
         sections.append("\n".join(f"* {pair_id(*pair)}" for pair in not_run) + "\n")

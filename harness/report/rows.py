@@ -7,7 +7,19 @@ from collections.abc import Sequence
 from harness.run_result import RunResult
 from harness.text_table import aligned_columns
 
-COLUMNS = ("scenario", "mode", "expected", "result", "detected", "latency", "violations", "reasons", "wall s")
+COLUMNS = (
+    "scenario",
+    "mode",
+    "expected",
+    "result",
+    "detected",
+    "latency",
+    "violations",
+    "reasons",
+    "wall s",
+)
+# report.md's extra columns: the step of the first wrong output, and whether the canary spoke by then.
+HARM_COLUMNS = ("first wrong", "before harm")
 
 
 def report_row(result: RunResult) -> dict[str, object]:
@@ -30,6 +42,20 @@ def report_row(result: RunResult) -> dict[str, object]:
     }
 
 
+def harm_row(result: RunResult) -> dict[str, object]:
+    """report.json's harm entry of a pair: the forward that sampled the first wrong output (None: none went
+    wrong, or outputs were not judged) and whether the canary's first violation came at or before it."""
+    check = result.check
+    return {
+        "scenario": result.scenario,
+        "mode": result.mode,
+        "outputs_judged": check.harm_judged if check else False,
+        "first_wrong_step": check.first_wrong.step if check and check.first_wrong else None,
+        "first_wrong": check.first_wrong.describe() if check and check.first_wrong else None,
+        "detected_before_harm": check.detected_before_harm if check else None,
+    }
+
+
 def _cells(result: RunResult) -> tuple[str, ...]:
     row = report_row(result)
     check = result.check
@@ -47,9 +73,15 @@ def _cells(result: RunResult) -> tuple[str, ...]:
     )
 
 
+def _harm_cells(result: RunResult) -> tuple[str, ...]:
+    check = result.check
+    return ("-", "-") if check is None else (check.harm_text(), check.before_harm_text())
+
+
 def markdown_table(results: Sequence[RunResult]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cells(result)) + " |" for result in results]
+    columns = (*COLUMNS, *HARM_COLUMNS)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join((*_cells(result), *_harm_cells(result))) + " |" for result in results]
     return "\n".join(lines)
 
 

@@ -40,6 +40,11 @@ class EngineClient:
             raise EngineHttpError(f"POST /abort_request has no integer 'aborted': {answer!r}")
         return aborted > 0
 
+    def flush_cache(self) -> None:
+        """``POST /flush_cache``: empty the radix cache; refused (mock: 409, SGLang: 400) unless idle.
+        SGLang answers with text, the mock server with JSON: only the status counts."""
+        self._send("POST", "/flush_cache")
+
     def server_info(self) -> dict[str, Any]:
         return self._call("GET", "/get_server_info")
 
@@ -76,11 +81,7 @@ class EngineClient:
         return ViolationSnapshot(count=count, lines=tuple(map(str, lines)))
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = requests.request(
-            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
-        )
-        if response.status_code != 200:
-            raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
+        response = self._send(method, path, body)
         try:
             answer = response.json()
         except ValueError:
@@ -88,3 +89,11 @@ class EngineClient:
         if not isinstance(answer, dict):
             raise EngineHttpError(f"{method} {path} answered {answer!r}, expected a JSON object")
         return answer
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
+        response = requests.request(
+            method, self.base_url + path, json=body, headers=self.headers, timeout=self.timeout_s
+        )
+        if response.status_code != 200:
+            raise EngineHttpError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
+        return response

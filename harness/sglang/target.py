@@ -39,6 +39,12 @@ class SglangTarget:
     def label(self) -> str:
         return self.launch.label
 
+    @property
+    def samples_with_token_oracle(self) -> bool:
+        # A real model samples its own tokens and reports no per-output digests: outputs are not judged,
+        # and no clean twin is run (docs/HARNESS.md, "Did it detect before harm?").
+        return False
+
     def server(
         self, engine: EngineSettings, mode: str, *, log_path: Path, swa_divergence_interval: int | None
     ) -> LiveServerProcess:

@@ -23,9 +23,11 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from kv_canary import CanaryConfig, CanaryMode, KvCanaryViolationError, ViolationRecord
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, RankLayout
 from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.forward_batch import ForwardBatch
+from mock_models.engine.jitter import Jitter
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
 from mock_models.engine.ranks.forward_plans import plan_of
@@ -33,7 +35,6 @@ from mock_models.engine.ranks.launcher import RankGroup
 from mock_models.engine.ranks.messages import RankJob
 from mock_models.engine.request import GenerationResult, Request
 from mock_models.engine.scheduler import ScheduledBatch, Scheduler
-from mock_models.models.token_oracle import TokenOracle
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Engine:
         self.full_allocator = self.model_runner.full_allocator
         self.swa_allocator = self.model_runner.swa_allocator
         self.radix_cache = self.model_runner.radix_cache
+        self.jitter = Jitter(max_us=config.jitter_max_us, seed=config.jitter_seed, device=self.model_runner.device)
+        self.jitter.before_writes_and_frees(self.token_to_kv_pool, self.full_allocator, self.swa_allocator)
         self.kv_cache = KVCacheManager(
             config=config,
             req_to_token_pool=self.req_to_token_pool,
@@ -202,6 +205,7 @@ class Engine:
         finished: list[Request] = []
         overrun: list[Request] = []
         if batch is not None:
+            self.jitter.pause()
             for batch_hook in list(self._batch_hooks):
                 batch_hook(self, batch)
             self._carry_digests(batch)
@@ -236,6 +240,7 @@ class Engine:
             self.rank_group.send_forward(plan_of(forward_batch, mapping))
         sampling = batch.sampling_items()
         violation = None
+        self.jitter.pause()
         try:
             self.model_runner.forward(
                 forward_batch,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from kv_canary_contract.token_oracle import OracleState
 from mock_models.engine.memory_protocols import EngineRadixNode
-from mock_models.models.token_oracle import OracleState
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

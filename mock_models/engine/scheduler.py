@@ -21,11 +21,11 @@ import dataclasses
 
 import torch
 
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig
 from mock_models.engine.forward_batch import ForwardMode
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.request import Request
-from mock_models.models.token_oracle import TokenOracle
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -34,6 +34,7 @@ from mock_models.faults.double_free import double_free
 from mock_models.faults.fault_request import FaultSpec
 from mock_models.faults.injection_log import InjectionEntry, InjectionLog
 from mock_models.faults.kv_bytes import corrupt_kv_bytes
+from mock_models.faults.kv_writes import lost_write, misdirected_write
 from mock_models.faults.radix_faults import evict_radix_node, stale_prefix
 from mock_models.faults.slot_maps import remap_swa_slot, req_to_token_remap
 from mock_models.faults.targets import FaultContext, NoTarget
@@ -62,6 +63,8 @@ APPLIERS: dict[str, Applier] = {
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
     "skip_canary_write": skip_canary_write,
+    "lost_write": lost_write,
+    "misdirected_write": misdirected_write,
 }
 # Kinds whose corruption is read through admission (a waiting request's prefix match): applied in
 # the step hook, before the forward is scheduled; every other kind once it is scheduled.

@@ -26,6 +26,7 @@ from mock_models.engine.request import GenerationResult
 from mock_models.server.canary_routes import canary_router
 from mock_models.server.engine_worker import EngineStoppedError, EngineWorker, RequestAbortedError
 from mock_models.server.handoff import run_on_engine, worker_of
+from mock_models.server.jitter_middleware import JitterMiddleware
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
 
@@ -244,6 +245,9 @@ def create_app(worker: EngineWorker, *, extra_routers: Sequence[APIRouter] = ())
 
     app = FastAPI(title="kv-canary mock server", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _malformed_body)
+    config = worker.engine.config
+    if config.jitter_max_us:
+        app.add_middleware(JitterMiddleware, max_us=config.jitter_max_us, seed=f"{config.jitter_seed}/http")
     app.state.worker = worker
     app.include_router(core_router)
     app.include_router(canary_router, prefix="/kv_canary")

@@ -31,6 +31,7 @@ CANARY_CONFIG_FIELDS: Mapping[str, str] = {
     "canary_mode": "mode",
     "stats_interval": "stats_interval",
     "swa_divergence_interval": "swa_divergence_interval",
+    "check_lost_writes": "check_lost_writes",
 }
 # Values the server takes beyond a scenario's: it also serves with the canary off.
 _SERVER_ONLY_CHOICES: Mapping[str, tuple[str, ...]] = {"canary_mode": (CanaryMode.NONE.value,)}

@@ -26,10 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 PAIR_TIMEOUT_S = 900
 
 
-def run_live(scenario: str, report_dir: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def run_live(pair: str, report_dir: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """``pair`` is 'scenario-mode': the scenario file's name and the one mode it runs in here."""
+    scenario, mode = pair.rsplit("-", 1)
     command = (
         f"source tools/live_sglang/env.sh cpu && exec {sys.executable} -m harness run scenarios/{scenario}.yaml "
-        f"--target sglang --device cpu --report {report_dir}"
+        f"--model-mode {mode} --target sglang --device cpu --report {report_dir}"
     )
     result = subprocess.run(
         ["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=PAIR_TIMEOUT_S, check=False

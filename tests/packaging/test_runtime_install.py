@@ -135,10 +135,10 @@ def test_the_runtime_installs_alone_with_torch_and_leaves_pytest_runs_alone(tmp_
     (project / "tests").mkdir(parents=True)
     (project / "tests" / "test_engine.py").write_text("def test_engine():\n    pass\n")
     (project / "scenarios").mkdir()
-    shutil.copy2(REPO_ROOT / "scenarios" / "baseline-mha.yaml", project / "scenarios")
+    shutil.copy2(REPO_ROOT / "scenarios" / "baseline.yaml", project / "scenarios")
     collected = _run(python, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", cwd=project).stdout
     assert "test_engine.py::test_engine" in collected and "1 test collected" in collected
-    assert "baseline-mha" not in collected
+    assert "baseline.yaml" not in collected
     help_text = _run(python, "-m", "pytest", "--help", cwd=project).stdout
     assert "--model-mode" not in help_text and "kv-canary" not in help_text
     plugins = _run(python, "-m", "pytest", "--trace-config", "--collect-only", "-q", cwd=project).stdout

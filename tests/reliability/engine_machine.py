@@ -81,6 +81,7 @@ def engine_settings(draw: st.DrawFn, mode: str, *, faults: bool) -> tuple[Engine
         health_check_interval=4,
         health_check_warmup=4,
         swa_divergence_interval=3 if mode == "swa" else 0,
+        check_lost_writes=real_kv is not RealKvHashMode.NONE,
     )
     return engine, canary
 

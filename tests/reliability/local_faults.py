@@ -10,7 +10,9 @@ what it did; whether (and when) the corruption is *read* is judged independently
 no cached node, ...): the caller tries again before a later forward. Two kinds arm a trap instead
 of acting at once (``stale_prefix``: the next prefix match; ``swap_next_token``: the next decode)
 and report the forward they fired before through ``PendingFault.step``, as the server's injector
-does: a violation that forward reports is a detection with latency 0.
+does: a violation that forward reports is a detection with latency 0. ``lost_write`` and
+``misdirected_write`` arm the next scheduled forward: one token's K/V write in one layer, through the
+server's own ``PoolWriteHook`` (the mechanism; which token, layer and victim is drawn here).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from kv_canary_contract import FAULT_KIND_RULES
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import MatchResult
 from mock_models.engine.request import Request
+from mock_models.engine.scheduler import ScheduledBatch
 from mock_models.faults.canary_writes import skip_next_canary_write
+from mock_models.faults.kv_writes import PoolWriteHook, group_layers
 
 KV_BYTE_SLOTS = tuple(map(str, FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]))
 
@@ -298,6 +302,49 @@ def _skip_canary_write(engine: Engine, rng: random.Random, target: str | None) -
     )
 
 
+def _lost_write(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
+    return _arm_write_fault(engine, rng, "lost_write")
+
+
+def _misdirected_write(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
+    return _arm_write_fault(engine, rng, "misdirected_write")
+
+
+def _arm_write_fault(engine: Engine, rng: random.Random, kind: str) -> PendingFault:
+    """Arm the engine: the next scheduled forward loses (or misdirects) one token's K/V write in one layer
+    of a guarded group; a misdirected one lands in a slot another request of that forward reads."""
+    fault = PendingFault(kind=kind, target="running")
+
+    def arm(engine: Engine, batch: ScheduledBatch) -> None:
+        if fault.step is not None:
+            return
+        group = rng.choice(_groups(engine))
+        layers = group_layers(engine, "full" if group is PoolGroupKind.FULL else "swa")
+        writers = [(start, item.req, item.count) for start, item in zip(_starts(batch), batch.items, strict=True)]
+        start, writer, count = rng.choice(writers)
+        victims = [read for read in _next_reads(engine) if read.group is group and read.req is not writer]
+        if not layers or (kind == "misdirected_write" and not victims):
+            return
+        index = start + rng.randrange(count)
+        victim = rng.choice(victims).full_slot if kind == "misdirected_write" else None
+        layer = rng.choice(layers)
+        PoolWriteHook(engine, layer_id=layer, token_index=index, redirect_to=victim).install()
+        fault.step = engine.forward_count + 1
+        fault.detail = f"request {writer.rid} token {index - start} of the forward, layer {layer}, to {victim}"
+        remove()
+
+    remove = engine.add_batch_hook(arm)
+    return fault
+
+
+def _starts(batch: ScheduledBatch) -> list[int]:
+    starts, start = [], 0
+    for item in batch.items:
+        starts.append(start)
+        start += item.count
+    return starts
+
+
 def _cached_paths(cache, length: int) -> list[tuple[list[int], torch.Tensor]]:
     """(first ``length`` tokens, their slots) of every root path at least that long."""
     paths = []
@@ -331,5 +378,7 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
     "skip_canary_write": _skip_canary_write,
+    "lost_write": _lost_write,
+    "misdirected_write": _misdirected_write,
 }
 assert set(_APPLIERS) == {kind for kind, rule in FAULT_KIND_RULES.items() if rule.injects}

@@ -116,14 +116,32 @@ def sorted_ring_rows(state: CanaryDeviceState) -> list[tuple[int, ...]]:
     return sorted(tuple(row) for row in state.ring.rows[:count].tolist())
 
 
+def differing_rows(expected: torch.Tensor, got: torch.Tensor, *, shown: int = 4) -> str:
+    """Which slots' rows differ (the rows given start at slot 1), and the first words of a few of them
+    (reference, then candidate)."""
+    differ = (expected != got).reshape(expected.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+    rows = [row + 1 for row in differ]
+    words = [
+        f"slot {row + 1}: {expected[row].flatten()[:8].tolist()} vs {got[row].flatten()[:8].tolist()}"
+        for row in differ[:shown]
+    ]
+    return f"{len(rows)} rows {rows[:16]}; " + "; ".join(words)
+
+
 def assert_same_state(reference: Install, candidate: Install) -> None:
     """Records, K/V bytes, counters and violation rows agree byte for byte."""
     for index, (expected, got) in enumerate(zip(reference.records(), candidate.records(), strict=True)):
         assert torch.equal(expected, got), f"record buffer {index} differs"
-    for index, (expected, got) in enumerate(
+    for index, (whole_expected, whole_got) in enumerate(
         zip(layer_buffers(reference.pool), layer_buffers(candidate.pool), strict=True)
     ):
-        assert torch.equal(expected.view(torch.int16), got.view(torch.int16)), f"K/V buffer {index} differs"
+        # Row 0 is the padding slot, scratch for padded entries. On the H200 the two installs' row 0
+        # came out different, torn at 8-byte words: a scatter hitting it more than once keeps any of
+        # the values on CUDA. The canary never trusts its bytes, so it is not compared.
+        expected, got = whole_expected[1:], whole_got[1:]
+        assert torch.equal(expected.view(torch.int16), got.view(torch.int16)), (
+            f"K/V buffer {index} differs: {differing_rows(expected.view(torch.int16), got.view(torch.int16))}"
+        )
     for name in ("kernel_run_counters", "slot_run_counters", "step", "plan_overflow", "verify_entries"):
         assert torch.equal(getattr(reference.state, name), getattr(candidate.state, name)), name
     assert int(reference.state.ring.write_index) == int(candidate.state.ring.write_index)

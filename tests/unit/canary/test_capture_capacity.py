@@ -68,6 +68,44 @@ def test_torch_plans_drop_count_and_report_what_a_captured_forward_holds_beyond_
     assert engine.canary.violations == []  # what was planned verifies clean: nothing written out of bounds
 
 
+def test_a_captured_decode_batch_wider_than_the_write_plan_is_dropped_counted_and_reported(caplog):
+    caplog.set_level(logging.INFO, logger="kv_canary")
+    engine = FakeEngine(small_capacities(KernelBackend.TORCH))
+    requests = [engine.add_request([10 + i, 20 + i]) for i in range(8)]
+    for request in requests:
+        engine.forward([request])
+    slots = []
+    for token, request in enumerate(requests, start=50):
+        slots.append(engine.free_slots.pop(0))
+        engine.req_pool.req_to_token[request.row, 2] = slots[-1]
+        engine.req_pool.req_token_ids[request.row, 2] = token
+    rows = ForwardRows(  # 8 decodes without host lengths, as a captured graph replays them
+        req_pool_indices=torch.tensor([request.row for request in requests]),
+        prefix_lens=None,
+        extend_lens=None,
+        seq_lens=torch.full((8,), 3),
+        out_cache_loc=torch.tensor(slots),
+        input_ids=torch.arange(50, 58),
+        positions=torch.full((8,), 2),
+        req_to_token=engine.req_pool.req_to_token,
+        req_token_ids=engine.req_pool.req_token_ids,
+        max_extend_len=1,
+    )
+    engine.canary.before_forward(rows)
+    engine.canary.after_forward()
+    engine.canary.after_forward_on_host()
+    engine.forward([])
+    engine.canary.flush()
+    # verify: 16 prefix entries over 4; write: 8 new tokens over 4, and of those 4 only the first
+    # request's run fits a request capacity of 1.
+    dropped = (16 - 4) + (8 - 4) + 3
+    assert engine.canary.stats_snapshot()["plan_overflow_entries"] == dropped
+    overflow = [m for m in caplog.messages if m.startswith("kv_canary plan_overflow:")]
+    assert overflow and f"dropped_entries={dropped}" in overflow[0]
+    assert "KV_CANARY_WRITE_CAPACITY" in overflow[0] and "KV_CANARY_MAX_REQUESTS_PER_FORWARD" in overflow[0]
+    assert engine.canary.violations == []  # the planned part verifies clean: nothing written out of bounds
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_graph_captured_by_the_triton_kernels_verifies_a_longer_prefix_whole():

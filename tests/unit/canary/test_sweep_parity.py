@@ -74,7 +74,7 @@ def write_records(installs: list[Install], cache: FakeRadixCache) -> None:
             slots = torch.cat([node.value.long().cpu() for nodes in levels for node in nodes])
             mapping[slots[slots % 3 != 0]] = slots[slots % 3 != 0].to(mapping.device)
         for nodes in levels:
-            plan = write_plan(nodes, mapping)
+            plan = write_plan(nodes, device=install.records()[0].device)
             for group in install.groups:
                 group_plan = plan if group.full_to_swa_index_mapping is None else plan_in_swa(plan, group)
                 for half, buffers in group.halves.items():
@@ -97,8 +97,9 @@ class Listed:
     position: int
 
 
-def write_plan(level: list[Listed], mapping: torch.Tensor | None) -> WritePlan:
-    """One run per node of the level, chained from its parent's last slot (full-pool slots)."""
+def write_plan(level: list[Listed], *, device: torch.device) -> WritePlan:
+    """One run per node of the level, chained from its parent's last slot (full-pool slots), on the
+    records' device (built on the CPU)."""
     entries = sum(len(node.value) for node in level)
     plan = WritePlan.allocate(capacity=entries, request_capacity=len(level), device="cpu")
     start = 0
@@ -113,7 +114,7 @@ def write_plan(level: list[Listed], mapping: torch.Tensor | None) -> WritePlan:
         plan.expected_positions[start : start + length] = plan.positions[start : start + length]
         start += length
     plan.num_requests.fill_(len(level))
-    return on_device(plan, mapping.device if mapping is not None else plan.slot_indices.device)
+    return on_device(plan, device)
 
 
 def plan_in_swa(plan: WritePlan, group) -> WritePlan:

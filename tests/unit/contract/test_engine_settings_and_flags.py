@@ -91,6 +91,9 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         overlap_schedule=True,
         new_token_ratio=0.5,
         bugs=["overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"],
+        check_lost_writes=True,
+        jitter_max_us=50,
+        jitter_seed=3,
     )
     argv = server_argv(server_command=(), engine=settings, mode="dsv4", port=0, device="cpu", swa_divergence_interval=2)
     with serve_command.make_context("serve", argv) as context:
@@ -114,9 +117,11 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "overlap_schedule": True,
         "new_token_ratio": 0.5,
         "bugs": ("overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"),
+        "jitter_max_us": 50,
+        "jitter_seed": 3,
     }
     assert (canary.sweep_interval, canary.real_kv_hash, canary.mode) == (3, RealKvHashMode.ALL, CanaryMode.RAISE)
-    assert (canary.stats_interval, canary.swa_divergence_interval) == (7, 2)
+    assert (canary.stats_interval, canary.swa_divergence_interval, canary.check_lost_writes) == (7, 2, True)
 
 
 def test_the_engine_config_is_checked_by_the_same_rules():

@@ -66,6 +66,7 @@ def fault_run():
         *,
         sweep_interval: int = 4,
         real_kv_hash: RealKvHashMode = RealKvHashMode.PARTIAL,
+        check_lost_writes: bool = False,
         **engine_settings: typing.Any,
     ) -> FaultRun:
         config = EngineConfig(model_mode=ModelMode(mode), swa_window=WINDOW, max_total_tokens=1024, **engine_settings)
@@ -78,6 +79,7 @@ def fault_run():
             verify_capacity=4096,
             write_capacity=1024,
             max_requests_per_forward=32,
+            check_lost_writes=check_lost_writes,
         )
         engine = Engine(config, canary_config=canary)
         return FaultRun(engine=engine, injector=FaultInjector.install(engine))

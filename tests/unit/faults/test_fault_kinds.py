@@ -219,3 +219,34 @@ def test_an_evicted_node_in_a_readers_window_is_seen_by_the_swa_verify_at_slot_0
     assert (entry.status, entry.step) == ("applied", 8), entry.detail
     at_injection = [v for v in run.violations_from(8) if v.step == 8]
     assert {v.launch_tag for v in at_injection if v.slot_idx == 0} >= {"HEAD_K_SWA", "HEAD_V_SWA"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "target", "tags"),
+    [("mha", {}, {"TAIL_K_FULL", "TAIL_V_FULL"}), ("swa", {"group": "swa"}, {"TAIL_K_SWA", "TAIL_V_SWA"})],
+)
+def test_a_lost_write_is_seen_only_by_the_lost_write_check(fault_run, mode, target, tags):
+    unchecked = fault_run(mode)
+    unchecked.inject(kind="lost_write", at_step=8, target=target)
+    unchecked.submit(4)
+    unchecked.until_idle()
+    assert unchecked.entries[0].status == "applied" and unchecked.violations() == []
+
+    checked = fault_run(mode, check_lost_writes=True)
+    checked.inject(kind="lost_write", at_step=8, target=target)
+    checked.submit(4)
+    checked.until_idle()
+    violations = checked.violations_from(8)
+    assert {(v.step, v.fail_reasons) for v in violations} == {(8, ("lost_write",))}
+    assert {v.launch_tag for v in violations} <= tags
+
+
+def test_a_misdirected_write_fails_the_overwritten_slot_and_leaves_the_target_marked(fault_run):
+    run = fault_run("dsv4", check_lost_writes=True)
+    run.inject(kind="misdirected_write", at_step=8)
+    run.submit(4)
+    run.until_idle()
+    (entry,) = run.entries
+    assert (entry.status, entry.step) == ("applied", 8), entry.detail
+    step, reasons, tags = first_reasons(run.violations_from(8))
+    assert (step, reasons, tags) == (8, {"lost_write", "real_kv_hash"}, {"TAIL_K_SWA"})

@@ -30,3 +30,10 @@ def test_the_static_checks_run_in_hosted_ci_as_in_ci_run() -> None:
     ci_run = (WORKFLOW.parents[2] / ".ci" / "run").read_text().splitlines()
     assert "bash .ci/check" in ci_run
     assert ci_run.index("bash .ci/check") < next(i for i, line in enumerate(ci_run) if "pytest" in line)
+
+
+def test_the_detection_report_step_runs_the_library_pairs_in_parallel_per_mode() -> None:
+    steps = [step.get("run", "") for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["e2e"]["steps"]]
+    assert any("kv-canary run scenarios/ -j 2 --model-mode ${{ matrix.model-mode }}" in command for command in steps), (
+        steps
+    )

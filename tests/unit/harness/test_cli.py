@@ -241,3 +241,29 @@ def comparable_report(run_dir: Path) -> dict:
     for row in report["rows"]:
         row.pop("wall_time_s"), row.pop("log_path")
     return report
+
+
+def _comparable(run_dir: Path) -> list[dict[str, object]]:
+    """The run's report rows without what differs between any two runs (wall time, where the logs are)."""
+    rows = json.loads((run_dir / "report.json").read_text())["rows"]
+    return [{key: value for key, value in row.items() if key not in ("wall_time_s", "log_path")} for row in rows]
+
+
+def test_run_with_jobs_runs_pairs_in_parallel_with_the_results_of_a_serial_run(invoke, library, tmp_path):
+    serial = invoke(*run_args(library, report=tmp_path / "serial"))
+    parallel = invoke(*run_args(library, report=tmp_path / "parallel"), "-j", "3")
+    assert serial.exit_code == parallel.exit_code == 0, parallel.output
+    assert _comparable(tmp_path / "parallel") == _comparable(tmp_path / "serial")
+    assert len(_comparable(tmp_path / "parallel")) == 3
+    assert invoke(*run_args(library, report=tmp_path / "bad"), "-j", "0").exit_code == 2
+
+
+def test_the_report_names_every_mode_a_scenario_does_not_run_in_and_why(invoke, write_scenario, tmp_path):
+    text = DETECT_EVICTION.replace(
+        "model_modes: [mha, swa]", 'model_modes: [mha, swa]\nnot_applicable:\n  dsv4: "a reason"'
+    )
+    scenario = write_scenario(text, "library/detect-eviction.yaml")
+    assert invoke(*run_args(scenario, report=tmp_path / "run")).exit_code == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["not_applicable"] == [{"scenario": "detect-eviction", "mode": "dsv4", "reason": "a reason"}]
+    assert "* detect-eviction[dsv4]: n/a: a reason" in (tmp_path / "run" / "report.md").read_text()

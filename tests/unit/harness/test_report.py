@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from harness.expectations import ExpectationOutcome, ExpectationResult
+from harness.outputs import WrongOutput
 from harness.report import PlannedScenario, RunDirectory, RunDirectoryError, RunPlan, render_report, terminal_table
 from harness.report.heatmap import LEGEND, cell_label, heatmap_figure
 from harness.run_result import RunResult
@@ -250,3 +252,41 @@ def test_results_written_before_the_expected_column_still_read(run_dir):
         del outcome["label"], outcome["line_count"]
     path.write_text(json.dumps(payload))
     assert "| evict-node | mha | ? | pass | yes | 3 |" in render_report(run_dir).markdown.read_text()
+
+
+def test_every_heatmap_cell_is_a_result_or_says_n_a_and_why(tmp_path):
+    dsv4_only = dataclasses.replace(
+        result("remap-swa", "swa"), not_applicable={"mha": "one pool group, so there is no mapping to remap"}
+    )
+    results = [result("evict-node", "mha"), result("evict-node", "swa"), dsv4_only]
+    figure = heatmap_figure(results)
+    cells = {text.get_text() for text in figure.axes[0].texts}
+    assert cells == {"+3", "n/a: one pool group,\nso there is no mapping\nto remap"}
+    for item in results:
+        RunDirectory(tmp_path).write_result(item)
+    markdown = render_report(tmp_path).markdown.read_text()
+    assert "* remap-swa[mha]: n/a: one pool group, so there is no mapping to remap" in markdown
+
+
+def test_the_markdown_table_gives_the_first_wrong_output_and_whether_detection_came_by_then(tmp_path):
+    wrong = WrongOutput(request="p1:a#0", index=2, step=23, why="token 4, the token oracle's is 5")
+    check = dataclasses.replace(
+        result("evict-node", "mha").check, first_wrong=wrong, harm_judged=True, detected_before_harm=False
+    )
+    RunDirectory(tmp_path).write_result(dataclasses.replace(result("evict-node", "mha"), check=check))
+    rendered = render_report(tmp_path)
+    assert "| first wrong | before harm |" in rendered.markdown.read_text()
+    assert "| chain_hash,position | 1.2 | step 23 | no |" in rendered.markdown.read_text()
+    (harm,) = json.loads(rendered.json.read_text())["harm"]
+    assert (harm["first_wrong_step"], harm["detected_before_harm"], harm["outputs_judged"]) == (23, False, True)
+
+
+def test_an_engine_bug_and_a_blind_spot_read_as_what_they_are():
+    bug = result("bug-x", "mha", latency=None)
+    bug = dataclasses.replace(bug, check=dataclasses.replace(bug.check, detected=True, within_steps=None))
+    assert (cell_label(bug), bug.check.expected_text()) == ("caught", "detect by harm")
+    wrong = WrongOutput(request="r#0", index=0, step=5, why="digest")
+    blind = result("blind", "mha", latency=None, expects_detection=False)
+    blind = dataclasses.replace(blind, check=dataclasses.replace(blind.check, first_wrong=wrong, harm_judged=True))
+    assert (cell_label(blind), blind.check.expected_text()) == ("blind spot", "clean")
+    assert cell_label(result("baseline", "mha", latency=None, expects_detection=False)) == "clean"

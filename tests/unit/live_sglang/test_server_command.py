@@ -131,7 +131,7 @@ def test_modes_and_page_sizes_the_live_target_cannot_run_are_refused(tmp_path):
 
 def test_cuda_graphs_without_the_sglang_target_or_on_the_cpu_is_bad_input():
     runner = CliRunner()
-    mock = runner.invoke(cli, ["run", "scenarios/baseline-mha.yaml", "--cuda-graphs"])
+    mock = runner.invoke(cli, ["run", "scenarios/baseline.yaml", "--cuda-graphs"])
     assert mock.exit_code == EXIT_BAD_INPUT and "--target sglang only" in mock.output
-    cpu = runner.invoke(cli, ["run", "scenarios/baseline-mha.yaml", "--target", "sglang", "--cuda-graphs"])
+    cpu = runner.invoke(cli, ["run", "scenarios/baseline.yaml", "--target", "sglang", "--cuda-graphs"])
     assert cpu.exit_code == EXIT_BAD_INPUT and "CUDA graphs need device cuda" in cpu.output

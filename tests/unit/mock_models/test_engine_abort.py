@@ -3,9 +3,9 @@
 import pytest
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 from tests.reliability.engine_invariants import check_engine_idle, check_engine_invariants
 
 PREFIX = list(range(200, 236))

@@ -8,9 +8,9 @@ nothing running to ever free it; ``Engine.step`` then raised and a server's engi
 
 import pytest
 
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 from tests.reliability.engine_invariants import check_engine_idle
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import CanaryRaisedError, Engine
-from mock_models.models.token_oracle import TokenOracle
 from tests.unit.canary.devices import DEVICES
 
 MODES = ["mha", "swa", "dsv4"]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.engine.engine import InvalidRequestError
 from mock_models.engine.forward_batch import ForwardMode
-from mock_models.models.token_oracle import TokenOracle
 
 MODES = ["mha", "swa", "dsv4"]
 

@@ -7,9 +7,9 @@ import time
 
 from fastapi.testclient import TestClient
 
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 

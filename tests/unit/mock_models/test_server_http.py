@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from harness.runner.engine_client import EngineClient
 from kv_canary import CanaryConfig, CanaryMode, RealKvHashMode, ViolationRecord
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.app import create_app
 from mock_models.server.engine_worker import EngineWorker
 

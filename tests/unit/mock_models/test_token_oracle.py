@@ -1,4 +1,4 @@
-from mock_models.models.token_oracle import TokenOracle
+from kv_canary_contract.token_oracle import TokenOracle
 
 
 def test_incremental_state_matches_recomputing_from_scratch():

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, RealKvHashMode
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, EngineConfigError, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 from mock_models.server.main import serve_command
 from tests.unit.sglang import sglang_imports as sgl
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from kv_canary import CanaryConfig, CanaryMode, KernelBackend, RealKvHashMode
+from kv_canary_contract.token_oracle import TokenOracle
 from mock_models.config import EngineConfig, MemBackend, ModelMode
 from mock_models.engine.engine import Engine
-from mock_models.models.token_oracle import TokenOracle
 
 pytestmark = pytest.mark.sglang
 
