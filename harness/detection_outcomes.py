@@ -149,13 +149,21 @@ def bug_detected(scenario: Scenario, violations: Sequence[ViolationRecord]) -> l
     return [outcome, *(_pattern_matched(pattern, violations) for pattern in scenario.expect.violations)]
 
 
+def rank_of(violation: ViolationRecord) -> int:
+    """The rank whose canary logged ``violation``; a line without ``rank=`` comes from a one-rank engine."""
+    return violation.rank if violation.rank is not None else 0
+
+
 def _pattern_matched(pattern: ViolationPattern, violations: Sequence[ViolationRecord]) -> ExpectationOutcome:
     expectation = f"a violation with launch_tag={pattern.launch_tag} fail_reason={pattern.fail_reason}"
+    if pattern.rank is not None:
+        expectation += f" rank={pattern.rank}"
     matching = [
         v
         for v in violations
         if matches(pattern.launch_tag, v.launch_tag)
         and any(matches(pattern.fail_reason, reason) for reason in v.fail_reasons)
+        and (pattern.rank is None or rank_of(v) == pattern.rank)
     ]
     if matching:
         return ExpectationOutcome(

@@ -6,6 +6,7 @@ frozen log-line parsers, the same ones users and the engine's tests assert throu
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -59,6 +60,8 @@ class ExpectationResult:
     first_wrong: WrongOutput | None = None  # the first harm: the earliest output that went wrong
     harm_judged: bool = False  # outputs were checked (the target has a token oracle)
     detected_before_harm: bool | None = None  # the first violation came no later than the first wrong output
+    # Violations logged by each rank of a multi-rank engine (lines with rank=); empty for one rank.
+    violations_by_rank: tuple[tuple[int, int], ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -112,6 +115,7 @@ class ExpectationResult:
         payload["fail_reasons_seen"] = list(self.fail_reasons_seen)
         payload["faults"] = [verdict.to_json() for verdict in self.faults]
         payload["first_wrong"] = self.first_wrong.to_json() if self.first_wrong is not None else None
+        payload["violations_by_rank"] = [list(pair) for pair in self.violations_by_rank]
         return payload
 
     @classmethod
@@ -131,7 +135,12 @@ class ExpectationResult:
             first_wrong=WrongOutput.from_json(payload["first_wrong"]) if payload.get("first_wrong") else None,
             harm_judged=payload.get("harm_judged", False),
             detected_before_harm=payload.get("detected_before_harm"),
+            violations_by_rank=tuple((rank, count) for rank, count in payload.get("violations_by_rank", ())),
         )
+
+    def ranks_text(self) -> str:
+        """'rank0:3 rank1:12': the violations each rank of a multi-rank engine logged; '' for one rank."""
+        return " ".join(f"rank{rank}:{count}" for rank, count in self.violations_by_rank)
 
 
 def check_expectations(
@@ -184,7 +193,19 @@ def check_expectations(
         first_wrong=evidence.outputs.first_wrong if evidence.outputs is not None else None,
         harm_judged=evidence.outputs is not None,
         detected_before_harm=before_harm,
+        violations_by_rank=_violations_by_rank(violations, ViolationRepeatsLog.find_all(log_text)),
     )
+
+
+def _violations_by_rank(
+    violations: Sequence[ViolationRecord], repeats: Sequence[ViolationRepeatsLog]
+) -> tuple[tuple[int, int], ...]:
+    """Violations (logged, and counted as repeats) of each rank of a multi-rank engine, by rank."""
+    counts = collections.Counter(v.rank for v in violations if v.rank is not None)
+    for line in repeats:
+        if line.rank is not None:
+            counts[line.rank] += line.repeats
+    return tuple(sorted(counts.items()))
 
 
 def _faults_applied(

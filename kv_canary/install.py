@@ -32,6 +32,7 @@ def install_canary(
     forward_rows: ForwardRowsExtractor | None = None,
     logger: logging.Logger | None = None,
     engine_runs_host_step: bool = False,
+    rank: int | None = None,
 ) -> CanaryManager | None:
     """Guard ``kv_pool``: every outermost ``model.forward`` call runs the canary around it.
 
@@ -44,6 +45,9 @@ def install_canary(
     eager ``model.forward`` unless ``engine_runs_host_step``: an engine that replays CUDA graphs
     never calls ``model.forward`` for a replayed forward, so it must call the host step itself
     once per forward, replayed or not.
+
+    An engine running several ranks (tensor or pipeline parallel) installs one canary per rank, on
+    that rank's shard of the pool, and passes ``rank``: its violation lines then name it.
     """
     if not config.enabled:
         return None
@@ -62,6 +66,7 @@ def install_canary(
         device=device,
         logger=logger or logging.getLogger(LOGGER_NAME),
         req_to_token_pool=req_to_token_pool,
+        rank=rank,
     )
     manager.observers.extend(build_default_observers(manager))
     for guarded in (model, kv_pool):

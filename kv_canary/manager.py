@@ -36,8 +36,10 @@ class CanaryManager:
         device: torch.device,
         logger: logging.Logger,
         req_to_token_pool: ReqToTokenRows | None = None,
+        rank: int | None = None,
     ) -> None:
         self.config = config
+        self.rank = rank
         self.groups = groups
         self.req_to_token_pool = req_to_token_pool
         self.device = device
@@ -58,6 +60,7 @@ class CanaryManager:
             logger=logger,
             handler=self.new_delayed_handler(),
             repeat_interval=config.violation_repeat_interval,
+            rank=rank,
         )
         self.observers: list[HostObserver] = []
         self.prefix_cache: PrefixCache | None = None

@@ -23,6 +23,7 @@ from kv_canary_contract.bounds import (
     MAX_REQUESTS,
     MAX_SPECULATIVE_STEPS,
     MAX_TOKENS,
+    MOCK_MODEL_MAX_RANKS,
     SEED_MAX,
     SEED_MIN,
 )
@@ -90,6 +91,19 @@ class EngineSettings(ContractModel):
         description="EAGLE-style speculative decoding: draft tokens per round, written into the KV cache by the "
         "target's verify forward and then accepted or rolled back; 0 = off.",
     )
+    # At most 2 each: the mock models have 2 attention heads, and 2 layers in modes mha and dsv4.
+    tp: int | None = Field(
+        default=None,
+        ge=1,
+        le=MOCK_MODEL_MAX_RANKS,
+        description="Tensor-parallel ranks, each holding a slice of every layer's KV heads and its own canary.",
+    )
+    pp: int | None = Field(
+        default=None,
+        ge=1,
+        le=MOCK_MODEL_MAX_RANKS,
+        description="Pipeline-parallel ranks, each holding its own layers' KV and its own canary.",
+    )
     overlap_schedule: bool | None = Field(
         default=None,
         description="Prepare each forward before the previous forward's results are processed, as SGLang's "
@@ -146,6 +160,12 @@ def feature_enabled(settings: Mapping[str, object], name: str) -> bool:
     off, _ = FEATURE_SETTINGS[name]
     value = settings.get(name)
     return value is not None and value != off
+
+
+def rank_count(values: Mapping[str, object]) -> int:
+    """The engine's ranks (tp x pp) for settings that passed ``engine_setting_problems``; 1 when neither is set."""
+    tp, pp = values.get("tp"), values.get("pp")
+    return (tp if isinstance(tp, int) else 1) * (pp if isinstance(pp, int) else 1)
 
 
 def setting_flag(name: str) -> str:
@@ -223,6 +243,7 @@ def _cross_problems(
             message=f"{max_total_tokens} is not a multiple of page_size ({page_size}): the pool is whole pages; "
             f"use {below or page_size} or {below + page_size}",
         )
+    yield from _rank_problems(settings)
     yield from bug_problems(typing.cast("list[str]", settings["bugs"] or []), mode=mode, settings=settings)
     if settings["check_lost_writes"] and settings["real_kv"] == "none":
         yield ContractProblem(
@@ -259,9 +280,23 @@ def _cross_problems(
                 else []
             ),
         ]
+        if rank_count(settings) > 1:
+            scheduling.append("tp or pp above 1")
         if scheduling:
             yield ContractProblem(
                 loc=(features[0],),
                 message=f"{FEATURE_SETTINGS[features[0]][1]} is set with {' and '.join(scheduling)}; the mock engine's "
-                "features run on its plain scheduler (no overlap, no retraction): leave those out",
+                "features run on its plain scheduler, in one process (no overlap, no retraction, no ranks): "
+                "leave those out",
             )
+
+
+def _rank_problems(settings: Mapping[str, object]) -> Iterator[ContractProblem]:
+    tp = typing.cast("int | None", settings["tp"]) or 1
+    pp = typing.cast("int | None", settings["pp"]) or 1
+    if tp > 1 and pp > 1:
+        yield ContractProblem(
+            loc=("pp",),
+            message=f"tp {tp} with pp {pp}: the mock engine runs one kind of parallelism at a time; "
+            "set tp or pp, not both",
+        )

@@ -10,6 +10,7 @@ from pydantic import Field
 from kv_canary_contract.bounds import MAX_FORWARDS, MAX_REQUESTS, SEED_MAX, SEED_MIN
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
+    EngineRank,
     FaultKind,
     NodeChoice,
     PositionChoice,
@@ -30,6 +31,7 @@ class FaultTarget(ContractModel):
     slot: SlotState | None = None
     node: NodeChoice | None = None
     position: PositionChoice | None = None
+    rank: EngineRank | None = None  # kinds that corrupt one rank's own state; default 0
 
 
 class Fault(ContractModel):

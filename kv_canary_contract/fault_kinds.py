@@ -26,6 +26,7 @@ FaultKind = Literal[
     "remap_swa_slot",
     "stale_prefix",
     "swap_next_token",
+    "skip_canary_write",
     "lost_write",
     "misdirected_write",
     "transfer_drop_group",
@@ -43,15 +44,19 @@ RequestState = Literal["running", "finished"]
 SlotState = Literal["used", "cached_unused", "post_forward"]
 NodeChoice = Literal["deepest_locked", "any_unlocked"]
 PositionChoice = Literal["in_window", "out_of_window"]
-TARGET_VALUES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+EngineRank = Literal[0, 1, 2, 3, 4, 5, 6, 7]  # up to MAX_RANKS; below the engine's tp x pp (fault_problems)
+TARGET_VALUES: Mapping[str, tuple[str | int, ...]] = MappingProxyType(
     {
         "group": POOL_GROUPS,  # the pool group the corrupted object belongs to
         "request": typing.get_args(RequestState),  # whose slot: a running request's, or a finished one's
         "slot": typing.get_args(SlotState),  # live; cached, no request holds it; written by the last forward
         "node": typing.get_args(NodeChoice),  # which radix node
         "position": typing.get_args(PositionChoice),  # narrows the positions of live slots
+        "rank": typing.get_args(EngineRank),  # whose own state: its shard of the KV pool, its canary records
     }
 )
+# Kinds that take ``rank`` corrupt one rank's own state; the others the scheduler's, which every rank shares.
+RANK_KEY = "rank"
 
 # Which request holds a slot of each state, and the slot state a request's target defaults to.
 SLOT_HOLDER: Mapping[str, RequestState] = MappingProxyType(
@@ -65,7 +70,7 @@ POSITIONED_SLOTS: tuple[SlotState, ...] = ("used",)  # target.position picks amo
 class FaultKindRule:
     # target key -> accepted values, default first ("group" defaults to the mode's default group
     # where the kind accepts it)
-    targets: Mapping[str, tuple[str, ...]]
+    targets: Mapping[str, tuple[str | int, ...]]
     injects: bool = True
     needs_swa_pool: bool = False
     # Corrupts K/V bytes or canary records of the target group, so the group must hold them: a
@@ -78,6 +83,11 @@ class FaultKindRule:
     # a KV transfer, the host tier, speculative decoding. None: every engine has what it corrupts.
     needs_setting: str | None = None
 
+    @property
+    def per_rank(self) -> bool:
+        """Corrupts one rank's own state (its KV shard, its canary records), picked by target.rank."""
+        return RANK_KEY in self.targets
+
     def runs_in(self, mode: ModelMode, engine: Mapping[str, object] | None = None) -> bool:
         """Whether it injects in ``mode``; with ``engine`` settings, also whether they turn on its feature."""
         if not self.injects or (self.needs_swa_pool and not MODES[mode].has_swa_pool):
@@ -85,7 +95,8 @@ class FaultKindRule:
         return engine is None or self.needs_setting is None or feature_enabled(engine, self.needs_setting)
 
 
-_LIVE_SLOT_TARGETS = MappingProxyType(
+# A live or cached slot, as a kind that frees it sees it (the scheduler's, shared by every rank) ...
+_SLOT_TARGETS = MappingProxyType(
     {
         "group": POOL_GROUPS,
         "slot": ("used", "cached_unused"),
@@ -93,21 +104,23 @@ _LIVE_SLOT_TARGETS = MappingProxyType(
         "position": TARGET_VALUES["position"],
     }
 )
+# ... and as a kind that corrupts what one rank holds for it (its K/V shard, its canary records).
+_RANK_SLOT_TARGETS = MappingProxyType({**_SLOT_TARGETS, RANK_KEY: TARGET_VALUES["rank"]})
 
 FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
     {
         "none": FaultKindRule(targets={}, injects=False),
         "corrupt_kv_bytes": FaultKindRule(
-            targets={**_LIVE_SLOT_TARGETS, "slot": TARGET_VALUES["slot"]}, touches_guarded_state=True
+            targets={**_RANK_SLOT_TARGETS, "slot": TARGET_VALUES["slot"]}, touches_guarded_state=True
         ),
-        "corrupt_canary": FaultKindRule(targets=_LIVE_SLOT_TARGETS, touches_guarded_state=True, needs_canary=True),
+        "corrupt_canary": FaultKindRule(targets=_RANK_SLOT_TARGETS, touches_guarded_state=True, needs_canary=True),
         "req_to_token_remap": FaultKindRule(
             targets={"group": POOL_GROUPS, "request": ("running",), "position": TARGET_VALUES["position"]}
         ),
         "evict_radix_node": FaultKindRule(
             targets={"group": POOL_GROUPS, "node": TARGET_VALUES["node"], "request": ("running",)}
         ),
-        "double_free": FaultKindRule(targets=_LIVE_SLOT_TARGETS),
+        "double_free": FaultKindRule(targets=_SLOT_TARGETS),
         "remap_swa_slot": FaultKindRule(
             targets={"group": ("swa",), "request": ("running",), "position": TARGET_VALUES["position"]},
             needs_swa_pool=True,
@@ -115,6 +128,7 @@ FAULT_KIND_RULES: Mapping[FaultKind, FaultKindRule] = MappingProxyType(
         ),
         "stale_prefix": FaultKindRule(targets={"group": POOL_GROUPS, "node": ("any_unlocked",)}),
         "swap_next_token": FaultKindRule(targets={"request": ("running",)}),
+        "skip_canary_write": FaultKindRule(targets={RANK_KEY: TARGET_VALUES["rank"]}, needs_canary=True),
         # A forward's K/V write of one token in one layer of the group: skipped, or landed in
         # another live slot. Only the lost-write check sees the row left unwritten.
         "lost_write": FaultKindRule(

@@ -12,11 +12,12 @@ import dataclasses
 import typing
 from collections.abc import Iterator, Mapping
 
-from kv_canary_contract.engine_settings import FEATURE_SETTINGS, feature_enabled
+from kv_canary_contract.engine_settings import FEATURE_SETTINGS, feature_enabled, rank_count
 from kv_canary_contract.fault import TRIGGERS, Fault
 from kv_canary_contract.fault_kinds import (
     FAULT_KIND_RULES,
     POSITIONED_SLOTS,
+    RANK_KEY,
     SLOT_HOLDER,
     SLOT_OF_REQUEST,
     default_group,
@@ -34,17 +35,43 @@ class ResolvedTarget:
     slot: str | None
     node: str | None
     position: str | None
+    rank: int | None = None  # the rank whose own state is corrupted; None: rank 0, or a kind of shared state
 
 
 def fault_problems(
-    fault: Fault, *, mode: ModelMode, canary_on: bool = True, engine: Mapping[str, object] | None = None
+    fault: Fault,
+    *,
+    mode: ModelMode,
+    canary_on: bool = True,
+    engine: Mapping[str, object] | None = None,
+    ranks: int | None = None,
 ) -> list[ContractProblem]:
     """Every reason ``fault`` cannot be applied in ``mode`` by an engine with settings ``engine``
-    (``EngineSettings`` names; a setting left out is off); empty when it can."""
+    (``EngineSettings`` names; a setting left out is off) and ``ranks`` ranks (None: from ``engine``'s
+    tp and pp); empty when it can."""
+    ranks = rank_count(engine or {}) if ranks is None else ranks
     problems = [*_trigger_problems(fault), *_target_key_problems(fault)]
     if not problems and fault.injects:
-        problems += _mode_problems(fault, resolve_target(fault, mode), mode, canary_on=canary_on)
+        target = resolve_target(fault, mode)
+        problems += _mode_problems(fault, target, mode, canary_on=canary_on)
         problems += _feature_problems(fault, engine or {})
+        if target.rank and target.slot == "cached_unused":
+            problems.append(
+                ContractProblem(
+                    loc=("target", "rank"),
+                    message=f"target.rank={target.rank} with slot cached_unused: only rank 0 keeps the radix cache "
+                    "the sweep walks (the other ranks run rank 0's forwards), so nothing would read that rank's "
+                    "cached slots; use rank 0, or a live slot (slot used)",
+                )
+            )
+        if target.rank is not None and target.rank >= ranks:
+            problems.append(
+                ContractProblem(
+                    loc=("target", "rank"),
+                    message=f"target.rank={target.rank}: the engine runs {ranks} rank{'s' if ranks > 1 else ''} "
+                    f"(tp x pp); use a rank from 0 to {ranks - 1}",
+                )
+            )
     return problems
 
 
@@ -60,9 +87,10 @@ def resolve_target(fault: Fault, mode: ModelMode) -> ResolvedTarget:
     slot = value("slot", SLOT_OF_REQUEST.get(given.request or "", "used"))
     request = value("request", SLOT_HOLDER.get(slot or "", "running"))
     position = value("position", None) if slot is None or slot in POSITIONED_SLOTS else None
-    node = value("node", accepted["node"][0] if "node" in accepted else None)
+    node = value("node", str(accepted["node"][0]) if "node" in accepted else None)
     group = typing.cast("PoolGroup | None", value("group", default_group(fault.kind, mode)))
-    return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position)
+    rank = given.rank if FAULT_KIND_RULES[fault.kind].per_rank else None
+    return ResolvedTarget(group=group, request=request, slot=slot, node=node, position=position, rank=rank)
 
 
 def _trigger_problems(fault: Fault) -> Iterator[ContractProblem]:
@@ -88,7 +116,13 @@ def _target_key_problems(fault: Fault) -> Iterator[ContractProblem]:
     kind, target = fault.kind, fault.target
     accepted = FAULT_KIND_RULES[kind].targets
     for key, value in target.model_dump(exclude_none=True).items():
-        if key not in accepted:
+        if key == RANK_KEY and not FAULT_KIND_RULES[kind].per_rank:
+            yield ContractProblem(
+                loc=("target", "rank"),
+                message=f"target.rank does not apply to {kind}: it corrupts the scheduler's state, which every "
+                "rank shares; only kinds that corrupt one rank's own state take a rank",
+            )
+        elif key not in accepted:
             keys = ", ".join(accepted) or "no target keys"
             yield ContractProblem(
                 loc=("target", key), message=f"target.{key} does not apply to {kind}; it accepts {keys}"
@@ -96,7 +130,7 @@ def _target_key_problems(fault: Fault) -> Iterator[ContractProblem]:
         elif value not in accepted[key]:
             yield ContractProblem(
                 loc=("target", key),
-                message=f"target.{key}={value} does not apply to {kind}; use {' or '.join(accepted[key])}",
+                message=f"target.{key}={value} does not apply to {kind}; use {' or '.join(map(str, accepted[key]))}",
             )
     request, slot = target.request, target.slot
     if request is not None and slot is not None and SLOT_HOLDER[slot] != request:

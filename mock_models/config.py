@@ -71,6 +71,10 @@ class EngineConfig:
     disaggregation: str = "none"
     host_tier_tokens: int = 0  # host KV slots evicted radix prefixes are offloaded to (engine/host_tier/)
     speculative_num_steps: int = 0  # draft tokens per EAGLE-style round (engine/speculative/)
+    # Ranks (processes joined by torch.distributed), each with its shard of the KV pool and its own
+    # canary: tp splits every layer's attention heads, pp the layers. 1 and 1: one process, as ever.
+    tp: int = 1
+    pp: int = 1
     # Prepare forward T+1 before forward T's results are processed, as SGLang's overlap scheduler does.
     overlap_schedule: bool = False
     # Share of max_new_tokens whose pages admission reserves; below 1 a decode short of pages retracts.
@@ -118,6 +122,11 @@ class EngineConfig:
                 "(mock_models/engine/kv_copy.py), so they run on the CPU only",
             )
         _require(
+            self.mem_backend is MemBackend.MOCK or self.ranks == 1,
+            "mem_backend",
+            f"= sglang runs one rank (got tp {self.tp}, pp {self.pp}); use mem_backend mock for several ranks",
+        )
+        _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",
             f"{self.device!r}: use 'cpu' or 'cuda[:N]'",
@@ -149,6 +158,10 @@ class EngineConfig:
                 "(2 * (swa_window + page_size) + chunked_prefill_size, twice that chunk with overlap_schedule); "
                 "raise it or lower those",
             )
+
+    @property
+    def ranks(self) -> int:
+        return self.tp * self.pp
 
     @property
     def has_swa_pool(self) -> bool:
@@ -206,6 +219,43 @@ class EngineConfig:
 
     def replace(self, **changes: typing.Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class RankLayout:
+    """Where one rank sits: rank ``tp_rank + tp * pp_rank`` of ``tp * pp``, as SGLang numbers them."""
+
+    rank: int = 0
+    tp: int = 1
+    pp: int = 1
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.rank < self.tp * self.pp, "rank", f"= {self.rank}: must be in [0, tp * pp)")
+
+    @classmethod
+    def of(cls, config: EngineConfig, rank: int) -> RankLayout:
+        return cls(rank=rank, tp=config.tp, pp=config.pp)
+
+    @property
+    def size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // self.tp
+
+    def rank_of(self, *, tp_rank: int, pp_rank: int) -> int:
+        return tp_rank + self.tp * pp_rank
+
+    def layers(self, num_layers: int) -> range:
+        """This rank's pipeline stage: a contiguous run of layers, the first stages one longer when uneven."""
+        base, extra = divmod(num_layers, self.pp)
+        start = self.pp_rank * base + min(self.pp_rank, extra)
+        return range(start, start + base + (self.pp_rank < extra))
 
 
 def _align_up(length: int, page_size: int) -> int:

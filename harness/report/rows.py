@@ -34,6 +34,7 @@ def report_row(result: RunResult) -> dict[str, object]:
         "violation_count": check.violation_count if check else None,
         "reasons_seen": list(check.fail_reasons_seen) if check else [],
         "launch_tags_seen": list(check.launch_tags_seen) if check else [],
+        "violations_by_rank": {str(rank): count for rank, count in check.violations_by_rank} if check else {},
         "wall_time_s": round(result.wall_time_s, 3),
         "unmet": [outcome.expectation for outcome in check.unmet()] if check else [],
         "error": result.error.splitlines()[0] if result.error else None,
@@ -66,7 +67,7 @@ def _cells(result: RunResult) -> tuple[str, ...]:
         verdict,
         "-" if check is None else check.detected_text(),
         "-" if row["latency_steps"] is None else str(row["latency_steps"]),
-        "-" if row["violation_count"] is None else str(row["violation_count"]),
+        _violations_cell(result),
         ",".join(check.fail_reasons_seen if check is not None else ()) or "-",
         f"{result.wall_time_s:.1f}",
     )
@@ -86,3 +87,11 @@ def markdown_table(results: Sequence[RunResult]) -> str:
 
 def terminal_table(results: Sequence[RunResult]) -> str:
     return aligned_columns([COLUMNS, *(_cells(result) for result in results)])
+
+
+def _violations_cell(result: RunResult) -> str:
+    """The count; with several ranks, also each rank's ('14 rank0:2 rank1:12')."""
+    check = result.check
+    if check is None:
+        return "-"
+    return " ".join(filter(None, (str(check.violation_count), check.ranks_text())))

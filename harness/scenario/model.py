@@ -16,6 +16,7 @@ from pydantic import Field, StringConstraints
 from kv_canary_contract import (
     FAULT_KINDS,
     MAX_FORWARDS,
+    MAX_RANKS,
     MAX_REQUESTS,
     MAX_TOKENS,
     MODEL_MODES,
@@ -123,6 +124,12 @@ class ViolationPattern(ContractModel):
 
     launch_tag: PatternText = "*"
     fail_reason: PatternText = Field("*", description="A line matches if any of its reasons does.")
+    rank: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_RANKS - 1,
+        description="The engine rank whose canary logged it (a line without rank= is rank 0's); any when left out.",
+    )
 
 
 class SwaDivergenceExpectation(ContractModel):

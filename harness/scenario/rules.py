@@ -17,7 +17,7 @@ from harness.scenario.problems import Location
 from harness.scenario.rule_problem import Rule, RuleProblem
 from harness.scenario.workload_rules import WORKLOAD_RULES
 from kv_canary.launch_tags import FailReason, LaunchTag
-from kv_canary_contract import engine_setting_problems, fault_problems
+from kv_canary_contract import engine_setting_problems, fault_problems, rank_count
 
 KNOWN_LAUNCH_TAGS = tuple(tag.name for tag in LaunchTag)
 KNOWN_FAIL_REASONS = tuple(reason.log_names()[0] for reason in FailReason)
@@ -57,9 +57,10 @@ def _overrides_name_listed_modes(scenario: Scenario) -> Iterator[RuleProblem]:
 
 def _fault_fits_the_contract(scenario: Scenario) -> Iterator[RuleProblem]:
     """What the server would refuse at ``POST /kv_canary/inject``, for every mode the scenario runs in."""
+    engine = scenario.engine.model_dump()
     for loc, fault in _faults_with_locations(scenario):
         for mode in scenario.model_modes:
-            for problem in fault_problems(fault, mode=mode, engine=scenario.engine.model_dump()):
+            for problem in fault_problems(fault, mode=mode, engine=engine):
                 yield RuleProblem(loc=(*loc, *problem.loc), message=problem.message)
 
 
@@ -239,6 +240,17 @@ def _swa_divergence_is_observable(scenario: Scenario) -> Iterator[RuleProblem]:
         )
 
 
+def _violation_ranks_exist(scenario: Scenario) -> Iterator[RuleProblem]:
+    ranks = rank_count(scenario.engine.model_dump())
+    for index, pattern in enumerate(scenario.expect.violations):
+        if pattern.rank is not None and pattern.rank >= ranks:
+            yield RuleProblem(
+                loc=("expect", "violations", index, "rank"),
+                message=f"rank {pattern.rank}: the engine runs {ranks} rank{'s' if ranks > 1 else ''} (engine.tp x "
+                f"engine.pp), so no line can name it; use a rank from 0 to {ranks - 1}",
+            )
+
+
 # The rules of a scenario as it runs in one mode (``per_mode`` merged in; model_modes is that mode).
 RULES: tuple[Rule, ...] = (
     _engine_fits_the_contract,
@@ -249,6 +261,7 @@ RULES: tuple[Rule, ...] = (
     _fault_windows_apart,
     _harm_and_blind_spot,
     _violation_patterns_can_match,
+    _violation_ranks_exist,
     _swa_divergence_is_observable,
     *WORKLOAD_RULES,
 )

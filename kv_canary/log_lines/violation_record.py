@@ -1,4 +1,9 @@
-"""``kv_canary violation: ...``: one line per violation row the reporter drains."""
+"""``kv_canary violation: ...``: one line per violation row the reporter drains.
+
+An engine that runs several ranks (tensor or pipeline parallel) has one canary per rank; its lines
+end with ``rank=<int>``, a key added after the frozen ones. Lines without it (one rank) parse with
+``rank`` None.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ _LINE = re.compile(
     r"kv_canary violation: launch_tag=(?P<launch_tag>[A-Z0-9_]+) "
     r"fail_reason=(?P<fail_reason>[a-z_]+(?:\+[a-z_]+)*) slot_idx=(?P<slot_idx>-?\d+) "
     r"position=(?P<position>-?\d+) stored_token=(?P<stored_token>-?\d+) "
-    r"expected_token=(?P<expected_token>-?\d+) step=(?P<step>-?\d+)"
+    r"expected_token=(?P<expected_token>-?\d+) step=(?P<step>-?\d+)(?: rank=(?P<rank>\d+))?"
 )
 
 
@@ -26,6 +31,7 @@ class ViolationRecord(LineSearch):
     stored_token: int
     expected_token: int
     step: int
+    rank: int | None = None  # the engine rank whose canary recorded it; None: a one-rank engine
 
     def __post_init__(self) -> None:
         if not self.fail_reasons:
@@ -37,6 +43,7 @@ class ViolationRecord(LineSearch):
             f"{_PREFIX}launch_tag={self.launch_tag} fail_reason={'+'.join(self.fail_reasons)} "
             f"slot_idx={self.slot_idx} position={self.position} stored_token={self.stored_token} "
             f"expected_token={self.expected_token} step={self.step}"
+            + (f" rank={self.rank}" if self.rank is not None else "")
         )
 
     @classmethod
@@ -52,4 +59,5 @@ class ViolationRecord(LineSearch):
             stored_token=int(match["stored_token"]),
             expected_token=int(match["expected_token"]),
             step=int(match["step"]),
+            rank=int(match["rank"]) if match["rank"] is not None else None,
         )

@@ -16,7 +16,7 @@ from kv_canary.log_lines.line_search import LineSearch
 _PREFIX = "kv_canary violation_repeats: "
 _LINE = re.compile(
     r"kv_canary violation_repeats: repeats=(?P<repeats>\d+) keys=(?P<keys>\d+) "
-    r"steps=(?P<first_step>-?\d+)\.\.(?P<last_step>-?\d+) top=(?P<top>\S*)"
+    r"steps=(?P<first_step>-?\d+)\.\.(?P<last_step>-?\d+) top=(?P<top>\S*)(?: rank=(?P<rank>\d+))?"
 )
 _TOP_ENTRY = re.compile(r"(?P<slot>-?\d+):(?P<tag>[A-Z0-9_]+):(?P<reasons>[a-z_]+(?:\+[a-z_]+)*)x(?P<count>\d+)")
 
@@ -39,10 +39,12 @@ class ViolationRepeatsLog(LineSearch):
     first_step: int  # the steps of the repeated violations
     last_step: int
     top: tuple[RepeatedViolation, ...]  # the keys that repeated most, most first
+    rank: int | None = None  # the engine rank whose canary held them back; None: a one-rank engine
 
     def format(self) -> str:
         top = ",".join(entry.format() for entry in self.top)
-        return f"{_PREFIX}repeats={self.repeats} keys={self.keys} steps={self.first_step}..{self.last_step} top={top}"
+        line = f"{_PREFIX}repeats={self.repeats} keys={self.keys} steps={self.first_step}..{self.last_step} top={top}"
+        return line + (f" rank={self.rank}" if self.rank is not None else "")
 
     @classmethod
     def parse(cls, line: str) -> ViolationRepeatsLog | None:
@@ -68,4 +70,5 @@ class ViolationRepeatsLog(LineSearch):
             first_step=int(match["first_step"]),
             last_step=int(match["last_step"]),
             top=tuple(top),
+            rank=int(match["rank"]) if match["rank"] is not None else None,
         )

@@ -47,11 +47,13 @@ class ViolationReporter:
         logger: logging.Logger,
         handler: DelayedDeviceHostHandler,
         repeat_interval: int = 0,
+        rank: int | None = None,
     ) -> None:
         self._state = state
         self._mode = mode
         self._logger = logger
         self._handler = handler
+        self._rank = rank  # named on every line when the engine runs several ranks
         self._repeat_interval = 0 if mode is CanaryMode.RAISE else repeat_interval  # 0: log every violation
         self._reported_upto = 0  # write index up to which rows have been read
         self._plan_overflow_seen = 0
@@ -104,7 +106,7 @@ class ViolationReporter:
         rows = snapshot["rows"]
         logged: list[ViolationRecord] = []
         for index in range(first, write_index):
-            record = _to_record(rows[index % capacity])
+            record = _to_record(rows[index % capacity], rank=self._rank)
             self.records.append(record)
             if self._is_repeat(record):
                 continue
@@ -147,6 +149,7 @@ class ViolationReporter:
                 RepeatedViolation(slot_idx=slot, launch_tag=tag, fail_reasons=reasons, repeats=count)
                 for (slot, tag, reasons), count in repeats.counts.most_common(_TOP_REPEATED)
             ),
+            rank=self._rank,
         )
         self._logger.error("%s", line.format())
 
@@ -165,7 +168,7 @@ class ViolationReporter:
             self._plan_overflow_seen = total
 
 
-def _to_record(row: torch.Tensor) -> ViolationRecord:
+def _to_record(row: torch.Tensor, *, rank: int | None) -> ViolationRecord:
     values = row.tolist()
     return ViolationRecord(
         launch_tag=LaunchTag(values[RingField.LAUNCH_TAG]).name,
@@ -175,4 +178,5 @@ def _to_record(row: torch.Tensor) -> ViolationRecord:
         stored_token=values[RingField.STORED_TOKEN],
         expected_token=values[RingField.EXPECTED_TOKEN],
         step=values[RingField.STEP],
+        rank=rank,
     )

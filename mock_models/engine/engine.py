@@ -16,7 +16,6 @@ forward T+1; the last step of a run only processes (it runs no forward).
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import time
@@ -26,12 +25,15 @@ from collections.abc import Callable, Sequence
 from kv_canary import CanaryConfig, CanaryManager, CanaryMode, KvCanaryViolationError, ViolationRecord
 from kv_canary_contract import FEATURE_SETTINGS, feature_enabled
 from kv_canary_contract.token_oracle import TokenOracle
-from mock_models.config import EngineConfig, EngineConfigError
+from mock_models.config import EngineConfig, EngineConfigError, RankLayout
 from mock_models.engine.bugs import EngineBugs
 from mock_models.engine.forward_batch import ForwardBatch
 from mock_models.engine.jitter import Jitter
 from mock_models.engine.kv_cache_manager import KVCacheManager
 from mock_models.engine.model_runner import ModelRunner
+from mock_models.engine.ranks.forward_plans import plan_of
+from mock_models.engine.ranks.launcher import RankGroup
+from mock_models.engine.ranks.messages import RankJob
 from mock_models.engine.request import GenerationResult, Request
 from mock_models.engine.scheduler import ScheduledBatch, Scheduler
 
@@ -85,7 +87,20 @@ class Engine:
                 "mock_models.engine.build.build_engine(config), which picks the engine class for the config"
             )
         self.config = config
-        self.model_runner = ModelRunner(config)
+        self.canary_config = canary_config or CanaryConfig(mode=CanaryMode.NONE)
+        # Several ranks: this process is rank 0 (it schedules, and sends every forward's plan to the
+        # others); the others are processes of their own, each with its shard and its canary.
+        self.rank_group = RankGroup.start(config, self.canary_config) if config.ranks > 1 else None
+        try:
+            self.model_runner = ModelRunner(
+                config,
+                layout=RankLayout.of(config, 0),
+                links=self.rank_group.links if self.rank_group is not None else None,
+            )
+        except BaseException:
+            if self.rank_group is not None:
+                self.rank_group.close()
+            raise
         self.model = self.model_runner.model
         self.token_to_kv_pool = self.model_runner.token_to_kv_pool
         self.req_to_token_pool = self.model_runner.req_to_token_pool
@@ -104,7 +119,6 @@ class Engine:
         )
         self.oracle = TokenOracle(seed=config.seed, vocab_size=config.vocab_size)
         self.scheduler = self.scheduler_class(config=config, kv_cache=self.kv_cache, oracle=self.oracle)
-        self.canary_config = canary_config or CanaryConfig(mode=CanaryMode.NONE)
         self.canary = self.model_runner.install_canary(self.canary_config, self.radix_cache)
         self.forward_count = 0
         self.last_forward_batch: ForwardBatch | None = None
@@ -248,6 +262,9 @@ class Engine:
             token_to_kv_pool=self.token_to_kv_pool,
             device=self.model_runner.device,
         )
+        if self.rank_group is not None:
+            mapping = self.swa_allocator.full_to_swa_index_mapping if self.swa_allocator is not None else None
+            self.rank_group.send_forward(plan_of(forward_batch, mapping))
         sampled = batch.sampled_outputs()
         violation = None
         self.jitter.pause()
@@ -324,6 +341,17 @@ class Engine:
         results = self.run_until_idle()
         return [results[rid] for rid in rids]
 
+    # -- ranks ----------------------------------------------------------------------------------
+
+    def on_ranks(self, job: RankJob, ranks: tuple[int, ...] | None = None) -> list[object]:
+        """Run ``job(model_runner)`` on each of ``ranks`` (default: all) between forwards; the answers by
+        rank, None where it did not run. ``job`` is a module-level function: it crosses to other
+        ranks' processes by name."""
+        chosen = tuple(range(self.config.ranks)) if ranks is None else ranks
+        if self.rank_group is None:
+            return [job(self.model_runner) if 0 in chosen else None]
+        return self.rank_group.run(job, chosen, on_rank0=self.model_runner)
+
     # -- maintenance ----------------------------------------------------------------------------
 
     def flush_cache(self) -> bool:
@@ -340,9 +368,10 @@ class Engine:
         return () if self.canary is None else (self.canary,)
 
     def close(self) -> None:
-        """Drain the canary's last reports. Call between forwards, from the thread that steps."""
-        if self.canary is not None:
-            # Mode raise: the lines are logged already, and there is no one left to tell.
-            with contextlib.suppress(KvCanaryViolationError):
-                self.canary.flush()
-            self.canary = None
+        """Drain the canary's last reports and stop the other ranks. Call between forwards, from the
+        thread that steps."""
+        self.model_runner.close_canary()
+        self.canary = None
+        if self.rank_group is not None:
+            self.rank_group.close()
+            self.rank_group = None

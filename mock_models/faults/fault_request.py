@@ -29,7 +29,9 @@ class FaultSpec:
 def resolve(body: Fault, config: EngineConfig, *, canary_installed: bool) -> FaultSpec:
     """The spec to schedule, or FaultRequestError listing every problem with the body."""
     mode = model_mode(config.model_mode.value)
-    problems = fault_problems(body, mode=mode, canary_on=canary_installed, engine=config.contract_settings())
+    problems = fault_problems(
+        body, mode=mode, canary_on=canary_installed, engine=config.contract_settings(), ranks=config.ranks
+    )
     if problems:
         raise FaultRequestError("; ".join(problem.message for problem in problems))
     return FaultSpec(

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from mock_models.engine.engine import Engine
 from mock_models.engine.scheduler import ScheduledBatch
 from mock_models.faults.canary_records import corrupt_canary
+from mock_models.faults.canary_writes import skip_canary_write
 from mock_models.faults.double_free import double_free
 from mock_models.faults.fault_request import FaultSpec
 from mock_models.faults.host_tier_faults import host_copy_overwrite, restore_wrong_slots, stale_swa_translation
@@ -65,6 +66,7 @@ APPLIERS: dict[str, Applier] = {
     "remap_swa_slot": remap_swa_slot,
     "stale_prefix": stale_prefix,
     "swap_next_token": swap_next_token,
+    "skip_canary_write": skip_canary_write,
     "lost_write": lost_write,
     "misdirected_write": misdirected_write,
     "transfer_drop_group": transfer_drop_group,

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 
 from kv_canary_contract import ResolvedTarget
 from mock_models.config import ModelMode
 from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import EngineRadixNode, SwaSlotAllocator
+from mock_models.engine.model_runner import ModelRunner
 from mock_models.engine.request import Request
 from mock_models.engine.scheduler import ScheduledBatch
 
@@ -78,6 +80,14 @@ def swa_allocator(engine: Engine) -> SwaSlotAllocator:
     if engine.swa_allocator is None:
         raise NoTarget(f"mode {engine.config.model_mode.value} has no SWA pool")
     return engine.swa_allocator
+
+
+def on_target_rank(context: FaultContext, corrupt: Callable[[ModelRunner], None]) -> str:
+    """Run ``corrupt`` on the rank the target names (a module-level function, or a partial of one:
+    it crosses to that rank's process by name); returns how a detail names the rank ('' for one rank)."""
+    rank = context.target.rank or 0
+    context.engine.on_ranks(corrupt, (rank,))
+    return f" on rank {rank}" if context.engine.config.ranks > 1 else ""
 
 
 # -- requests ---------------------------------------------------------------------------------------

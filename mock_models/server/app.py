@@ -196,6 +196,10 @@ async def get_server_info(request: Request) -> dict:
         "max_context_len": config.max_context_len,
         "vocab_size": config.vocab_size,
         "seed": config.seed,
+        "tp": config.tp,
+        "pp": config.pp,
+        # The processes of ranks 1.. (rank 0 is this one), for whoever checks they stop with it.
+        "rank_pids": engine.rank_group.worker_pids if engine.rank_group is not None else [],
         "overlap_schedule": config.overlap_schedule,
         "new_token_ratio": config.new_token_ratio,
         "bugs": list(config.bugs),

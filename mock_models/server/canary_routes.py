@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 
 from kv_canary import KvCanaryViolationError
 from mock_models.engine.engine import Engine
+from mock_models.engine.ranks.jobs import CanaryDrain, drain_canary
 from mock_models.server.handoff import run_on_engine
 
 canary_router = APIRouter()
@@ -15,12 +16,21 @@ canary_router = APIRouter()
 
 @canary_router.get("/violations")
 async def violations(request: Request) -> dict:
-    """Drain the canary (between forwards) and return every violation reported so far."""
+    """Drain the canary of every rank (between forwards) and return every violation reported so far."""
 
     def collect(engine: Engine) -> dict:
         canaries = engine.canaries  # an engine of several model runners (disaggregation) has several
         if not canaries:
             return {"count": 0, "lines": [], "canary_enabled": False}
+        if engine.config.ranks > 1:  # every rank's canary, drained in its own process
+            drains = [drain for drain in engine.on_ranks(drain_canary) if isinstance(drain, CanaryDrain)]
+            return {
+                # Every violation ever recorded, ring rows that overflowed before a drain included.
+                "count": sum(drain.count for drain in drains),
+                "lines": [line for drain in drains for line in drain.lines],
+                "canary_enabled": True,
+                "count_by_rank": [drain.count for drain in drains],
+            }
         lines: list[str] = []
         count = 0
         for canary in canaries:

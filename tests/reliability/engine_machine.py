@@ -108,6 +108,8 @@ class CleanEngineMachine(RuleBasedStateMachine):
             label="settings",
         )
         engine_config = engine_config.replace(**self.draw_feature(data, engine_config))
+        if getattr(self, "kind", None) == "swap_next_token":
+            engine_config = engine_config.replace(overlap_schedule=False)  # why: fault_kinds
         self.engine = build_engine(engine_config, canary_config=canary_config)
         # The shadow follows forwards: a feature that moves KV outside them (a transfer, a load-back
         # from the host) is judged by the canary, the oracle and the bookkeeping alone.
@@ -325,8 +327,16 @@ class FaultEngineMachine(CleanEngineMachine):
 
     def fault_kinds(self) -> tuple[str, ...]:
         """The contract's kinds a plain engine gives something to corrupt (``engine_settings`` turns no
-        feature on: no transfer, host tier or speculative decoding to fault)."""
-        return fault_kinds_in_mode(model_mode(self.mode), engine={})
+        feature on: no transfer, host tier or speculative decoding to fault). Not swap_next_token under
+        the overlap scheduler: its appliers rewrite the token a decoding request was fed last, which the
+        overlap scheduler has already fed to the forward in flight, so the edit reaches no K/V and no
+        record while the read oracle counts it as a misread. ``build`` turns overlap off for a case that
+        drew it first."""
+        kinds = fault_kinds_in_mode(model_mode(self.mode), engine={})
+        engine = getattr(self, "engine", None)
+        if engine is not None and engine.config.overlap_schedule:
+            return tuple(kind for kind in kinds if kind != "swap_next_token")
+        return kinds
 
     @property
     def fault_step(self) -> int | None:

@@ -31,9 +31,10 @@ from mock_models.engine.engine import Engine
 from mock_models.engine.memory_protocols import MatchResult
 from mock_models.engine.request import Request
 from mock_models.engine.scheduler import ScheduledBatch
+from mock_models.faults.canary_writes import skip_next_canary_write
 from mock_models.faults.kv_writes import PoolWriteHook, group_layers
 
-KV_BYTE_SLOTS = FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]
+KV_BYTE_SLOTS = tuple(map(str, FAULT_KIND_RULES["corrupt_kv_bytes"].targets["slot"]))
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -289,6 +290,18 @@ def _swap_next_token(engine: Engine, rng: random.Random, target: str | None) -> 
     return fault
 
 
+def _skip_canary_write(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
+    if not _next_reads(engine):
+        return None  # no request runs on: the coming forward might not run, or write nothing read again
+    skip_next_canary_write(engine.model_runner)
+    return PendingFault(
+        kind="skip_canary_write",
+        target="rank 0",
+        step=engine.forward_count + 1,
+        detail="the canary records of the coming forward's new slots put back after it",
+    )
+
+
 def _lost_write(engine: Engine, rng: random.Random, target: str | None) -> PendingFault | None:
     return _arm_write_fault(engine, rng, "lost_write")
 
@@ -364,6 +377,7 @@ _APPLIERS: dict[str, Callable[[Engine, random.Random, str | None], PendingFault 
     "remap_swa_slot": _remap_swa_slot,
     "stale_prefix": _stale_prefix,
     "swap_next_token": _swap_next_token,
+    "skip_canary_write": _skip_canary_write,
     "lost_write": _lost_write,
     "misdirected_write": _misdirected_write,
 }

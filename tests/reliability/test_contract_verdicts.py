@@ -18,6 +18,7 @@ from kv_canary_contract import (
     FAULT_KINDS,
     MAX_FORWARDS,
     MAX_PAGE_SIZE,
+    MAX_RANKS,
     MAX_REQUESTS,
     MAX_TOKENS,
     MODEL_MODES,
@@ -27,13 +28,15 @@ from kv_canary_contract import (
 )
 from tests.reliability.conftest import FUZZ_SCALE
 from tests.unit.contract.verdicts import (
+    TWO_RANK_MODE,
     inject_clients,
     server_fault_verdict,
     server_settings_verdict,
+    two_rank_inject_client,
     validator_verdict,
 )
 
-__all__ = ["inject_clients"]  # the fixture, for the tests below
+__all__ = ["inject_clients", "two_rank_inject_client"]  # the fixtures, for the tests below
 
 
 def _around(*edges: int) -> st.SearchStrategy[int]:
@@ -75,8 +78,8 @@ def fault_bodies(draw: st.DrawFn) -> object:
             for key, values in TARGET_VALUES.items()
             if draw(st.integers(0, 2)) == 0
         }
-        if draw(st.integers(0, 19)) == 0:
-            target["rank"] = 0  # a key the contract does not have (yet)
+        if "rank" in target and draw(st.booleans()):
+            target["rank"] = draw(_around(0, 1, MAX_RANKS - 1))  # past the engine's ranks, past the bound
         body["target"] = draw(_mostly(st.just(target), ODD_SCALARS))
     # Not None: a scenario's `fault: null` is no fault, which the harness never sends.
     return draw(
@@ -94,6 +97,14 @@ def test_the_validator_and_the_server_agree_on_every_fault_body(inject_clients, 
     assert validator.accepted == server.accepted, (mode, fault, validator, server)
 
 
+@settings(max_examples=settings.default.max_examples * FUZZ_SCALE)
+@given(fault=fault_bodies())
+def test_the_validator_and_a_two_rank_server_agree_on_every_fault_body(two_rank_inject_client, fault):
+    validator = validator_verdict(mode=TWO_RANK_MODE, fault=fault, tp=2)
+    server = server_fault_verdict(two_rank_inject_client, fault)
+    assert validator.accepted == server.accepted, (fault, validator, server)
+
+
 ENGINE_SETTINGS = st.fixed_dictionaries(
     {},
     optional={
@@ -108,6 +119,8 @@ ENGINE_SETTINGS = st.fixed_dictionaries(
         "seed": _around(0, SEED_MIN, SEED_MAX),
         "stats_interval": _around(0, MAX_FORWARDS),
         "swa_divergence_interval": _around(0, MAX_FORWARDS),
+        "tp": _around(0, 1, 2, 3),
+        "pp": _around(0, 1, 2, 3),
     },
 )
 

@@ -163,7 +163,7 @@ FAULT_BODIES = st.fixed_dictionaries(
         "target": st.fixed_dictionaries(
             {},
             optional={
-                key: st.sampled_from(sorted({value for values in TARGET_VALUES.values() for value in values}))
+                key: st.sampled_from(sorted({value for values in TARGET_VALUES.values() for value in values}, key=str))
                 | JSON_SCALARS
                 for key in (*TARGET_VALUES, "colour")
             },

@@ -94,6 +94,7 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         seed=-9,
         stats_interval=7,
         swa_divergence_interval=2,
+        tp=2,
         overlap_schedule=True,
         new_token_ratio=0.5,
         bugs=["overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"],
@@ -118,6 +119,8 @@ def test_the_harness_command_line_reaches_the_server_configs_unchanged():
         "max_running_requests": 5,
         "chunked_prefill_size": 16,
         "seed": -9,
+        "tp": 2,
+        "pp": 1,  # left out: the server's default
         "overlap_schedule": True,
         "new_token_ratio": 0.5,
         "bugs": ("overlap-frees-in-flight-page", "paged-match-aliases-boundary-page"),

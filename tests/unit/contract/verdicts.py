@@ -38,8 +38,9 @@ class Verdict:
     reasons: tuple[str, ...]  # validator: 'key: message' lines; server: the answer's detail
 
 
-def validator_verdict(*, mode: str, fault: object = None, engine: object = None) -> Verdict:
-    """What ``kv-canary validate`` says about the ``fault`` or ``engine`` mapping, in a scenario for ``mode``."""
+def validator_verdict(*, mode: str, fault: object = None, engine: object = None, tp: int = 1) -> Verdict:
+    """What ``kv-canary validate`` says about the ``fault`` or ``engine`` mapping, in a scenario for
+    ``mode`` (a ``fault`` on an engine of ``tp`` tensor-parallel ranks)."""
     injects = isinstance(fault, Mapping) and fault.get("kind") != "none"
     document: dict[str, object] = {
         "name": "probe",
@@ -50,6 +51,8 @@ def validator_verdict(*, mode: str, fault: object = None, engine: object = None)
     }
     key = "fault" if engine is None else "engine"
     document[key] = fault if engine is None else engine
+    if engine is None and tp > 1:
+        document["engine"] = {"tp": tp}
     try:
         load_scenario_text(yaml.safe_dump(document, sort_keys=False), Path("probe.yaml"))
     except ScenarioValidationError as error:
@@ -83,14 +86,28 @@ def server_settings_verdict(*, mode: str, engine: Mapping[str, object]) -> Verdi
 def inject_clients() -> Iterator[dict[str, TestClient]]:
     """One in-process server per mode, with the canary on and the fault router, as ``serve`` mounts them.
     Nothing runs a forward, so the faults it accepts stay scheduled."""
-    clients: dict[str, TestClient] = {}
-    for mode in MODEL_MODES:
-        engine = Engine(
-            EngineConfig(model_mode=ModelMode(mode), swa_window=8, max_total_tokens=256),
-            canary_config=CanaryConfig(mode=CanaryMode.LOG),
-        )
-        app = create_app(EngineWorker(engine), extra_routers=[build_fault_router(FaultInjector.install(engine))])
-        clients[mode] = TestClient(app, raise_server_exceptions=False).__enter__()
+    clients: dict[str, TestClient] = {mode: _inject_client(mode, tp=1) for mode in MODEL_MODES}
     yield clients
     for client in clients.values():
         client.__exit__(None, None, None)
+
+
+# A process joins one torch.distributed group, so it serves one engine of several ranks at a time.
+TWO_RANK_MODE = "mha"
+
+
+@pytest.fixture(scope="module")
+def two_rank_inject_client() -> Iterator[TestClient]:
+    """As ``inject_clients``, for an engine of two tensor-parallel ranks (rank 1 a process of its own)."""
+    client = _inject_client(TWO_RANK_MODE, tp=2)
+    yield client
+    client.__exit__(None, None, None)
+
+
+def _inject_client(mode: str, *, tp: int) -> TestClient:
+    engine = Engine(
+        EngineConfig(model_mode=ModelMode(mode), swa_window=8, max_total_tokens=256, tp=tp),
+        canary_config=CanaryConfig(mode=CanaryMode.LOG),
+    )
+    app = create_app(EngineWorker(engine), extra_routers=[build_fault_router(FaultInjector.install(engine))])
+    return TestClient(app, raise_server_exceptions=False).__enter__()

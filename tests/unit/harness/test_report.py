@@ -100,6 +100,7 @@ def test_the_report_has_a_row_per_pair_in_every_format(run_dir):
         "violation_count": 2,
         "reasons_seen": ["chain_hash", "position"],
         "launch_tags_seen": ["HEAD_K_FULL"],
+        "violations_by_rank": {},
         "wall_time_s": 1.25,
         "unmet": [],
         "error": None,
