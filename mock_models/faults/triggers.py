@@ -39,7 +39,8 @@ class Trigger:
         if (
             self._warmup_end is None
             and batch is not None
-            and batch.forward_mode.is_generating()
+            # SGLang's ForwardMode (the live injector's) has these two, not the mock's is_generating.
+            and (batch.forward_mode.is_decode() or batch.forward_mode.is_target_verify())
             and engine.forward_count > self._registered_at
         ):
             self._warmup_end = engine.forward_count
