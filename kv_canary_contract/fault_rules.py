@@ -37,6 +37,12 @@ class ResolvedTarget:
     position: str | None
     rank: int | None = None  # the rank whose own state is corrupted; None: rank 0, or a kind of shared state
 
+    def where(self) -> str:
+        """Where its slot lies, for messages: 'in the SWA group's window', 'of the full group, in the window'."""
+        group = "in the SWA group's window" if self.group == "swa" else f"of the {self.group} group"
+        narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(self.position or "", "")
+        return group + narrowed
+
 
 def fault_problems(
     fault: Fault,

@@ -152,7 +152,7 @@ def pick_live_slot(context: LiveFaultContext) -> tuple[SlotRef, BatchRequest]:
         if slots:
             return slots[-1], request
     raise NoTarget(
-        f"no request of this {context.batch.forward_mode.name} batch reads a position {_where(context.target)}"
+        f"no request of this {context.batch.forward_mode.name} batch reads a position {context.target.where()}"
     )
 
 
@@ -165,13 +165,7 @@ def other_live_slot(context: LiveFaultContext, avoid: SlotRef) -> SlotRef:
         for ref in reversed(live_slots(context.server, request, anywhere)):
             if ref.position != avoid.position and ref.full_slot != avoid.full_slot:
                 return ref
-    raise NoTarget(f"no second live slot {_where(context.target)} to point {avoid.describe()} at")
-
-
-def _where(target: Target) -> str:
-    group = "in the SWA group's window" if target.group == "swa" else f"of the {target.group} group"
-    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position or "", "")
-    return group + narrowed
+    raise NoTarget(f"no second live slot {context.target.where()} to point {avoid.describe()} at")
 
 
 # -- the radix tree ------------------------------------------------------------------------------------

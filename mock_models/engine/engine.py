@@ -155,16 +155,20 @@ class Engine:
             )
 
     def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None) -> str:
+        req = self._new_request(input_ids, max_new_tokens, rid=rid)
+        self.scheduler.add_request(req)
+        return req.rid
+
+    def _new_request(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None) -> Request:
+        """A validated request, its oracle state past the prompt; not queued."""
         self.validate(input_ids, max_new_tokens)
         prompt = [int(token) for token in input_ids]
-        req = Request(
+        return Request(
             rid=rid or uuid.uuid4().hex,
             origin_input_ids=prompt,
             max_new_tokens=max_new_tokens,
             oracle_state=self.oracle.state_after(prompt),
         )
-        self.scheduler.add_request(req)
-        return req.rid
 
     def abort(self, rid: str) -> bool:
         """Drop a waiting or running request between forwards; False when no such request is pending.

@@ -90,6 +90,11 @@ class RadixCache:
 
     def match_prefix(self, key: Sequence[int]) -> MatchResult:
         path, _ = self._walk(key, split=True)
+        return self._match_result(path)
+
+    def _match_result(self, path: list[TreeNode]) -> MatchResult:
+        """A matched path as ``match_prefix`` answers it (SWA: cut to its window-resident prefix), its
+        nodes touched for LRU."""
         if self.swa_enabled:
             path = self._window_resident_prefix(path)
         tick = next(self._clock)

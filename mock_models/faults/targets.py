@@ -145,7 +145,7 @@ def pick_live_slot(context: FaultContext) -> SlotRef:
         slots = live_slots(context.engine, req, context.target)
         if slots:
             return slots[-1]
-    raise NoTarget(f"no request the coming forward runs reads a position {_where(context.target)} yet")
+    raise NoTarget(f"no request the coming forward runs reads a position {context.target.where()} yet")
 
 
 def other_live_slot(context: FaultContext, avoid: SlotRef) -> SlotRef:
@@ -161,13 +161,7 @@ def other_live_slot(context: FaultContext, avoid: SlotRef) -> SlotRef:
         for ref in reversed(live_slots(context.engine, req, any_position)):
             if ref.position != avoid.position and ref.full_slot != avoid.full_slot:
                 return ref
-    raise NoTarget(f"no second live slot {_where(any_position)} to point {avoid.describe()} at")
-
-
-def _where(target: ResolvedTarget) -> str:
-    group = "in the SWA group's window" if target.group == "swa" else f"of the {target.group} group"
-    narrowed = {"in_window": ", in the window", "out_of_window": ", out of the window"}.get(target.position or "", "")
-    return group + narrowed
+    raise NoTarget(f"no second live slot {any_position.where()} to point {avoid.describe()} at")
 
 
 # -- the last forward ---------------------------------------------------------------------------------
@@ -200,7 +194,7 @@ def pick_post_forward_slot(context: FaultContext) -> SlotRef:
                     full_slot=slots[offset], swa_slot=swa_slots[offset], position=prefix + offset, request=req
                 )
     raise NoTarget(
-        f"forward {engine.forward_count} wrote no slot {_where(target)} of a request the coming forward runs"
+        f"forward {engine.forward_count} wrote no slot {target.where()} of a request the coming forward runs"
     )
 
 

@@ -18,7 +18,6 @@ engine's forwards.
 from __future__ import annotations
 
 import collections
-import uuid
 from collections.abc import Sequence
 
 import torch
@@ -59,14 +58,7 @@ class DisaggregatedEngine(Engine):
     # -- requests -------------------------------------------------------------------------------------
 
     def submit(self, input_ids: Sequence[int], max_new_tokens: int, *, rid: str | None = None) -> str:
-        self.validate(input_ids, max_new_tokens)
-        prompt = [int(token) for token in input_ids]
-        req = Request(
-            rid=rid or uuid.uuid4().hex,
-            origin_input_ids=prompt,
-            max_new_tokens=max_new_tokens,
-            oracle_state=self.oracle.state_after(prompt),
-        )
+        req = self._new_request(input_ids, max_new_tokens, rid=rid)
         self._bootstrapping.append(req)
         return req.rid
 

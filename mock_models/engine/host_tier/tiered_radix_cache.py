@@ -227,14 +227,7 @@ class HostTieredRadixCache(RadixCache):
                 break
             path.append(loaded)
             parent, offset = loaded, offset + matched
-        if self.swa_enabled:
-            path = self._window_resident_prefix(path)
-        tick = next(self._clock)
-        for node in path:
-            node.last_access_time = tick
-        values = [node.value for node in path]
-        indices = torch.cat(values) if values else self.root_node.value
-        return MatchResult(device_indices=indices, last_node=path[-1] if path else self.root_node)
+        return self._match_result(path)
 
     def _split_host(self, parent: TreeNode, host: HostNode, tokens: int) -> HostNode:
         """The host node of ``host``'s first ``tokens``, the rest hanging below it."""
